@@ -1,0 +1,3 @@
+"""dtune: pre-trained Transformers for offline reinforcement learning."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Evaluation: batched rollouts and scores."""

@@ -1,0 +1,69 @@
+"""Models: the GPT backbone and the Decision Transformers built on it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from dtune.models.backbone import GPT, GPTConfig, KVCache
+from dtune.tasks import MAX_ACT_DIM, STATE_DIM
+
+MODEL_KINDS = ("mddt", "dt")
+
+
+@dataclass
+class ModelConfig:
+    """A Decision Transformer: which kind, its input sizes and its backbone."""
+
+    kind: str = "mddt"
+    """``mddt`` (discretised per-dimension action tokens, cross-entropy) or ``dt`` (continuous
+    actions, tanh head, MSE)."""
+    state_dim: int = STATE_DIM
+    """Width of the (padded) state vector."""
+    act_dim: int = MAX_ACT_DIM
+    """Number of (padded) action dimensions."""
+    context_len: int = 5
+    """Timesteps of context K (the paper's MDDT uses 5, the classic DT 20)."""
+    max_timestep: int = 1000
+    """Size of the timestep-embedding table (longest episode)."""
+    n_bins: int = 64
+    """Action bins per dimension (mddt)."""
+    type_embedding: bool = True
+    """Add a learned token-type embedding (s, R, a^i, r) to every token."""
+    gpt: GPTConfig = field(default_factory=GPTConfig)
+    """Backbone size."""
+
+    def __post_init__(self):
+        if isinstance(self.gpt, dict):
+            self.gpt = GPTConfig(**self.gpt)
+        if self.kind not in MODEL_KINDS:
+            raise ValueError(f"unknown model kind {self.kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+PRESETS: dict[str, GPTConfig] = {
+    "tiny": GPTConfig(n_layer=2, n_head=2, n_embd=32, dropout=0.0),
+    "small": GPTConfig(n_layer=3, n_head=4, n_embd=128, dropout=0.1),
+    "paper": GPTConfig(n_layer=6, n_head=12, n_embd=768, dropout=0.1),
+}
+"""Backbone sizes: ``tiny`` for tests, ``small`` for CPU studies, ``paper`` (about 40M parameters
+with the MDDT embeddings) for GPUs."""
+
+
+def preset(name: str, kind: str = "mddt", **overrides) -> ModelConfig:
+    """The model config of a size preset (``tiny``, ``small``, ``paper``)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    gpt = GPTConfig(**asdict(PRESETS[name]))
+    ctx = {"mddt": 5, "dt": 20}[kind] if kind in MODEL_KINDS else 5
+    return ModelConfig(kind=kind, gpt=gpt, **{"context_len": ctx, **overrides})
+
+
+def build_model(cfg: ModelConfig):
+    from dtune.models.dt import DecisionTransformer, MultiDomainDT
+
+    return (MultiDomainDT if cfg.kind == "mddt" else DecisionTransformer)(cfg)
+
+
+__all__ = ["GPT", "GPTConfig", "KVCache", "ModelConfig", "PRESETS", "preset", "build_model", "MODEL_KINDS"]

@@ -1,0 +1,203 @@
+"""The GPT backbone every dtune model runs on.
+
+One readable file, in the spirit of nanoGPT. Module names are stable and are the targeting API
+of the adaptation methods (``h.0.attn.q``, ``h.3.mlp.fc`` ...):
+
+    GPT
+      h[i]: Block
+        ln_1, attn: Attention(q, k, v, out), ln_2, mlp: MLP(fc, act, proj)
+      ln_f
+
+Pre-LayerNorm, GELU MLP, no positional embedding (models add their own timestep embeddings),
+attention through ``scaled_dot_product_attention``. GPT-2 checkpoints map onto these modules by
+splitting ``c_attn`` into q/k/v (see ``dtune.models.convert``, on the roadmap).
+
+Extension points used by the adaptation methods:
+
+* ``prompt``: extra input tokens ``(B, P, D)`` placed before the sequence; every token sees them.
+* ``prefix``: per-layer extra keys/values ``[(k, v)]`` with ``k, v: (B, H, P, hd)``; every token
+  attends to them (prefix-tuning, P-tuning v2).
+* ``cache``: a :class:`KVCache` for incremental decoding; new tokens attend to the cached ones.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class GPTConfig:
+    """Size of the transformer."""
+
+    n_layer: int = 3
+    """Number of blocks."""
+    n_head: int = 4
+    """Attention heads per block."""
+    n_embd: int = 128
+    """Width (must be divisible by n_head)."""
+    dropout: float = 0.1
+    """Dropout on embeddings, attention weights and residual branches."""
+    mlp_ratio: int = 4
+    """MLP hidden width = mlp_ratio * n_embd."""
+    bias: bool = True
+    """Biases in linear layers and LayerNorms (GPT-2 has them)."""
+    ln_eps: float = 1e-5
+    """LayerNorm epsilon."""
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+
+
+class KVCache:
+    """Keys and values of the tokens seen so far, per layer, for incremental decoding."""
+
+    def __init__(self, n_layer: int):
+        self.k: list[torch.Tensor | None] = [None] * n_layer
+        self.v: list[torch.Tensor | None] = [None] * n_layer
+
+    @property
+    def length(self) -> int:
+        return 0 if self.k[0] is None else self.k[0].shape[2]
+
+    def append(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.k[layer] is not None:
+            k = torch.cat([self.k[layer], k], dim=2)
+            v = torch.cat([self.v[layer], v], dim=2)
+        self.k[layer], self.v[layer] = k, v
+        return k, v
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        d = cfg.n_embd
+        self.n_head = cfg.n_head
+        self.q = nn.Linear(d, d, bias=cfg.bias)
+        self.k = nn.Linear(d, d, bias=cfg.bias)
+        self.v = nn.Linear(d, d, bias=cfg.bias)
+        self.out = nn.Linear(d, d, bias=cfg.bias)
+        self.attn_dropout = cfg.dropout
+        self.resid_dropout = nn.Dropout(cfg.dropout)
+
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        b, t, d = x.shape
+        return x.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+
+    def forward(self, x, mask, layer: int, cache: KVCache | None = None, prefix=None):
+        b, t, d = x.shape
+        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+        if cache is not None:
+            k, v = cache.append(layer, k, v)
+        if prefix is not None:
+            pk, pv = prefix
+            k = torch.cat([pk.to(k.dtype).expand(b, -1, -1, -1), k], dim=2)
+            v = torch.cat([pv.to(v.dtype).expand(b, -1, -1, -1), v], dim=2)
+            mask = F.pad(mask, (pk.shape[2], 0), value=True)  # GPT.forward builds a mask when prefix is set
+        y = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
+            is_causal=mask is None,
+        )
+        return self.resid_dropout(self.out(y.transpose(1, 2).reshape(b, t, d)))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.fc = nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=cfg.bias)
+        self.act = nn.GELU(approximate="tanh")
+        self.proj = nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        self.dropout = nn.Dropout(cfg.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.proj(self.act(self.fc(x))))
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.ln_eps, bias=cfg.bias)
+        self.attn = Attention(cfg)
+        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.ln_eps, bias=cfg.bias)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x, mask, layer, cache=None, prefix=None):
+        x = x + self.attn(self.ln_1(x), mask, layer, cache, prefix)
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    """Causal transformer over embeddings ``(B, T, D)`` -> hidden states ``(B, T, D)``."""
+
+    def __init__(self, cfg: GPTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.drop = nn.Dropout(cfg.dropout)
+        self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.ln_eps, bias=cfg.bias)
+        self.apply(self._init)
+        for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
+            if name.endswith(("attn.out.weight", "mlp.proj.weight")):
+                nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layer))
+
+    @staticmethod
+    def _init(m: nn.Module):
+        if isinstance(m, nn.Linear):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Embedding):
+            nn.init.normal_(m.weight, mean=0.0, std=0.02)
+
+    @staticmethod
+    def attention_mask(valid: torch.Tensor | None, t_new: int, t_past: int = 0, n_open: int = 0,
+                       device=None) -> torch.Tensor:
+        """Boolean mask ``(B|1, 1, t_new, t_past + t_new)``, True = may attend.
+
+        Causal over past + new tokens. ``valid`` ``(B, t_past + t_new)`` marks real (not padding)
+        tokens: no token attends to a padding token other than itself (so no row is empty). The
+        first ``n_open`` positions (prompt tokens) are visible to every token.
+        """
+        t_all = t_past + t_new
+        qi = torch.arange(t_past, t_all, device=device)[:, None]
+        ki = torch.arange(t_all, device=device)[None, :]
+        mask = (ki <= qi)[None, None]
+        if valid is not None:
+            mask = mask & (valid[:, None, None, :] | (ki == qi)[None, None])
+        if n_open:
+            mask = mask | (ki < n_open)[None, None]
+        return mask
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, cache: KVCache | None = None,
+                prompt: torch.Tensor | None = None, prefix: list | None = None) -> torch.Tensor:
+        """Run the blocks.
+
+        Args:
+            x: input embeddings of the new tokens ``(B, T, D)``.
+            valid: ``(B, t_past + T)`` bool, False at padding tokens (None = all real).
+            cache: key/value cache; the new tokens attend to what it holds and are appended.
+            prompt: ``(B|1, P, D)`` tokens prepended to the input, visible to every token; their
+                outputs are dropped (not combinable with a cache).
+            prefix: per-layer ``(k, v)`` each ``(B|1, H, P, hd)``, attended to by every token.
+        """
+        n_prompt = 0
+        if prompt is not None:
+            if cache is not None:
+                raise ValueError("prompt tokens cannot be combined with a key/value cache")
+            n_prompt = prompt.shape[1]
+            x = torch.cat([prompt.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
+            if valid is not None:
+                valid = F.pad(valid, (n_prompt, 0), value=True)
+        t_past = cache.length if cache is not None else 0
+        plain = valid is None and t_past == 0 and n_prompt == 0 and prefix is None
+        mask = None if plain else self.attention_mask(valid, x.shape[1], t_past, n_prompt, x.device)
+        x = self.drop(x)
+        for i, block in enumerate(self.h):
+            x = block(x, mask, i, cache, None if prefix is None else prefix[i])
+        x = self.ln_f(x)
+        return x[:, n_prompt:] if n_prompt else x

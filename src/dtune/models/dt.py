@@ -1,0 +1,221 @@
+"""Decision Transformers on the GPT backbone.
+
+* :class:`MultiDomainDT` (MDDT, L2M paper): per timestep the tokens ``[s, R, a^1 .. a^A, r]``;
+  every action dimension is one of ``n_bins`` tokens, predicted autoregressively (the R token
+  predicts a^1, a^i predicts a^(i+1)); cross-entropy on real action dimensions only.
+* :class:`DecisionTransformer` (classic DT): tokens ``[R, s, a]``; the s token predicts the
+  continuous action through a tanh head; MSE.
+
+Both embed a timestep (table lookup) and a token type into every token and share the
+incremental inference of :class:`Policy`.
+
+Training batches are dicts of tensors: ``states (B, K, S)``, ``actions (B, K, A)`` in [-1, 1],
+``action_mask (B, A)``, ``rtg (B, K)`` and ``rewards (B, K)`` (scaled), ``timesteps (B, K)``,
+``valid (B, K)`` (False at left padding).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dtune.models import ModelConfig
+from dtune.models.backbone import GPT, KVCache
+from dtune.models.tokenizer import ActionTokenizer
+
+
+class _SequenceDT(nn.Module):
+    tokens_per_step: int
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.gpt.n_embd
+        self.embed_timestep = nn.Embedding(cfg.max_timestep, d)
+        self.embed_state = nn.Linear(cfg.state_dim, d)
+        self.embed_return = nn.Linear(1, d)
+        self.embed_type = nn.Embedding(self.tokens_per_step, d) if cfg.type_embedding else None
+        self.embed_ln = nn.LayerNorm(d)
+        self.transformer = GPT(cfg.gpt)
+
+    # -- helpers shared by training and inference --------------------------------------------
+    def _finish(self, tok: torch.Tensor, timesteps: torch.Tensor, types: torch.Tensor | slice) -> torch.Tensor:
+        """Add timestep and type embeddings and normalise: ``tok (..., n, D)``, ``timesteps (...)``."""
+        tok = tok + self.embed_timestep(timesteps)[..., None, :]
+        if self.embed_type is not None:
+            tok = tok + self.embed_type.weight[types]
+        return self.embed_ln(tok)
+
+    def _check_timesteps(self, timesteps: torch.Tensor):
+        if int(timesteps.max()) >= self.cfg.max_timestep:
+            raise ValueError(
+                f"timestep {int(timesteps.max())} is beyond the model's table ({self.cfg.max_timestep}); "
+                "evaluate with a shorter horizon or build the model with a larger max_timestep"
+            )
+
+    def backbone(self, tokens: torch.Tensor, valid: torch.Tensor, **kw) -> torch.Tensor:
+        """``tokens (B, K, n, D)`` -> hidden ``(B, K, n, D)``."""
+        b, k, n, d = tokens.shape
+        v = None if bool(valid.all()) else valid.repeat_interleave(n, dim=1)
+        h = self.transformer(tokens.reshape(b, k * n, d), valid=v, **kw)
+        return h.reshape(b, k, n, d)
+
+    def policy(self, act_dims, use_cache: bool = True) -> "Policy":
+        return Policy(self, act_dims, use_cache)
+
+
+class MultiDomainDT(_SequenceDT):
+    def __init__(self, cfg: ModelConfig):
+        self.tokens_per_step = cfg.act_dim + 3
+        super().__init__(cfg)
+        d = cfg.gpt.n_embd
+        self.tokenizer = ActionTokenizer(cfg.n_bins)
+        self.embed_action = nn.Embedding(cfg.n_bins + 1, d)  # + pad token
+        self.embed_reward = nn.Linear(1, d)
+        self.head = nn.Linear(d, cfg.n_bins)
+        GPT._init(self.embed_action)
+
+    def action_tokens(self, actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
+        tok = self.tokenizer.encode(actions)
+        return tok.masked_fill(~action_mask[:, None, :], self.tokenizer.pad_token)
+
+    def embed(self, batch: dict, act_tok: torch.Tensor) -> torch.Tensor:
+        s = self.embed_state(batch["states"])[:, :, None]
+        r_to_go = self.embed_return(batch["rtg"][..., None])[:, :, None]
+        a = self.embed_action(act_tok)
+        r = self.embed_reward(batch["rewards"][..., None])[:, :, None]
+        return self._finish(torch.cat([s, r_to_go, a, r], dim=2), batch["timesteps"], slice(None))
+
+    def forward(self, batch: dict, **kw) -> torch.Tensor:
+        """Action logits ``(B, K, A, n_bins)``; logit ``i`` is read at token ``1 + i`` (R, a^1 ..)."""
+        act_tok = self.action_tokens(batch["actions"], batch["action_mask"])
+        h = self.backbone(self.embed(batch, act_tok), batch["valid"], **kw)
+        return self.head(h[:, :, 1: 1 + self.cfg.act_dim])
+
+    def loss(self, batch: dict, **kw) -> tuple[torch.Tensor, dict]:
+        logits = self.forward(batch, **kw)
+        target = self.tokenizer.encode(batch["actions"])
+        weight = (batch["valid"][:, :, None] & batch["action_mask"][:, None, :]).float()
+        ce = F.cross_entropy(logits.flatten(0, 2).float(), target.flatten(), reduction="none")
+        loss = (ce * weight.flatten()).sum() / weight.sum().clamp_min(1.0)
+        with torch.no_grad():
+            acc = ((logits.argmax(-1) == target).float() * weight).sum() / weight.sum().clamp_min(1.0)
+        return loss, {"loss": loss.detach(), "action_acc": acc}
+
+
+class DecisionTransformer(_SequenceDT):
+    tokens_per_step = 3
+
+    def __init__(self, cfg: ModelConfig):
+        super().__init__(cfg)
+        d = cfg.gpt.n_embd
+        self.embed_action = nn.Linear(cfg.act_dim, d)
+        self.head = nn.Sequential(nn.Linear(d, cfg.act_dim), nn.Tanh())
+
+    def embed(self, batch: dict) -> torch.Tensor:
+        r_to_go = self.embed_return(batch["rtg"][..., None])[:, :, None]
+        s = self.embed_state(batch["states"])[:, :, None]
+        a = self.embed_action(batch["actions"] * batch["action_mask"][:, None, :])[:, :, None]
+        return self._finish(torch.cat([r_to_go, s, a], dim=2), batch["timesteps"], slice(None))
+
+    def forward(self, batch: dict, **kw) -> torch.Tensor:
+        """Predicted actions ``(B, K, A)`` (read at the state tokens)."""
+        h = self.backbone(self.embed(batch), batch["valid"], **kw)
+        return self.head(h[:, :, 1])
+
+    def loss(self, batch: dict, **kw) -> tuple[torch.Tensor, dict]:
+        pred = self.forward(batch, **kw).float()
+        weight = (batch["valid"][:, :, None] & batch["action_mask"][:, None, :]).float()
+        loss = (((pred - batch["actions"]) ** 2) * weight).sum() / weight.sum().clamp_min(1.0)
+        return loss, {"loss": loss.detach()}
+
+
+class Policy:
+    """Acts in ``n`` environments at once, step by step, over a window of the last K timesteps.
+
+    Token embeddings are computed once, when they become known. With ``use_cache`` the keys and
+    values of tokens already run are kept, so each forward runs only the new tokens; when the
+    window slides (past K timesteps) the cache is rebuilt from the window, so the outputs equal
+    a full recompute of the window exactly. Without cache every forward recomputes the window.
+
+        pol = model.policy(act_dims)              # act_dims: (n,) real action dims per env
+        a = pol.act(states, rtg, timesteps)       # (n, A) actions; padded dims are 0
+        pol.observe(rewards)                      # after the env step (MDDT's reward token)
+    """
+
+    def __init__(self, model: _SequenceDT, act_dims, use_cache: bool = True):
+        self.model, self.use_cache = model, use_cache
+        p = next(model.parameters())
+        self.device, self.dtype = p.device, p.dtype
+        self.act_dims = torch.as_tensor(act_dims, device=self.device).long()
+        n, cfg = len(self.act_dims), model.cfg
+        self.n, self.k, self.per_step = n, cfg.context_len, model.tokens_per_step
+        self.emb = torch.zeros(n, self.k, self.per_step, cfg.gpt.n_embd, device=self.device, dtype=self.dtype)
+        self.t_emb = torch.zeros(n, self.k, cfg.gpt.n_embd, device=self.device, dtype=self.dtype)
+        self.steps = 0  # timesteps in the window
+        self.known = 0  # known tokens of the newest timestep
+        self.cache: KVCache | None = None
+        self.cached = 0  # window tokens already in the cache
+        self.forwards = 0
+
+    def _put(self, j: int, tok: torch.Tensor):
+        """Embedding of token ``j`` of the newest timestep (finished with timestep and type)."""
+        tok = tok + self.t_emb[:, self.steps - 1]
+        if self.model.embed_type is not None:
+            tok = tok + self.model.embed_type.weight[j]
+        self.emb[:, self.steps - 1, j] = self.model.embed_ln(tok)
+        self.known = j + 1
+
+    def _new_step(self, timesteps: torch.Tensor):
+        self.model._check_timesteps(timesteps)
+        if self.steps == self.k:  # slide the window by one timestep
+            self.emb = torch.roll(self.emb, -1, dims=1)
+            self.t_emb = torch.roll(self.t_emb, -1, dims=1)
+            self.steps -= 1
+            self.cache, self.cached = None, 0
+        self.steps += 1
+        self.known = 0
+        self.t_emb[:, self.steps - 1] = self.model.embed_timestep(timesteps.to(self.device))
+
+    def _run(self) -> torch.Tensor:
+        """Run the tokens not yet run; hidden state of the last known token ``(n, D)``."""
+        upto = (self.steps - 1) * self.per_step + self.known
+        if not self.use_cache or self.cache is None:
+            self.cache, self.cached = KVCache(self.model.cfg.gpt.n_layer), 0
+        seq = self.emb.reshape(self.n, -1, self.emb.shape[-1])[:, self.cached: upto]
+        h = self.model.transformer(seq, cache=self.cache)
+        self.cached = upto
+        if not self.use_cache:
+            self.cache = None
+        self.forwards += 1
+        return h[:, -1]
+
+    @torch.no_grad()
+    def act(self, states: torch.Tensor, rtg: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        m = self.model
+        states = states.to(self.device, self.dtype)
+        rtg = rtg.to(self.device, self.dtype)[:, None]
+        self._new_step(timesteps)
+        if isinstance(m, MultiDomainDT):
+            self._put(0, m.embed_state(states))
+            self._put(1, m.embed_return(rtg))
+            tokens = torch.full((self.n, m.cfg.act_dim), m.tokenizer.pad_token, device=self.device)
+            for i in range(int(self.act_dims.max())):
+                nxt = m.head(self._run()).argmax(-1)
+                tokens[:, i] = torch.where(i < self.act_dims, nxt, m.tokenizer.pad_token)
+                self._put(2 + i, m.embed_action(tokens[:, i]))
+            for i in range(int(self.act_dims.max()), m.cfg.act_dim):
+                self._put(2 + i, m.embed_action(tokens[:, i]))
+            return m.tokenizer.decode(tokens)
+        self._put(0, m.embed_return(rtg))
+        self._put(1, m.embed_state(states))
+        mask = torch.arange(m.cfg.act_dim, device=self.device)[None] < self.act_dims[:, None]
+        action = m.head(self._run()) * mask
+        self._put(2, m.embed_action(action))
+        return action.float()
+
+    @torch.no_grad()
+    def observe(self, rewards: torch.Tensor):
+        if isinstance(self.model, MultiDomainDT):
+            self._put(self.per_step - 1, self.model.embed_reward(rewards.to(self.device, self.dtype)[:, None]))
