@@ -70,6 +70,26 @@ def normalized_score(ret: float, info: dict | None) -> float | None:
     return (ret - lo) / (hi - lo)
 
 
+_ENV_POOL: dict[tuple[str, int], list] = {}
+
+
+def pooled_envs(specs: list[TaskSpec]) -> list:
+    """One environment per spec, reused across calls in this process (building a Meta-World env
+    costs about 0.1 s; evaluations during adaptation run many times). Episodes start with
+    ``reset(seed)``, which re-seeds everything an episode depends on."""
+    taken: dict[tuple[str, int], int] = {}
+    envs = []
+    for s in specs:
+        key = (s.name, s.horizon)
+        pool = _ENV_POOL.setdefault(key, [])
+        i = taken.get(key, 0)
+        if i == len(pool):
+            pool.append(make_env(s.name, seed=0, horizon=s.horizon))
+        envs.append(pool[i])
+        taken[key] = i + 1
+    return envs
+
+
 def run_episodes(model, specs: list[TaskSpec], seeds: list[int], targets: list[float], use_cache: bool = True,
                  bar=None) -> dict[str, np.ndarray]:
     """Run one episode per (spec, seed, target) in lock-step. Returns per-episode ``returns``,
@@ -78,7 +98,7 @@ def run_episodes(model, specs: list[TaskSpec], seeds: list[int], targets: list[f
     horizon = specs[0].horizon
     if any(s.horizon != horizon for s in specs):
         raise ValueError("run_episodes needs episodes of one horizon; group tasks by horizon")
-    envs = [make_env(s.name, seed=sd, horizon=s.horizon) for s, sd in zip(specs, seeds)]
+    envs = pooled_envs(specs)
     obs = [env.reset(sd) for env, sd in zip(envs, seeds)]
     policy = model.policy([s.act_dim for s in specs], use_cache=use_cache)
     scale = np.array([s.reward_scale for s in specs], dtype=np.float32)
@@ -87,10 +107,12 @@ def run_episodes(model, specs: list[TaskSpec], seeds: list[int], targets: list[f
     alive = np.ones(n, bool)
     states = np.zeros((n, STATE_DIM), np.float32)
     slots = [np.asarray(s.state_slot) for s in specs]
+    mean, std = model.state_mean.cpu().numpy(), model.state_std.cpu().numpy()
+    norm = [(mean[sl], std[sl]) for sl in slots]
     env_steps = 0
     for t in range(horizon):
         for i in range(n):
-            states[i, slots[i]] = obs[i]
+            states[i, slots[i]] = (obs[i] - norm[i][0]) / norm[i][1]
         actions = policy.act(torch.from_numpy(states), torch.from_numpy(rtg), torch.full((n,), t)).cpu().numpy()
         rewards = np.zeros(n, np.float32)
         for i in np.flatnonzero(alive):

@@ -38,6 +38,10 @@ class _SequenceDT(nn.Module):
         self.embed_type = nn.Embedding(self.tokens_per_step, d) if cfg.type_embedding else None
         self.embed_ln = nn.LayerNorm(d)
         self.transformer = GPT(cfg.gpt)
+        # z-score statistics of the states the model was trained on (set by the trainer, saved
+        # with the weights); batches and Policy.act take states already normalised with them.
+        self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
+        self.register_buffer("state_std", torch.ones(cfg.state_dim))
 
     # -- helpers shared by training and inference --------------------------------------------
     def _finish(self, tok: torch.Tensor, timesteps: torch.Tensor, types: torch.Tensor | slice) -> torch.Tensor:

@@ -45,8 +45,8 @@ class PretrainConfig:
     """Optimiser updates."""
     batch_size: int = 64
     """Windows per update (split evenly over the domains present)."""
-    lr: float = 3e-4
-    """Peak learning rate (the paper uses 1e-4 at batch 256 for 1M steps)."""
+    lr: float | None = None
+    """Peak learning rate (default: the preset's, 1e-3 for tiny/small, 1e-4 for paper as in the paper)."""
     min_lr: float = 1e-6
     """Learning rate at the end of the cosine decay."""
     warmup_steps: int = 1000
@@ -97,12 +97,20 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if native else "fp32"
 
 
+PRESET_LR = {"tiny": 1e-3, "small": 1e-3, "paper": 1e-4}
+
+
+def peak_lr(cfg: PretrainConfig) -> float:
+    return cfg.lr if cfg.lr is not None else PRESET_LR.get(cfg.model, 1e-4)
+
+
 def lr_at(step: int, cfg: PretrainConfig) -> float:
+    peak = peak_lr(cfg)
     warm = min(cfg.warmup_steps, max(1, cfg.steps // 10))
     if step < warm:
-        return cfg.lr * (step + 1) / warm
+        return peak * (step + 1) / warm
     progress = min(1.0, (step - warm) / max(1, cfg.steps - warm))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+    return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
@@ -113,7 +121,7 @@ def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.A
         is_matrix = p.dim() >= 2 and "embed_" not in name
         (decay if is_matrix else no_decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.95))
+    return torch.optim.AdamW(groups, lr=peak_lr(cfg), betas=(0.9, 0.95))
 
 
 def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -199,7 +207,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
         raise ValueError(f"episodes of {max_t} steps exceed the model's timestep table ({model_cfg.max_timestep})")
 
     torch.manual_seed(cfg.seed)
-    model = build_model(model_cfg).to(device)
+    model = build_model(model_cfg)
+    model.state_mean.copy_(torch.from_numpy(data.state_mean))
+    model.state_std.copy_(torch.from_numpy(data.state_std))
+    model = model.to(device)
     optimizer = make_optimizer(model, cfg)
     sampler = WindowSampler(data, model_cfg.context_len, cfg.batch_size, seed=cfg.seed)
     step = 0
@@ -212,7 +223,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     config = {
         "dtune_version": __version__, "model": model_cfg.to_dict(), "train": asdict(cfg),
-        "resolved": {"device": str(device), "precision": precision, "data_dir": str(root), "n_params": n_params},
+        "resolved": {"device": str(device), "precision": precision, "lr": peak_lr(cfg), "data_dir": str(root), "n_params": n_params},
         "tasks": data.tasks, "task_info": data.task_info,
     }
     ckpt.atomic_write_text(out / ckpt.CONFIG, json.dumps(config, indent=1))

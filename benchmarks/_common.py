@@ -1,0 +1,34 @@
+"""Helpers shared by the benchmark scripts (timing, tiny data when none is given)."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import warnings
+
+warnings.filterwarnings("ignore")
+
+
+def timed(fn, repeat: int = 1, warmup: int = 0) -> float:
+    """Seconds per call of ``fn`` (after ``warmup`` calls)."""
+    for _ in range(warmup):
+        fn()
+    t = time.perf_counter()
+    for _ in range(repeat):
+        fn()
+    return (time.perf_counter() - t) / repeat
+
+
+def data_dir_with(tasks: str, episodes: int = 20) -> str:
+    """``$DTUNE_DATA_DIR`` if it has the tasks, else a temporary root with freshly collected data."""
+    from dtune.data.collect import CollectConfig, collect
+    from dtune.data.storage import list_datasets
+    from dtune.tasks import resolve_tasks
+
+    root = os.environ.get("DTUNE_DATA_DIR")
+    if root and set(resolve_tasks(tasks)) <= set(list_datasets(root)):
+        return root
+    root = tempfile.mkdtemp(prefix="dtune-bench-")
+    collect(CollectConfig(tasks=tasks, episodes=episodes, data_dir=root), show_progress=False)
+    return root

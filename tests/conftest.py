@@ -1,0 +1,29 @@
+"""Shared fixtures: tiny real datasets (two Meta-World tasks, one DMC task), made once per session."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+
+from dtune.data.collect import CollectConfig, collect
+
+MW_TASKS = "reach-v3,door-open-v3"
+DMC_TASK = "cartpole-balance"
+HORIZON = 30
+
+warnings.filterwarnings("ignore", module="metaworld")
+
+
+def collect_tiny(root, tasks=MW_TASKS, episodes=6, horizon=HORIZON, **kw):
+    return collect(CollectConfig(tasks=tasks, episodes=episodes, horizon=horizon, data_dir=str(root), workers=1, **kw),
+                   show_progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory):
+    """Data root with 6 short episodes of reach and door-open (expert) and 3 of cartpole-balance (random)."""
+    root = tmp_path_factory.mktemp("data")
+    collect_tiny(root)
+    collect_tiny(root, tasks=DMC_TASK, episodes=3, suite="dmc", policy="random")
+    return root

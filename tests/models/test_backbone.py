@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from dtune.models import GPT, GPTConfig, KVCache
+
+
+@pytest.fixture
+def gpt():
+    torch.manual_seed(0)
+    return GPT(GPTConfig(n_layer=2, n_head=2, n_embd=16, dropout=0.0)).eval()
+
+
+def test_module_names_are_the_targeting_api(gpt):
+    names = {n for n, _ in gpt.named_modules()}
+    for leaf in ("attn.q", "attn.k", "attn.v", "attn.out", "mlp.fc", "mlp.proj", "ln_1", "ln_2"):
+        assert f"h.0.{leaf}" in names and f"h.1.{leaf}" in names
+
+
+def test_causality(gpt):
+    x = torch.randn(2, 10, 16)
+    y = gpt(x)
+    x2 = x.clone()
+    x2[:, 6:] = torch.randn(2, 4, 16)
+    y2 = gpt(x2)
+    torch.testing.assert_close(y[:, :6], y2[:, :6])
+    assert not torch.allclose(y[:, 6:], y2[:, 6:])
+
+
+def test_cache_equals_full_recompute(gpt):
+    x = torch.randn(3, 9, 16)
+    full = gpt(x)
+    cache = KVCache(2)
+    parts = [gpt(x[:, :4], cache=cache), gpt(x[:, 4:5], cache=cache), gpt(x[:, 5:], cache=cache)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    assert cache.length == 9
+
+
+def test_padding_tokens_do_not_change_real_outputs(gpt):
+    x = torch.randn(1, 6, 16)
+    valid = torch.tensor([[False, False, True, True, True, True]])
+    y = gpt(x, valid=valid)
+    x2 = x.clone()
+    x2[:, :2] = torch.randn(1, 2, 16)
+    torch.testing.assert_close(gpt(x2, valid=valid)[:, 2:], y[:, 2:])
+    torch.testing.assert_close(y[:, 2:], gpt(x[:, 2:]))  # same as no padding at all
+    assert torch.isfinite(y).all()
+
+
+def test_prompt_tokens_are_seen_by_all_and_dropped_from_output(gpt):
+    x = torch.randn(2, 5, 16)
+    prompt = torch.randn(1, 3, 16)
+    y = gpt(x, prompt=prompt)
+    assert y.shape == x.shape
+    assert not torch.allclose(y[:, 0], gpt(x)[:, 0])
+    # still causal among the real tokens
+    x2 = x.clone()
+    x2[:, 3:] = 0
+    torch.testing.assert_close(gpt(x2, prompt=prompt)[:, :3], y[:, :3])
+    with pytest.raises(ValueError):
+        gpt(x, prompt=prompt, cache=KVCache(2))
+
+
+def test_prefix_keys_values(gpt):
+    x = torch.randn(2, 5, 16)
+    zero_prefix = [(torch.zeros(1, 2, 4, 8), torch.zeros(1, 2, 4, 8)) for _ in range(2)]
+    rand_prefix = [(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)) for _ in range(2)]
+    y = gpt(x, prefix=rand_prefix)
+    assert y.shape == x.shape and not torch.allclose(y, gpt(x))
+    x2 = x.clone()
+    x2[:, 3:] = 0
+    torch.testing.assert_close(gpt(x2, prefix=rand_prefix)[:, :3], y[:, :3])
+    assert torch.isfinite(gpt(x, prefix=zero_prefix)).all()
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="divisible"):
+        GPTConfig(n_embd=30, n_head=4)

@@ -1,0 +1,107 @@
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from dtune.train import checkpoint as ckpt
+from dtune.train.pretrain import PretrainConfig, lr_at, pretrain
+
+TASKS = "reach-v3,door-open-v3,cartpole-balance"
+
+
+def cfg(tiny_data, out, **kw):
+    base = dict(out=str(out), tasks=TASKS, model="tiny", steps=12, batch_size=8, log_every=2, ckpt_every=6,
+                data_dir=str(tiny_data), precision="fp32", device="cpu", progress=False, warmup_steps=3)
+    base.update(kw)
+    return PretrainConfig(**base)
+
+
+def losses(run):
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_lr_schedule_warms_up_then_decays():
+    c = PretrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-5)
+    lrs = [lr_at(s, c) for s in range(100)]
+    assert lrs[0] < lrs[5] < lrs[9] == pytest.approx(1e-3)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] == pytest.approx(1e-5, rel=0.1)
+
+
+def test_resume_equals_uninterrupted(tiny_data, tmp_path, monkeypatch):
+    full = pretrain(cfg(tiny_data, tmp_path / "full"))
+    assert full["steps"] == 12
+    # the same run killed right after its step-6 checkpoint (and after logging step 7) ...
+    real_save = ckpt.save_train_state
+
+    def save_then_die(run_dir, step, *a):
+        real_save(run_dir, step, *a)
+        if step == 6:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckpt, "save_train_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        pretrain(cfg(tiny_data, tmp_path / "cut"))
+    monkeypatch.setattr(ckpt, "save_train_state", real_save)
+    # ... and resumed
+    resumed = pretrain(cfg(tiny_data, tmp_path / "cut", resume=True))
+    assert resumed["steps_this_session"] == 6
+    assert losses(tmp_path / "cut") == losses(tmp_path / "full")
+    a = load_file(str(tmp_path / "full" / ckpt.WEIGHTS))
+    b = load_file(str(tmp_path / "cut" / ckpt.WEIGHTS))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
+
+
+def test_run_directory_contents(tiny_data, tmp_path):
+    pretrain(cfg(tiny_data, tmp_path / "r", steps=4, tensorboard=True))
+    run = tmp_path / "r"
+    config = json.loads((run / "config.json").read_text())
+    assert config["model"]["kind"] == "mddt" and config["tasks"] == TASKS.split(",")
+    assert config["train"]["steps"] == 4 and config["resolved"]["precision"] == "fp32"
+    assert set(config["task_info"]) == set(TASKS.split(","))
+    assert (run / "metrics.csv").read_text().startswith("step,loss")
+    assert any((run / "tb").iterdir())
+    assert not list(run.glob(".*tmp"))
+
+
+def test_refuses_to_overwrite_or_resume_with_other_settings(tiny_data, tmp_path):
+    pretrain(cfg(tiny_data, tmp_path / "r", steps=2))
+    with pytest.raises(ckpt.CheckpointError, match="--resume"):
+        pretrain(cfg(tiny_data, tmp_path / "r", steps=2))
+    with pytest.raises(ckpt.CheckpointError, match="lr"):
+        pretrain(cfg(tiny_data, tmp_path / "r", steps=4, lr=1e-2, resume=True))
+    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
+        pretrain(cfg(tiny_data, tmp_path / "none", resume=True))
+
+
+def test_checkpoint_that_does_not_match_config(tiny_data, tmp_path):
+    run = tmp_path / "r"
+    pretrain(cfg(tiny_data, run, steps=2))
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["gpt"]["n_embd"] = 64
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ckpt.CheckpointError, match="do not match the model config"):
+        ckpt.load_model(run)
+    config["model"]["gpt"]["n_embd"] = 32
+    (run / "config.json").write_text(json.dumps(config))
+    w = load_file(str(run / ckpt.WEIGHTS))
+    w.pop("head.weight")
+    save_file(w, str(run / ckpt.WEIGHTS), metadata={"step": "2"})
+    with pytest.raises(ckpt.CheckpointError, match="missing"):
+        ckpt.load_model(run)
+
+
+def test_half_written_checkpoint_is_detected(tiny_data, tmp_path):
+    run = tmp_path / "r"
+    pretrain(cfg(tiny_data, run, steps=2))
+    state = json.loads((run / ckpt.STATE_J).read_text())
+    state["step"] = 7
+    (run / ckpt.STATE_J).write_text(json.dumps(state))
+    with pytest.raises(ckpt.CheckpointError, match="inconsistent"):
+        pretrain(cfg(tiny_data, run, steps=8, resume=True))
+
+
+def test_bf16_autocast_trains(tiny_data, tmp_path):
+    s = pretrain(cfg(tiny_data, tmp_path / "r", steps=4, precision="bf16"))
+    assert s["precision"] == "bf16" and all(l == l for l in losses(tmp_path / "r"))
