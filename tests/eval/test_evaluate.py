@@ -2,7 +2,6 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from dtune.eval.rollout import EvalConfig, evaluate, normalized_score, run_episodes, target_return
 from dtune.models import build_model, preset

@@ -1,5 +1,6 @@
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -105,3 +106,14 @@ def test_half_written_checkpoint_is_detected(tiny_data, tmp_path):
 def test_bf16_autocast_trains(tiny_data, tmp_path):
     s = pretrain(cfg(tiny_data, tmp_path / "r", steps=4, precision="bf16"))
     assert s["precision"] == "bf16" and all(l == l for l in losses(tmp_path / "r"))
+
+
+def test_state_statistics_travel_with_the_checkpoint(tiny_data, tmp_path):
+    from dtune.data.dataset import TrajectoryData
+
+    pretrain(cfg(tiny_data, tmp_path / "r", steps=2))
+    model, _ = ckpt.load_model(tmp_path / "r")
+    data = TrajectoryData(tiny_data, TASKS)
+    np.testing.assert_allclose(model.state_mean.numpy(), data.state_mean)
+    np.testing.assert_allclose(model.state_std.numpy(), data.state_std)
+    assert (model.state_std.numpy()[list(range(39))] != 1).any()

@@ -1,0 +1,220 @@
+"""Multi-task training data: a flat cache per task and a vectorised context-window sampler.
+
+Loading: each task's Minari dataset is read once and cached as one flat ``.npz`` next to the
+datasets (``<root>/.cache``), keyed by the dataset file's size and mtime. Tasks of one domain are
+concatenated into flat arrays; each task's observation goes into that domain's columns of the
+shared padded state (Meta-World: dims 0-38; each DMC (domain, key) its own slot).
+
+Normalisation: states are z-scored per state column with statistics of the pre-training data
+(columns that are constant keep std 1; padding columns stay 0). Pass ``state_stats`` to reuse the
+statistics a model was trained with (adaptation to new tasks must not change them).
+
+Sampling: a batch is split evenly over the domains present (domains balanced); within a domain
+the window's last timestep is uniform over all timesteps, i.e. trajectories are drawn in
+proportion to their length. Windows cover the K timesteps up to that one and are left-padded
+(``valid`` False) at an episode's start. Returns-to-go are undiscounted and, like rewards,
+divided by the domain's reward scale.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dtune.data.storage import DatasetError, dataset_dir, read_episodes, read_metadata
+from dtune.tasks import MAX_ACT_DIM, STATE_DIM, get_task, resolve_tasks
+
+CACHE_VERSION = 1
+
+
+def returns_to_go(rewards: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Undiscounted return-to-go of every step of flat, back-to-back episodes (vectorised)."""
+    rewards = np.asarray(rewards, dtype=np.float64)
+    ends = np.cumsum(lengths)
+    csum = np.cumsum(rewards)
+    ep_total_before_end = csum[ends - 1]
+    ep_of = np.repeat(np.arange(len(lengths)), lengths)
+    return (ep_total_before_end[ep_of] - csum + rewards).astype(np.float32)
+
+
+def _cached_episodes(root: Path, task: str) -> dict[str, np.ndarray]:
+    file = dataset_dir(root, task) / "data" / "main_data.hdf5"
+    read_metadata(root, task)  # clear error if missing
+    if not file.exists():
+        raise DatasetError(f"dataset {task} has no data file at {file}; delete {dataset_dir(root, task)} and collect it again")
+    st = file.stat()
+    key = hashlib.sha1(f"{CACHE_VERSION}:{task}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    cache = Path(root) / ".cache" / f"{task}-{key}.npz"
+    if cache.exists():
+        try:
+            with np.load(cache) as z:
+                return {k: z[k] for k in z.files}
+        except (OSError, ValueError, EOFError):
+            cache.unlink(missing_ok=True)  # a broken cache is rebuilt from the dataset
+    ep = read_episodes(root, task)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **ep)
+    os.replace(tmp, cache)
+    return ep
+
+
+@dataclass
+class DomainData:
+    """Flat arrays of every step of every episode of one domain's tasks."""
+
+    name: str
+    columns: np.ndarray  # (W,) state columns this domain fills
+    obs: np.ndarray  # (N, W) float32
+    actions: np.ndarray  # (N, MAX_ACT_DIM) float32, zero-padded
+    rtg: np.ndarray  # (N,) scaled
+    rewards: np.ndarray  # (N,) scaled
+    timesteps: np.ndarray  # (N,) int64
+    ep_start: np.ndarray  # (N,) index of the step's episode start
+    task_id: np.ndarray  # (N,) int16 index into TrajectoryData.tasks
+    filled: np.ndarray | None = None  # (N, W) which columns a step really has (None: all)
+
+    def __len__(self) -> int:
+        return len(self.rtg)
+
+
+class TrajectoryData:
+    """The training data of many tasks, grouped by domain, plus per-task statistics."""
+
+    def __init__(self, root: str | os.PathLike, tasks: str | list[str], max_episodes: int | None = None,
+                 state_stats: tuple[np.ndarray, np.ndarray] | None = None):
+        self.root = Path(root)
+        self.tasks = resolve_tasks(tasks)
+        self.task_info: dict[str, dict] = {}
+        by_domain: dict[str, list[tuple[int, str, dict]]] = {}
+        for i, task in enumerate(self.tasks):
+            ep = _cached_episodes(self.root, task)
+            if max_episodes is not None:
+                ep = _first_episodes(ep, max_episodes)
+            meta = read_metadata(self.root, task)
+            ends = np.cumsum(ep["lengths"])
+            returns = np.add.reduceat(ep["rewards"].astype(np.float64), ends - ep["lengths"])
+            self.task_info[task] = {
+                "episodes": int(len(ep["lengths"])), "steps": int(ep["lengths"].sum()),
+                "return_max": float(returns.max()), "return_mean": float(returns.mean()),
+                "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"),
+            }
+            by_domain.setdefault(get_task(task).domain, []).append((i, task, ep))
+        self.domains = [self._domain(name, items) for name, items in by_domain.items()]
+        if state_stats is None:
+            state_stats = self._compute_stats()
+        self.state_mean = np.asarray(state_stats[0], np.float32)
+        self.state_std = np.asarray(state_stats[1], np.float32)
+        for d in self.domains:
+            d.obs -= self.state_mean[d.columns]
+            d.obs /= self.state_std[d.columns]
+        self.act_dims = np.array([get_task(t).act_dim for t in self.tasks], dtype=np.int64)
+
+    def _compute_stats(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-column mean and std over every step of the tasks that fill the column."""
+        mean, std = np.zeros(STATE_DIM, np.float64), np.ones(STATE_DIM, np.float64)
+        for d in self.domains:
+            for j, c in enumerate(d.columns):
+                col = d.obs[:, j][d.filled[:, j]] if d.filled is not None else d.obs[:, j]
+                mean[c] = col.mean(dtype=np.float64)
+                sd = col.std(dtype=np.float64)
+                std[c] = sd if sd > 1e-6 else 1.0
+        return mean.astype(np.float32), std.astype(np.float32)
+
+    @staticmethod
+    def _domain(name: str, items) -> DomainData:
+        columns = np.array(sorted({c for _, t, _ in items for c in get_task(t).state_slot}), dtype=np.int64)
+        col_pos = {c: j for j, c in enumerate(columns)}
+        n = sum(int(ep["lengths"].sum()) for _, _, ep in items)
+        obs = np.zeros((n, len(columns)), np.float32)
+        actions = np.zeros((n, MAX_ACT_DIM), np.float32)
+        rtg, rewards = np.zeros(n, np.float32), np.zeros(n, np.float32)
+        timesteps, ep_start = np.zeros(n, np.int64), np.zeros(n, np.int64)
+        task_id = np.zeros(n, np.int16)
+        uniform = all(get_task(t).state_slot == get_task(items[0][1]).state_slot for _, t, _ in items)
+        filled = None if uniform else np.zeros((n, len(columns)), bool)
+        pos = 0
+        for i, task, ep in items:
+            spec = get_task(task)
+            lengths = ep["lengths"]
+            m = int(lengths.sum())
+            sl = slice(pos, pos + m)
+            cols = [col_pos[c] for c in spec.state_slot]
+            obs[sl][:, cols] = ep["observations"]
+            if filled is not None:
+                filled[sl][:, cols] = True
+            actions[sl, : spec.act_dim] = ep["actions"]
+            rewards[sl] = ep["rewards"] / spec.reward_scale
+            rtg[sl] = returns_to_go(ep["rewards"], lengths) / spec.reward_scale
+            starts = np.cumsum(lengths) - lengths
+            ep_start[sl] = pos + np.repeat(starts, lengths)
+            timesteps[sl] = np.arange(m) - np.repeat(starts, lengths)
+            task_id[sl] = i
+            pos += m
+        return DomainData(name, columns, obs, actions, rtg, rewards, timesteps, ep_start, task_id, filled)
+
+    @property
+    def steps(self) -> int:
+        return sum(len(d) for d in self.domains)
+
+
+def _first_episodes(ep: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    lengths = ep["lengths"][:n]
+    m = int(lengths.sum())
+    return {"observations": ep["observations"][:m], "actions": ep["actions"][:m], "rewards": ep["rewards"][:m],
+            "success": ep["success"][:m], "lengths": lengths}
+
+
+class WindowSampler:
+    """Samples batches of K-timestep windows; deterministic given its seed (state is saveable)."""
+
+    def __init__(self, data: TrajectoryData, context_len: int, batch_size: int, seed: int = 0):
+        if batch_size < len(data.domains):
+            raise ValueError(f"batch_size {batch_size} is smaller than the number of domains ({len(data.domains)})")
+        self.data, self.k, self.batch_size = data, int(context_len), int(batch_size)
+        self.rng = np.random.default_rng(seed)
+        self._back = np.arange(self.k - 1, -1, -1)
+
+    def state(self) -> dict:
+        return self.rng.bit_generator.state
+
+    def set_state(self, state: dict):
+        self.rng.bit_generator.state = state
+
+    def sample(self) -> dict[str, np.ndarray]:
+        b, k, doms = self.batch_size, self.k, self.data.domains
+        counts = np.full(len(doms), b // len(doms))
+        counts[: b - counts.sum()] += 1
+        out = {
+            "states": np.zeros((b, k, STATE_DIM), np.float32),
+            "actions": np.zeros((b, k, MAX_ACT_DIM), np.float32),
+            "rtg": np.zeros((b, k), np.float32), "rewards": np.zeros((b, k), np.float32),
+            "timesteps": np.zeros((b, k), np.int64), "valid": np.zeros((b, k), bool),
+            "task_id": np.zeros(b, np.int64),
+        }
+        row = 0
+        for dom, n in zip(doms, counts):
+            end = self.rng.integers(0, len(dom), n)
+            idx = end[:, None] - self._back[None]
+            valid = idx >= dom.ep_start[end][:, None]
+            idx = np.where(valid, idx, end[:, None])
+            sl = slice(row, row + n)
+            vf = valid[..., None]
+            states = dom.obs[idx] * vf
+            if dom.filled is not None:
+                states *= dom.filled[idx]
+            out["states"][sl][..., dom.columns] = states
+            out["actions"][sl] = dom.actions[idx] * vf
+            out["rtg"][sl] = dom.rtg[idx] * valid
+            out["rewards"][sl] = dom.rewards[idx] * valid
+            out["timesteps"][sl] = dom.timesteps[idx] * valid
+            out["valid"][sl] = valid
+            out["task_id"][sl] = dom.task_id[end]
+            row += n
+        out["action_mask"] = np.arange(MAX_ACT_DIM)[None] < self.data.act_dims[out["task_id"]][:, None]
+        return out
