@@ -2,7 +2,8 @@
 env stepping with random actions (the ceiling: no model at all).
 
 Same tasks, episodes, seeds and horizon for all three; the model is a freshly initialised MDDT of
-the chosen preset (speed does not depend on the weights).
+the chosen preset (speed does not depend on the weights). Environments are built once, before
+timing, and shared by all three.
 
     python benchmarks/bench_eval.py [--model small --tasks 8 --episodes 5 --horizon 100]
 """
@@ -13,9 +14,9 @@ import numpy as np
 import torch
 
 from _common import timed
-from dtune.eval.rollout import run_episodes
+from dtune.eval.rollout import pooled_envs, run_episodes
 from dtune.models import build_model, preset
-from dtune.tasks import TASK_SETS, get_task, make_env
+from dtune.tasks import TASK_SETS, get_task
 
 p = argparse.ArgumentParser()
 p.add_argument("--model", default="small")
@@ -32,8 +33,10 @@ torch.manual_seed(0)
 model = build_model(preset(args.model)).eval()
 
 
+envs = pooled_envs(specs)  # built once, outside the timings; run_episodes reuses them
+
+
 def raw():
-    envs = [make_env(s.name, sd, s.horizon) for s, sd in zip(specs, seeds)]
     for env, sd in zip(envs, seeds):
         env.reset(sd)
     rng = np.random.default_rng(0)

@@ -51,3 +51,17 @@ def test_tasks_listing(capsys):
     assert main(["tasks", "--set", "cw10"]) == 0
     out = capsys.readouterr().out
     assert out.index("hammer-v3") < out.index("peg-unplug-side-v3")
+
+
+def test_resume_takes_the_run_settings(tiny_data, tmp_path, capsys):
+    run = str(tmp_path / "run")
+    assert main(["pretrain", "--out", run, "--tasks", "reach-v3", "--model", "tiny", "--steps", "4", "--batch-size", "8",
+                 "--lr", "0.002", "--data-dir", str(tiny_data), "--no-progress"]) == 0
+    # only --out, --resume and the new budget: tasks, model, batch size, lr and data dir come from the run
+    assert main(["pretrain", "--out", run, "--resume", "--steps", "6", "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["steps"] == 6 and summary["steps_this_session"] == 2
+    capsys.readouterr()
+    # a contradicting explicit option is refused
+    assert main(["pretrain", "--out", run, "--resume", "--steps", "8", "--lr", "0.01", "--no-progress"]) == 2
+    assert "lr" in capsys.readouterr().err

@@ -1,11 +1,19 @@
 #!/usr/bin/env bash
-# MT40 study on a 2-core CPU: collect, pre-train a small MDDT, evaluate 10 episodes per task.
-# Run from the repository root after `make install` (or inside .venv). RUNS defaults to runs/.
+# MT40 study on a 2-core CPU, exactly as run for results/mt40_small/ (see README.md there):
+# collect, pre-train a small MDDT for 24,000 steps, evaluate; then resume the same run with a
+# longer schedule to 40,000 steps (a warm restart of the cosine schedule) and evaluate again.
+# Run from the repository root with .venv/bin on PATH (after `make install`).
 set -euo pipefail
 RUNS=${RUNS:-runs}
 OUT=results/mt40_small
-time dtune data collect --suite metaworld --tasks mt40 --episodes 100 --data-dir $RUNS/data2 --workers 2
-time dtune pretrain --tasks mt40 --model small --steps 24000 --warmup-steps 1000 --ckpt-every 2000 \
+dtune data collect --suite metaworld --tasks mt40 --episodes 100 --data-dir $RUNS/data2 --workers 2
+dtune pretrain --tasks mt40 --model small --steps 24000 --warmup-steps 1000 --ckpt-every 2000 \
     --data-dir $RUNS/data2 --out $RUNS/mt40_small
-time dtune evaluate --checkpoint $RUNS/mt40_small --tasks mt40 --episodes 10 --json $OUT/eval.json | tee $OUT/eval.md
-cp $RUNS/mt40_small/config.json $RUNS/mt40_small/summary.json $RUNS/mt40_small/metrics.csv $OUT/
+dtune evaluate --checkpoint $RUNS/mt40_small --tasks mt40 --episodes 10 --json $OUT/eval_24k.json | tee $OUT/eval_24k.md
+cp $RUNS/mt40_small/config.json $OUT/config_24k.json; cp $RUNS/mt40_small/summary.json $OUT/summary_24k.json
+cp $RUNS/mt40_small/metrics.csv $OUT/metrics_24k.csv
+dtune pretrain --tasks mt40 --model small --steps 40000 --warmup-steps 1000 --ckpt-every 2000 \
+    --data-dir $RUNS/data2 --out $RUNS/mt40_small --resume
+dtune evaluate --checkpoint $RUNS/mt40_small --tasks mt40 --episodes 10 --json $OUT/eval_40k.json | tee $OUT/eval_40k.md
+cp $RUNS/mt40_small/config.json $OUT/config_40k.json; cp $RUNS/mt40_small/summary.json $OUT/summary_40k.json
+cp $RUNS/mt40_small/metrics.csv $OUT/metrics_40k.csv

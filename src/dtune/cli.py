@@ -99,9 +99,18 @@ def _show_cmd(args):
 
 
 def _pretrain_cmd(args):
+    from dtune.train.checkpoint import read_config
     from dtune.train.pretrain import PretrainConfig, pretrain
 
-    summary = pretrain(from_args(PretrainConfig, args))
+    cfg = from_args(PretrainConfig, args)
+    if cfg.resume:
+        # Resume with the run's own settings; only options typed on this command line override them.
+        explicit = argparse.ArgumentParser(add_help=False)
+        add_dataclass_args(explicit, PretrainConfig, suppress_defaults=True)
+        given = vars(explicit.parse_known_args(args.argv)[0])
+        saved = read_config(cfg.out)["train"]
+        cfg = PretrainConfig(**{**saved, **given, "out": cfg.out, "resume": True})
+    summary = pretrain(cfg)
     print(json.dumps(summary, indent=1))
 
 
@@ -191,6 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     warnings.filterwarnings("ignore", module="metaworld")
     warnings.filterwarnings("ignore", message=".*GLFW.*")
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         args.func(args)
     except (DatasetError, CheckpointError, UnknownTaskError, ValueError) as e:

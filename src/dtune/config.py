@@ -50,7 +50,10 @@ def _parser_for(tp, optional: bool):
     return parse
 
 
-def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), positional: tuple[str, ...] = ()):
+def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = (), positional: tuple[str, ...] = (),
+                       suppress_defaults: bool = False):
+    """One option per field. With ``suppress_defaults`` the namespace holds only the options given
+    on the command line (to tell explicit settings from defaults)."""
     docs = field_docs(cls)
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -58,6 +61,9 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
             continue
         tp, optional = _base_type(hints[f.name])
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore
+        shown = default
+        if suppress_defaults:
+            default = argparse.SUPPRESS
         help_text = docs.get(f.name, "")
         if f.name in positional:
             parser.add_argument(f.name, type=_parser_for(tp, optional), help=help_text)
@@ -68,7 +74,7 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
                                 help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, type=_parser_for(tp, optional), default=default,
-                                metavar=tp.__name__.upper(), help=f"{help_text} (default: {default})")
+                                metavar=tp.__name__.upper(), help=f"{help_text} (default: {shown})")
 
 
 def from_args(cls, args: argparse.Namespace):

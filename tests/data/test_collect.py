@@ -102,3 +102,10 @@ def test_missing_and_corrupt_datasets_have_clear_errors(tmp_path):
     f.write_bytes(f.read_bytes()[:500])
     with pytest.raises(DatasetError, match="corrupt"):
         read_episodes(tmp_path, "reach-v3")
+
+
+def test_relative_data_dir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert collect(CollectConfig(tasks="reach-v3", episodes=1, horizon=5, data_dir="rel/data", workers=1),
+                   show_progress=False) == ["reach-v3"]
+    assert storage.list_datasets(tmp_path / "rel" / "data") == ["reach-v3"]

@@ -31,7 +31,7 @@ class DatasetError(RuntimeError):
 def data_root(data_dir: str | os.PathLike | None = None) -> Path:
     """``data_dir`` if given, else ``$DTUNE_DATA_DIR``, else ``~/.dtune/datasets``."""
     root = data_dir or os.environ.get("DTUNE_DATA_DIR") or DEFAULT_ROOT
-    return Path(root).expanduser()
+    return Path(root).expanduser().resolve()
 
 
 def dataset_id(task: str) -> str:
@@ -65,7 +65,7 @@ def write_dataset(root: Path, task: str, episodes: list[Episode], metadata: dict
     from minari.dataset.minari_storage import MinariStorage
 
     spec = get_task(task)
-    final = dataset_dir(root, task)
+    final = dataset_dir(Path(root).resolve(), task)  # Minari's HDF5 storage needs absolute paths
     if final.exists() and not overwrite:
         raise DatasetError(f"dataset {dataset_id(task)} already exists at {final}; pass --overwrite to replace it")
     final.parent.mkdir(parents=True, exist_ok=True)
