@@ -79,12 +79,11 @@ def _show_cmd(args):
 
     from dtune.data.storage import data_root, dataset_dir, episode_stats, read_episodes, read_metadata
     from dtune.report import markdown_table
+    from dtune.tasks import get_task
 
     root = data_root(args.data_dir)
     task = args.id.split("/")[-1].removesuffix("-v0")
-    from dtune.tasks import get_task
-
-    get_task(task)
+    get_task(task)  # unknown names fail here, with suggestions
     meta = read_metadata(root, task)
     ep = read_episodes(root, task)
     st = episode_stats(ep)
