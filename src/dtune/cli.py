@@ -77,7 +77,8 @@ def _list_cmd(args):
 def _show_cmd(args):
     import numpy as np
 
-    from dtune.data.storage import data_root, dataset_dir, episode_stats, read_episodes, read_metadata
+    from dtune.data.storage import (data_root, dataset_dir, episode_returns, episode_stats, read_episodes,
+                                    read_metadata)
     from dtune.report import markdown_table
     from dtune.tasks import get_task
 
@@ -91,9 +92,7 @@ def _show_cmd(args):
     settings = {k: v for k, v in meta["dtune"].items() if k not in ("stats", "noise_schedule")}
     print("settings: " + json.dumps(settings))
     print(markdown_table(["statistic", "value"], [[k, v] for k, v in st.items()]))
-    ends = np.cumsum(ep["lengths"])
-    rets = np.add.reduceat(ep["rewards"].astype(np.float64), ends - ep["lengths"])
-    q = np.quantile(rets, [0.0, 0.25, 0.5, 0.75, 1.0])
+    q = np.quantile(episode_returns(ep["rewards"], ep["lengths"]), [0.0, 0.25, 0.5, 0.75, 1.0])
     print("return quantiles (0, 25, 50, 75, 100%): " + ", ".join(f"{v:.1f}" for v in q))
 
 

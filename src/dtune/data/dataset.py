@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from dtune.data.storage import DatasetError, dataset_dir, read_episodes, read_metadata
+from dtune.data.storage import DatasetError, dataset_dir, episode_returns, read_episodes, read_metadata
 from dtune.tasks import MAX_ACT_DIM, STATE_DIM, get_task, resolve_tasks
 
 CACHE_VERSION = 1
@@ -41,9 +41,10 @@ def returns_to_go(rewards: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return (ep_total_before_end[ep_of] - csum + rewards).astype(np.float32)
 
 
-def _cached_episodes(root: Path, task: str) -> dict[str, np.ndarray]:
+def _cached_episodes(root: Path, task: str) -> tuple[dict[str, np.ndarray], dict]:
+    """The task's flat episode arrays (from the cache when it is current) and its metadata."""
     file = dataset_dir(root, task) / "data" / "main_data.hdf5"
-    read_metadata(root, task)  # clear error if missing
+    meta = read_metadata(root, task)  # clear error if missing
     if not file.exists():
         raise DatasetError(f"dataset {task} has no data file at {file}; delete {dataset_dir(root, task)} and collect it again")
     st = file.stat()
@@ -52,7 +53,7 @@ def _cached_episodes(root: Path, task: str) -> dict[str, np.ndarray]:
     if cache.exists():
         try:
             with np.load(cache) as z:
-                return {k: z[k] for k in z.files}
+                return {k: z[k] for k in z.files}, meta
         except (OSError, ValueError, EOFError):
             cache.unlink(missing_ok=True)  # a broken cache is rebuilt from the dataset
     ep = read_episodes(root, task)
@@ -61,7 +62,7 @@ def _cached_episodes(root: Path, task: str) -> dict[str, np.ndarray]:
     with open(tmp, "wb") as f:
         np.savez(f, **ep)
     os.replace(tmp, cache)
-    return ep
+    return ep, meta
 
 
 @dataclass
@@ -93,12 +94,10 @@ class TrajectoryData:
         self.task_info: dict[str, dict] = {}
         by_domain: dict[str, list[tuple[int, str, dict]]] = {}
         for i, task in enumerate(self.tasks):
-            ep = _cached_episodes(self.root, task)
+            ep, meta = _cached_episodes(self.root, task)
             if max_episodes is not None:
                 ep = _first_episodes(ep, max_episodes)
-            meta = read_metadata(self.root, task)
-            ends = np.cumsum(ep["lengths"])
-            returns = np.add.reduceat(ep["rewards"].astype(np.float64), ends - ep["lengths"])
+            returns = episode_returns(ep["rewards"], ep["lengths"])
             self.task_info[task] = {
                 "episodes": int(len(ep["lengths"])), "steps": int(ep["lengths"].sum()),
                 "return_max": float(returns.max()), "return_mean": float(returns.mean()),

@@ -178,13 +178,18 @@ def list_datasets(root: Path) -> list[str]:
     return tasks
 
 
+def episode_returns(rewards: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """Undiscounted return of each of the back-to-back episodes in flat ``rewards``."""
+    if not len(lengths):
+        return np.zeros(0)
+    return np.add.reduceat(np.asarray(rewards, dtype=np.float64), np.cumsum(lengths) - lengths)
+
+
 def episode_stats(ep: dict[str, np.ndarray]) -> dict[str, float]:
     """Episode count, steps, return and any-step success statistics of flat episode arrays."""
     lengths = ep["lengths"]
-    ends = np.cumsum(lengths)
-    starts = ends - lengths
-    returns = np.add.reduceat(ep["rewards"].astype(np.float64), starts) if len(lengths) else np.zeros(0)
-    success = np.logical_or.reduceat(ep["success"], starts) if len(lengths) else np.zeros(0, bool)
+    returns = episode_returns(ep["rewards"], lengths)
+    success = np.logical_or.reduceat(ep["success"], np.cumsum(lengths) - lengths) if len(lengths) else np.zeros(0, bool)
     return {
         "episodes": int(len(lengths)),
         "steps": int(lengths.sum()),
