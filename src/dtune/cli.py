@@ -1,4 +1,4 @@
-"""``dtune`` command line: tasks, data, pretrain, evaluate, demo."""
+"""``dtune`` command line: tasks, data, pretrain, adapt, evaluate, demo."""
 
 from __future__ import annotations
 
@@ -119,6 +119,74 @@ def _print_eval(result: dict):
     print(f"\n{result['env_steps']} env steps in {result['wall_s']:.1f}s ({result['env_steps_per_s']:.0f} steps/s)")
 
 
+def _method_config(method: str, argv: list[str]):
+    """The method's config: its (preset) defaults, overridden by the options typed on the command line."""
+    import dataclasses
+
+    from dtune import tuners
+
+    explicit = argparse.ArgumentParser(add_help=False)
+    add_dataclass_args(explicit, tuners.config_class(method), suppress_defaults=True)
+    given = vars(explicit.parse_known_args(argv)[0])
+    config = tuners.make_config(method, **given)
+    print(f"method {method}: " + json.dumps(dataclasses.asdict(config)))
+    return config
+
+
+def _adapt_cmd(args):
+    from dtune.train.adapt import AdaptConfig, adapt, list_methods, result_table
+
+    if args.list_methods:
+        print(list_methods())
+        return
+    cfg = from_args(AdaptConfig, args)
+    result = adapt(cfg, _method_config(cfg.method, args.argv))
+    print(result_table([result]))
+    print(f"\nadapter and results in {cfg.out}")
+
+
+def _continual_cmd(args):
+    from dtune.continual.runner import ContinualConfig, continual, summary_markdown
+
+    cfg = from_args(ContinualConfig, args)
+    argv = args.argv
+    if cfg.resume and (Path(cfg.out) / "config.json").exists():
+        # Resume with the run's own settings (method options included); options typed here override.
+        saved = json.loads((Path(cfg.out) / "config.json").read_text())
+        explicit = argparse.ArgumentParser(add_help=False)
+        add_dataclass_args(explicit, ContinualConfig, suppress_defaults=True)
+        given = vars(explicit.parse_known_args(argv)[0])
+        cfg = ContinualConfig(**{**saved["continual"], **given, "out": cfg.out, "resume": True})
+        from dtune import tuners
+
+        method_config = tuners.config_from_dict(saved["method"], saved["method_config"])
+    else:
+        method_config = _method_config(cfg.method, argv)
+    summary = continual(cfg, method_config)
+    print(summary_markdown(summary))
+    print(f"\nmatrix, metrics and plots in {cfg.out}")
+
+
+def _report_cmd(args):
+    from dtune.report.summary import report
+
+    print(report(args.runs, args.out))
+    if args.out:
+        print(f"\ntables, JSON, CSV and plots in {args.out}")
+
+
+def _method_of(argv: list[str]) -> str:
+    """The --method named on an adapt command line (its options join the parser)."""
+    for i, a in enumerate(argv):
+        if a == "--method" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--method="):
+            return a.split("=", 1)[1]
+    from dtune.train.adapt import AdaptConfig
+
+    return AdaptConfig.method
+
+
 def _evaluate_cmd(args):
     from dtune.eval.rollout import EvalConfig, evaluate
 
@@ -150,8 +218,10 @@ def _demo_cmd(args):
     print(f"\ndemo done in {time.perf_counter() - t0:.0f}s; results in {out / 'eval.json'}")
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
+    from dtune import tuners
     from dtune.data.collect import CollectConfig
+    from dtune.train.adapt import AdaptConfig
     from dtune.eval.rollout import EvalConfig
     from dtune.train.pretrain import PretrainConfig
 
@@ -178,6 +248,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(pt, PretrainConfig)
     pt.set_defaults(func=_pretrain_cmd)
 
+    ad = sub.add_parser("adapt", help="adapt a pre-trained checkpoint to a new task",
+                        description=AdaptConfig.__doc__ + " Method options follow --method; "
+                        "`dtune adapt --method lora --help` lists LoRA's.")
+    add_dataclass_args(ad, AdaptConfig)
+    ad.add_argument("--list-methods", action="store_true", help="list the methods and variants, then exit")
+    method = _method_of(argv or [])
+    try:
+        cls = tuners.config_class(method)
+    except ValueError:
+        cls = None  # reported with suggestions when the command runs
+    if cls is not None:
+        add_dataclass_args(ad.add_argument_group(f"options of method {method!r} ({cls.__doc__.strip()})"), cls)
+    ad.set_defaults(func=_adapt_cmd)
+
+    from dtune.continual.runner import ContinualConfig
+
+    cl = sub.add_parser("continual", help="adapt to a sequence of tasks, one after the other",
+                        description=ContinualConfig.__doc__ + " Method options follow --method, as for adapt.")
+    add_dataclass_args(cl, ContinualConfig)
+    if cls is not None:
+        add_dataclass_args(cl.add_argument_group(f"options of method {method!r} ({cls.__doc__.strip()})"), cls)
+    cl.set_defaults(func=_continual_cmd)
+
+    rp = sub.add_parser("report", help="put adaptation or continual runs side by side (tables, plots)")
+    rp.add_argument("runs", nargs="+", help="run directories of `dtune adapt` or `dtune continual`")
+    rp.add_argument("--out", default=None, help="also write report.md/json, CSV and PNG plots into this directory")
+    rp.set_defaults(func=_report_cmd)
+
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint", description=EvalConfig.__doc__)
     add_dataclass_args(ev, EvalConfig)
     ev.set_defaults(func=_evaluate_cmd)
@@ -194,14 +292,16 @@ def main(argv: list[str] | None = None) -> int:
     from dtune.data.storage import DatasetError
     from dtune.tasks import UnknownTaskError
     from dtune.train.checkpoint import CheckpointError
+    from dtune.tuners import AdapterError
 
     warnings.filterwarnings("ignore", module="metaworld")
     warnings.filterwarnings("ignore", message=".*GLFW.*")
-    args = build_parser().parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(argv).parse_args(argv)
+    args.argv = argv
     try:
         args.func(args)
-    except (DatasetError, CheckpointError, UnknownTaskError, ValueError) as e:
+    except (DatasetError, CheckpointError, AdapterError, UnknownTaskError, ValueError) as e:
         print(f"dtune: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
 Every field of a config dataclass becomes ``--field-name`` with its type, default and the field's
 docstring as help (read from the source, tyro-style). ``bool`` fields become ``--flag`` /
-``--no-flag``; ``X | None`` fields accept ``none``.
+``--no-flag``; ``X | None`` fields accept ``none``; ``list[X]`` fields take comma-separated items.
 """
 
 from __future__ import annotations
@@ -17,7 +17,15 @@ import typing
 
 
 def field_docs(cls) -> dict[str, str]:
-    """Docstrings written under each field of a dataclass (attribute docstrings)."""
+    """Docstrings written under each field of a dataclass (attribute docstrings), base classes too."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__):
+        if dataclasses.is_dataclass(klass):
+            docs.update(_own_field_docs(klass))
+    return docs
+
+
+def _own_field_docs(cls) -> dict[str, str]:
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):
@@ -41,12 +49,25 @@ def _base_type(tp):
     return tp, False
 
 
+def _is_list(tp) -> bool:
+    return typing.get_origin(tp) in (list, tuple)
+
+
+def _type_name(tp) -> str:
+    if _is_list(tp):
+        return f"{typing.get_args(tp)[0].__name__.upper()},..."
+    return tp.__name__.upper()
+
+
 def _parser_for(tp, optional: bool):
     def parse(text: str):
         if optional and text.lower() == "none":
             return None
+        if _is_list(tp):  # comma-separated items
+            item = typing.get_args(tp)[0]
+            return [item(x.strip()) for x in text.split(",") if x.strip()]
         return tp(text)
-    parse.__name__ = tp.__name__  # argparse names the type in its error messages
+    parse.__name__ = getattr(tp, "__name__", "list")  # argparse names the type in its error messages
     return parse
 
 
@@ -74,7 +95,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls, skip: tuple[str, ..
                                 help=help_text)
         else:
             parser.add_argument(flag, dest=f.name, type=_parser_for(tp, optional), default=default,
-                                metavar=tp.__name__.upper(), help=f"{help_text} (default: {shown})")
+                                metavar=_type_name(tp), help=f"{help_text} (default: {_show(shown)})")
+
+
+def _show(value) -> str:
+    return ",".join(map(str, value)) if isinstance(value, (list, tuple)) else str(value)
 
 
 def from_args(cls, args: argparse.Namespace):

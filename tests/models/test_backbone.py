@@ -56,8 +56,11 @@ def test_prompt_tokens_are_seen_by_all_and_dropped_from_output(gpt):
     x2 = x.clone()
     x2[:, 3:] = 0
     torch.testing.assert_close(gpt(x2, prompt=prompt)[:, :3], y[:, :3])
-    with pytest.raises(ValueError):
-        gpt(x, prompt=prompt, cache=KVCache(2))
+    # with a cache the prompt runs (and is cached) with the first tokens only: same outputs
+    cache = KVCache(2)
+    parts = [gpt(x[:, :2], prompt=prompt, cache=cache), gpt(x[:, 2:], prompt=prompt, cache=cache)]
+    torch.testing.assert_close(torch.cat(parts, dim=1), y)
+    assert cache.length == 3 + 5
 
 
 def test_prefix_keys_values(gpt):

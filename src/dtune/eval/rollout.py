@@ -30,8 +30,10 @@ class EvalConfig:
 
     checkpoint: str = "runs/pretrain"
     """Run directory written by ``dtune pretrain``."""
+    adapter: str | None = None
+    """Adapter directory written by ``dtune adapt``, applied on top of the checkpoint."""
     tasks: str | None = None
-    """Tasks or sets to evaluate (default: the checkpoint's training tasks)."""
+    """Tasks or sets to evaluate (default: the adapter's tasks, else the checkpoint's training tasks)."""
     episodes: int = 10
     """Episodes per task."""
     seed: int = 1000
@@ -100,7 +102,7 @@ def run_episodes(model, specs: list[TaskSpec], seeds: list[int], targets: list[f
         raise ValueError("run_episodes needs episodes of one horizon; group tasks by horizon")
     envs = pooled_envs(specs)
     obs = [env.reset(sd) for env, sd in zip(envs, seeds)]
-    policy = model.policy([s.act_dim for s in specs], use_cache=use_cache)
+    policy = model.policy([s.act_dim for s in specs], use_cache=use_cache, tasks=[s.name for s in specs])
     scale = np.array([s.reward_scale for s in specs], dtype=np.float32)
     rtg = np.array(targets, dtype=np.float32) / scale
     returns, success = np.zeros(n), np.zeros(n, bool)
@@ -136,15 +138,17 @@ def evaluate(cfg: EvalConfig, model=None, config: dict | None = None) -> dict:
     """Evaluate ``cfg.checkpoint`` (or an already loaded ``model`` + ``config``)."""
     from tqdm import tqdm
 
-    from dtune.train.checkpoint import load_model
     from dtune.train.pretrain import resolve_device
+    from dtune.tuners import load_adapted
 
     device = resolve_device(cfg.device)
+    adapter = None
     if model is None:
-        model, config = load_model(cfg.checkpoint, device)
+        model, config, adapter = load_adapted(cfg.checkpoint, cfg.adapter, device)
     model.eval()
     task_info = config.get("task_info", {})
-    tasks = resolve_tasks(cfg.tasks) if cfg.tasks else list(config["tasks"])
+    default_tasks = adapter["tasks"] if adapter else config["tasks"]
+    tasks = resolve_tasks(cfg.tasks) if cfg.tasks else list(default_tasks)
     if cfg.episodes <= 0:
         raise ValueError(f"--episodes must be positive, got {cfg.episodes}")
     jobs = []  # (spec, seed, target)
@@ -190,7 +194,7 @@ def evaluate(cfg: EvalConfig, model=None, config: dict | None = None) -> dict:
         vals = [r["score"] for r in results.values() if r["domain"] == dom and r["score"] is not None]
         by_domain[dom] = float(np.mean(vals)) if vals else None
     out = {
-        "checkpoint": str(cfg.checkpoint), "episodes_per_task": cfg.episodes, "seed": cfg.seed,
+        "checkpoint": str(cfg.checkpoint), "adapter": cfg.adapter, "episodes_per_task": cfg.episodes, "seed": cfg.seed,
         "use_cache": cfg.use_cache, "mean_score": float(np.mean(scored)) if scored else None,
         "mean_score_by_domain": by_domain, "tasks": results,
         "env_steps": env_steps, "model_forwards": forwards, "wall_s": wall, "env_steps_per_s": env_steps / max(wall, 1e-9),

@@ -17,7 +17,8 @@ Extension points used by the adaptation methods:
 * ``prompt``: extra input tokens ``(B, P, D)`` placed before the sequence; every token sees them.
 * ``prefix``: per-layer extra keys/values ``[(k, v)]`` with ``k, v: (B, H, P, hd)``; every token
   attends to them (prefix-tuning, P-tuning v2).
-* ``cache``: a :class:`KVCache` for incremental decoding; new tokens attend to the cached ones.
+* ``cache``: a :class:`KVCache` for incremental decoding; new tokens attend to the cached ones
+  (a prompt is cached with the first tokens).
 """
 
 from __future__ import annotations
@@ -182,13 +183,12 @@ class GPT(nn.Module):
             valid: ``(B, t_past + T)`` bool, False at padding tokens (None = all real).
             cache: key/value cache; the new tokens attend to what it holds and are appended.
             prompt: ``(B|1, P, D)`` tokens prepended to the input, visible to every token; their
-                outputs are dropped (not combinable with a cache).
+                outputs are dropped. With a cache, the prompt runs (and is cached) only when the
+                cache is empty; later calls find it there and ignore ``prompt``.
             prefix: per-layer ``(k, v)`` each ``(B|1, H, P, hd)``, attended to by every token.
         """
         n_prompt = 0
-        if prompt is not None:
-            if cache is not None:
-                raise ValueError("prompt tokens cannot be combined with a key/value cache")
+        if prompt is not None and (cache is None or cache.length == 0):
             n_prompt = prompt.shape[1]
             x = torch.cat([prompt.to(x.dtype).expand(x.shape[0], -1, -1), x], dim=1)
             if valid is not None:

@@ -9,6 +9,10 @@
 Both embed a timestep (table lookup) and a token type into every token and share the
 incremental inference of :class:`Policy`.
 
+An adaptation method (``dtune.tuners``) attaches itself as ``model.tuner``; before every run of
+the transformer the model asks it for the run's extra inputs (prompt tokens, per-layer prefixes)
+and lets it pick per-sample modulators from the state embeddings (L2P, L2M).
+
 Training batches are dicts of tensors: ``states (B, K, S)``, ``actions (B, K, A)`` in [-1, 1],
 ``action_mask (B, A)``, ``rtg (B, K)`` and ``rewards (B, K)`` (scaled), ``timesteps (B, K)``,
 ``valid (B, K)`` (False at left padding).
@@ -42,6 +46,7 @@ class _SequenceDT(nn.Module):
         # with the weights); batches and Policy.act take states already normalised with them.
         self.register_buffer("state_mean", torch.zeros(cfg.state_dim))
         self.register_buffer("state_std", torch.ones(cfg.state_dim))
+        self.tuner = None  # set by dtune.tuners.attach
 
     # -- helpers shared by training and inference --------------------------------------------
     def _finish(self, tok: torch.Tensor, timesteps: torch.Tensor, types: torch.Tensor | slice) -> torch.Tensor:
@@ -58,15 +63,24 @@ class _SequenceDT(nn.Module):
                 "evaluate with a shorter horizon or build the model with a larger max_timestep"
             )
 
-    def backbone(self, tokens: torch.Tensor, valid: torch.Tensor, **kw) -> torch.Tensor:
+    def tuner_inputs(self, state_emb: torch.Tensor, valid: torch.Tensor | None, tasks=None) -> dict:
+        """Extra transformer inputs of the attached tuner (``{}`` without one). ``state_emb
+        (B, K, D)`` = outputs of ``embed_state`` over the context, ``valid (B, K)``, ``tasks`` =
+        task names per sample (inference) or None (training: the tuner's current task)."""
+        return {} if self.tuner is None else self.tuner.context(state_emb, valid, tasks)
+
+    def backbone(self, tokens: torch.Tensor, valid: torch.Tensor, state_emb: torch.Tensor | None = None,
+                 **kw) -> torch.Tensor:
         """``tokens (B, K, n, D)`` -> hidden ``(B, K, n, D)``."""
         b, k, n, d = tokens.shape
+        if self.tuner is not None:
+            kw = {**self.tuner_inputs(state_emb, valid), **kw}
         v = None if bool(valid.all()) else valid.repeat_interleave(n, dim=1)
         h = self.transformer(tokens.reshape(b, k * n, d), valid=v, **kw)
         return h.reshape(b, k, n, d)
 
-    def policy(self, act_dims, use_cache: bool = True) -> "Policy":
-        return Policy(self, act_dims, use_cache)
+    def policy(self, act_dims, use_cache: bool = True, tasks: list[str] | None = None) -> "Policy":
+        return Policy(self, act_dims, use_cache, tasks)
 
 
 class MultiDomainDT(_SequenceDT):
@@ -84,17 +98,19 @@ class MultiDomainDT(_SequenceDT):
         tok = self.tokenizer.encode(actions)
         return tok.masked_fill(~action_mask[:, None, :], self.tokenizer.pad_token)
 
-    def embed(self, batch: dict, act_tok: torch.Tensor) -> torch.Tensor:
-        s = self.embed_state(batch["states"])[:, :, None]
+    def embed(self, batch: dict, act_tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``(B, K, n, D)`` and the state embeddings ``(B, K, D)``."""
+        s = self.embed_state(batch["states"])
         r_to_go = self.embed_return(batch["rtg"][..., None])[:, :, None]
         a = self.embed_action(act_tok)
         r = self.embed_reward(batch["rewards"][..., None])[:, :, None]
-        return self._finish(torch.cat([s, r_to_go, a, r], dim=2), batch["timesteps"], slice(None))
+        return self._finish(torch.cat([s[:, :, None], r_to_go, a, r], dim=2), batch["timesteps"], slice(None)), s
 
     def forward(self, batch: dict, **kw) -> torch.Tensor:
         """Action logits ``(B, K, A, n_bins)``; logit ``i`` is read at token ``1 + i`` (R, a^1 ..)."""
         act_tok = self.action_tokens(batch["actions"], batch["action_mask"])
-        h = self.backbone(self.embed(batch, act_tok), batch["valid"], **kw)
+        tokens, s = self.embed(batch, act_tok)
+        h = self.backbone(tokens, batch["valid"], s, **kw)
         return self.head(h[:, :, 1: 1 + self.cfg.act_dim])
 
     def loss(self, batch: dict, **kw) -> tuple[torch.Tensor, dict]:
@@ -117,15 +133,17 @@ class DecisionTransformer(_SequenceDT):
         self.embed_action = nn.Linear(cfg.act_dim, d)
         self.head = nn.Sequential(nn.Linear(d, cfg.act_dim), nn.Tanh())
 
-    def embed(self, batch: dict) -> torch.Tensor:
+    def embed(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokens ``(B, K, n, D)`` and the state embeddings ``(B, K, D)``."""
         r_to_go = self.embed_return(batch["rtg"][..., None])[:, :, None]
-        s = self.embed_state(batch["states"])[:, :, None]
+        s = self.embed_state(batch["states"])
         a = self.embed_action(batch["actions"] * batch["action_mask"][:, None, :])[:, :, None]
-        return self._finish(torch.cat([r_to_go, s, a], dim=2), batch["timesteps"], slice(None))
+        return self._finish(torch.cat([r_to_go, s[:, :, None], a], dim=2), batch["timesteps"], slice(None)), s
 
     def forward(self, batch: dict, **kw) -> torch.Tensor:
         """Predicted actions ``(B, K, A)`` (read at the state tokens)."""
-        h = self.backbone(self.embed(batch), batch["valid"], **kw)
+        tokens, s = self.embed(batch)
+        h = self.backbone(tokens, batch["valid"], s, **kw)
         return self.head(h[:, :, 1])
 
     def loss(self, batch: dict, **kw) -> tuple[torch.Tensor, dict]:
@@ -140,16 +158,18 @@ class Policy:
 
     Token embeddings are computed once, when they become known. With ``use_cache`` the keys and
     values of tokens already run are kept, so each forward runs only the new tokens; when the
-    window slides (past K timesteps) the cache is rebuilt from the window, so the outputs equal
-    a full recompute of the window exactly. Without cache every forward recomputes the window.
+    window slides (past K timesteps), or an attached tuner picks other modulators or prompts for
+    the window, the cache is rebuilt from the window, so the outputs equal a full recompute of
+    the window exactly. Without cache every forward recomputes the window. ``tasks`` (task name
+    per environment) is only read by tuners that route by task id (L2M's oracle variant).
 
         pol = model.policy(act_dims)              # act_dims: (n,) real action dims per env
         a = pol.act(states, rtg, timesteps)       # (n, A) actions; padded dims are 0
         pol.observe(rewards)                      # after the env step (MDDT's reward token)
     """
 
-    def __init__(self, model: _SequenceDT, act_dims, use_cache: bool = True):
-        self.model, self.use_cache = model, use_cache
+    def __init__(self, model: _SequenceDT, act_dims, use_cache: bool = True, tasks: list[str] | None = None):
+        self.model, self.use_cache, self.tasks = model, use_cache, tasks
         p = next(model.parameters())
         self.device, self.dtype = p.device, p.dtype
         self.act_dims = torch.as_tensor(act_dims, device=self.device).long()
@@ -157,6 +177,8 @@ class Policy:
         self.n, self.k, self.per_step = n, cfg.context_len, model.tokens_per_step
         self.emb = torch.zeros(n, self.k, self.per_step, cfg.gpt.n_embd, device=self.device, dtype=self.dtype)
         self.t_emb = torch.zeros(n, self.k, cfg.gpt.n_embd, device=self.device, dtype=self.dtype)
+        self.s_emb = torch.zeros(n, self.k, cfg.gpt.n_embd, device=self.device, dtype=self.dtype)
+        self.selection = None  # the tuner's choice the cache was built with
         self.steps = 0  # timesteps in the window
         self.known = 0  # known tokens of the newest timestep
         self.cache: KVCache | None = None
@@ -176,6 +198,7 @@ class Policy:
         if self.steps == self.k:  # slide the window by one timestep
             self.emb = torch.roll(self.emb, -1, dims=1)
             self.t_emb = torch.roll(self.t_emb, -1, dims=1)
+            self.s_emb = torch.roll(self.s_emb, -1, dims=1)
             self.steps -= 1
             self.cache, self.cached = None, 0
         self.steps += 1
@@ -185,10 +208,15 @@ class Policy:
     def _run(self) -> torch.Tensor:
         """Run the tokens not yet run; hidden state of the last known token ``(n, D)``."""
         upto = (self.steps - 1) * self.per_step + self.known
+        kw = self.model.tuner_inputs(self.s_emb[:, : self.steps], None, self.tasks)
+        selection = None if self.model.tuner is None else self.model.tuner.selection()
+        if selection is not None and self.selection is not None and not torch.equal(selection, self.selection):
+            self.cache = None  # the tuner now modulates the window differently: recompute it
+        self.selection = selection
         if not self.use_cache or self.cache is None:
             self.cache, self.cached = KVCache(self.model.cfg.gpt.n_layer), 0
         seq = self.emb.reshape(self.n, -1, self.emb.shape[-1])[:, self.cached: upto]
-        h = self.model.transformer(seq, cache=self.cache)
+        h = self.model.transformer(seq, cache=self.cache, **kw)
         self.cached = upto
         if not self.use_cache:
             self.cache = None
@@ -201,8 +229,9 @@ class Policy:
         states = states.to(self.device, self.dtype)
         rtg = rtg.to(self.device, self.dtype)[:, None]
         self._new_step(timesteps)
+        self.s_emb[:, self.steps - 1] = m.embed_state(states)
         if isinstance(m, MultiDomainDT):
-            self._put(0, m.embed_state(states))
+            self._put(0, self.s_emb[:, self.steps - 1])
             self._put(1, m.embed_return(rtg))
             tokens = torch.full((self.n, m.cfg.act_dim), m.tokenizer.pad_token, device=self.device)
             for i in range(int(self.act_dims.max())):
@@ -213,7 +242,7 @@ class Policy:
                 self._put(2 + i, m.embed_action(tokens[:, i]))
             return m.tokenizer.decode(tokens)
         self._put(0, m.embed_return(rtg))
-        self._put(1, m.embed_state(states))
+        self._put(1, self.s_emb[:, self.steps - 1])
         mask = torch.arange(m.cfg.act_dim, device=self.device)[None] < self.act_dims[:, None]
         action = m.head(self._run()) * mask
         self._put(2, m.embed_action(action))

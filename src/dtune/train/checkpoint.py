@@ -31,29 +31,46 @@ def atomic_write_text(path: Path, text: str):
     os.replace(tmp, path)
 
 
-def _atomic_save(tensors: dict, path: Path, metadata: dict | None = None):
+def atomic_save(tensors: dict, path: Path, metadata: dict | None = None):
     tmp = path.with_name(f".{path.name}.tmp")
     save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
 
 
 def save_weights(model: torch.nn.Module, run_dir: Path, step: int):
-    _atomic_save(model.state_dict(), Path(run_dir) / WEIGHTS, {"step": str(step)})
+    atomic_save(model.state_dict(), Path(run_dir) / WEIGHTS, {"step": str(step)})
 
 
-def save_train_state(run_dir: Path, step: int, optimizer: torch.optim.Optimizer, sampler_state: dict):
+def pack_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimiser's state as tensors (``opt.<param id>.<name>``) and JSON (groups, scalars)."""
     sd = optimizer.state_dict()
-    tensors, scalars = {"torch_rng": torch.get_rng_state()}, {}
+    tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
         for name, val in st.items():
             if torch.is_tensor(val):
                 tensors[f"opt.{pid}.{name}"] = val
             else:
                 scalars[f"{pid}.{name}"] = val
-    _atomic_save(tensors, Path(run_dir) / STATE_T, {"step": str(step)})
-    atomic_write_text(Path(run_dir) / STATE_J, json.dumps({
-        "step": step, "param_groups": sd["param_groups"], "opt_scalars": scalars, "sampler_rng": sampler_state,
-    }, indent=1))
+    return tensors, {"param_groups": sd["param_groups"], "opt_scalars": scalars}
+
+
+def unpack_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict = {}
+    for key, val in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = val
+    for key, val in meta["opt_scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = val
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_train_state(run_dir: Path, step: int, optimizer: torch.optim.Optimizer, sampler_state: dict):
+    tensors, meta = pack_optimizer(optimizer)
+    tensors["torch_rng"] = torch.get_rng_state()
+    atomic_save(tensors, Path(run_dir) / STATE_T, {"step": str(step)})
+    atomic_write_text(Path(run_dir) / STATE_J, json.dumps({"step": step, **meta, "sampler_rng": sampler_state}, indent=1))
 
 
 def load_train_state(run_dir: Path, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
@@ -75,15 +92,7 @@ def load_train_state(run_dir: Path, optimizer: torch.optim.Optimizer) -> tuple[i
             f"checkpoint in {run_dir} is inconsistent (weights at step {w_step}, optimiser at {t_step}, "
             f"state file at {meta['step']}): it was interrupted while saving; start the run again"
         )
-    state: dict = {}
-    for key, val in tensors.items():
-        if key.startswith("opt."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = val
-    for key, val in meta["opt_scalars"].items():
-        pid, name = key.split(".", 1)
-        state.setdefault(int(pid), {})[name] = val
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    unpack_optimizer(optimizer, tensors, meta)
     torch.set_rng_state(tensors["torch_rng"])
     return int(meta["step"]), meta["sampler_rng"]
 

@@ -1,0 +1,62 @@
+"""Continual-learning metrics from the task-by-task score matrix.
+
+``matrix[i, j]`` = score on task ``j`` of the sequence after training on task ``i`` (NaN where a
+score is undefined). With ``T`` tasks:
+
+* average score: mean of the last row, ``mean_j matrix[T-1, j]``;
+* forgetting of task ``j``: ``matrix[j, j] - matrix[T-1, j]`` (score right after its own
+  training minus its final score); the metric is its mean over all tasks (Continual World's
+  definition; the last task forgets nothing by construction);
+* forward transfer of task ``j``: ``matrix[j, j] - reference[j]``, the gain over adapting to the
+  task alone (single-task ``dtune adapt`` runs), averaged over the tasks that have a reference;
+* average so far after task ``i``: mean of ``matrix[i, :i+1]`` (the curve of the seen tasks);
+* retention: pre-training score at the end over the pre-training score before adaptation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def as_matrix(rows: list[list[float | None]]) -> np.ndarray:
+    return np.array([[np.nan if v is None else float(v) for v in row] for row in rows], dtype=np.float64)
+
+
+def _mean(x) -> float | None:
+    x = np.asarray(x, dtype=np.float64)
+    x = x[~np.isnan(x)]
+    return float(x.mean()) if x.size else None
+
+
+def cl_metrics(matrix: np.ndarray, reference: dict[int, float] | None = None,
+               pretrain_before: float | None = None, pretrain_after: float | None = None) -> dict:
+    """Metrics of a finished (square) or partial (fewer rows than columns) score matrix."""
+    matrix = np.asarray(matrix, dtype=np.float64)
+    rows, t = matrix.shape
+    if rows > t:
+        raise ValueError(f"score matrix has {rows} rows for {t} tasks")
+    done = rows
+    own = np.array([matrix[j, j] for j in range(done)])
+    last = matrix[done - 1] if done else np.full(t, np.nan)
+    forgetting = own - last[:done]
+    out = {
+        "tasks_done": done,
+        "average_score": _mean(last) if done == t else None,
+        "average_score_seen": _mean(last[:done]) if done else None,
+        "forgetting": _mean(forgetting) if done == t else None,
+        "forgetting_per_task": [None if np.isnan(f) else float(f) for f in forgetting],
+        "own_score": [None if np.isnan(v) else float(v) for v in own],
+        "average_so_far": [_mean(matrix[i, : i + 1]) for i in range(done)],
+        "forward_transfer": None,
+        "retention": None,
+        "pretrain_before": pretrain_before,
+        "pretrain_after": pretrain_after,
+    }
+    if reference:
+        gains = [own[j] - reference[j] for j in range(done) if j in reference and reference[j] is not None]
+        out["forward_transfer"] = _mean(gains) if gains else None
+        out["forward_transfer_per_task"] = {int(j): float(own[j] - reference[j]) for j in range(done)
+                                            if j in reference and reference[j] is not None}
+    if pretrain_before and pretrain_after is not None:
+        out["retention"] = pretrain_after / pretrain_before
+    return out

@@ -1,0 +1,152 @@
+"""`dtune report`: several adaptation or continual runs side by side (tables, JSON, CSV, PNG).
+
+Run directories are recognised by their files: ``result.json`` (``dtune adapt``) or
+``metrics.json`` with a score matrix (``dtune continual``). Runs of one method (several seeds,
+or several tasks for single-task adaptation) are aggregated: mean and spread (standard deviation
+over seeds; min..max band in the plot).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dtune.report import markdown_table
+
+
+def _load(dirs: list[str]) -> tuple[list[dict], list[dict]]:
+    adapt, cont = [], []
+    for d in dirs:
+        p = Path(d)
+        if (p / "metrics.json").exists() and "matrix" in (m := json.loads((p / "metrics.json").read_text())):
+            cont.append({**m, "dir": str(p)})
+        elif (p / "result.json").exists():
+            adapt.append({**json.loads((p / "result.json").read_text()), "dir": str(p)})
+        else:
+            raise ValueError(f"{p} is neither a `dtune adapt` nor a finished `dtune continual` run directory "
+                             "(no result.json, no metrics.json with a score matrix)")
+    return adapt, cont
+
+
+def _stats(vals) -> tuple[float | None, float | None]:
+    v = np.array([x for x in vals if x is not None], dtype=float)
+    if not v.size:
+        return None, None
+    return float(v.mean()), float(v.std()) if v.size > 1 else 0.0
+
+
+def _pm(mean, std, pct=True) -> str:
+    if mean is None:
+        return "n/a"
+    if pct:
+        return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if std else "")
+    return f"{mean:.3g}" + (f" ± {std:.2g}" if std else "")
+
+
+def _order(methods: list[str]) -> list[str]:
+    from dtune import tuners
+
+    known = tuners.METHODS + list(tuners.PRESETS)
+    return sorted(methods, key=lambda m: (known.index(m) if m in known else len(known), m))
+
+
+def adapt_summary(runs: list[dict]) -> tuple[str, list[dict]]:
+    by_method: dict[str, list[dict]] = {}
+    for r in runs:
+        by_method.setdefault(r["method"], []).append(r)
+    tasks = sorted({r["task"] for r in runs})
+    rows, table = [], []
+    for m in _order(list(by_method)):
+        rs = by_method[m]
+        per_task = {r["task"]: r.get("new_task_score") for r in rs}
+        row = {"method": m, "runs": len(rs),
+               "new_task": _stats([r.get("new_task_score") for r in rs]),
+               "pretrain_after": _stats([r.get("pretrain_after") for r in rs]),
+               "pretrain_before": _stats([r.get("pretrain_before") for r in rs]),
+               "retention": _stats([r.get("retention") for r in rs]),
+               "trainable_pct": rs[0]["trainable_pct"], "per_task_pct": rs[0]["per_task_pct"],
+               "train_s": _stats([r["train_s"] for r in rs]), "per_task_scores": per_task}
+        rows.append(row)
+        table.append([m] + [_pm(per_task.get(t), None) for t in tasks] +
+                     [_pm(*row["new_task"]), _pm(*row["pretrain_after"]), _pm(*row["retention"]),
+                      f"{row['trainable_pct']:.2f}", f"{row['per_task_pct']:.2f}", f"{row['train_s'][0]:.0f}"])
+    headers = (["method"] + [f"{t.removesuffix('-v3')} %" for t in tasks] +
+               ["new task % (mean ± sd over tasks)", "pre-train after %", "retention %", "trainable %", "per task %",
+                "train s"])
+    before = _stats([r.get("pretrain_before") for r in runs])[0]
+    note = f"Pre-training score of the unadapted model: {_pm(before, None)}%." if before is not None else ""
+    return markdown_table(headers, table) + ("\n\n" + note if note else ""), rows
+
+
+def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
+    by_method: dict[str, list[dict]] = {}
+    for r in runs:
+        by_method.setdefault(r["method"], []).append(r)
+    rows, table = [], []
+    for m in _order(list(by_method)):
+        rs = by_method[m]
+        row = {"method": m, "seeds": sorted(r["seed"] for r in rs), "sequence": rs[0]["sequence"],
+               "steps_per_task": rs[0]["steps_per_task"],
+               "average_score": _stats([r["average_score"] for r in rs]),
+               "forgetting": _stats([r["forgetting"] for r in rs]),
+               "forward_transfer": _stats([r.get("forward_transfer") for r in rs]),
+               "pretrain_after": _stats([r.get("pretrain_after") for r in rs]),
+               "retention": _stats([r.get("retention") for r in rs]),
+               "trainable_pct": rs[0]["trainable_pct"], "per_task_pct": rs[0]["per_task_pct"]}
+        rows.append(row)
+        table.append([m, len(rs), _pm(*row["average_score"]), _pm(*row["forgetting"]), _pm(*row["forward_transfer"]),
+                      _pm(*row["pretrain_after"]), _pm(*row["retention"]), f"{row['trainable_pct']:.2f}",
+                      f"{row['per_task_pct']:.2f}"])
+    headers = ["method", "seeds", "average score %", "forgetting %", "forward transfer %", "pre-train after %",
+               "retention %", "trainable %", "per task %"]
+    return markdown_table(headers, table), rows
+
+
+def report(dirs: list[str], out: str | None = None) -> str:
+    """The Markdown report of ``dirs``; with ``out`` also JSON, CSV and PNG files there."""
+    from dtune.report.plots import plot_methods_curve, plot_tradeoff
+
+    if not dirs:
+        raise ValueError("dtune report needs at least one run directory")
+    adapt, cont = _load(dirs)
+    parts, data = [], {}
+    outp = Path(out) if out else None
+    if outp:
+        outp.mkdir(parents=True, exist_ok=True)
+    if adapt:
+        text, rows = adapt_summary(adapt)
+        parts += ["## Single-task adaptation", "", text]
+        data["adapt"] = rows
+        if outp:
+            plot_tradeoff({r["method"]: (r["new_task"][0], r["pretrain_after"][0]) for r in rows},
+                          outp / "adapt_tradeoff.png", title="new task vs pre-training tasks (means over tasks)")
+            _csv(outp / "adapt_runs.csv", [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in adapt])
+    if cont:
+        text, rows = continual_summary(cont)
+        parts += ["## Continual learning", "", text]
+        data["continual"] = rows
+        if outp:
+            curves: dict[str, list] = {}
+            for r in cont:
+                curves.setdefault(r["method"], []).append(np.array([np.nan if v is None else v for v in r["average_so_far"]]))
+            plot_methods_curve({m: curves[m] for m in _order(list(curves))}, cont[0]["tasks"], outp / "continual.png",
+                               title=f"{cont[0]['sequence']}: average score of the tasks seen so far")
+            _csv(outp / "continual_runs.csv", [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in cont])
+    md = "\n".join(parts)
+    if outp:
+        (outp / "report.md").write_text(md + "\n")
+        (outp / "report.json").write_text(json.dumps(data, indent=1))
+    return md
+
+
+def _csv(path: Path, rows: list[dict]):
+    keys: list[str] = []
+    for r in rows:
+        keys += [k for k in r if k not in keys]
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=keys)
+        w.writeheader()
+        w.writerows(rows)

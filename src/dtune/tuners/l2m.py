@@ -1,0 +1,179 @@
+"""L2M, Learning to Modulate (Schmied et al. 2023): a pool of modulators (LoRA or (IA)3 weight
+sets for every targeted layer) with one key each. Per sample, the query (mean of the frozen
+state embeddings over the context) picks the entry with the most similar key (hard top-1), and
+that entry modulates every layer. Loss: the task loss plus the key-pull loss.
+
+Variants:
+* ``modulation="ia3"``: the pool holds (IA)3 vectors instead of LoRA matrices.
+* ``oracle``: the entry is chosen by task id (the n-th task trained gets entry n); tasks the
+  pool never trained (the pre-training tasks) get no modulation.
+* ``pretrain_keys``: extra keys, one per pre-training task, fitted on pre-training data
+  (:meth:`L2M.fit_pretrain_keys`), that select *no modulation*. While training they never
+  compete; at inference an input closest to one of them runs the unmodulated model.
+
+Entry ``-1`` in :meth:`selection` means "no modulation".
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from dtune.tuners.base import Tuner, TunerConfig, match, module_key, query_from, register, target_modules
+from dtune.tuners.pool import KeyPool
+
+DEFAULT_TARGETS = {"lora": ["q", "v", "fc", "proj"], "ia3": ["k", "v", "proj"]}
+
+
+@dataclass
+class L2MConfig(TunerConfig):
+    """A pool of LoRA (or (IA)3) modulators chosen per sample by key-query matching."""
+
+    pool_size: int = 30
+    """Modulators (and keys) in the pool."""
+    modulation: str = "lora"
+    """What a pool entry holds: ``lora`` or ``ia3``."""
+    r: int = 8
+    """LoRA rank of every entry."""
+    lora_alpha: float = 16.0
+    """LoRA scale alpha (update multiplied by alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the input of the LoRA update."""
+    target_modules: list[str] | None = None
+    """Layers every entry modulates (default: q, v, fc, proj for lora; k, v, proj for ia3)."""
+    feedforward_modules: list[str] | None = None
+    """(IA)3 only: targeted layers rescaled at their input (default: proj)."""
+    key_loss: float = 0.5
+    """Weight of the key-pull loss (the paper's 0.5)."""
+    key_lr_scale: float = 10.0
+    """Learning rate of the keys relative to the rest (our choice: at CPU step budgets the keys
+    would otherwise barely turn towards their queries)."""
+    count_penalty: float = 1.0
+    """Penalty on keys chosen during earlier tasks (continual learning)."""
+    oracle: bool = False
+    """Choose the entry by task id instead of by key matching."""
+    pretrain_keys: bool = False
+    """Fit one extra key per pre-training task that selects no modulation."""
+
+
+class PoolLora(nn.Module):
+    def __init__(self, base: nn.Linear, size: int, r: int, alpha: float, dropout: float):
+        super().__init__()
+        if r <= 0:
+            raise ValueError(f"LoRA rank r must be positive, got {r}")
+        a = torch.empty(size, r, base.in_features)
+        for i in range(size):  # every entry initialised like one peft LoRA
+            nn.init.kaiming_uniform_(a[i], a=math.sqrt(5))
+        self.lora_A = nn.Parameter(a)
+        self.lora_B = nn.Parameter(torch.zeros(size, base.out_features, r))
+        self.scaling = alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        first = int(idx[0])
+        if first >= 0 and bool((idx == first).all()):  # one entry for the whole batch (the usual case)
+            return (self.dropout(x) @ self.lora_A[first].T.to(x.dtype)) @ self.lora_B[first].T.to(x.dtype) * self.scaling
+        on = idx >= 0
+        sel = idx.clamp_min(0)
+        a, b = self.lora_A[sel].to(x.dtype), self.lora_B[sel].to(x.dtype)
+        h = torch.einsum("bti,bri->btr", self.dropout(x), a)
+        return torch.einsum("btr,bor->bto", h, b) * (self.scaling * on.to(x.dtype))[:, None, None]
+
+
+class PoolIA3(nn.Module):
+    def __init__(self, dim: int, size: int):
+        super().__init__()
+        self.ia3_l = nn.Parameter(torch.ones(size, dim))
+
+    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+        vec = self.ia3_l[idx.clamp_min(0)]
+        return torch.where((idx >= 0)[:, None], vec, torch.ones_like(vec))[:, None]  # (B, 1, dim)
+
+
+@register
+class L2M(Tuner):
+    name = "l2m"
+    config_class = L2MConfig
+    identity_at_init = True
+    routes = True
+
+    def build(self, model):
+        c = self.config
+        if c.modulation not in DEFAULT_TARGETS:
+            raise ValueError(f"l2m: unknown modulation {c.modulation!r}; choose lora or ia3")
+        if c.oracle and c.pretrain_keys:
+            raise ValueError("l2m: oracle routes by task id, so pretrain_keys has no use with it; drop one of them")
+        d = model.cfg.gpt.n_embd
+        self.pool = KeyPool(c.pool_size, d)
+        self.register_buffer("pre_keys", torch.zeros(0, d))
+        targets = c.target_modules or DEFAULT_TARGETS[c.modulation]
+        ff_targets = c.feedforward_modules or ["proj"]
+        self.mods = nn.ModuleDict()
+        for name, mod in target_modules(model, targets):
+            if c.modulation == "lora":
+                m = PoolLora(mod, c.pool_size, c.r, c.lora_alpha, c.lora_dropout)
+                self.hook(mod, lambda _, args, out, m=m: out + m(args[0], self._idx).to(out.dtype))
+            elif match(name, ff_targets):
+                m = PoolIA3(mod.in_features, c.pool_size)
+                self.hook(mod, lambda _, args, m=m: (args[0] * m(self._idx).to(args[0].dtype),) + args[1:], pre=True)
+            else:
+                m = PoolIA3(mod.out_features, c.pool_size)
+                self.hook(mod, lambda _, args, out, m=m: out * m(self._idx).to(out.dtype))
+            self.mods[module_key(name)] = m
+        self._idx = None
+        self._aux = None
+
+    def _oracle_index(self, tasks, n: int, device) -> torch.Tensor:
+        if tasks is None:
+            if self.current_task is None:
+                raise ValueError("l2m oracle routes by task: pass the task of every sample (Policy(tasks=...))")
+            slots = [self.task_slots[self.current_task]] * n
+        else:
+            slots = [self.task_slots.get(t, -1) for t in tasks]
+        if max(slots, default=-1) >= self.config.pool_size:
+            raise ValueError(f"l2m oracle: {len(self.task_slots)} tasks trained but the pool has only "
+                             f"{self.config.pool_size} entries; raise pool_size")
+        return torch.tensor(slots, device=device)
+
+    def context(self, state_emb, valid, tasks=None):
+        c = self.config
+        if self.training and self.current_task is None:
+            raise RuntimeError("l2m: call begin_task(name) before training")
+        if c.oracle:
+            self._idx = self._oracle_index(tasks, state_emb.shape[0], state_emb.device)
+            self._aux = None
+            return {}
+        q = query_from(state_emb, valid)
+        idx = self.pool.select(q, 1, c.count_penalty)
+        self._aux = self.pool.pull_loss(q, idx, c.key_loss) if self.training else None
+        idx = idx[:, 0]
+        if not self.training and self.pre_keys.shape[0]:
+            best = self.pool.scores(q).max(-1).values
+            pre = (F.normalize(q, dim=-1) @ F.normalize(self.pre_keys, dim=-1).T).max(-1).values
+            idx = torch.where(pre > best, torch.full_like(idx, -1), idx)
+        self._idx = idx
+        return {}
+
+    @torch.no_grad()
+    def fit_pretrain_keys(self, queries: list[torch.Tensor]) -> None:
+        """One key per pre-training task: the mean direction of that task's queries ``(N_i, D)``
+        (the minimiser of the key-pull loss for that task)."""
+        keys = torch.stack([F.normalize(F.normalize(q.float(), dim=-1).mean(0), dim=0) for q in queries])
+        self.pre_keys = keys.to(self.pool.keys.device)
+
+    def params_per_task(self):
+        entries = sum(p.numel() for p in self.mods.parameters()) // self.config.pool_size
+        return entries + (0 if self.config.oracle else self.pool.keys.shape[1])
+
+    def selection(self):
+        return self._idx
+
+    def aux_loss(self):
+        return self._aux
+
+    def end_task(self):
+        self.pool.end_task()

@@ -1,0 +1,60 @@
+"""LoRA (Hu et al. 2021): ``W x + (alpha / r) B A x`` on the targeted linear layers.
+
+Field names and initialisation follow HF peft (``r``, ``lora_alpha``, ``lora_dropout``,
+``target_modules``; A Kaiming-uniform, B zero), so the update starts at zero and peft's LoRA on
+the same module computes the same function (tested).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch.nn as nn
+
+from dtune.tuners.base import Tuner, TunerConfig, list_field, module_key, register, target_modules
+
+
+@dataclass
+class LoraConfig(TunerConfig):
+    """Low-rank updates of the targeted linear layers."""
+
+    r: int = 8
+    """Rank of the update."""
+    lora_alpha: float = 16.0
+    """Scale: the update is multiplied by lora_alpha / r."""
+    lora_dropout: float = 0.0
+    """Dropout on the input of the update."""
+    target_modules: list[str] = list_field(["q", "v", "fc", "proj"])
+    """Linear layers to adapt (peft's rule: names or name suffixes; a single string is a regex)."""
+
+
+class LoraLayer(nn.Module):
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float):
+        super().__init__()
+        if r <= 0:
+            raise ValueError(f"LoRA rank r must be positive, got {r}")
+        self.lora_A = nn.Linear(base.in_features, r, bias=False)
+        self.lora_B = nn.Linear(r, base.out_features, bias=False)
+        nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
+        nn.init.zeros_(self.lora_B.weight)
+        self.scaling = alpha / r
+        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+
+    def forward(self, x):
+        return self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
+
+
+@register
+class Lora(Tuner):
+    name = "lora"
+    config_class = LoraConfig
+    identity_at_init = True
+
+    def build(self, model):
+        c = self.config
+        self.layers = nn.ModuleDict()
+        for name, mod in target_modules(model, c.target_modules):
+            layer = LoraLayer(mod, c.r, c.lora_alpha, c.lora_dropout)
+            self.layers[module_key(name)] = layer
+            self.hook(mod, lambda m, args, out, layer=layer: out + layer(args[0]).to(out.dtype))

@@ -1,0 +1,144 @@
+"""`dtune continual` on a tiny two-task sequence: data isolation, metrics, resume, EWC, report."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+from dtune.cli import main
+from dtune.continual import runner
+from dtune.continual.metrics import cl_metrics
+from dtune.continual.runner import ContinualConfig, ContinualRun, continual
+from dtune.train.pretrain import PretrainConfig, pretrain
+
+SEQ = "door-open-v3,reach-v3"
+
+
+@pytest.fixture(scope="module")
+def base(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    pretrain(PretrainConfig(out=str(out), tasks="reach-v3", model="tiny", steps=5, batch_size=8,
+                            data_dir=str(tiny_data), progress=False, device="cpu"))
+    return out
+
+
+def cfg(base, tiny_data, out, **kw):
+    kw = {"sequence": SEQ, "method": "lora", "steps_per_task": 4, "batch_size": 8, "eval_episodes": 2, "horizon": 8,
+          "data_dir": str(tiny_data), "progress": False, "device": "cpu", "log_every": 2, "ckpt_every": 2, **kw}
+    return ContinualConfig(checkpoint=str(base), out=str(out), **kw)
+
+
+def test_metrics_on_a_hand_made_matrix():
+    m = np.array([[0.8, 0.1, 0.0],
+                  [0.6, 0.9, 0.2],
+                  [0.4, 0.7, 1.0]])
+    r = cl_metrics(m, reference={0: 0.5, 2: 1.0}, pretrain_before=0.6, pretrain_after=0.45)
+    assert r["average_score"] == pytest.approx(0.7)
+    assert r["forgetting_per_task"] == pytest.approx([0.4, 0.2, 0.0])
+    assert r["forgetting"] == pytest.approx(0.2)
+    assert r["average_so_far"] == pytest.approx([0.8, 0.75, 0.7])
+    assert r["forward_transfer"] == pytest.approx(((0.8 - 0.5) + (1.0 - 1.0)) / 2)
+    assert r["retention"] == pytest.approx(0.75)
+    partial = cl_metrics(m[:2])
+    assert partial["tasks_done"] == 2 and partial["average_score"] is None
+    assert partial["average_score_seen"] == pytest.approx(0.75)
+    with pytest.raises(ValueError):
+        cl_metrics(np.zeros((3, 2)))
+
+
+def test_only_the_current_tasks_data_is_loaded_and_sampled(base, tiny_data, tmp_path, monkeypatch):
+    loaded, sampled = [], []
+    real_data, real_sample = runner.TrajectoryData, runner.WindowSampler.sample
+
+    def data(root, tasks, *a, **kw):
+        d = real_data(root, tasks, *a, **kw)
+        loaded.append(list(d.tasks))
+        return d
+
+    def sample(self):
+        batch = real_sample(self)
+        sampled.append({self.data.tasks[i] for i in np.unique(batch["task_id"])})
+        return batch
+
+    monkeypatch.setattr(runner, "TrajectoryData", data)
+    monkeypatch.setattr(runner.WindowSampler, "sample", sample)
+    res = continual(cfg(base, tiny_data, tmp_path / "cl"))
+    assert loaded == [["door-open-v3"], ["reach-v3"]]
+    assert sampled == [{"door-open-v3"}] * 4 + [{"reach-v3"}] * 4
+    assert np.array(res["matrix"]).shape == (2, 2)
+    for name in ("matrix.csv", "metrics.json", "summary.md", "matrix.png", "curves.png", "progress.json",
+                 "metrics.csv", "adapter/adapter.json"):
+        assert (tmp_path / "cl" / name).exists(), name
+    assert not (tmp_path / "cl" / runner.STATE_J).exists()  # finished runs drop their resumable state
+
+
+@pytest.mark.parametrize("method", ["ewc", "l2m"])
+def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tiny_data, tmp_path, monkeypatch, method):
+    full = continual(cfg(base, tiny_data, tmp_path / "full", method=method))
+    real_save = ContinualRun._save_state
+
+    def save_then_die(self, model, task_i, step, *a):
+        real_save(self, model, task_i, step, *a)
+        if (task_i, step) == (1, 2):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ContinualRun, "_save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        continual(cfg(base, tiny_data, tmp_path / "cut", method=method))
+    monkeypatch.setattr(ContinualRun, "_save_state", real_save)
+    with pytest.raises(ValueError, match="already holds"):
+        continual(cfg(base, tiny_data, tmp_path / "cut", method=method))
+    resumed = continual(cfg(base, tiny_data, tmp_path / "cut", method=method, resume=True))
+    assert resumed["matrix"] == full["matrix"]
+    for i, task in enumerate(SEQ.split(",")):
+        a = json.loads((tmp_path / "full" / "evals" / f"after_{i:02d}_{task}.json").read_text())
+        b = json.loads((tmp_path / "cut" / "evals" / f"after_{i:02d}_{task}.json").read_text())
+        assert [r["return_mean"] for r in a["tasks"].values()] == [r["return_mean"] for r in b["tasks"].values()]
+    wa = load_file(str(tmp_path / "full" / "adapter" / "adapter.safetensors"))
+    wb = load_file(str(tmp_path / "cut" / "adapter" / "adapter.safetensors"))
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["task_index"], r["step"]) for r in rows] == [(0, 2), (0, 4), (1, 2), (1, 4)]
+
+
+def test_ewc_fisher_is_computed_at_task_switches_and_its_penalty_is_zero_at_the_anchor(base, tiny_data, tmp_path,
+                                                                                         monkeypatch):
+    from dtune.tuners.penalty import Anchor
+
+    calls = []
+    real = Anchor.consolidate
+
+    def spy(self, model, batches=None, loss_fn=None):
+        real(self, model, batches, loss_fn)
+        calls.append((len(batches), float(self.penalty(model)), sum(float(f.sum()) for f in self.fisher.values())))
+
+    monkeypatch.setattr(Anchor, "consolidate", spy)
+    continual(cfg(base, tiny_data, tmp_path / "ewc", sequence="door-open-v3,reach-v3,cartpole-balance", method="ewc",
+                  steps_per_task=2))
+    # before the first task (pre-training data) and at the two switches; not after the last task
+    assert len(calls) == 3
+    assert all(n == 10 and pen == 0.0 for n, pen, _ in calls)
+    assert calls[0][2] > 0 and calls[1][2] > calls[0][2] and calls[2][2] > calls[1][2]  # Fishers add up
+
+
+def test_cli_continual_resume_and_report(base, tiny_data, tmp_path, capsys):
+    args = ["continual", "--checkpoint", str(base), "--sequence", SEQ, "--method", "l2m", "--pool-size", "4",
+            "--steps-per-task", "2", "--batch-size", "4", "--eval-episodes", "1", "--horizon", "5",
+            "--data-dir", str(tiny_data), "--no-progress", "--device", "cpu"]
+    for seed in (0, 1):
+        assert main(args + ["--seed", str(seed), "--out", str(tmp_path / f"s{seed}")]) == 0
+    conf = json.loads((tmp_path / "s0" / "config.json").read_text())
+    assert conf["method_config"]["pool_size"] == 4
+    # resuming a finished run takes its saved settings and changes nothing
+    assert main(["continual", "--out", str(tmp_path / "s0"), "--resume", "--no-progress"]) == 0
+    assert main(["continual", "--out", str(tmp_path / "s0"), "--resume", "--steps-per-task", "3"]) == 2
+    assert "differ" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "rep")]) == 0
+    out = capsys.readouterr().out
+    assert "| l2m" in out and "| 2 " in out  # two seeds aggregated
+    for name in ("report.md", "report.json", "continual.png", "continual_runs.csv"):
+        assert (tmp_path / "rep" / name).exists()
+    assert main(["report", str(tmp_path)]) == 2

@@ -1,0 +1,91 @@
+"""`dtune adapt` end to end on tiny data: train, save only the adapter, reload, evaluate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from dtune import tuners
+from dtune.cli import main
+from dtune.eval.rollout import EvalConfig, evaluate
+from dtune.train.adapt import AdaptConfig, adapt
+from dtune.train.pretrain import PretrainConfig, pretrain
+
+
+@pytest.fixture(scope="module")
+def base(tiny_data, tmp_path_factory):
+    out = tmp_path_factory.mktemp("base")
+    pretrain(PretrainConfig(out=str(out), tasks="reach-v3", model="tiny", steps=5, batch_size=8,
+                            data_dir=str(tiny_data), progress=False, device="cpu"))
+    return out
+
+
+def cfg(base, tiny_data, out, **kw):
+    kw = {"task": "door-open-v3", "method": "lora", "steps": 4, "batch_size": 8, "eval_episodes": 2,
+          "pretrain_episodes": 1, "horizon": 10, "data_dir": str(tiny_data), "progress": False, "device": "cpu",
+          "log_every": 2, **kw}
+    return AdaptConfig(checkpoint=str(base), out=str(out), **kw)
+
+
+def test_adapt_saves_only_the_adapter_and_reloads_it(base, tiny_data, tmp_path):
+    res = adapt(cfg(base, tiny_data, tmp_path / "a"))
+    files = {p.name for p in (tmp_path / "a").iterdir()}
+    assert {"adapter.safetensors", "adapter.json", "config.json", "metrics.csv", "result.json", "result.md"} <= files
+    saved = load_file(str(tmp_path / "a" / "adapter.safetensors"))
+    assert saved and all(k.startswith("tuner.") for k in saved)  # LoRA: no base weight is saved
+    assert res["trainable"] == sum(v.numel() for v in saved.values())
+    assert 0 < res["trainable_pct"] < 100 and res["steps"] == 4
+    for key in ("new_task_before", "new_task_score", "pretrain_before", "pretrain_after", "train_s", "wall_s"):
+        assert key in res
+    assert json.loads((tmp_path / "a" / "result.json").read_text()) == res
+    # `dtune evaluate --adapter` reproduces the new-task score: same episodes, same model
+    again = evaluate(EvalConfig(checkpoint=str(base), adapter=str(tmp_path / "a"), episodes=2, horizon=10, progress=False))
+    assert list(again["tasks"]) == ["door-open-v3"]
+    assert again["tasks"]["door-open-v3"]["score"] == res["new_task_score"]
+    # the unadapted model's pre-training score was cached in the checkpoint
+    assert len(list((base / "eval_cache").glob("*.json"))) == 1
+    with pytest.raises(ValueError, match="already holds an adapter"):
+        adapt(cfg(base, tiny_data, tmp_path / "a"))
+
+
+@pytest.mark.parametrize("method", ["ewc", "l2m-pretrain-keys", "l2p"])
+def test_methods_that_need_pretraining_data_or_pools(base, tiny_data, tmp_path, method):
+    res = adapt(cfg(base, tiny_data, tmp_path / method, method=method, pretrain_eval=False, eval_episodes=1))
+    if method == "ewc":
+        assert res["trainable_pct"] == 100.0
+    else:
+        assert res["pool_entries_used"] and res["per_task"] < res["trainable"]
+    doc = tuners.read_adapter_config(tmp_path / method)
+    assert doc["tasks"] == ["door-open-v3"] and doc["base_digest"] == tuners.base_digest(base)
+
+
+def test_cli_adapt_with_method_options(base, tiny_data, tmp_path, capsys):
+    out = tmp_path / "cli"
+    rc = main(["adapt", "--checkpoint", str(base), "--task", "door-open-v3", "--method", "lora", "--r", "2",
+               "--target-modules", "q,k", "--steps", "2", "--batch-size", "4", "--no-pretrain-eval",
+               "--eval-episodes", "1", "--horizon", "5", "--data-dir", str(tiny_data), "--no-progress", "--device", "cpu",
+               "--out", str(out)])
+    assert rc == 0
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["method_config"]["r"] == 2 and conf["method_config"]["target_modules"] == ["q", "k"]
+    assert "| lora" in capsys.readouterr().out
+    rc = main(["evaluate", "--checkpoint", str(base), "--adapter", str(out), "--episodes", "1", "--horizon", "5",
+               "--no-progress"])
+    assert rc == 0
+
+
+def test_cli_bad_input(base, tiny_data, tmp_path, capsys):
+    assert main(["adapt", "--checkpoint", str(base), "--method", "lorra", "--out", str(tmp_path / "x")]) == 2
+    assert "Did you mean lora" in capsys.readouterr().err
+    assert main(["adapt", "--checkpoint", str(base), "--task", "hamer-v3", "--out", str(tmp_path / "x"),
+                 "--data-dir", str(tiny_data)]) == 2
+    assert "hammer-v3" in capsys.readouterr().err
+    assert main(["adapt", "--checkpoint", str(tmp_path / "none"), "--out", str(tmp_path / "x")]) == 2
+    assert "no checkpoint" in capsys.readouterr().err
+    assert main(["adapt", "--checkpoint", str(base), "--method", "l2m", "--oracle", "--pretrain-keys",
+                 "--task", "door-open-v3", "--data-dir", str(tiny_data), "--out", str(tmp_path / "y"), "--no-progress",
+                 "--device", "cpu"]) == 2
+    assert "oracle" in capsys.readouterr().err
+    assert not (tmp_path / "y" / "adapter.json").exists()
