@@ -127,11 +127,14 @@ def test_ewc_fisher_is_computed_at_task_switches_and_its_penalty_is_zero_at_the_
 def test_cli_continual_resume_and_report(base, tiny_data, tmp_path, capsys):
     args = ["continual", "--checkpoint", str(base), "--sequence", SEQ, "--method", "l2m", "--pool-size", "4",
             "--steps-per-task", "2", "--batch-size", "4", "--eval-episodes", "1", "--horizon", "5",
-            "--data-dir", str(tiny_data), "--no-progress", "--device", "cpu"]
+            "--data-dir", str(tiny_data), "--no-progress", "--device", "cpu", "--eval-pretrain", "--pretrain-episodes", "1"]
     for seed in (0, 1):
         assert main(args + ["--seed", str(seed), "--out", str(tmp_path / f"s{seed}")]) == 0
     conf = json.loads((tmp_path / "s0" / "config.json").read_text())
     assert conf["method_config"]["pool_size"] == 4
+    m = json.loads((tmp_path / "s0" / "metrics.json").read_text())
+    assert m["pretrain_before"] is not None and m["pretrain_after"] is not None
+    assert [r["after"] for r in m["pretrain_rows"]] == [1]  # only after the last task
     # resuming a finished run takes its saved settings and changes nothing
     assert main(["continual", "--out", str(tmp_path / "s0"), "--resume", "--no-progress"]) == 0
     assert main(["continual", "--out", str(tmp_path / "s0"), "--resume", "--steps-per-task", "3"]) == 2

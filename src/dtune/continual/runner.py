@@ -6,8 +6,9 @@ steers each new task to fresh keys), a fresh optimiser starts at every task, and
 anchor is renewed at every task switch (EWC adds the Fisher of the task just learned; before the
 first task the anchor is the pre-trained model, with the Fisher of its pre-training data).
 
-After every task all tasks of the sequence are evaluated (and, with ``eval_pretrain``, the
-pre-training tasks), building the score matrix; see :mod:`dtune.continual.metrics`.
+After every task all tasks of the sequence are evaluated, building the score matrix (see
+:mod:`dtune.continual.metrics`); with ``eval_pretrain`` the pre-training tasks are evaluated
+before the first task and after the last (every task with ``eval_pretrain_every``).
 
 Outputs in ``out``: ``config.json``, ``progress.json`` (matrix so far, timings), ``metrics.csv``
 / ``metrics.jsonl`` (training losses, with the task), ``evals/`` (every evaluation),
@@ -75,7 +76,10 @@ class ContinualConfig:
     eval_episodes: int = 10
     """Evaluation episodes per task of the sequence, after every task."""
     eval_pretrain: bool = False
-    """Also evaluate the pre-training tasks before the first task and after every task."""
+    """Also evaluate the pre-training tasks before the first task and after the last (retention)."""
+    eval_pretrain_every: bool = False
+    """With eval_pretrain: after every task, not only the last (a retention curve; costs one
+    pre-training evaluation per task)."""
     pretrain_episodes: int = 3
     """Evaluation episodes per pre-training task."""
     eval_seed: int = 1000
@@ -103,7 +107,7 @@ class ContinualConfig:
 
 _RESUME_KEYS = ("checkpoint", "sequence", "method", "steps_per_task", "batch_size", "lr", "min_lr", "warmup_steps",
                 "weight_decay", "grad_clip", "max_episodes", "seed", "eval_episodes", "eval_pretrain",
-                "pretrain_episodes", "eval_seed", "horizon")
+                "pretrain_episodes", "eval_pretrain_every", "eval_seed", "horizon")
 
 
 def sequence_tasks(sequence: str) -> list[str]:
@@ -265,7 +269,7 @@ class ContinualRun:
             meta, _ = resumed
             first, start_step = meta["task"], meta["step"]
             progress["rows"] = progress["rows"][:first]
-            progress["pretrain_rows"] = progress["pretrain_rows"][:first]
+            progress["pretrain_rows"] = [r for r in progress["pretrain_rows"] if r["after"] < first]
             progress["task_times"] = progress["task_times"][:first]
         log = MetricsLog(self.out, None if resumed is None and first == 0 else self._log_step(first, start_step), False)
         autocast = torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.precision == "bf16")
@@ -312,12 +316,12 @@ class ContinualRun:
                            model=model, config=eval_config)
             ckpt.atomic_write_text(self.out / "evals" / f"after_{i:02d}_{task}.json", json.dumps(res, indent=1))
             progress["rows"].append([res["tasks"][t]["score"] for t in tasks])
-            if cfg.eval_pretrain:
+            if cfg.eval_pretrain and (cfg.eval_pretrain_every or i == len(tasks) - 1):
                 pre = evaluate(EvalConfig(checkpoint=cfg.checkpoint, tasks=",".join(pre_tasks),
                                           episodes=cfg.pretrain_episodes, seed=cfg.eval_seed, horizon=cfg.horizon,
                                           progress=cfg.progress), model=model, config=eval_config)
                 ckpt.atomic_write_text(self.out / "evals" / f"pretrain_after_{i:02d}_{task}.json", json.dumps(pre, indent=1))
-                progress["pretrain_rows"].append(pre["mean_score"])
+                progress["pretrain_rows"].append({"after": i, "score": pre["mean_score"]})
             progress["task_times"].append({"task": task, "train_s": train_s, "eval_s": time.perf_counter() - t0})
             # progress first, then the state that points past it: a crash in between re-runs only the eval
             ckpt.atomic_write_text(self.out / PROGRESS, json.dumps(progress, indent=1))
@@ -341,7 +345,7 @@ class ContinualRun:
 
         cfg, tasks = self.cfg, self.tasks
         matrix = as_matrix(progress["rows"])
-        pre_after = progress["pretrain_rows"][-1] if progress["pretrain_rows"] else None
+        pre_after = progress["pretrain_rows"][-1]["score"] if progress["pretrain_rows"] else None
         metrics = cl_metrics(matrix, reference_scores(cfg.reference, cfg.method, tasks),
                              progress.get("pretrain_before"), pre_after)
         counts = tuners.parameter_counts(model)
