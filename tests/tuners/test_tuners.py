@@ -70,6 +70,7 @@ def test_only_the_intended_parameters_train(name):
     expected = expected_base_trainable(method, model)
     assert {n for n in trainable if not n.startswith("tuner.")} == expected
     assert all(p.requires_grad for n, p in model.named_parameters() if n.startswith("tuner."))
+    assert REGISTRY[method].trains_base == (method in BASE_TRAINING)
     tuner_params = [n for n in trainable if n.startswith("tuner.")]
     assert (len(tuner_params) > 0) == (method not in BASE_TRAINING)
     tuner_before = {n: p.detach().clone() for n, p in model.named_parameters() if n.startswith("tuner.")}

@@ -306,9 +306,8 @@ def adapt(cfg: AdaptConfig, method_config=None) -> dict:
 
     result = {"method": cfg.method, "task": cfg.task, "steps": cfg.steps, **counts,
               "train_s": train_s, "steps_per_s": cfg.steps / max(train_s, 1e-9)}
-    if selection := getattr(tuner, "pool", None):
-        used = torch.nonzero(selection.prev_counts).flatten().tolist()
-        result["pool_entries_used"] = used
+    if (pool := getattr(tuner, "pool", None)) is not None:  # L2P / L2M: the keys this task chose
+        result["pool_entries_used"] = torch.nonzero(pool.prev_counts).flatten().tolist()
     t0 = time.perf_counter()
     if cfg.eval_episodes > 0:
         after_new = evaluate(EvalConfig(checkpoint=cfg.checkpoint, tasks=cfg.task, episodes=cfg.eval_episodes,

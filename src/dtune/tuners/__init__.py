@@ -17,7 +17,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import typing
 from pathlib import Path
 
 import torch
@@ -221,10 +220,6 @@ def load_adapted(run_dir: str | os.PathLike, adapter_dir: str | os.PathLike | No
         doc = apply_adapter(model, adapter_dir, run_dir)
         config = {**config, "task_info": {**config.get("task_info", {}), **doc.get("task_info", {})}}
     return model.to(device).eval(), config, doc
-
-
-def field_types(cls) -> dict[str, typing.Any]:
-    return typing.get_type_hints(cls)
 
 
 __all__ = ["METHODS", "PRESETS", "REGISTRY", "Tuner", "TunerConfig", "AdapterError", "attach", "detach",
