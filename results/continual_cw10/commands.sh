@@ -17,4 +17,4 @@ for m in $METHODS; do
     --steps-per-task $STEPS --eval-episodes 5 --eval-pretrain --pretrain-episodes 3 \
     --reference /work/runs/adapt_cw10 --no-progress --out "$RUNS/$m" $resume > "$RUNS/$m.log" 2>&1
 done
-dtune report "$RUNS"/* --out results/continual_cw10
+dtune report "$RUNS"/*/ --out results/continual_cw10

@@ -54,6 +54,9 @@ class L2MConfig(TunerConfig):
     would otherwise barely turn towards their queries)."""
     count_penalty: float = 1.0
     """Penalty on keys chosen during earlier tasks (continual learning)."""
+    batchwise: bool = True
+    """While training, the whole batch uses the entries its samples choose most often (L2P's
+    batch-wise selection), so a task trains its own entry; inference chooses per sample."""
     oracle: bool = False
     """Choose the entry by task id instead of by key matching."""
     pretrain_keys: bool = False
@@ -148,7 +151,7 @@ class L2M(Tuner):
             self._aux = None
             return {}
         q = query_from(state_emb, valid)
-        idx = self.pool.select(q, 1, c.count_penalty)
+        idx = self.pool.select(q, 1, c.count_penalty, c.batchwise)
         self._aux = self.pool.pull_loss(q, idx, c.key_loss) if self.training else None
         idx = idx[:, 0]
         if not self.training and self.pre_keys.shape[0]:

@@ -28,6 +28,9 @@ class L2PConfig(TunerConfig):
     """Learning rate of the keys relative to the rest (as for l2m)."""
     count_penalty: float = 1.0
     """Penalty on keys chosen during earlier tasks (continual learning)."""
+    batchwise: bool = True
+    """While training, the whole batch uses the entries its samples choose most often (L2P's
+    batch-wise selection), so a task trains its own entry; inference chooses per sample."""
     init_std: float = 0.02
     """Standard deviation of the prompts' initialisation."""
 
@@ -51,7 +54,7 @@ class L2P(Tuner):
     def context(self, state_emb, valid, tasks=None):
         c = self.config
         q = query_from(state_emb, valid)
-        idx = self.pool.select(q, c.top_k, c.count_penalty)
+        idx = self.pool.select(q, c.top_k, c.count_penalty, c.batchwise)
         self._idx = idx
         self._aux = self.pool.pull_loss(q, idx, c.key_loss) if self.training else None
         return {"prompt": self.prompts[idx].flatten(1, 2)}

@@ -3,9 +3,14 @@
 The query is the mean of the frozen state embeddings over the context (``query_from``). It is
 compared with learnable keys (initialised U(-1, 1)) by cosine similarity; the best ``top_k``
 keys are chosen (hard). The key-pull loss ``-weight * mean cos(query, chosen keys)`` moves the
-chosen keys towards the queries that chose them. While training, keys chosen on earlier tasks
-are penalised: ``score = cos - count_penalty * (share of earlier selections that key got)``, so a
-new task claims fresh keys instead of overwriting the modulators of old ones.
+chosen keys towards the queries that chose them. While training:
+
+* keys chosen on earlier tasks are penalised, ``score = cos - count_penalty * n_k / max_k n_k``
+  with ``n_k`` the earlier selections of key ``k``, so a new task claims fresh keys instead of
+  overwriting the modulators of old ones;
+* with ``batchwise`` (L2P's batch-wise selection) the whole batch uses the ``top_k`` keys its
+  samples choose most often, so one task trains one entry (or ``top_k``) and its key moves to
+  the task's mean query; at inference every sample chooses for itself.
 """
 
 from __future__ import annotations
@@ -27,14 +32,17 @@ class KeyPool(nn.Module):
     def scores(self, query: torch.Tensor, count_penalty: float = 0.0) -> torch.Tensor:
         sim = F.normalize(query, dim=-1) @ F.normalize(self.keys.float(), dim=-1).T  # (B, pool)
         if count_penalty and self.prev_counts.sum() > 0:
-            sim = sim - count_penalty * self.prev_counts / self.prev_counts.sum()
+            sim = sim - count_penalty * self.prev_counts / self.prev_counts.max()
         return sim
 
-    def select(self, query: torch.Tensor, top_k: int, count_penalty: float) -> torch.Tensor:
+    def select(self, query: torch.Tensor, top_k: int, count_penalty: float, batchwise: bool = False) -> torch.Tensor:
         """Indices ``(B, top_k)`` of the chosen keys; counts them while training."""
         if top_k > self.keys.shape[0]:
             raise ValueError(f"top_k ({top_k}) is larger than the pool ({self.keys.shape[0]})")
         idx = self.scores(query, count_penalty if self.training else 0.0).topk(top_k, dim=-1).indices
+        if self.training and batchwise:
+            votes = torch.bincount(idx.flatten(), minlength=self.keys.shape[0])
+            idx = votes.topk(top_k).indices.expand(query.shape[0], top_k)
         if self.training:
             self.counts += torch.bincount(idx.flatten(), minlength=self.counts.numel()).to(self.counts)
         return idx
