@@ -170,7 +170,7 @@ def _continual_cmd(args):
 def _report_cmd(args):
     from dtune.report.summary import report
 
-    print(report(args.runs, args.out))
+    print(report(args.runs, args.out, args.reference))
     if args.out:
         print(f"\ntables, JSON, CSV and plots in {args.out}")
 
@@ -274,6 +274,8 @@ def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     rp = sub.add_parser("report", help="put adaptation or continual runs side by side (tables, plots)")
     rp.add_argument("runs", nargs="+", help="run directories of `dtune adapt` or `dtune continual`")
     rp.add_argument("--out", default=None, help="also write report.md/json, CSV and PNG plots into this directory")
+    rp.add_argument("--reference", default=None,
+                    help="single-task `dtune adapt` runs (searched recursively) for the forward transfer of continual runs")
     rp.set_defaults(func=_report_cmd)
 
     ev = sub.add_parser("evaluate", help="evaluate a checkpoint", description=EvalConfig.__doc__)

@@ -72,7 +72,6 @@ def test_only_the_current_tasks_data_is_loaded_and_sampled(base, tiny_data, tmp_
     for name in ("matrix.csv", "metrics.json", "summary.md", "matrix.png", "curves.png", "progress.json",
                  "metrics.csv", "adapter/adapter.json"):
         assert (tmp_path / "cl" / name).exists(), name
-    assert not (tmp_path / "cl" / runner.STATE_J).exists()  # finished runs drop their resumable state
 
 
 @pytest.mark.parametrize("method", ["ewc", "l2m"])
@@ -136,7 +135,9 @@ def test_cli_continual_resume_and_report(base, tiny_data, tmp_path, capsys):
     assert m["pretrain_before"] is not None and m["pretrain_after"] is not None
     assert [r["after"] for r in m["pretrain_rows"]] == [1]  # only after the last task
     # resuming a finished run takes its saved settings and changes nothing
+    before = (tmp_path / "s0" / "adapter" / "adapter.safetensors").read_bytes()
     assert main(["continual", "--out", str(tmp_path / "s0"), "--resume", "--no-progress"]) == 0
+    assert (tmp_path / "s0" / "adapter" / "adapter.safetensors").read_bytes() == before
     assert main(["continual", "--out", str(tmp_path / "s0"), "--resume", "--steps-per-task", "3"]) == 2
     assert "differ" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "s0"), str(tmp_path / "s1"), "--out", str(tmp_path / "rep")]) == 0
@@ -145,3 +146,11 @@ def test_cli_continual_resume_and_report(base, tiny_data, tmp_path, capsys):
     for name in ("report.md", "report.json", "continual.png", "continual_runs.csv"):
         assert (tmp_path / "rep" / name).exists()
     assert main(["report", str(tmp_path)]) == 2
+    # forward transfer against single-task results of the same method
+    ref = tmp_path / "ref" / "door-open"
+    ref.mkdir(parents=True)
+    (ref / "result.json").write_text(json.dumps({"method": "l2m", "task": "door-open-v3", "new_task_score": -0.5}))
+    assert main(["report", str(tmp_path / "s0"), "--reference", str(tmp_path / "ref"), "--out", str(tmp_path / "rep2")]) == 0
+    row = json.loads((tmp_path / "rep2" / "report.json").read_text())["continual"][0]
+    own = json.loads((tmp_path / "s0" / "metrics.json").read_text())["own_score"][0]
+    assert row["forward_transfer"][0] == pytest.approx(own + 0.5)

@@ -16,7 +16,8 @@ Outputs in ``out``: ``config.json``, ``progress.json`` (matrix so far, timings),
 ``summary.md``, ``matrix.png`` and ``curves.png``. ``state.safetensors`` + ``state.json`` hold the
 resumable state (task, step, method tensors, optimiser, sampler and torch RNG, anchor); with
 ``resume`` an interrupted run continues at the task and step where it stopped and produces what
-the uninterrupted run would have.
+the uninterrupted run would have. Resuming a finished run recomputes its metrics and outputs
+(e.g. once ``reference`` results exist).
 """
 
 from __future__ import annotations
@@ -365,8 +366,6 @@ class ContinualRun:
         ckpt.atomic_write_text(self.out / "summary.md", summary_markdown(summary) + "\n")
         plot_matrix(matrix, tasks, self.out / "matrix.png", title=f"{cfg.method}, seed {cfg.seed}")
         plot_curves(matrix, tasks, self.out / "curves.png", title=f"{cfg.method}, seed {cfg.seed}")
-        (self.out / STATE_J).unlink(missing_ok=True)
-        (self.out / STATE_T).unlink(missing_ok=True)
         return summary
 
 

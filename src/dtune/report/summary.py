@@ -81,6 +81,15 @@ def adapt_summary(runs: list[dict]) -> tuple[str, list[dict]]:
     return markdown_table(headers, table) + ("\n\n" + note if note else ""), rows
 
 
+def with_reference(run: dict, reference: str) -> dict:
+    """The run's metrics recomputed with single-task results from ``reference`` (forward transfer)."""
+    from dtune.continual.metrics import as_matrix, cl_metrics
+    from dtune.continual.runner import reference_scores
+
+    ref = reference_scores(reference, run["method"], run["tasks"])
+    return {**run, **cl_metrics(as_matrix(run["matrix"]), ref, run.get("pretrain_before"), run.get("pretrain_after"))}
+
+
 def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
     by_method: dict[str, list[dict]] = {}
     for r in runs:
@@ -105,13 +114,16 @@ def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
     return markdown_table(headers, table), rows
 
 
-def report(dirs: list[str], out: str | None = None) -> str:
-    """The Markdown report of ``dirs``; with ``out`` also JSON, CSV and PNG files there."""
+def report(dirs: list[str], out: str | None = None, reference: str | None = None) -> str:
+    """The Markdown report of ``dirs``; with ``out`` also JSON, CSV and PNG files there; with
+    ``reference`` (single-task ``dtune adapt`` runs) continual runs get their forward transfer."""
     from dtune.report.plots import plot_methods_curve, plot_tradeoff
 
     if not dirs:
         raise ValueError("dtune report needs at least one run directory")
     adapt, cont = _load(dirs)
+    if reference:
+        cont = [with_reference(r, reference) for r in cont]
     parts, data = [], {}
     outp = Path(out) if out else None
     if outp:
