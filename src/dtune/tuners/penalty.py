@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Callable, Iterable
 
 import torch
-import torch.nn as nn  # noqa: F401  (type hints)
+import torch.nn as nn
 
 
 class Anchor:
