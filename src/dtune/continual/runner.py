@@ -37,43 +37,23 @@ from dtune.data.dataset import TrajectoryData, WindowSampler
 from dtune.data.storage import read_metadata
 from dtune.tasks import get_task, resolve_tasks
 from dtune.train import checkpoint as ckpt
-from dtune.train.adapt import (PRESET_LR, cached_eval, fit_pretrain_keys, make_optimizer, model_stats,
-                               pretrain_batches, resolve_data_dir, train_steps)
-from dtune.train.pretrain import MetricsLog, resolve_device, resolve_precision, to_torch
+from dtune.train.adapt import (TuneSettings, cached_eval, fit_pretrain_keys, model_stats, peak_lr, pretrain_batches,
+                               resolve_data_dir, train_steps)
+from dtune.train.pretrain import MetricsLog, make_optimizer, resolve_device, resolve_precision, to_torch
 
 STATE_T, STATE_J, PROGRESS = "state.safetensors", "state.json", "progress.json"
 
 
 @dataclass
-class ContinualConfig:
+class ContinualConfig(TuneSettings):
     """Adapt a pre-trained checkpoint to a sequence of tasks, one after the other."""
 
-    checkpoint: str = "runs/pretrain"
-    """Run directory of the pre-trained model."""
     sequence: str = "cw10"
     """Task sequence: a named set (``cw10`` in the paper's order, ``dmc6``) or comma-separated tasks."""
-    method: str = "l2m"
-    """Adaptation method or named variant (``dtune adapt --list-methods``)."""
     out: str = "runs/continual"
     """Output directory."""
     steps_per_task: int = 1000
     """Optimiser updates per task."""
-    batch_size: int = 64
-    """Windows per update."""
-    lr: float | None = None
-    """Peak learning rate per task (default: 1e-3 for tiny/small base models, 1e-4 for paper)."""
-    min_lr: float = 1e-6
-    """Learning rate at the end of each task's cosine decay."""
-    warmup_steps: int = 100
-    """Linear warm-up steps at the start of each task (capped at a tenth of steps_per_task)."""
-    weight_decay: float = 0.01
-    """AdamW weight decay on weight matrices."""
-    grad_clip: float = 0.25
-    """Gradient-norm clip."""
-    max_episodes: int | None = None
-    """Use only the first N episodes of each task's dataset."""
-    seed: int = 0
-    """Seed of the method's initialisation, sampling and dropout."""
     eval_episodes: int = 10
     """Evaluation episodes per task of the sequence, after every task."""
     eval_pretrain: bool = False
@@ -83,25 +63,11 @@ class ContinualConfig:
     pre-training evaluation per task)."""
     pretrain_episodes: int = 3
     """Evaluation episodes per pre-training task."""
-    eval_seed: int = 1000
-    """Base seed of the evaluation episodes."""
-    horizon: int | None = None
-    """Evaluation episode length (default: each task's)."""
     reference: str | None = None
     """Directory with single-task ``dtune adapt`` runs (searched recursively for result.json) of the
     same method, for forward transfer."""
     ckpt_every: int = 250
     """Steps between resumable checkpoints within a task (and one at every task end)."""
-    precision: str = "auto"
-    """``auto``, ``bf16`` or ``fp32``."""
-    device: str = "auto"
-    """``auto``, ``cpu`` or ``cuda``."""
-    data_dir: str | None = None
-    """Data root (default as for ``dtune adapt``)."""
-    log_every: int = 100
-    """Steps between metric rows."""
-    progress: bool = True
-    """Show progress bars."""
     resume: bool = False
     """Continue the interrupted run in ``out``."""
 
@@ -256,8 +222,7 @@ class ContinualRun:
                     batches = [to_torch(b, self.device) for b in raw]
                 anchor.consolidate(model, batches, lambda b: model.loss(b)[0])
         self.out.mkdir(parents=True, exist_ok=True)
-        base_lr = PRESET_LR.get(run_config["train"].get("model"), 1e-4)
-        peak = cfg.lr if cfg.lr is not None else base_lr
+        peak = peak_lr(cfg, run_config)
         ckpt.atomic_write_text(self.out / "config.json", json.dumps({
             "dtune_version": __version__, "continual": asdict(cfg), "tasks": tasks, "method": self.method,
             "method_config": dataclasses.asdict(self.method_config),
@@ -328,7 +293,7 @@ class ContinualRun:
             ckpt.atomic_write_text(self.out / PROGRESS, json.dumps(progress, indent=1))
             self._save_state(model, i + 1, 0, None, None, anchor)
         log.close()
-        return self.finish(model, run_config, progress)
+        return self.finish(model, info, progress)
 
     def _log_step(self, task_i: int, step: int) -> int:
         """MetricsLog truncates rows past the resume point; rows are keyed by the step within a task,
@@ -340,7 +305,7 @@ class ContinualRun:
             path.write_text("".join(json.dumps(r) + "\n" for r in keep))
         return 10 ** 12  # nothing further to drop
 
-    def finish(self, model, run_config, progress) -> dict:
+    def finish(self, model, task_info: dict, progress) -> dict:
         from dtune import tuners
         from dtune.report.plots import plot_curves, plot_matrix
 
@@ -357,7 +322,7 @@ class ContinualRun:
                    "eval_s": sum(t["eval_s"] for t in progress["task_times"])}
         tuners.save_adapter(self.out / "adapter", model, {
             "base_checkpoint": str(Path(cfg.checkpoint).resolve()), "base_digest": tuners.base_digest(cfg.checkpoint),
-            "tasks": tasks, "task_info": task_targets(resolve_data_dir(cfg.data_dir, run_config), tasks)})
+            "tasks": tasks, "task_info": task_info})
         ckpt.atomic_write_text(self.out / "metrics.json", json.dumps(summary, indent=1))
         header = "after task," + ",".join(tasks)
         lines = [header] + [f"{tasks[i]}," + ",".join("" if v is None else f"{v:.4f}" for v in row)

@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import time
 from dataclasses import asdict, dataclass
@@ -32,47 +31,35 @@ from dtune.data.dataset import TrajectoryData, WindowSampler
 from dtune.data.storage import data_root
 from dtune.tasks import get_task
 from dtune.train import checkpoint as ckpt
-from dtune.train.pretrain import MetricsLog, resolve_device, resolve_precision, to_torch
-
-PRESET_LR = {"tiny": 1e-3, "small": 1e-3, "paper": 1e-4}
-
+from dtune.train.pretrain import (PRESET_LR, MetricsLog, cosine_lr, make_optimizer, resolve_device, resolve_precision,
+                                  set_lr, to_torch)
 
 @dataclass
-class AdaptConfig:
-    """Adapt a pre-trained checkpoint to a new task with one adaptation method."""
+class TuneSettings:
+    """What single-task and continual adaptation share: the base, the method, the optimiser,
+    the evaluation seed and length, the machine."""
 
     checkpoint: str = "runs/pretrain"
     """Run directory of the pre-trained model (from ``dtune pretrain``)."""
-    task: str = "hammer-v3"
-    """The new task."""
     method: str = "l2m"
     """Adaptation method or named variant (``dtune adapt --list-methods``)."""
-    out: str = "runs/adapt"
-    """Output directory (must not hold an adapter yet)."""
-    steps: int = 2000
-    """Optimiser updates."""
     batch_size: int = 64
     """Windows per update."""
     lr: float | None = None
-    """Peak learning rate (default: 1e-3 for tiny/small base models, 1e-4 for paper, the reference's)."""
+    """Peak learning rate of each task's schedule (default: 1e-3 for tiny/small base models, 1e-4
+    for paper, the reference's)."""
     min_lr: float = 1e-6
-    """Learning rate at the end of the cosine decay."""
+    """Learning rate at the end of each task's cosine decay."""
     warmup_steps: int = 100
-    """Linear warm-up steps (capped at a tenth of ``steps``)."""
+    """Linear warm-up steps at the start of each task (capped at a tenth of its steps)."""
     weight_decay: float = 0.01
     """AdamW weight decay on weight matrices."""
     grad_clip: float = 0.25
     """Gradient-norm clip."""
     max_episodes: int | None = None
-    """Use only the first N episodes of the new task's dataset."""
+    """Use only the first N episodes of each task's dataset."""
     seed: int = 0
     """Seed of the method's initialisation, sampling and dropout."""
-    eval_episodes: int = 10
-    """Evaluation episodes on the new task (0 = no evaluation)."""
-    pretrain_eval: bool = True
-    """Also evaluate the pre-training tasks before and after (retention)."""
-    pretrain_episodes: int = 5
-    """Evaluation episodes per pre-training task."""
     eval_seed: int = 1000
     """Base seed of the evaluation episodes."""
     horizon: int | None = None
@@ -90,21 +77,35 @@ class AdaptConfig:
     """Show progress bars."""
 
 
+@dataclass
+class AdaptConfig(TuneSettings):
+    """Adapt a pre-trained checkpoint to a new task with one adaptation method."""
+
+    task: str = "hammer-v3"
+    """The new task."""
+    out: str = "runs/adapt"
+    """Output directory (must not hold an adapter yet)."""
+    steps: int = 2000
+    """Optimiser updates."""
+    eval_episodes: int = 10
+    """Evaluation episodes on the new task (0 = no evaluation)."""
+    pretrain_eval: bool = True
+    """Also evaluate the pre-training tasks before and after (retention)."""
+    pretrain_episodes: int = 5
+    """Evaluation episodes per pre-training task."""
+
+
+def peak_lr(cfg: TuneSettings, run_config: dict) -> float:
+    """``cfg.lr``, else the pre-training preset's default."""
+    return cfg.lr if cfg.lr is not None else PRESET_LR.get(run_config["train"].get("model"), 1e-4)
+
+
 def resolve_data_dir(data_dir: str | None, run_config: dict) -> Path:
     if data_dir is None and not os.environ.get("DTUNE_DATA_DIR"):
         recorded = run_config.get("resolved", {}).get("data_dir")
         if recorded and Path(recorded).is_dir():
             return Path(recorded)
     return data_root(data_dir)
-
-
-def lr_at(step: int, total: int, peak: float, warmup_steps: int, min_lr: float) -> float:
-    """Linear warm-up (capped at a tenth of ``total``), then cosine decay to ``min_lr``."""
-    warm = min(warmup_steps, max(1, total // 10))
-    if step < warm:
-        return peak * (step + 1) / warm
-    progress = min(1.0, (step - warm) / max(1, total - warm))
-    return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def train_steps(model, sampler, optimizer, anchor, cfg, peak: float, total: int, start: int, stop: int, device,
@@ -119,7 +120,7 @@ def train_steps(model, sampler, optimizer, anchor, cfg, peak: float, total: int,
     acc: dict[str, float] = {}
     n_acc, t0 = 0, time.perf_counter()
     for step in range(start + 1, stop + 1):
-        lr = lr_at(step - 1, total, peak, cfg.warmup_steps, cfg.min_lr)
+        lr = cosine_lr(step - 1, total, peak, cfg.warmup_steps, cfg.min_lr)
         set_lr(optimizer, lr)
         batch = to_torch(sampler.sample(), device)
         with autocast:
@@ -149,27 +150,6 @@ def train_steps(model, sampler, optimizer, anchor, cfg, peak: float, total: int,
         if on_step is not None:
             on_step(step)
     model.eval()
-
-
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """AdamW over the trainable parameters: weight decay on weight matrices only; the tuner's
-    learning-rate multipliers (``lr_scale`` of each group, applied by :func:`set_lr`)."""
-    scales = model.tuner.lr_scales() if model.tuner is not None else {}
-    groups: dict[tuple[bool, float], list] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            decay = p.dim() >= 2 and "embed_" not in name and not name.endswith("keys")
-            scale = next((v for k, v in scales.items() if name.endswith(k)), 1.0)
-            groups.setdefault((decay, scale), []).append(p)
-    if not groups:
-        raise ValueError("the method leaves nothing to train")
-    return torch.optim.AdamW([{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
-                              for (decay, scale), ps in groups.items()], lr=lr, betas=(0.9, 0.95))
-
-
-def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
-    for g in optimizer.param_groups:
-        g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
 def model_stats(model) -> tuple[np.ndarray, np.ndarray]:
@@ -277,8 +257,7 @@ def adapt(cfg: AdaptConfig, method_config=None) -> dict:
             batches = [to_torch(b, device) for b in raw]
         anchor.consolidate(model, batches, lambda b: model.loss(b)[0])
 
-    base_lr = PRESET_LR.get(run_config["train"].get("model"), 1e-4)
-    peak = cfg.lr if cfg.lr is not None else base_lr
+    peak = peak_lr(cfg, run_config)
     optimizer = make_optimizer(model, peak, cfg.weight_decay)
     sampler = WindowSampler(data, model.cfg.context_len, cfg.batch_size, seed=cfg.seed)
     counts = tuners.parameter_counts(model)
@@ -368,4 +347,4 @@ def list_methods() -> str:
     return markdown_table(["method", "what trains"], rows)
 
 
-__all__ = ["AdaptConfig", "adapt", "result_table", "list_methods"]
+__all__ = ["TuneSettings", "AdaptConfig", "adapt", "result_table", "list_methods"]

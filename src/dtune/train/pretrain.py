@@ -104,24 +104,41 @@ def peak_lr(cfg: PretrainConfig) -> float:
     return cfg.lr if cfg.lr is not None else PRESET_LR.get(cfg.model, 1e-4)
 
 
-def lr_at(step: int, cfg: PretrainConfig) -> float:
-    peak = peak_lr(cfg)
-    warm = min(cfg.warmup_steps, max(1, cfg.steps // 10))
+def cosine_lr(step: int, total: int, peak: float, warmup_steps: int, min_lr: float) -> float:
+    """Linear warm-up (capped at a tenth of ``total``), then cosine decay to ``min_lr``."""
+    warm = min(warmup_steps, max(1, total // 10))
     if step < warm:
         return peak * (step + 1) / warm
-    progress = min(1.0, (step - warm) / max(1, cfg.steps - warm))
-    return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+    progress = min(1.0, (step - warm) / max(1, total - warm))
+    return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: torch.nn.Module, cfg: PretrainConfig) -> torch.optim.AdamW:
-    decay, no_decay = [], []
+def lr_at(step: int, cfg: PretrainConfig) -> float:
+    return cosine_lr(step, cfg.steps, peak_lr(cfg), cfg.warmup_steps, cfg.min_lr)
+
+
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW over the trainable parameters: weight decay on weight matrices only (not on
+    embeddings, not on L2P/L2M keys); an attached tuner's learning-rate multipliers become each
+    group's ``lr_scale`` (applied by :func:`set_lr`). Decayed groups come first."""
+    tuner = getattr(model, "tuner", None)
+    scales = tuner.lr_scales() if tuner is not None else {}
+    groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        is_matrix = p.dim() >= 2 and "embed_" not in name
-        (decay if is_matrix else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=peak_lr(cfg), betas=(0.9, 0.95))
+        if p.requires_grad:
+            decay = p.dim() >= 2 and "embed_" not in name and not name.endswith("keys")
+            scale = next((v for k, v in scales.items() if name.endswith(k)), 1.0)
+            groups.setdefault((decay, scale), []).append(p)
+    if not groups:
+        raise ValueError("nothing to train: every parameter is frozen")
+    ordered = sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
+    return torch.optim.AdamW([{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+                              for (decay, scale), ps in ordered], lr=lr, betas=(0.9, 0.95))
+
+
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for g in optimizer.param_groups:
+        g["lr"] = lr * g.get("lr_scale", 1.0)
 
 
 def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
@@ -211,7 +228,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     model.state_mean.copy_(torch.from_numpy(data.state_mean))
     model.state_std.copy_(torch.from_numpy(data.state_std))
     model = model.to(device)
-    optimizer = make_optimizer(model, cfg)
+    optimizer = make_optimizer(model, peak_lr(cfg), cfg.weight_decay)
     sampler = WindowSampler(data, model_cfg.context_len, cfg.batch_size, seed=cfg.seed)
     step = 0
     if cfg.resume:
@@ -237,8 +254,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
     n_acc, t_log, t_start, start_step = 0, time.perf_counter(), time.perf_counter(), step
     while step < cfg.steps:
         lr = lr_at(step, cfg)
-        for g in optimizer.param_groups:
-            g["lr"] = lr
+        set_lr(optimizer, lr)
         batch = to_torch(sampler.sample(), device)
         with autocast:
             loss, metrics = model.loss(batch)
