@@ -169,8 +169,6 @@ class ContinualRun:
         if int(tag["task"]) != meta["task"] or int(tag["step"]) != meta["step"]:
             raise ValueError(f"state in {self.out} is inconsistent (interrupted while saving); start the run again")
         weights = {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}
-        if "tuner.pre_keys" in weights:
-            model.tuner.pre_keys = weights["tuner.pre_keys"]
         model.load_state_dict(weights, strict=False)
         model.tuner.load_extra_state(meta["tuner"])
         anchor.load_tensors({k.removeprefix("anchor."): v for k, v in tensors.items() if k.startswith("anchor.")})

@@ -193,18 +193,15 @@ def apply_adapter(model: nn.Module, adapter_dir: str | os.PathLike, base_dir: st
         raise AdapterError(f"cannot read {Path(adapter_dir) / ADAPTER_WEIGHTS}: {e}") from e
     tuner = attach(model, doc["method"], config_from_dict(doc["method"], doc["config"]))
     tuner.load_extra_state(doc.get("state", {}))
-    if "tuner.pre_keys" in tensors:  # sized by the number of pre-training tasks
-        tuner.pre_keys = tensors["tuner.pre_keys"].to(tuner.pre_keys.device)
     expected = set(adapter_state(model))
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         raise AdapterError(f"adapter tensors in {adapter_dir} do not match method {doc['method']!r} with its saved "
                            f"config (missing {missing[:3]}, unexpected {extra[:3]})")
-    own = model.state_dict()
-    shapes = [k for k in tensors if tensors[k].shape != own[k].shape]
-    if shapes:
-        raise AdapterError(f"adapter tensors in {adapter_dir} have other shapes than the model's, e.g. {shapes[:3]}")
-    model.load_state_dict(tensors, strict=False)
+    try:
+        model.load_state_dict(tensors, strict=False)
+    except RuntimeError as e:  # size mismatches
+        raise AdapterError(f"adapter tensors in {adapter_dir} have other shapes than the model's: {e}") from e
     return doc
 
 

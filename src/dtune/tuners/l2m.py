@@ -168,6 +168,12 @@ class L2M(Tuner):
         keys = torch.stack([F.normalize(F.normalize(q.float(), dim=-1).mean(0), dim=0) for q in queries])
         self.pre_keys = keys.to(self.pool.keys.device)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        key = prefix + "pre_keys"
+        if key in state_dict:  # sized by the number of pre-training tasks, unknown until loaded
+            self.pre_keys = torch.empty_like(state_dict[key], device=self.pre_keys.device)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def params_per_task(self):
         entries = sum(p.numel() for p in self.mods.parameters()) // self.config.pool_size
         return entries + (0 if self.config.oracle else self.pool.keys.shape[1])
