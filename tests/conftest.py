@@ -27,3 +27,15 @@ def tiny_data(tmp_path_factory):
     collect_tiny(root)
     collect_tiny(root, tasks=DMC_TASK, episodes=3, suite="dmc", policy="random")
     return root
+
+
+@pytest.fixture(scope="module")
+def base(tiny_data, tmp_path_factory):
+    """A tiny MDDT pre-trained on reach-v3 (5 steps): the base checkpoint of adaptation tests. One per
+    test module: adaptation writes its evaluation cache into the checkpoint."""
+    from dtune.train.pretrain import PretrainConfig, pretrain
+
+    out = tmp_path_factory.mktemp("base")
+    pretrain(PretrainConfig(out=str(out), tasks="reach-v3", model="tiny", steps=5, batch_size=8,
+                            data_dir=str(tiny_data), progress=False, device="cpu"))
+    return out

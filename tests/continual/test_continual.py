@@ -12,17 +12,8 @@ from dtune.cli import main
 from dtune.continual import runner
 from dtune.continual.metrics import cl_metrics
 from dtune.continual.runner import ContinualConfig, ContinualRun, continual
-from dtune.train.pretrain import PretrainConfig, pretrain
 
 SEQ = "door-open-v3,reach-v3"
-
-
-@pytest.fixture(scope="module")
-def base(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("base")
-    pretrain(PretrainConfig(out=str(out), tasks="reach-v3", model="tiny", steps=5, batch_size=8,
-                            data_dir=str(tiny_data), progress=False, device="cpu"))
-    return out
 
 
 def cfg(base, tiny_data, out, **kw):

@@ -11,15 +11,6 @@ from dtune import tuners
 from dtune.cli import main
 from dtune.eval.rollout import EvalConfig, evaluate
 from dtune.train.adapt import AdaptConfig, adapt
-from dtune.train.pretrain import PretrainConfig, pretrain
-
-
-@pytest.fixture(scope="module")
-def base(tiny_data, tmp_path_factory):
-    out = tmp_path_factory.mktemp("base")
-    pretrain(PretrainConfig(out=str(out), tasks="reach-v3", model="tiny", steps=5, batch_size=8,
-                            data_dir=str(tiny_data), progress=False, device="cpu"))
-    return out
 
 
 def cfg(base, tiny_data, out, **kw):
