@@ -27,8 +27,8 @@ def data_dir_with(tasks: str, episodes: int = 20) -> str:
     from dtune.tasks import resolve_tasks
 
     root = os.environ.get("DTUNE_DATA_DIR")
-    if root and set(resolve_tasks(tasks)) <= set(list_datasets(root)):
+    if root and set(resolve_tasks(tasks)) <= {t for t, _ in list_datasets(root)}:
         return root
     root = tempfile.mkdtemp(prefix="dtune-bench-")
-    collect(CollectConfig(tasks=tasks, episodes=episodes, data_dir=root), show_progress=False)
+    collect(CollectConfig(tasks=tasks, episodes=episodes, data_dir=root, progress=False))
     return root

@@ -9,32 +9,36 @@ import numpy as np
 
 from _common import data_dir_with, timed
 from dtune.data.dataset import TrajectoryData, WindowSampler
-from dtune.tasks import MAX_ACT_DIM, STATE_DIM
 
-TASKS = os.environ.get("BENCH_TASKS", "mt40")
-K, B = 5, 256
-data = TrajectoryData(data_dir_with(TASKS, episodes=10), TASKS)
-sampler = WindowSampler(data, K, B, seed=0)
-
-
-def loop_reference(rng=np.random.default_rng(0)):
-    """The same windows built one sample at a time, the way a naive Dataset.__getitem__ does."""
-    dom = data.domains[0]
-    out = []
-    for _ in range(B):
-        end = int(rng.integers(0, len(dom)))
-        start = max(int(dom.ep_start[end]), end - K + 1)
-        s = np.zeros((K, STATE_DIM), np.float32)
-        a = np.zeros((K, MAX_ACT_DIM), np.float32)
-        n = end - start + 1
-        s[K - n:, dom.columns] = dom.obs[start:end + 1]
-        a[K - n:] = dom.actions[start:end + 1]
-        out.append((s, a, dom.rtg[start:end + 1], dom.timesteps[start:end + 1]))
-    return out
+def main():
+    TASKS = os.environ.get("BENCH_TASKS", "mt40")
+    K, B = 5, 256
+    data = TrajectoryData(data_dir_with(TASKS, episodes=10), TASKS)
+    sampler = WindowSampler(data, K, B, seed=0)
 
 
-t_vec = timed(sampler.sample, repeat=50, warmup=2)
-t_loop = timed(loop_reference, repeat=5, warmup=1)
-print(f"data: {len(data.tasks)} tasks, {data.steps} steps")
-print(f"per-sample loop : {B / t_loop:10.0f} windows/s")
-print(f"WindowSampler   : {B / t_vec:10.0f} windows/s  (x{t_loop / t_vec:.1f})")
+    def loop_reference(rng=np.random.default_rng(0)):
+        """The same windows built one sample at a time, the way a naive Dataset.__getitem__ does."""
+        dom = data.domains[0]
+        out = []
+        for _ in range(B):
+            end = int(rng.integers(0, len(dom)))
+            start = max(int(dom.ep_start[end]), end - K + 1)
+            s = np.zeros((K, data.layout.state_dim), np.float32)
+            a = np.zeros((K, data.layout.act_dim), np.float32)
+            n = end - start + 1
+            s[K - n:, dom.columns] = dom.obs[start:end + 1]
+            a[K - n:] = dom.actions[start:end + 1]
+            out.append((s, a, dom.rtg[start:end + 1], dom.timesteps[start:end + 1]))
+        return out
+
+
+    t_vec = timed(sampler.sample, repeat=50, warmup=2)
+    t_loop = timed(loop_reference, repeat=5, warmup=1)
+    print(f"data: {len(data.tasks)} tasks, {data.steps} steps")
+    print(f"per-sample loop : {B / t_loop:10.0f} windows/s")
+    print(f"WindowSampler   : {B / t_vec:10.0f} windows/s  (x{t_loop / t_vec:.1f})")
+
+
+if __name__ == "__main__":  # spawned workers import this file: run only as a script
+    main()

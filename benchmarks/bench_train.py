@@ -14,55 +14,60 @@ from transformers import DecisionTransformerConfig, DecisionTransformerModel
 from _common import timed
 from dtune.models import GPTConfig, ModelConfig, build_model
 
-p = argparse.ArgumentParser()
-p.add_argument("--embd", type=int, default=128)
-p.add_argument("--layers", type=int, default=3)
-p.add_argument("--heads", type=int, default=1)
-p.add_argument("--batch", type=int, default=64)
-p.add_argument("--context", type=int, default=20)
-p.add_argument("--steps", type=int, default=20)
-args = p.parse_args()
-S, A, B, K = 17, 6, args.batch, args.context
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--embd", type=int, default=128)
+    p.add_argument("--layers", type=int, default=3)
+    p.add_argument("--heads", type=int, default=1)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--context", type=int, default=20)
+    p.add_argument("--steps", type=int, default=20)
+    args = p.parse_args()
+    S, A, B, K = 17, 6, args.batch, args.context
 
-torch.manual_seed(0)
-states, actions = torch.randn(B, K, S), torch.rand(B, K, A) * 2 - 1
-rtg, rewards = torch.randn(B, K), torch.randn(B, K)
-timesteps = torch.randint(0, 900, (B, 1)) + torch.arange(K)
-mask = torch.ones(B, K, dtype=torch.bool)
+    torch.manual_seed(0)
+    states, actions = torch.randn(B, K, S), torch.rand(B, K, A) * 2 - 1
+    rtg, rewards = torch.randn(B, K), torch.randn(B, K)
+    timesteps = torch.randint(0, 900, (B, 1)) + torch.arange(K)
+    mask = torch.ones(B, K, dtype=torch.bool)
 
-ours = build_model(ModelConfig(kind="dt", state_dim=S, act_dim=A, context_len=K, type_embedding=False,
-                               gpt=GPTConfig(n_layer=args.layers, n_head=args.heads, n_embd=args.embd, dropout=0.1)))
-batch = {"states": states, "actions": actions, "action_mask": torch.ones(B, A, dtype=torch.bool), "rtg": rtg,
-         "rewards": rewards, "timesteps": timesteps, "valid": mask}
-hf = DecisionTransformerModel(DecisionTransformerConfig(
-    state_dim=S, act_dim=A, hidden_size=args.embd, n_layer=args.layers, n_head=args.heads, n_inner=4 * args.embd,
-    activation_function="gelu_new", max_ep_len=1000, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1))
-
-
-def step_fn(model, loss_fn, bf16):
-    opt = torch.optim.AdamW(model.parameters(), 1e-4)
-
-    def step():
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = loss_fn()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return step
+    ours = build_model(ModelConfig(kind="dt", state_dim=S, act_dim=A, context_len=K, type_embedding=False,
+                                   gpt=GPTConfig(n_layer=args.layers, n_head=args.heads, n_embd=args.embd, dropout=0.1)))
+    batch = {"states": states, "actions": actions, "action_mask": torch.ones(B, A, dtype=torch.bool), "rtg": rtg,
+             "rewards": rewards, "timesteps": timesteps, "valid": mask}
+    hf = DecisionTransformerModel(DecisionTransformerConfig(
+        state_dim=S, act_dim=A, hidden_size=args.embd, n_layer=args.layers, n_head=args.heads, n_inner=4 * args.embd,
+        activation_function="gelu_new", max_ep_len=1000, resid_pdrop=0.1, embd_pdrop=0.1, attn_pdrop=0.1))
 
 
-def hf_loss():
-    out = hf(states=states, actions=actions, rewards=rewards[..., None], returns_to_go=rtg[..., None],
-             timesteps=timesteps, attention_mask=mask.long())
-    return ((out.action_preds.float() - actions) ** 2).mean()
+    def step_fn(model, loss_fn, bf16):
+        opt = torch.optim.AdamW(model.parameters(), 1e-4)
+
+        def step():
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                loss = loss_fn()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return step
 
 
-tokens = B * K * 3
-print(f"DT {args.layers} layers, {args.heads} head(s), width {args.embd}; batch {B}, context {K} ({tokens} tokens/step)")
-print(f"params: dtune {sum(p.numel() for p in ours.parameters())}, transformers {sum(p.numel() for p in hf.parameters())}")
-for bf16 in (False, True):
-    t_hf = timed(step_fn(hf.train(), hf_loss, bf16), repeat=args.steps, warmup=3)
-    t_ours = timed(step_fn(ours.train(), lambda: ours.loss(batch)[0], bf16), repeat=args.steps, warmup=3)
-    name = "bf16" if bf16 else "fp32"
-    print(f"{name}: transformers {tokens / t_hf:8.0f} tok/s ({1 / t_hf:5.1f} steps/s) | "
-          f"dtune {tokens / t_ours:8.0f} tok/s ({1 / t_ours:5.1f} steps/s) | dtune/transformers x{t_hf / t_ours:.2f}")
+    def hf_loss():
+        out = hf(states=states, actions=actions, rewards=rewards[..., None], returns_to_go=rtg[..., None],
+                 timesteps=timesteps, attention_mask=mask.long())
+        return ((out.action_preds.float() - actions) ** 2).mean()
+
+
+    tokens = B * K * 3
+    print(f"DT {args.layers} layers, {args.heads} head(s), width {args.embd}; batch {B}, context {K} ({tokens} tokens/step)")
+    print(f"params: dtune {sum(p.numel() for p in ours.parameters())}, transformers {sum(p.numel() for p in hf.parameters())}")
+    for bf16 in (False, True):
+        t_hf = timed(step_fn(hf.train(), hf_loss, bf16), repeat=args.steps, warmup=3)
+        t_ours = timed(step_fn(ours.train(), lambda: ours.loss(batch)[0], bf16), repeat=args.steps, warmup=3)
+        name = "bf16" if bf16 else "fp32"
+        print(f"{name}: transformers {tokens / t_hf:8.0f} tok/s ({1 / t_hf:5.1f} steps/s) | "
+              f"dtune {tokens / t_ours:8.0f} tok/s ({1 / t_ours:5.1f} steps/s) | dtune/transformers x{t_hf / t_ours:.2f}")
+
+
+if __name__ == "__main__":  # spawned workers import this file: run only as a script
+    main()

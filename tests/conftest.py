@@ -16,8 +16,8 @@ warnings.filterwarnings("ignore", module="metaworld")
 
 
 def collect_tiny(root, tasks=MW_TASKS, episodes=6, horizon=HORIZON, **kw):
-    return collect(CollectConfig(tasks=tasks, episodes=episodes, horizon=horizon, data_dir=str(root), workers=1, **kw),
-                   show_progress=False)
+    return collect(CollectConfig(tasks=tasks, episodes=episodes, horizon=horizon, data_dir=str(root), workers=1,
+                                 progress=False, **kw))
 
 
 @pytest.fixture(scope="session")
@@ -25,17 +25,18 @@ def tiny_data(tmp_path_factory):
     """Data root with 6 short episodes of reach and door-open (expert) and 3 of cartpole-balance (random)."""
     root = tmp_path_factory.mktemp("data")
     collect_tiny(root)
-    collect_tiny(root, tasks=DMC_TASK, episodes=3, suite="dmc", policy="random")
+    collect_tiny(root, tasks=DMC_TASK, episodes=3)
     return root
 
 
 @pytest.fixture(scope="module")
 def base(tiny_data, tmp_path_factory):
-    """A tiny MDDT pre-trained on reach-v3 (5 steps): the base checkpoint of adaptation tests. One per
-    test module: adaptation writes its evaluation cache into the checkpoint."""
-    from dtune.train.pretrain import PretrainConfig, pretrain
+    """A tiny MDDT pre-trained on reach-v3 and cartpole-balance (5 steps; Meta-World + DMC layout):
+    the base checkpoint of adaptation tests. One per test module: adaptation writes its evaluation
+    cache into the checkpoint."""
+    from dtune.recipes.pretrain import PretrainConfig, pretrain
 
     out = tmp_path_factory.mktemp("base")
-    pretrain(PretrainConfig(out=str(out), tasks="reach-v3", model="tiny", steps=5, batch_size=8,
+    pretrain(PretrainConfig(out=str(out), tasks=f"reach-v3,{DMC_TASK}", model="tiny", steps=5, batch_size=8,
                             data_dir=str(tiny_data), progress=False, device="cpu"))
     return out

@@ -1,115 +1,182 @@
-"""``dtune`` command line: tasks, data, pretrain, adapt, evaluate, demo."""
+"""`dtune`: pre-trained Transformers for offline RL from the command line.
+
+Commands:
+  tasks      list the registered suites, tasks and task sets
+  data       collect, list and inspect datasets (`data collect`, `data list`, `data show`)
+  pretrain   pre-train a (multi-domain) Decision Transformer on many tasks
+  evaluate   evaluate a checkpoint (with or without an adapter) on tasks
+  adapt      adapt a pre-trained checkpoint to a new task with one method
+  continual  adapt to a sequence of tasks, one after the other (CW10, DMC6 ...)
+  report     put adaptation or continual runs side by side (tables, plots)
+  demo       a small end-to-end study (collect, pre-train, evaluate)
+
+`dtune COMMAND --help` lists a command's options; `dtune adapt METHOD --help` (or
+`dtune adapt --method METHOD --help`) a method's own.
+"""
 
 from __future__ import annotations
 
-import argparse
-import json
+import dataclasses
+import difflib
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated, Union
 
-from dtune.config import add_dataclass_args, from_args
+import tyro
+
+from dtune import __version__
+
+TYRO = (tyro.conf.OmitSubcommandPrefixes, tyro.conf.CascadeSubcommandArgs)
+
+
+def _parse(cls, argv: list[str], prog: str, default=None):
+    return tyro.cli(cls, args=argv, prog=prog, default=default, config=TYRO)
+
+
+def _out_of(argv: list[str]) -> str | None:
+    for i, a in enumerate(argv):
+        if a == "--out" and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--out="):
+            return a.split("=", 1)[1]
+    return None
+
+
+# -- small commands -------------------------------------------------------------------------------
+@dataclass
+class TasksArgs:
+    """List the registered suites, tasks and task sets."""
+
+    set: str | None = None
+    """Only this task set, suite or list (`mt40`, `cw10`, `dmc10`, `metaworld`, `hammer-v3,reach-v3`)."""
+
+
+def _tasks(argv):
+    from dtune.report import markdown_table
+    from dtune.tasks import REGISTRY, SUITES, TASK_SETS, get_suite, resolve_tasks
+
+    args = _parse(TasksArgs, argv, "dtune tasks")
+    if args.set in SUITES:
+        names = [t for t, s in REGISTRY.items() if s.suite == args.set]
+    else:
+        names = resolve_tasks(args.set) if args.set else list(REGISTRY)
+    rows = []
+    for n in names:
+        s = REGISTRY[n]
+        rows.append([n, s.suite, s.obs_dim, s.act_dim, s.horizon, s.reward_scale, s.score])
+    print(markdown_table(["task", "suite", "obs", "act", "horizon", "reward scale", "score"], rows))
+    if not args.set:
+        print("\nsuites: " + "; ".join(f"{n} (sources: {', '.join(get_suite(n).sources)})" for n in SUITES))
+        print("task sets: " + ", ".join(f"{k} ({len(v)})" for k, v in TASK_SETS.items()))
 
 
 @dataclass
-class DemoConfig:
-    """A small end-to-end study: collect a few Meta-World tasks, pre-train, evaluate."""
+class DataListArgs:
+    """List the datasets under the data root."""
 
-    out: str = "runs/demo"
-    """Folder for the run, its evaluation and (unless --data-dir) its data."""
-    tasks: str = "reach-v3,button-press-v3,drawer-close-v3,door-open-v3,plate-slide-v3,window-open-v3"
-    """Meta-World tasks of the study."""
-    episodes: int = 100
-    """Episodes collected per task."""
-    model: str = "small"
-    """Model size preset."""
-    steps: int = 2500
-    """Pre-training steps."""
-    eval_episodes: int = 10
-    """Evaluation episodes per task."""
     data_dir: str | None = None
-    """Data root (default: OUT/data)."""
-    seed: int = 0
-    """Seed of collection and training."""
+    """Data root (unset: `$DTUNE_DATA_DIR` or `~/.dtune/datasets`)."""
 
 
-def _tasks_cmd(args):
-    from dtune.report import markdown_table
-    from dtune.tasks import get_task, resolve_tasks, REGISTRY
+@dataclass
+class DataShowArgs:
+    """Statistics of one dataset."""
 
-    names = resolve_tasks(args.set) if args.set else list(REGISTRY)
-    rows = []
-    for n in names:
-        s = get_task(n)
-        rows.append([n, s.domain, s.obs_dim, s.act_dim, s.horizon, s.reward_scale, s.score])
-    print(markdown_table(["task", "domain", "obs", "act", "horizon", "reward scale", "score"], rows))
+    id: Annotated[str, tyro.conf.Positional]
+    """Task name (`hammer-v3`) or dataset id (`dtune/metaworld/hammer-v3/expert-noise-v0`)."""
+    source: str | None = None
+    """Which of the task's datasets (unset: the one it has)."""
+    data_dir: str | None = None
+    """Data root (unset: `$DTUNE_DATA_DIR` or `~/.dtune/datasets`)."""
 
 
-def _collect_cmd(args):
+def _data(argv):
     from dtune.data.collect import CollectConfig, collect
-
-    cfg = from_args(CollectConfig, args)
-    t0 = time.perf_counter()
-    written = collect(cfg)
-    print(f"collected {len(written)} task(s) in {time.perf_counter() - t0:.1f}s into {cfg.data_dir}"
-          + ("" if written else " (all requested datasets were already complete)"))
-
-
-def _list_cmd(args):
-    from dtune.data.storage import data_root, list_datasets, read_metadata
-    from dtune.report import markdown_table
-
-    root = data_root(args.data_dir)
-    tasks = list_datasets(root)
-    if not tasks:
-        print(f"no datasets under {root}; collect some with `dtune data collect`")
-        return
-    rows = []
-    for t in tasks:
-        meta = read_metadata(root, t)
-        st = meta["dtune"].get("stats", {})
-        rows.append([meta["dataset_id"], meta["dtune"].get("policy"), st.get("episodes"), st.get("steps"),
-                     st.get("return_mean"), st.get("return_max"), st.get("success_rate")])
-    print(markdown_table(["dataset", "policy", "episodes", "steps", "return mean", "return max", "success"], rows))
-
-
-def _show_cmd(args):
-    import numpy as np
-
-    from dtune.data.storage import (data_root, dataset_dir, episode_returns, episode_stats, read_episodes,
-                                    read_metadata)
+    from dtune.data.storage import (data_root, dataset_dir, dataset_id, episode_returns, episode_stats, list_datasets,
+                                    read_episodes, read_metadata, resolve_sources)
     from dtune.report import markdown_table
     from dtune.tasks import get_task
 
+    sub = argv[0] if argv else None
+    if sub not in ("collect", "list", "show"):
+        print("usage: dtune data {collect,list,show} ...\n\n  collect  collect one Minari dataset per task (and source)\n"
+              "  list     list the datasets under the data root\n  show     statistics of one dataset",
+              file=sys.stderr if sub not in ("-h", "--help") else sys.stdout)
+        if sub in ("-h", "--help"):
+            return
+        raise SystemExit(2)
+    if sub == "collect":
+        cfg = _parse(CollectConfig, argv[1:], "dtune data collect")
+        t0 = time.perf_counter()
+        written = collect(cfg)
+        print(f"collected {len(written)} task(s) in {time.perf_counter() - t0:.1f}s into {cfg.data_dir}"
+              + ("" if written else " (all requested datasets were already complete)"))
+        return
+    if sub == "list":
+        root = data_root(_parse(DataListArgs, argv[1:], "dtune data list").data_dir)
+        found = list_datasets(root)
+        if not found:
+            print(f"no datasets under {root}; collect some with `dtune data collect`")
+            return
+        rows = []
+        for task, source in found:
+            meta = read_metadata(root, task, source)
+            st = meta["dtune"].get("stats", {})
+            rows.append([dataset_id(task, source), st.get("episodes"), st.get("steps"), st.get("return_mean"),
+                         st.get("return_max"), st.get("success_rate")])
+        print(markdown_table(["dataset", "episodes", "steps", "return mean", "return max", "success"], rows))
+        return
+    import json
+
+    import numpy as np
+
+    args = _parse(DataShowArgs, argv[1:], "dtune data show")
     root = data_root(args.data_dir)
-    task = args.id.split("/")[-1].removesuffix("-v0")
+    parts = args.id.split("/")
+    if len(parts) >= 4:  # dtune/<suite>/<task>/<source>-v0
+        task, source = parts[2], parts[3].rsplit("-v", 1)[0]
+    elif len(parts) == 3:  # dtune 0.1 ids: dtune/<suite>/<task>-v0
+        task, source = parts[2].rsplit("-v", 1)[0], args.source
+    else:
+        task, source = args.id, args.source
     get_task(task)  # unknown names fail here, with suggestions
-    meta = read_metadata(root, task)
-    ep = read_episodes(root, task)
-    st = episode_stats(ep)
-    print(f"{meta['dataset_id']}  ({dataset_dir(root, task)})")
+    source = resolve_sources(root, [task], source)[task]
+    meta = read_metadata(root, task, source)
+    ep = read_episodes(root, task, source)
+    print(f"{dataset_id(task, source)}  ({dataset_dir(root, task, source)})")
     settings = {k: v for k, v in meta["dtune"].items() if k not in ("stats", "noise_schedule")}
     print("settings: " + json.dumps(settings))
-    print(markdown_table(["statistic", "value"], [[k, v] for k, v in st.items()]))
+    print(markdown_table(["statistic", "value"], [[k, v] for k, v in episode_stats(ep).items()]))
     q = np.quantile(episode_returns(ep["rewards"], ep["lengths"]), [0.0, 0.25, 0.5, 0.75, 1.0])
     print("return quantiles (0, 25, 50, 75, 100%): " + ", ".join(f"{v:.1f}" for v in q))
 
 
-def _pretrain_cmd(args):
-    from dtune.train.checkpoint import read_config
-    from dtune.train.pretrain import PretrainConfig, pretrain
+# -- pre-training and evaluation ------------------------------------------------------------------
+def _resume_default(cls, argv: list[str], section: str, kind: str):
+    """With --resume: the run's saved config, so the options typed now override it."""
+    if "--resume" not in argv or any(a in ("-h", "--help") for a in argv):
+        return None
+    out = _out_of(argv)
+    if out is None:
+        raise ValueError("--resume needs --out: the run folder to continue")
+    from dtune.recipes.common import resume_config
 
-    cfg = from_args(PretrainConfig, args)
-    if cfg.resume:
-        # Resume with the run's own settings; only options typed on this command line override them.
-        explicit = argparse.ArgumentParser(add_help=False)
-        add_dataclass_args(explicit, PretrainConfig, suppress_defaults=True)
-        given = vars(explicit.parse_known_args(args.argv)[0])
-        saved = read_config(cfg.out)["train"]
-        cfg = PretrainConfig(**{**saved, **given, "out": cfg.out, "resume": True})
-    summary = pretrain(cfg)
-    print(json.dumps(summary, indent=1))
+    return resume_config(cls, out, section, kind)
+
+
+def _pretrain(argv):
+    from dtune.recipes.pretrain import PretrainConfig, pretrain
+
+    cfg = _parse(PretrainConfig, argv, "dtune pretrain", _resume_default(PretrainConfig, argv, "train", "pretrain"))
+    s = pretrain(cfg)
+    if s.get("finished"):
+        return
+    print(f"\npre-trained {s['steps_this_session']} steps ({s['steps']} in all) in {s['wall_s']:.0f}s "
+          f"({s['steps_per_s']:.1f} steps/s, {s['n_params']:,} parameters, {s['precision']} on {s['device']}).")
+    print(f"model, config and logs in {s['out']}  (config.json, model.safetensors, metrics.csv)")
+    print(f"next: dtune evaluate --checkpoint {s['out']}\n      dtune adapt --checkpoint {s['out']} --task TASK METHOD")
 
 
 def _print_eval(result: dict):
@@ -119,195 +186,193 @@ def _print_eval(result: dict):
     print(f"\n{result['env_steps']} env steps in {result['wall_s']:.1f}s ({result['env_steps_per_s']:.0f} steps/s)")
 
 
-def _method_config(method: str, argv: list[str]):
-    """The method's config: its (preset) defaults, overridden by the options typed on the command line."""
-    import dataclasses
+def _evaluate(argv):
+    from dtune.recipes.evaluate import EvalConfig, evaluate
 
+    cfg = _parse(EvalConfig, argv, "dtune evaluate")
+    res = evaluate(cfg)
+    _print_eval(res)
+    if cfg.json:
+        print(f"results in {cfg.json}")
+
+
+# -- adaptation: the method is a subcommand -------------------------------------------------------
+def _method_classes() -> dict[str, type]:
+    """One options class per method and named variant (a variant's class has its defaults)."""
     from dtune import tuners
 
-    explicit = argparse.ArgumentParser(add_help=False)
-    add_dataclass_args(explicit, tuners.config_class(method), suppress_defaults=True)
-    given = vars(explicit.parse_known_args(argv)[0])
-    config = tuners.make_config(method, **given)
-    print(f"method {method}: " + json.dumps(dataclasses.asdict(config)))
-    return config
+    out = {}
+    for name in tuners.METHODS + list(tuners.PRESETS):
+        method, over = tuners.resolve_method(name)
+        base = tuners.REGISTRY[method].config_class
+        types = {f.name: f.type for f in dataclasses.fields(base)}
+        cls = dataclasses.make_dataclass(name, [(k, types[k], field(default=v)) for k, v in over.items()], bases=(base,))
+        doc = (base.__doc__ or "").strip().splitlines()[0]
+        cls.__doc__ = doc + (f" Variant of {method}: " + ", ".join(f"{k}={v}" for k, v in over.items()) if over else "")
+        out[name] = cls
+    return out
 
 
-def _adapt_cmd(args):
-    from dtune.train.adapt import AdaptConfig, adapt, list_methods, result_table
+def _command_class(config_cls, classes: dict[str, type]):
+    union = Union[tuple(Annotated[c, tyro.conf.subcommand(n, default=c(), description=c.__doc__)]
+                        for n, c in classes.items())]
+    return dataclasses.make_dataclass(config_cls.__name__.replace("Config", "Command"),
+                                      [("method", union, field(default_factory=classes["l2m"]))], bases=(config_cls,))
 
-    if args.list_methods:
+
+def _method_argv(argv: list[str], names: list[str]) -> list[str]:
+    """`--method NAME` becomes the subcommand `NAME` (case-insensitive; unknown names fail
+    with suggestions); a misspelt subcommand is caught the same way."""
+    argv = list(argv)
+    for i, a in enumerate(argv):
+        if a == "--method" or a.startswith("--method="):
+            name = a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+            argv[i: i + (1 if "=" in a else 2)] = [_method_name(name, names)]
+            return argv
+    return argv
+
+
+def _method_name(name: str, names: list[str]) -> str:
+    if name in names:
+        return name
+    lower = {n.lower(): n for n in names}
+    if name.lower() in lower:
+        return lower[name.lower()]
+    close = difflib.get_close_matches(name.lower(), names, n=3, cutoff=0.5)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    raise ValueError(f"unknown adaptation method {name!r}.{hint} Known: {', '.join(names)} "
+                     "(`dtune adapt --list-methods` describes them)")
+
+
+def _parse_tuning(argv: list[str], config_cls, section: str, kind: str, prog: str):
+    """`(config, method config)` of an adapt or continual command line."""
+    from dtune import tuners
+
+    classes = _method_classes()
+    argv = _method_argv(argv, list(classes))
+    first = next((a for a in argv if not a.startswith("-")), None)
+    if first is not None and first not in classes and not _takes_value(argv, first):
+        _method_name(first, list(classes))  # a misspelt method: suggestions
+    cmd = _command_class(config_cls, classes)
+    default = None
+    saved = _resume_default(config_cls, argv, section, kind)
+    if saved is not None:
+        import json
+
+        doc = json.loads((Path(saved.out) / "config.json").read_text())
+        name = saved.method
+        mcfg = tuners.config_from_dict(doc["method"], doc["method_config"])
+        values = {f.name: getattr(saved, f.name) for f in dataclasses.fields(config_cls) if f.name != "method"}
+        default = cmd(**values, method=classes[name](**dataclasses.asdict(mcfg)))
+    parsed = _parse(cmd, argv, prog, default)
+    name = next(n for n, c in classes.items() if type(parsed.method) is c)
+    method, _ = tuners.resolve_method(name)
+    mcfg = tuners.REGISTRY[method].config_class(**dataclasses.asdict(parsed.method))
+    values = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(config_cls) if f.name != "method"}
+    return config_cls(**values, method=name), mcfg
+
+
+def _takes_value(argv: list[str], token: str) -> bool:
+    """Whether `token` is the value of the option before it (`--task hammer-v3`)."""
+    i = argv.index(token)
+    return i > 0 and argv[i - 1].startswith("--") and "=" not in argv[i - 1] and not argv[i - 1].startswith("--no-") \
+        and argv[i - 1] not in ("--resume", "--progress", "--pretrain-eval", "--eval-pretrain", "--eval-pretrain-every")
+
+
+def _adapt(argv):
+    from dtune.recipes.adapt import AdaptConfig, adapt, list_methods, result_table
+
+    if "--list-methods" in argv:
         print(list_methods())
         return
-    cfg = from_args(AdaptConfig, args)
-    result = adapt(cfg, _method_config(cfg.method, args.argv))
+    cfg, mcfg = _parse_tuning(argv, AdaptConfig, "adapt", "adapt", "dtune adapt")
+    result = adapt(cfg, mcfg)
     print(result_table([result]))
-    print(f"\nadapter and results in {cfg.out}")
+    print(f"\nadapter and results in {cfg.out}\nnext: dtune evaluate --adapter {cfg.out}")
 
 
-def _continual_cmd(args):
-    from dtune.continual.runner import ContinualConfig, continual, summary_markdown
+def _continual(argv):
+    from dtune.recipes.adapt import list_methods
+    from dtune.recipes.continual import ContinualConfig, continual
+    from dtune.report.continual import summary_markdown
 
-    cfg = from_args(ContinualConfig, args)
-    argv = args.argv
-    if cfg.resume and (Path(cfg.out) / "config.json").exists():
-        # Resume with the run's own settings (method options included); options typed here override.
-        saved = json.loads((Path(cfg.out) / "config.json").read_text())
-        explicit = argparse.ArgumentParser(add_help=False)
-        add_dataclass_args(explicit, ContinualConfig, suppress_defaults=True)
-        given = vars(explicit.parse_known_args(argv)[0])
-        cfg = ContinualConfig(**{**saved["continual"], **given, "out": cfg.out, "resume": True})
-        from dtune import tuners
-
-        method_config = tuners.config_from_dict(saved["method"], saved["method_config"])
-    else:
-        method_config = _method_config(cfg.method, argv)
-    summary = continual(cfg, method_config)
+    if "--list-methods" in argv:
+        print(list_methods())
+        return
+    cfg, mcfg = _parse_tuning(argv, ContinualConfig, "continual", "continual", "dtune continual")
+    summary = continual(cfg, mcfg)
     print(summary_markdown(summary))
     print(f"\nmatrix, metrics and plots in {cfg.out}")
 
 
-def _report_cmd(args):
+@dataclass
+class ReportArgs:
+    """Put adaptation or continual runs side by side: Markdown table, and with --out also JSON,
+    CSV and PNG plots."""
+
+    runs: Annotated[tuple[str, ...], tyro.conf.Positional]
+    """Run directories of `dtune adapt` or `dtune continual` (a pre-training run among them is skipped)."""
+    out: str | None = None
+    """Also write report.md/json, CSV and PNG plots into this directory."""
+    reference: str | None = None
+    """Single-task `dtune adapt` runs (searched recursively) for the forward transfer of continual runs."""
+
+
+def _report(argv):
     from dtune.report.summary import report
 
-    print(report(args.runs, args.out, args.reference))
+    args = _parse(ReportArgs, argv, "dtune report")
+    print(report(list(args.runs), args.out, args.reference))
     if args.out:
         print(f"\ntables, JSON, CSV and plots in {args.out}")
 
 
-def _method_of(argv: list[str]) -> str:
-    """The --method named on an adapt command line (its options join the parser)."""
-    for i, a in enumerate(argv):
-        if a == "--method" and i + 1 < len(argv):
-            return argv[i + 1]
-        if a.startswith("--method="):
-            return a.split("=", 1)[1]
-    from dtune.train.adapt import AdaptConfig
+def _demo(argv):
+    from dtune.recipes.demo import DemoConfig, demo
 
-    return AdaptConfig.method
-
-
-def _evaluate_cmd(args):
-    from dtune.eval.rollout import EvalConfig, evaluate
-
-    _print_eval(evaluate(from_args(EvalConfig, args)))
-
-
-def _demo_cmd(args):
-    from dtune.data.collect import CollectConfig, collect
-    from dtune.eval.rollout import EvalConfig, evaluate
-    from dtune.train.checkpoint import WEIGHTS
-    from dtune.train.pretrain import PretrainConfig, pretrain
-
-    cfg = from_args(DemoConfig, args)
-    out = Path(cfg.out)
-    data_dir = cfg.data_dir or str(out / "data")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "demo_config.json").write_text(json.dumps(asdict(cfg), indent=1))
-    t0 = time.perf_counter()
-    print(f"[1/3] collecting {cfg.episodes} episodes of each of {cfg.tasks} into {data_dir}")
-    collect(CollectConfig(tasks=cfg.tasks, episodes=cfg.episodes, seed=cfg.seed, data_dir=data_dir))
-    run = out / "pretrain"
-    resume = (run / WEIGHTS).exists()
-    print(f"[2/3] pre-training a {cfg.model} MDDT for {cfg.steps} steps in {run}" + (" (resuming)" if resume else ""))
-    pretrain(PretrainConfig(out=str(run), tasks=cfg.tasks, model=cfg.model, steps=cfg.steps, seed=cfg.seed,
-                            data_dir=data_dir, resume=resume))
-    print(f"[3/3] evaluating {cfg.eval_episodes} episodes per task")
-    result = evaluate(EvalConfig(checkpoint=str(run), episodes=cfg.eval_episodes, json=str(out / "eval.json")))
+    cfg = _parse(DemoConfig, argv, "dtune demo")
+    result = demo(cfg)
     _print_eval(result)
-    print(f"\ndemo done in {time.perf_counter() - t0:.0f}s; results in {out / 'eval.json'}")
+    print(f"\ndemo done in {result['demo_s']:.0f}s; results in {Path(cfg.out) / 'eval.json'}")
 
 
-def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
-    from dtune import tuners
-    from dtune.data.collect import CollectConfig
-    from dtune.train.adapt import AdaptConfig
-    from dtune.eval.rollout import EvalConfig
-    from dtune.train.pretrain import PretrainConfig
-
-    p = argparse.ArgumentParser(prog="dtune", description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True)
-
-    t = sub.add_parser("tasks", help="list the registered tasks")
-    t.add_argument("--set", default=None, help="only this task set or list (mt40, cw10, dmc10...)")
-    t.set_defaults(func=_tasks_cmd)
-
-    d = sub.add_parser("data", help="collect and inspect datasets").add_subparsers(dest="data_command", required=True)
-    c = d.add_parser("collect", help="collect one Minari dataset per task", description=CollectConfig.__doc__)
-    add_dataclass_args(c, CollectConfig)
-    c.set_defaults(func=_collect_cmd)
-    ls = d.add_parser("list", help="list the datasets under the data root")
-    ls.add_argument("--data-dir", default=None, help="data root (default $DTUNE_DATA_DIR or ~/.dtune/datasets)")
-    ls.set_defaults(func=_list_cmd)
-    sh = d.add_parser("show", help="statistics of one dataset")
-    sh.add_argument("id", help="task name (hammer-v3) or dataset id (dtune/metaworld/hammer-v3-v0)")
-    sh.add_argument("--data-dir", default=None, help="data root (default $DTUNE_DATA_DIR or ~/.dtune/datasets)")
-    sh.set_defaults(func=_show_cmd)
-
-    pt = sub.add_parser("pretrain", help="pre-train a Decision Transformer on many tasks", description=PretrainConfig.__doc__)
-    add_dataclass_args(pt, PretrainConfig)
-    pt.set_defaults(func=_pretrain_cmd)
-
-    ad = sub.add_parser("adapt", help="adapt a pre-trained checkpoint to a new task",
-                        description=AdaptConfig.__doc__ + " Method options follow --method; "
-                        "`dtune adapt --method lora --help` lists LoRA's.")
-    add_dataclass_args(ad, AdaptConfig)
-    ad.add_argument("--list-methods", action="store_true", help="list the methods and variants, then exit")
-    method = _method_of(argv or [])
-    try:
-        cls = tuners.config_class(method)
-    except ValueError:
-        cls = None  # reported with suggestions when the command runs
-    if cls is not None:
-        add_dataclass_args(ad.add_argument_group(f"options of method {method!r} ({cls.__doc__.strip()})"), cls)
-    ad.set_defaults(func=_adapt_cmd)
-
-    from dtune.continual.runner import ContinualConfig
-
-    cl = sub.add_parser("continual", help="adapt to a sequence of tasks, one after the other",
-                        description=ContinualConfig.__doc__ + " Method options follow --method, as for adapt.")
-    add_dataclass_args(cl, ContinualConfig)
-    if cls is not None:
-        add_dataclass_args(cl.add_argument_group(f"options of method {method!r} ({cls.__doc__.strip()})"), cls)
-    cl.set_defaults(func=_continual_cmd)
-
-    rp = sub.add_parser("report", help="put adaptation or continual runs side by side (tables, plots)")
-    rp.add_argument("runs", nargs="+", help="run directories of `dtune adapt` or `dtune continual`")
-    rp.add_argument("--out", default=None, help="also write report.md/json, CSV and PNG plots into this directory")
-    rp.add_argument("--reference", default=None,
-                    help="single-task `dtune adapt` runs (searched recursively) for the forward transfer of continual runs")
-    rp.set_defaults(func=_report_cmd)
-
-    ev = sub.add_parser("evaluate", help="evaluate a checkpoint", description=EvalConfig.__doc__)
-    add_dataclass_args(ev, EvalConfig)
-    ev.set_defaults(func=_evaluate_cmd)
-
-    dm = sub.add_parser("demo", help="small end-to-end study", description=DemoConfig.__doc__)
-    add_dataclass_args(dm, DemoConfig)
-    dm.set_defaults(func=_demo_cmd)
-    return p
+COMMANDS = {"tasks": _tasks, "data": _data, "pretrain": _pretrain, "evaluate": _evaluate, "adapt": _adapt,
+            "continual": _continual, "report": _report, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (2: bad input, with a message on stderr; 130: interrupted)."""
     import warnings
 
     from dtune.data.storage import DatasetError
+    from dtune.models.io import CheckpointError
     from dtune.tasks import UnknownTaskError
-    from dtune.train.checkpoint import CheckpointError
+    from dtune.train.engine import Interrupted, StateError
     from dtune.tuners import AdapterError
 
     warnings.filterwarnings("ignore", module="metaworld")
-    warnings.filterwarnings("ignore", message=".*GLFW.*")
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser(argv).parse_args(argv)
-    args.argv = argv
+    if not argv or argv[0] in ("-h", "--help"):
+        print(f"usage: dtune [--version] COMMAND ...\n\n{__doc__.strip()}")
+        return 0 if argv else 2
+    if argv[0] == "--version":
+        print(f"dtune {__version__}")
+        return 0
+    if argv[0] not in COMMANDS:
+        close = difflib.get_close_matches(argv[0], list(COMMANDS), n=2)
+        hint = f" Did you mean {' or '.join(close)}?" if close else ""
+        print(f"dtune: error: unknown command {argv[0]!r}.{hint} Commands: {', '.join(COMMANDS)}", file=sys.stderr)
+        return 2
     try:
-        args.func(args)
-    except (DatasetError, CheckpointError, AdapterError, UnknownTaskError, ValueError) as e:
+        COMMANDS[argv[0]](argv[1:])
+    except (DatasetError, CheckpointError, AdapterError, UnknownTaskError, StateError, ValueError) as e:
         print(f"dtune: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"\ndtune: {e.message}", file=sys.stderr)
+        return 130
     except KeyboardInterrupt:
-        print("dtune: interrupted", file=sys.stderr)
+        print("\ndtune: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 
 from dtune.data.dataset import TrajectoryData, WindowSampler, returns_to_go
-from dtune.tasks import STATE_DIM, get_task
+from dtune.tasks import get_task, layout_for
+
+STATE_DIM = 154  # Meta-World + DMC: the L2M layout
 
 
 def test_returns_to_go_per_episode():
@@ -31,8 +33,8 @@ def test_sampler_shapes_padding_and_masks(data):
     is_mw = batch["task_id"] < 2
     assert is_mw.sum() == b // 2  # domains balanced
     # padded state dims and action dims are zero, and masks say which are real
-    mw_slot = list(get_task("reach-v3").state_slot)
-    cp_slot = list(get_task("cartpole-balance").state_slot)
+    mw_slot = list(data.layout.columns(get_task("reach-v3")))
+    cp_slot = list(data.layout.columns(get_task("cartpole-balance")))
     other = np.setdiff1d(np.arange(STATE_DIM), mw_slot)
     assert np.all(batch["states"][is_mw][..., other] == 0)
     assert np.all(batch["states"][~is_mw][..., np.setdiff1d(np.arange(STATE_DIM), cp_slot)] == 0)
@@ -91,18 +93,46 @@ def test_states_are_z_scored_with_the_training_statistics(data):
     np.testing.assert_allclose(mw.obs.mean(0)[np.array(data.state_std[mw.columns]) != 1], 0, atol=1e-3)
     varying = data.state_std[mw.columns] != 1
     np.testing.assert_allclose(mw.obs[:, varying].std(0), 1, atol=1e-3)
-    reused = TrajectoryData(data.root, "reach-v3", state_stats=(data.state_mean, data.state_std))
+    reused = TrajectoryData(data.root, "reach-v3", state_stats=(data.state_mean, data.state_std), layout=data.layout)
     np.testing.assert_allclose(reused.domains[0].obs, mw.obs[: len(reused.domains[0])], atol=1e-5)
 
 
 def test_tasks_with_fewer_keys_leave_other_domain_columns_zero(tmp_path):
     from tests.conftest import collect_tiny
 
-    collect_tiny(tmp_path, tasks="finger-spin,finger-turn_easy", episodes=2, horizon=10, suite="dmc", policy="random")
+    collect_tiny(tmp_path, tasks="finger-spin,finger-turn_easy", episodes=2, horizon=10, source="random")
     data = TrajectoryData(tmp_path, "finger-spin,finger-turn_easy")
     batch = WindowSampler(data, 3, 200, seed=0).sample()
     spin = batch["task_id"] == 0
-    only_turn = np.setdiff1d(get_task("finger-turn_easy").state_slot, get_task("finger-spin").state_slot)
+    cols = data.layout.columns
+    only_turn = np.setdiff1d(cols(get_task("finger-turn_easy")), cols(get_task("finger-spin")))
     assert len(only_turn) == 3 and spin.any()
     assert np.all(batch["states"][spin][..., only_turn] == 0)
     assert np.any(batch["states"][~spin][..., only_turn] != 0)
+
+
+def test_input_layout_per_run(tiny_data):
+    mw = TrajectoryData(tiny_data, "reach-v3,door-open-v3")
+    assert (mw.layout.state_dim, mw.layout.act_dim) == (39, 4)
+    batch = WindowSampler(mw, 5, 8, seed=0).sample()
+    assert batch["states"].shape == (8, 5, 39) and batch["actions"].shape == (8, 5, 4)
+    # a DMC-only run on its own tasks' slots only
+    own = TrajectoryData(tiny_data, "cartpole-balance", layout=layout_for("cartpole-balance", scope="tasks"))
+    assert (own.layout.state_dim, own.layout.act_dim) == (5, 1)
+    # the L2M layout for Meta-World + DMC
+    both = layout_for("mt40,dmc10")
+    assert (both.state_dim, both.act_dim) == (154, 6)
+
+
+def test_task_outside_the_layout_is_refused(tiny_data):
+    with pytest.raises(ValueError, match="does not fit this model"):
+        TrajectoryData(tiny_data, "cartpole-balance", layout=layout_for("reach-v3"))
+
+
+def test_missing_datasets_are_all_named(tiny_data):
+    from dtune.data.storage import DatasetError
+
+    with pytest.raises(DatasetError) as e:
+        TrajectoryData(tiny_data, "reach-v3,hammer-v3,push-v3")
+    msg = str(e.value)
+    assert "hammer-v3, push-v3" in msg and "dtune data collect --tasks hammer-v3,push-v3" in msg

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from dtune.tasks import (MAX_ACT_DIM, REGISTRY, STATE_DIM, TASK_SETS, UnknownTaskError, get_task, make_env,
-                         resolve_tasks)
+from dtune.tasks import (REGISTRY, SUITES, TASK_SETS, InputLayout, Suite, TaskSpec, UnknownTaskError, get_task,
+                         layout_for, legacy_layout, make_env, register_suite, resolve_tasks, unregister_suite)  # noqa: F401
 from dtune.tasks import dmc
 
 
@@ -31,13 +31,53 @@ def test_dmc_sets_and_specs():
 
 
 def test_state_slots_are_disjoint_across_domains_and_shared_within():
-    assert get_task("reach-v3").state_slot == tuple(range(39))
-    assert set(get_task("finger-spin").state_slot) < set(get_task("finger-turn_easy").state_slot)
-    assert get_task("walker-walk").state_slot == get_task("walker-run").state_slot
-    assert not set(get_task("cheetah-run").state_slot) & set(get_task("walker-walk").state_slot)
-    assert not set(get_task("cheetah-run").state_slot) & set(range(39))
-    assert max(max(s.state_slot) for s in REGISTRY.values()) == STATE_DIM - 1
-    assert max(s.act_dim for s in REGISTRY.values()) == MAX_ACT_DIM
+    layout = layout_for("mt50,dmc16")
+    cols = lambda t: set(layout.columns(get_task(t)).tolist())  # noqa: E731
+    assert cols("reach-v3") == set(range(39))
+    assert cols("finger-spin") < cols("finger-turn_easy")
+    assert cols("walker-walk") == cols("walker-run")
+    assert not cols("cheetah-run") & cols("walker-walk")
+    assert not cols("cheetah-run") & set(range(39))
+    assert max(max(cols(t)) for t in REGISTRY if REGISTRY[t].suite in ("metaworld", "dmc")) == layout.state_dim - 1
+    assert (layout.state_dim, layout.act_dim) == (154, 6)
+
+
+def test_layout_of_a_meta_world_and_dmc_run_is_the_l2m_layout_of_dtune_0_1():
+    """Runs made before layouts were stored (the committed MT40 checkpoint) load with this one."""
+    legacy, now = legacy_layout(), layout_for("mt40,dmc10")
+    assert legacy == now
+    for t in ("reach-v3", "walker-walk", "finger-spin", "cheetah-run"):  # 0.1's fixed slot indices
+        expected = list(range(39)) if t == "reach-v3" else [39 + i for i in dmc.slot_indices(t)]
+        assert legacy.columns(get_task(t)).tolist() == expected
+    assert InputLayout.from_dict(now.to_dict()) == now
+
+
+def test_layout_scopes():
+    assert (layout_for("mt40").state_dim, layout_for("mt40").act_dim) == (39, 4)
+    dmc_suite = layout_for("walker-walk")
+    assert (dmc_suite.state_dim, dmc_suite.act_dim) == (115, 6)  # every DMC slot: DMC6 tasks fit later
+    own = layout_for("walker-walk", scope="tasks")
+    assert (own.state_dim, own.act_dim) == (24, 6)
+    with pytest.raises(ValueError, match="does not fit"):
+        own.columns(get_task("cheetah-run"))
+    with pytest.raises(ValueError, match="scope"):
+        layout_for("mt40", scope="all")
+
+
+class _Bad(Suite):
+    name = "bad"
+    slots = (("bad/x", 3),)
+
+    def tasks(self):
+        return [TaskSpec("bad-task", "bad", 4, 1, 10, 1.0, 10.0, "success", ("bad/x",))]
+
+
+def test_register_suite_validates_and_unregisters():
+    with pytest.raises(ValueError, match="slots hold 3 dims, obs_dim is 4"):
+        register_suite(_Bad())
+    assert "bad" not in SUITES and "bad-task" not in REGISTRY
+    with pytest.raises(ValueError, match="already"):
+        register_suite(SUITES["metaworld"])
 
 
 def test_dmc_key_table_matches_dm_control():
@@ -54,8 +94,11 @@ def test_dmc_key_table_matches_dm_control():
 def test_unknown_task_suggests_close_matches():
     with pytest.raises(UnknownTaskError, match="hammer-v3"):
         get_task("hamer-v3")
-    with pytest.raises(UnknownTaskError, match="Did you mean"):
+    with pytest.raises(UnknownTaskError, match="did you mean"):
         resolve_tasks("mt40,walker-wakl")
+    with pytest.raises(UnknownTaskError) as e:  # every unknown name at once
+        resolve_tasks("hamer-v3,reach-v3,pushh-v3")
+    assert "'hamer-v3'" in str(e.value) and "'pushh-v3'" in str(e.value)
 
 
 def test_horizon_override_scales_metaworld_target():

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from dtune import tuners
 from dtune.models import build_model, preset
-from dtune.train import checkpoint as ckpt
+from dtune.models import io as ckpt
 from dtune.tuners.base import REGISTRY
 
 ALL = tuners.METHODS + list(tuners.PRESETS)
@@ -168,8 +171,6 @@ def test_lora_matches_peft_on_the_same_module():
     for layer in model.tuner.layers.values():  # a trained-looking update (B starts at zero)
         torch.nn.init.normal_(layer.lora_B.weight)
     attn = model.transformer.h[0].attn
-    import copy
-
     reference = copy.deepcopy(attn)
     reference._forward_hooks.clear()
     for m in reference.modules():
@@ -284,3 +285,218 @@ def test_bad_input_gets_clear_errors(tmp_path):
         tuners.load_adapted(base_b, tmp_path / "ad")
     with pytest.raises(tuners.AdapterError, match="no adapter"):
         tuners.load_adapted(base_a, tmp_path / "nothing")
+
+
+def perturb_trainable(model, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.requires_grad:
+                p.add_(0.1 * torch.randn(p.shape, generator=g))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_a_deepcopied_adapted_model_is_independent_of_the_original(name, tmp_path):
+    """copy.deepcopy(adapted model): the copy's hooks use the copy's tuner and modules, so training
+    or changing the copy leaves the original alone, detaching one leaves the other adapted, and
+    both save and load their own adapters (pickling works the same way)."""
+    import pickle
+
+    method, _ = tuners.resolve_method(name)
+    model = tiny_model()
+    base = write_base_run(tmp_path / "base", model)
+    batch = make_batch(seed=9, valid_from=1)
+    with torch.no_grad():
+        y_base = model.eval()(batch)
+    tuners.attach(model, name)
+    train_steps(model, [make_batch(seed=0)])
+    with torch.no_grad():
+        y = model(batch)
+    hooks = {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()}
+
+    twin = copy.deepcopy(model)
+    if method == "ptuning-v2":
+        assert all(a is b for a, b in zip(twin.tuner._blocks, twin.transformer.h))
+    with torch.no_grad():
+        assert torch.equal(twin(batch), y)
+    perturb_trainable(twin)
+    with torch.no_grad():
+        y_twin = twin(batch)
+        assert not torch.equal(y_twin, y), "changing the copy's parameters did not change the copy"
+        assert torch.equal(model(batch), y), "changing the copy changed the original"
+    train_steps(twin, [make_batch(seed=s) for s in (1, 2)])
+    with torch.no_grad():
+        y_twin = twin(batch)
+        assert not torch.equal(y_twin, y)
+        assert torch.equal(model(batch), y), "training the copy changed the original"
+
+    meta = {"base_digest": tuners.base_digest(base), "tasks": ["reach-v3"]}
+    tuners.save_adapter(tmp_path / "a", model, meta)
+    tuners.save_adapter(tmp_path / "b", twin, meta)
+    with torch.no_grad():
+        assert torch.equal(tuners.load_adapted(base, tmp_path / "a")[0](batch), y)
+        assert torch.equal(tuners.load_adapted(base, tmp_path / "b")[0](batch), y_twin)
+
+    tuners.detach(twin)
+    assert twin.tuner is None
+    assert hooks == {n: (len(m._forward_hooks), len(m._forward_pre_hooks)) for n, m in model.named_modules()}
+    with torch.no_grad():
+        assert torch.equal(model(batch), y), "detaching the copy changed the original"
+        if method not in BASE_TRAINING:  # the copy is the base model again
+            assert torch.equal(twin(batch), y_base)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in twin.modules())
+
+    other = copy.deepcopy(model)
+    tuners.detach(model)  # and the other way round
+    with torch.no_grad():
+        assert torch.equal(other(batch), y)
+    pickled = pickle.loads(pickle.dumps(other))
+    with torch.no_grad():
+        assert torch.equal(pickled(batch), y)
+
+
+def test_hooks_must_be_methods_of_the_tuner():
+    model = tiny_model()
+    tuner = tuners.attach(model, "lora")
+    with pytest.raises(TypeError, match="bound method"):
+        tuner.hook(model.transformer.h[0].attn.k, lambda m, args, out: out)
+
+
+SAVED = ["embed_state", "ln_1"]  # a top-level module and a suffix of one module per block
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_modules_to_save_train_with_every_method_and_travel_in_the_adapter(name, tmp_path):
+    """peft's modules_to_save: whole base modules train (in place) next to any method, count as
+    trainable, are saved in the adapter and restored by loading it."""
+    method, _ = tuners.resolve_method(name)
+    model = tiny_model()
+    base = write_base_run(tmp_path / "base", model)
+    before = base_state(model)
+    tuners.attach(model, name, tuners.make_config(name, modules_to_save=SAVED))
+    saved = {n for n, _ in model.named_parameters()
+             if n.startswith(("embed_state.", "transformer.h.0.ln_1.", "transformer.h.1.ln_1."))}
+    assert len(saved) == 6
+    expected = expected_base_trainable(method, model) | saved
+    trainable = set(tuners.trainable_names(model))
+    assert {n for n in trainable if not n.startswith("tuner.")} == expected
+    params = dict(model.named_parameters())
+    counts = tuners.parameter_counts(model)
+    assert counts["trainable"] == sum(p.numel() for n, p in params.items() if n.startswith("tuner.") or n in expected)
+    assert counts["per_task"] >= sum(params[n].numel() for n in saved)
+    train_steps(model, [make_batch(seed=s) for s in range(2)])
+    after = base_state(model)
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed <= expected and saved <= changed  # in place, nothing else of the base moved
+    tuners.save_adapter(tmp_path / "ad", model, {"base_digest": tuners.base_digest(base), "tasks": ["reach-v3"]})
+    doc = json.loads((tmp_path / "ad" / tuners.ADAPTER_CONFIG).read_text())
+    assert saved <= set(doc["tensors"]) and doc["config"]["modules_to_save"] == SAVED
+    loaded, _, _ = tuners.load_adapted(base, tmp_path / "ad")  # the checkpoint's embed_state, then the adapter's
+    assert set(tuners.trainable_names(loaded)) == trainable
+    batch = make_batch(seed=9, valid_from=1)
+    with torch.no_grad():
+        assert torch.equal(model(batch), loaded(batch))
+    assert all(torch.equal(params[n], dict(loaded.named_parameters())[n]) for n in saved)
+
+
+def test_modules_to_save_that_match_nothing_are_refused_and_leave_the_model_alone():
+    model = tiny_model()
+    with pytest.raises(ValueError, match=r"'embed_states' matches no module.*embed_state.*head"):
+        tuners.attach(model, "lora", tuners.make_config("lora", modules_to_save=["head", "embed_states"]))
+    assert model.tuner is None and not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    with pytest.raises(ValueError, match="matches no module"):  # no parameters: nothing to train
+        tuners.attach(model, "prompt", tuners.make_config("prompt", modules_to_save=["act"]))
+    tuners.attach(model, "lora", tuners.make_config("lora", modules_to_save=["head"]))  # still attachable
+
+
+@pytest.mark.parametrize("name, key, ff", [("lora", "lora", None), ("ia3", "ia3", ["proj"]),
+                                         ("adapter", "adapter", None), ("l2m", "lora", None),
+                                         ("l2m-ia3", "ia3", ["proj"])])
+def test_default_target_modules_come_from_the_backbone_family_and_are_saved_resolved(name, key, ff, tmp_path):
+    from dtune.tuners.base import DEFAULT_FEEDFORWARD_MODULES, DEFAULT_TARGET_MODULES
+
+    # the lists every config hard-coded before (the committed adapters of results/ rely on them)
+    assert DEFAULT_TARGET_MODULES["gpt"] == {"lora": ["q", "v", "fc", "proj"], "ia3": ["k", "v", "proj"],
+                                             "adapter": ["attn", "mlp"]}
+    assert DEFAULT_FEEDFORWARD_MODULES["gpt"] == ["proj"]
+    targets = DEFAULT_TARGET_MODULES["gpt"][key]
+    config = tuners.make_config(name)
+    assert config.target_modules is None
+    model = tiny_model()
+    assert type(model.transformer).family == "gpt"
+    base = write_base_run(tmp_path / "base", model)
+    tuners.attach(model, name, config)
+    assert config.target_modules is None  # the caller's config is left as given
+    assert model.tuner.config.target_modules == targets
+    assert getattr(model.tuner.config, "feedforward_modules", None) == ff
+    tuners.save_adapter(tmp_path / "ad", model, {"base_digest": tuners.base_digest(base)})
+    doc = json.loads((tmp_path / "ad" / tuners.ADAPTER_CONFIG).read_text())
+    assert doc["config"]["target_modules"] == targets
+    loaded, _, _ = tuners.load_adapted(base, tmp_path / "ad")
+    assert set(loaded.state_dict()) == set(model.state_dict())
+
+
+def test_default_target_modules_of_another_backbone_family(monkeypatch):
+    from dtune.tuners import base
+
+    model = tiny_model()
+    model.transformer.family = "t5"
+    with pytest.raises(ValueError, match="no default target_modules .*'t5'.*pass target_modules explicitly"):
+        tuners.attach(model, "lora")
+    assert model.tuner is None
+    tuners.attach(model, "lora", tuners.make_config("lora", target_modules=["k"]))  # explicit lists need no table
+    assert sorted(model.tuner.layers) == ["h_0_attn_k", "h_1_attn_k"]
+    tuners.detach(model)
+    tuners.attach(model, "prompt")  # methods without target modules do not care
+    tuners.detach(model)
+    monkeypatch.setitem(base.DEFAULT_TARGET_MODULES, "t5", {"lora": ["out"]})
+    tuners.attach(model, "lora")
+    assert model.tuner.config.target_modules == ["out"]
+    assert sorted(model.tuner.layers) == ["h_0_attn_out", "h_1_attn_out"]
+
+
+RESULTS = Path(__file__).resolve().parents[2] / "results"
+COMMITTED = sorted(RESULTS.glob("adapt_cw10/runs/*/*/adapter.json")) + \
+    sorted(RESULTS.glob("continual_cw10/runs/*/adapter/adapter.json"))
+MT40 = RESULTS / "mt40_small" / "checkpoint"
+
+
+@pytest.mark.skipif(not COMMITTED or not MT40.exists(), reason="no committed adapters / base checkpoint")
+def test_committed_adapter_configs_give_the_tensors_they_list():
+    """adapter.json files written before target_modules defaulted to None: their configs (explicit
+    lists, or None for l2m) still attach to the exact tensors they saved."""
+    base_model, _, _ = tuners.load_adapted(MT40, None)
+    for path in COMMITTED:
+        doc = json.loads(path.read_text())
+        model = copy.deepcopy(base_model)
+        tuners.attach(model, doc["method"], tuners.config_from_dict(doc["method"], doc["config"]))
+        assert sorted(tuners.adapter_state(model)) == doc["tensors"], path
+
+
+@pytest.mark.skipif(not COMMITTED or not MT40.exists(), reason="no committed adapters / base checkpoint")
+@pytest.mark.parametrize("run", sorted({p.parent.name for p in COMMITTED if p.parent.parent.name == "hammer-v3"}))
+def test_committed_adapters_load_onto_the_committed_checkpoint(run, tmp_path):
+    """Only adapter.json is committed: the weights are made here (the committed config attached and
+    its parameters moved), then ``load_adapted`` reads them with the committed adapter.json."""
+    source = RESULTS / "adapt_cw10" / "runs" / "hammer-v3" / run
+    doc = json.loads((source / tuners.ADAPTER_CONFIG).read_text())
+    model, _, _ = tuners.load_adapted(MT40, None)
+    tuners.attach(model, doc["method"], tuners.config_from_dict(doc["method"], doc["config"]))
+    model.tuner.load_extra_state(doc["state"])
+    perturb_trainable(model, seed=3)
+    if getattr(model.tuner.config, "pretrain_keys", False):
+        model.tuner.fit_pretrain_keys([torch.randn(5, 128), torch.randn(7, 128)])
+    out = tmp_path / "adapter"
+    out.mkdir()
+    (out / tuners.ADAPTER_CONFIG).write_text((source / tuners.ADAPTER_CONFIG).read_text())
+    tensors = {k: v.detach().contiguous() for k, v in tuners.adapter_state(model).items()}
+    assert sorted(tensors) == doc["tensors"]
+    save_file(tensors, str(out / tuners.ADAPTER_WEIGHTS))
+    loaded, config, loaded_doc = tuners.load_adapted(MT40, out)
+    assert loaded_doc["method"] == doc["method"] and "hammer-v3" in config["task_info"]
+    batch = make_batch(seed=9, valid_from=1)
+    model.eval()
+    with torch.no_grad():
+        y = loaded(batch)
+        assert y.shape == (4, 5, 6, 64) and torch.isfinite(y).all()
+        assert torch.equal(y, model(batch))

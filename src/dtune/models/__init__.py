@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from dtune.models.backbone import GPT, GPTConfig, KVCache
-from dtune.tasks import MAX_ACT_DIM, STATE_DIM
 
 MODEL_KINDS = ("mddt", "dt")
 
@@ -15,12 +14,13 @@ class ModelConfig:
     """A Decision Transformer: which kind, its input sizes and its backbone."""
 
     kind: str = "mddt"
-    """``mddt`` (discretised per-dimension action tokens, cross-entropy) or ``dt`` (continuous
+    """`mddt` (discretised per-dimension action tokens, cross-entropy) or `dt` (continuous
     actions, tanh head, MSE)."""
-    state_dim: int = STATE_DIM
-    """Width of the (padded) state vector."""
-    act_dim: int = MAX_ACT_DIM
-    """Number of (padded) action dimensions."""
+    state_dim: int = 154
+    """Width of the (padded) state vector: the run's input layout sets it (154 is the L2M paper's
+    Meta-World + DMC layout)."""
+    act_dim: int = 6
+    """Number of (padded) action dimensions (set from the run's input layout)."""
     context_len: int = 5
     """Timesteps of context K (the paper's MDDT uses 5, the classic DT 20)."""
     max_timestep: int = 1000
@@ -47,12 +47,12 @@ PRESETS: dict[str, GPTConfig] = {
     "small": GPTConfig(n_layer=3, n_head=4, n_embd=128, dropout=0.1),
     "paper": GPTConfig(n_layer=6, n_head=12, n_embd=768, dropout=0.1),
 }
-"""Backbone sizes: ``tiny`` for tests, ``small`` for CPU studies, ``paper`` (about 40M parameters
+"""Backbone sizes: `tiny` for tests, `small` for CPU studies, `paper` (about 40M parameters
 with the MDDT embeddings) for GPUs."""
 
 
 def preset(name: str, kind: str = "mddt", **overrides) -> ModelConfig:
-    """The model config of a size preset (``tiny``, ``small``, ``paper``)."""
+    """The model config of a size preset (`tiny`, `small`, `paper`)."""
     if name not in PRESETS:
         raise ValueError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
     gpt = GPTConfig(**asdict(PRESETS[name]))

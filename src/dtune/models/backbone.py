@@ -1,7 +1,7 @@
 """The GPT backbone every dtune model runs on.
 
 One readable file, in the spirit of nanoGPT. Module names are stable and are the targeting API
-of the adaptation methods (``h.0.attn.q``, ``h.3.mlp.fc`` ...):
+of the adaptation methods (`h.0.attn.q`, `h.3.mlp.fc` ...):
 
     GPT
       h[i]: Block
@@ -9,15 +9,15 @@ of the adaptation methods (``h.0.attn.q``, ``h.3.mlp.fc`` ...):
       ln_f
 
 Pre-LayerNorm, GELU MLP, no positional embedding (models add their own timestep embeddings),
-attention through ``scaled_dot_product_attention``. GPT-2 checkpoints map onto these modules by
-splitting ``c_attn`` into q/k/v (see ``dtune.models.convert``, on the roadmap).
+attention through `scaled_dot_product_attention`. GPT-2 checkpoints map onto these modules by
+splitting `c_attn` into q/k/v (see `dtune.models.convert`, on the roadmap).
 
 Extension points used by the adaptation methods:
 
-* ``prompt``: extra input tokens ``(B, P, D)`` placed before the sequence; every token sees them.
-* ``prefix``: per-layer extra keys/values ``[(k, v)]`` with ``k, v: (B, H, P, hd)``; every token
+* `prompt`: extra input tokens `(B, P, D)` placed before the sequence; every token sees them.
+* `prefix`: per-layer extra keys/values `[(k, v)]` with `k, v: (B, H, P, hd)`; every token
   attends to them (prefix-tuning, P-tuning v2).
-* ``cache``: a :class:`KVCache` for incremental decoding; new tokens attend to the cached ones
+* `cache`: a :class:`KVCache` for incremental decoding; new tokens attend to the cached ones
   (a prompt is cached with the first tokens).
 """
 
@@ -133,7 +133,9 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Causal transformer over embeddings ``(B, T, D)`` -> hidden states ``(B, T, D)``."""
+    """Causal transformer over embeddings `(B, T, D)` -> hidden states `(B, T, D)`."""
+
+    family = "gpt"  # backbone family: selects the tuners' default target modules
 
     def __init__(self, cfg: GPTConfig):
         super().__init__()
@@ -158,11 +160,11 @@ class GPT(nn.Module):
     @staticmethod
     def attention_mask(valid: torch.Tensor | None, t_new: int, t_past: int = 0, n_open: int = 0,
                        device=None) -> torch.Tensor:
-        """Boolean mask ``(B|1, 1, t_new, t_past + t_new)``, True = may attend.
+        """Boolean mask `(B|1, 1, t_new, t_past + t_new)`, True = may attend.
 
-        Causal over past + new tokens. ``valid`` ``(B, t_past + t_new)`` marks real (not padding)
+        Causal over past + new tokens. `valid` `(B, t_past + t_new)` marks real (not padding)
         tokens: no token attends to a padding token other than itself (so no row is empty). The
-        first ``n_open`` positions (prompt tokens) are visible to every token.
+        first `n_open` positions (prompt tokens) are visible to every token.
         """
         t_all = t_past + t_new
         qi = torch.arange(t_past, t_all, device=device)[:, None]
@@ -179,13 +181,13 @@ class GPT(nn.Module):
         """Run the blocks.
 
         Args:
-            x: input embeddings of the new tokens ``(B, T, D)``.
-            valid: ``(B, t_past + T)`` bool, False at padding tokens (None = all real).
+            x: input embeddings of the new tokens `(B, T, D)`.
+            valid: `(B, t_past + T)` bool, False at padding tokens (None = all real).
             cache: key/value cache; the new tokens attend to what it holds and are appended.
-            prompt: ``(B|1, P, D)`` tokens prepended to the input, visible to every token; their
+            prompt: `(B|1, P, D)` tokens prepended to the input, visible to every token; their
                 outputs are dropped. With a cache, the prompt runs (and is cached) only when the
-                cache is empty; later calls find it there and ignore ``prompt``.
-            prefix: per-layer ``(k, v)`` each ``(B|1, H, P, hd)``, attended to by every token.
+                cache is empty; later calls find it there and ignore `prompt`.
+            prefix: per-layer `(k, v)` each `(B|1, H, P, hd)`, attended to by every token.
         """
         n_prompt = 0
         if prompt is not None and (cache is None or cache.length == 0):

@@ -1,21 +1,21 @@
 """Decision Transformers on the GPT backbone.
 
-* :class:`MultiDomainDT` (MDDT, L2M paper): per timestep the tokens ``[s, R, a^1 .. a^A, r]``;
-  every action dimension is one of ``n_bins`` tokens, predicted autoregressively (the R token
+* :class:`MultiDomainDT` (MDDT, L2M paper): per timestep the tokens `[s, R, a^1 .. a^A, r]`;
+  every action dimension is one of `n_bins` tokens, predicted autoregressively (the R token
   predicts a^1, a^i predicts a^(i+1)); cross-entropy on real action dimensions only.
-* :class:`DecisionTransformer` (classic DT): tokens ``[R, s, a]``; the s token predicts the
+* :class:`DecisionTransformer` (classic DT): tokens `[R, s, a]`; the s token predicts the
   continuous action through a tanh head; MSE.
 
 Both embed a timestep (table lookup) and a token type into every token and share the
 incremental inference of :class:`Policy`.
 
-An adaptation method (``dtune.tuners``) attaches itself as ``model.tuner``; before every run of
+An adaptation method (`dtune.tuners`) attaches itself as `model.tuner`; before every run of
 the transformer the model asks it for the run's extra inputs (prompt tokens, per-layer prefixes)
 and lets it pick per-sample modulators from the state embeddings (L2P, L2M).
 
-Training batches are dicts of tensors: ``states (B, K, S)``, ``actions (B, K, A)`` in [-1, 1],
-``action_mask (B, A)``, ``rtg (B, K)`` and ``rewards (B, K)`` (scaled), ``timesteps (B, K)``,
-``valid (B, K)`` (False at left padding).
+Training batches are dicts of tensors: `states (B, K, S)`, `actions (B, K, A)` in [-1, 1],
+`action_mask (B, A)`, `rtg (B, K)` and `rewards (B, K)` (scaled), `timesteps (B, K)`,
+`valid (B, K)` (False at left padding).
 """
 
 from __future__ import annotations
@@ -50,7 +50,7 @@ class _SequenceDT(nn.Module):
 
     # -- helpers shared by training and inference --------------------------------------------
     def _finish(self, tok: torch.Tensor, timesteps: torch.Tensor, types: torch.Tensor | slice) -> torch.Tensor:
-        """Add timestep and type embeddings and normalise: ``tok (..., n, D)``, ``timesteps (...)``."""
+        """Add timestep and type embeddings and normalise: `tok (..., n, D)`, `timesteps (...)`."""
         tok = tok + self.embed_timestep(timesteps)[..., None, :]
         if self.embed_type is not None:
             tok = tok + self.embed_type.weight[types]
@@ -64,14 +64,14 @@ class _SequenceDT(nn.Module):
             )
 
     def tuner_inputs(self, state_emb: torch.Tensor, valid: torch.Tensor | None, tasks=None) -> dict:
-        """Extra transformer inputs of the attached tuner (``{}`` without one). ``state_emb
-        (B, K, D)`` = outputs of ``embed_state`` over the context, ``valid (B, K)``, ``tasks`` =
+        """Extra transformer inputs of the attached tuner (`{}` without one). `state_emb
+        (B, K, D)` = outputs of `embed_state` over the context, `valid (B, K)`, `tasks` =
         task names per sample (inference) or None (training: the tuner's current task)."""
         return {} if self.tuner is None else self.tuner.context(state_emb, valid, tasks)
 
     def backbone(self, tokens: torch.Tensor, valid: torch.Tensor, state_emb: torch.Tensor | None = None,
                  **kw) -> torch.Tensor:
-        """``tokens (B, K, n, D)`` -> hidden ``(B, K, n, D)``."""
+        """`tokens (B, K, n, D)` -> hidden `(B, K, n, D)`."""
         b, k, n, d = tokens.shape
         if self.tuner is not None:
             kw = {**self.tuner_inputs(state_emb, valid), **kw}
@@ -99,7 +99,7 @@ class MultiDomainDT(_SequenceDT):
         return tok.masked_fill(~action_mask[:, None, :], self.tokenizer.pad_token)
 
     def embed(self, batch: dict, act_tok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens ``(B, K, n, D)`` and the state embeddings ``(B, K, D)``."""
+        """Tokens `(B, K, n, D)` and the state embeddings `(B, K, D)`."""
         s = self.embed_state(batch["states"])
         r_to_go = self.embed_return(batch["rtg"][..., None])[:, :, None]
         a = self.embed_action(act_tok)
@@ -107,7 +107,7 @@ class MultiDomainDT(_SequenceDT):
         return self._finish(torch.cat([s[:, :, None], r_to_go, a, r], dim=2), batch["timesteps"], slice(None)), s
 
     def forward(self, batch: dict, **kw) -> torch.Tensor:
-        """Action logits ``(B, K, A, n_bins)``; logit ``i`` is read at token ``1 + i`` (R, a^1 ..)."""
+        """Action logits `(B, K, A, n_bins)`; logit `i` is read at token `1 + i` (R, a^1 ..)."""
         act_tok = self.action_tokens(batch["actions"], batch["action_mask"])
         tokens, s = self.embed(batch, act_tok)
         h = self.backbone(tokens, batch["valid"], s, **kw)
@@ -134,14 +134,14 @@ class DecisionTransformer(_SequenceDT):
         self.head = nn.Sequential(nn.Linear(d, cfg.act_dim), nn.Tanh())
 
     def embed(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Tokens ``(B, K, n, D)`` and the state embeddings ``(B, K, D)``."""
+        """Tokens `(B, K, n, D)` and the state embeddings `(B, K, D)`."""
         r_to_go = self.embed_return(batch["rtg"][..., None])[:, :, None]
         s = self.embed_state(batch["states"])
         a = self.embed_action(batch["actions"] * batch["action_mask"][:, None, :])[:, :, None]
         return self._finish(torch.cat([r_to_go, s[:, :, None], a], dim=2), batch["timesteps"], slice(None)), s
 
     def forward(self, batch: dict, **kw) -> torch.Tensor:
-        """Predicted actions ``(B, K, A)`` (read at the state tokens)."""
+        """Predicted actions `(B, K, A)` (read at the state tokens)."""
         tokens, s = self.embed(batch)
         h = self.backbone(tokens, batch["valid"], s, **kw)
         return self.head(h[:, :, 1])
@@ -154,13 +154,13 @@ class DecisionTransformer(_SequenceDT):
 
 
 class Policy:
-    """Acts in ``n`` environments at once, step by step, over a window of the last K timesteps.
+    """Acts in `n` environments at once, step by step, over a window of the last K timesteps.
 
-    Token embeddings are computed once, when they become known. With ``use_cache`` the keys and
+    Token embeddings are computed once, when they become known. With `use_cache` the keys and
     values of tokens already run are kept, so each forward runs only the new tokens; when the
     window slides (past K timesteps), or an attached tuner picks other modulators or prompts for
     the window, the cache is rebuilt from the window, so the outputs equal a full recompute of
-    the window exactly. Without cache every forward recomputes the window. ``tasks`` (task name
+    the window exactly. Without cache every forward recomputes the window. `tasks` (task name
     per environment) is only read by tuners that route by task id (L2M's oracle variant).
 
         pol = model.policy(act_dims)              # act_dims: (n,) real action dims per env
@@ -186,7 +186,7 @@ class Policy:
         self.forwards = 0
 
     def _put(self, j: int, tok: torch.Tensor):
-        """Embedding of token ``j`` of the newest timestep (finished with timestep and type)."""
+        """Embedding of token `j` of the newest timestep (finished with timestep and type)."""
         tok = tok + self.t_emb[:, self.steps - 1]
         if self.model.embed_type is not None:
             tok = tok + self.model.embed_type.weight[j]
@@ -206,7 +206,7 @@ class Policy:
         self.t_emb[:, self.steps - 1] = self.model.embed_timestep(timesteps.to(self.device))
 
     def _run(self) -> torch.Tensor:
-        """Run the tokens not yet run; hidden state of the last known token ``(n, D)``."""
+        """Run the tokens not yet run; hidden state of the last known token `(n, D)`."""
         upto = (self.steps - 1) * self.per_step + self.known
         kw = self.model.tuner_inputs(self.s_emb[:, : self.steps], None, self.tasks)
         selection = None if self.model.tuner is None else self.model.tuner.selection()

@@ -1,4 +1,4 @@
-"""Min-max action tokenizer: each action dimension in [low, high] -> one of ``n_bins`` uniform bins."""
+"""Min-max action tokenizer: each action dimension in [low, high] -> one of `n_bins` uniform bins."""
 
 from __future__ import annotations
 
@@ -6,8 +6,8 @@ import torch
 
 
 class ActionTokenizer:
-    """``encode`` maps values to bin ids, ``decode`` maps ids to bin centres; ``pad_token`` (=
-    ``n_bins``) marks action dimensions a task does not have."""
+    """`encode` maps values to bin ids, `decode` maps ids to bin centres; `pad_token` (=
+    `n_bins`) marks action dimensions a task does not have."""
 
     def __init__(self, n_bins: int = 64, low: float = -1.0, high: float = 1.0):
         if n_bins < 2 or not high > low:

@@ -15,20 +15,35 @@ from pathlib import Path
 import numpy as np
 
 from dtune.report import markdown_table
+from dtune.report.continual import reference_scores, run_base_digest
 
 
-def _load(dirs: list[str]) -> tuple[list[dict], list[dict]]:
-    adapt, cont = [], []
+def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[str]]:
+    """Adaptation runs, continual runs, and notes on the arguments skipped (duplicates, runs of
+    other kinds). A folder given twice, under any spelling, counts once."""
+    from dtune.runtime.runs import run_kind
+
+    adapt, cont, notes, seen = [], [], [], set()
     for d in dirs:
         p = Path(d)
+        real = p.resolve()
+        if real in seen:
+            notes.append(f"ignored {d}: the same run was given before")
+            continue
+        seen.add(real)
         if (p / "metrics.json").exists() and "matrix" in (m := json.loads((p / "metrics.json").read_text())):
-            cont.append({**m, "dir": str(p)})
+            cont.append({**m, "dir": str(p), "base_digest": m.get("base_digest") or run_base_digest(p)})
         elif (p / "result.json").exists():
-            adapt.append({**json.loads((p / "result.json").read_text()), "dir": str(p)})
+            r = json.loads((p / "result.json").read_text())
+            adapt.append({**r, "dir": str(p), "base_digest": r.get("base_digest") or run_base_digest(p)})
         else:
-            raise ValueError(f"{p} is neither a `dtune adapt` nor a finished `dtune continual` run directory "
-                             "(no result.json, no metrics.json with a score matrix)")
-    return adapt, cont
+            kind = run_kind(p)
+            why = {"pretrain": "a pre-training run", "continual": "an unfinished continual run",
+                   "adapt": "an unfinished adaptation run", "demo": "a demo folder"}.get(kind, "not a run folder")
+            notes.append(f"skipped {d}: {why}, not a finished adaptation or continual run")
+    if not adapt and not cont:
+        raise ValueError("no finished `dtune adapt` or `dtune continual` run among the arguments (" + "; ".join(notes) + ")")
+    return adapt, cont, notes
 
 
 def _stats(vals) -> tuple[float | None, float | None]:
@@ -74,19 +89,20 @@ def adapt_summary(runs: list[dict]) -> tuple[str, list[dict]]:
                      [_pm(*row["new_task"]), _pm(*row["pretrain_after"]), _pm(*row["retention"]),
                       f"{row['trainable_pct']:.2f}", f"{row['per_task_pct']:.2f}", f"{row['train_s'][0]:.0f}"])
     headers = (["method"] + [f"{t.removesuffix('-v3')} %" for t in tasks] +
-               ["new task % (mean ± sd over tasks)", "pre-train after %", "retention %", "trainable %", "per task %",
-                "train s"])
+               ["new task % (mean ± sd over tasks)", "pre-train after %", "retention %", "trains % of base",
+                "one task trains % of base", "train s"])
     before = _stats([r.get("pretrain_before") for r in runs])[0]
     note = f"Pre-training score of the unadapted model: {_pm(before, None)}%." if before is not None else ""
+    note += (" \"trains % of base\": parameters the method trains over the base model's (a pool method's whole "
+             "pool, which can exceed 100%); \"one task trains\": what a single task adds.")
     return markdown_table(headers, table) + ("\n\n" + note if note else ""), rows
 
 
 def with_reference(run: dict, reference: str) -> dict:
     """The run's metrics recomputed with single-task results from ``reference`` (forward transfer)."""
-    from dtune.continual.metrics import as_matrix, cl_metrics
-    from dtune.continual.runner import reference_scores
+    from dtune.report.metrics import as_matrix, cl_metrics
 
-    ref = reference_scores(reference, run["method"], run["tasks"])
+    ref = reference_scores(reference, run["method"], run["tasks"], run.get("base_digest"))
     return {**run, **cl_metrics(as_matrix(run["matrix"]), ref, run.get("pretrain_before"), run.get("pretrain_after"))}
 
 
@@ -110,7 +126,7 @@ def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
                       _pm(*row["pretrain_after"]), _pm(*row["retention"]), f"{row['trainable_pct']:.2f}",
                       f"{row['per_task_pct']:.2f}"])
     headers = ["method", "seeds", "average score %", "forgetting %", "forward transfer %", "pre-train after %",
-               "retention %", "trainable %", "per task %"]
+               "retention %", "trains % of base", "one task trains % of base"]
     return markdown_table(headers, table), rows
 
 
@@ -121,10 +137,10 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
 
     if not dirs:
         raise ValueError("dtune report needs at least one run directory")
-    adapt, cont = _load(dirs)
+    adapt, cont, notes = _load(dirs)
     if reference:
         cont = [with_reference(r, reference) for r in cont]
-    parts, data = [], {}
+    parts, data = [f"Note: {n}." for n in notes] + ([""] if notes else []), {}
     outp = Path(out) if out else None
     if outp:
         outp.mkdir(parents=True, exist_ok=True)
@@ -133,8 +149,10 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
         parts += ["## Single-task adaptation", "", text]
         data["adapt"] = rows
         if outp:
+            unadapted = (_stats([r.get("new_task_before") for r in adapt])[0], _stats([r.get("pretrain_before") for r in adapt])[0])
             plot_tradeoff({r["method"]: (r["new_task"][0], r["pretrain_after"][0]) for r in rows},
-                          outp / "adapt_tradeoff.png", title="new task vs pre-training tasks (means over tasks)")
+                          outp / "adapt_tradeoff.png", title="new task vs pre-training tasks (means over tasks)",
+                          unadapted=unadapted)
             _csv(outp / "adapt_runs.csv", [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in adapt])
     if cont:
         text, rows = continual_summary(cont)

@@ -1,132 +1,150 @@
-"""Task registry: every task dtune knows, its domain, sizes, horizon, reward scale and score.
+"""Task registry: the suites dtune knows (one plug-in module each) and their tasks.
 
-Names are the suites' own (``hammer-v3``, ``walker-walk``); named sets (``mt40``, ``cw10``,
-``mt50``, ``dmc10``, ``dmc6``, ``dmc16``) expand to ordered task lists.
+Names are the suites' own (`hammer-v3`, `walker-walk`); named sets (`mt40`, `cw10`,
+`mt50`, `dmc10`, `dmc6`, `dmc16`) expand to ordered task lists. A suite is added by
+registering a :class:`~dtune.tasks.base.Suite` instance (see `dtune/tasks/base.py`); the
+built-in ones are `metaworld` and `dmc`; packages may add more through the
+`dtune.suites` entry-point group (an entry point names a Suite subclass or instance).
 """
 
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, replace
 
-from dtune.tasks import dmc as _dmc
-from dtune.tasks import metaworld as _mw
+from dtune.tasks.base import SCORES, Env, Suite, TaskSpec
+from dtune.tasks.dmc import DMCSuite
+from dtune.tasks.layout import InputLayout, legacy_layout
+from dtune.tasks.metaworld import MetaWorldSuite
 
-
-@dataclass(frozen=True)
-class TaskSpec:
-    """Everything the data, model and evaluation layers need to know about one task."""
-
-    name: str
-    """Task name as the suite spells it, e.g. ``hammer-v3`` or ``walker-walk``."""
-    domain: str
-    """Domain (``metaworld`` or ``dmc``): decides the reward scale and the state slots."""
-    obs_dim: int
-    """Size of the flat observation the environment returns."""
-    act_dim: int
-    """Number of action dimensions (all in [-1, 1])."""
-    horizon: int
-    """Episode length in steps."""
-    reward_scale: float
-    """Returns and rewards are divided by this before they enter the model."""
-    target_return: float
-    """Default return-to-go at the first evaluation step (raw, unscaled)."""
-    score: str
-    """``success`` (any-step success rate) or ``normalized`` ((R - random) / (data mean - random))."""
-    state_slot: tuple[int, ...]
-    """Indices in the shared padded state vector that this task's observation fills, in order."""
-
-    def with_horizon(self, horizon: int | None) -> "TaskSpec":
-        if horizon is None or horizon == self.horizon:
-            return self
-        if horizon <= 0:
-            raise ValueError(f"horizon must be positive, got {horizon}")
-        target = self.target_return * horizon / self.horizon if self.domain == "metaworld" else self.target_return
-        return replace(self, horizon=horizon, target_return=target)
-
-
-DOMAINS = ("metaworld", "dmc")
-REWARD_SCALE = {"metaworld": 200.0, "dmc": 100.0}
-STATE_DIM = _mw.OBS_DIM + _dmc.SLOT_DIM
-"""Shared padded state size: Meta-World's 39 dims first, then one fixed slot per DMC (domain, key)."""
-MAX_ACT_DIM = 6
-"""Actions of every domain are padded to this many dimensions."""
-
-
-def _build() -> dict[str, TaskSpec]:
-    reg: dict[str, TaskSpec] = {}
-    mw_slot = tuple(range(_mw.OBS_DIM))
-    for name in _mw.MT50:
-        reg[name] = TaskSpec(
-            name=name, domain="metaworld", obs_dim=_mw.OBS_DIM, act_dim=_mw.ACT_DIM,
-            horizon=_mw.HORIZON, reward_scale=REWARD_SCALE["metaworld"],
-            target_return=_mw.MAX_REWARD * _mw.HORIZON, score="success", state_slot=mw_slot,
-        )
-    for name in _dmc.DMC16:
-        slot = tuple(_mw.OBS_DIM + i for i in _dmc.slot_indices(name))
-        reg[name] = TaskSpec(
-            name=name, domain="dmc", obs_dim=len(slot), act_dim=_dmc.ACT_DIMS[name],
-            horizon=_dmc.HORIZON, reward_scale=REWARD_SCALE["dmc"],
-            target_return=float(_dmc.HORIZON), score="normalized", state_slot=slot,
-        )
-    return reg
-
-
-REGISTRY: dict[str, TaskSpec] = _build()
-TASK_SETS: dict[str, tuple[str, ...]] = {
-    "mt40": _mw.MT40, "cw10": _mw.CW10, "mt50": _mw.MT50,
-    "dmc10": _dmc.DMC10, "dmc6": _dmc.DMC6, "dmc16": _dmc.DMC16,
-}
+SUITES: dict[str, Suite] = {}
+REGISTRY: dict[str, TaskSpec] = {}
+"""Every registered task by name."""
+TASK_SETS: dict[str, tuple[str, ...]] = {}
+"""Every named set of every registered suite."""
 
 
 class UnknownTaskError(KeyError):
-    """A task or task-set name that the registry does not know."""
+    """A task, task-set or suite name that the registry does not know."""
 
     def __str__(self) -> str:  # KeyError quotes its message; keep it readable.
         return self.args[0]
 
 
-def _suggest(name: str) -> str:
+def register_suite(suite: Suite, replace: bool = False) -> Suite:
+    """Add a suite and its tasks and sets to the registry. Names must not clash with another
+    suite's unless `replace` (re-registering the same suite name replaces it)."""
+    if not isinstance(suite, Suite):
+        suite = suite()  # a Suite subclass
+    if suite.name in SUITES and not replace:
+        raise ValueError(f"a suite named {suite.name!r} is registered already; pass replace=True to replace it")
+    if suite.name in SUITES:
+        unregister_suite(suite.name)
+    tasks = suite.tasks()
+    for t in tasks:
+        if t.suite != suite.name:
+            raise ValueError(f"task {t.name} of suite {suite.name!r} says suite={t.suite!r}")
+        if t.score not in SCORES:
+            raise ValueError(f"task {t.name}: unknown score {t.score!r}; choose one of {', '.join(SCORES)}")
+        if t.name in REGISTRY:
+            raise ValueError(f"task {t.name} of suite {suite.name!r} is already registered by suite {REGISTRY[t.name].suite!r}")
+        slot_names = dict(suite.slots)
+        if missing := [s for s in t.slots if s not in slot_names]:
+            raise ValueError(f"task {t.name} fills slots {missing} that suite {suite.name!r} does not declare")
+        if sum(slot_names[s] for s in t.slots) != t.obs_dim:
+            raise ValueError(f"task {t.name}: its slots hold {sum(slot_names[s] for s in t.slots)} dims, obs_dim is {t.obs_dim}")
+    for name in suite.sets:
+        if name in TASK_SETS or name in SUITES:
+            raise ValueError(f"task set {name!r} of suite {suite.name!r} clashes with an existing name")
+    SUITES[suite.name] = suite
+    REGISTRY.update({t.name: t for t in tasks})
+    TASK_SETS.update({k: tuple(v) for k, v in suite.sets.items()})
+    return suite
+
+
+def unregister_suite(name: str) -> None:
+    suite = SUITES.pop(name)
+    for t in [t for t, s in REGISTRY.items() if s.suite == name]:
+        del REGISTRY[t]
+    for k in suite.sets:
+        TASK_SETS.pop(k, None)
+
+
+def get_suite(name: str) -> Suite:
+    if name not in SUITES:
+        close = difflib.get_close_matches(name, list(SUITES), n=3)
+        hint = f" Did you mean: {', '.join(close)}?" if close else ""
+        raise UnknownTaskError(f"unknown suite {name!r}.{hint} Suites: {', '.join(SUITES)}")
+    return SUITES[name]
+
+
+def _hint(name: str) -> str:
     candidates = list(REGISTRY) + list(TASK_SETS)
     close = difflib.get_close_matches(name, candidates, n=3, cutoff=0.6)
     if not close and not name.endswith("-v3"):
         close = difflib.get_close_matches(name + "-v3", candidates, n=3, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else ""
-    return (f"unknown task {name!r}.{hint} Task sets: {', '.join(TASK_SETS)}; "
+    return f"{name!r} (did you mean: {', '.join(close)}?)" if close else repr(name)
+
+
+def _unknown(names: list[str]) -> str:
+    what = "task" if len(names) == 1 else "tasks"
+    return (f"unknown {what} {', '.join(_hint(n) for n in names)}. Task sets: {', '.join(TASK_SETS)}; "
             f"`dtune tasks` lists every task.")
 
 
 def get_task(name: str, horizon: int | None = None) -> TaskSpec:
-    """The spec of one task; ``horizon`` overrides the default episode length."""
+    """The spec of one task; `horizon` overrides the default episode length."""
     if name not in REGISTRY:
-        raise UnknownTaskError(_suggest(name))
+        raise UnknownTaskError(_unknown([name]))
     return REGISTRY[name].with_horizon(horizon)
 
 
 def resolve_tasks(spec: str | list[str] | tuple[str, ...]) -> list[str]:
-    """Expand ``"mt40"``, ``"hammer-v3,push-v3"``, ``"cw10,dmc6"`` or a list into task names.
+    """Expand `"mt40"`, `"hammer-v3,push-v3"`, `"cw10,dmc6"` or a list into task names.
 
-    Order is kept (CW10 stays in the Continual-World order); duplicates are dropped.
+    Order is kept (CW10 stays in the Continual-World order); duplicates are dropped. Every
+    unknown name is reported at once.
     """
     parts = spec.split(",") if isinstance(spec, str) else list(spec)
     out: list[str] = []
+    unknown: list[str] = []
     for raw in parts:
         part = raw.strip()
         if not part:
             continue
-        names = TASK_SETS.get(part.lower()) or (get_task(part).name,)
+        names = TASK_SETS.get(part.lower()) or ((part,) if part in REGISTRY else None)
+        if names is None:
+            unknown.append(part)
+            continue
         out.extend(n for n in names if n not in out)
+    if unknown:
+        raise UnknownTaskError(_unknown(unknown))
     if not out:
         raise UnknownTaskError(f"no task named in {spec!r}; give task names or a set such as mt40")
     return out
 
 
-__all__ = ["TaskSpec", "make_env", "REGISTRY", "TASK_SETS", "STATE_DIM", "MAX_ACT_DIM", "REWARD_SCALE",
-           "UnknownTaskError", "get_task", "resolve_tasks", "DOMAINS"]
-
-
-def make_env(name: str, seed: int = 0, horizon: int | None = None):
-    """An environment for ``name`` with dtune's interface (see :class:`metaworld.MetaWorldEnv`)."""
+def make_env(name: str, seed: int = 0, horizon: int | None = None) -> Env:
+    """An environment for `name` with dtune's interface (see :class:`dtune.tasks.base.Env`)."""
     spec = get_task(name, horizon)
-    cls = _mw.MetaWorldEnv if spec.domain == "metaworld" else _dmc.DMCEnv
-    return cls(name, seed, spec.horizon)
+    return SUITES[spec.suite].make_env(spec, int(seed))
+
+
+def layout_for(tasks, scope: str = "suite") -> InputLayout:
+    """The input layout of a run on `tasks` (see :class:`InputLayout`)."""
+    return InputLayout.for_tasks([get_task(t) for t in resolve_tasks(tasks)], SUITES, scope)
+
+
+def _load_entry_points() -> None:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="dtune.suites"):
+        register_suite(ep.load())
+
+
+register_suite(MetaWorldSuite())
+register_suite(DMCSuite())
+_load_entry_points()
+
+__all__ = ["TaskSpec", "Suite", "Env", "InputLayout", "SUITES", "REGISTRY", "TASK_SETS", "UnknownTaskError",
+           "register_suite", "unregister_suite", "get_suite", "get_task", "resolve_tasks", "make_env", "layout_for",
+           "legacy_layout"]

@@ -2,12 +2,14 @@
 
 Every (domain, observation key) pair owns a fixed slot in the shared state vector, so the same
 key of the same domain always lands on the same model input dims across tasks (finger-spin and
-finger-turn_easy share ``finger/position``; walker tasks share all three walker keys).
+finger-turn_easy share `finger/position`; walker tasks share all three walker keys).
 """
 
 from __future__ import annotations
 
 import numpy as np
+
+from dtune.tasks.base import Suite, TaskSpec
 
 HORIZON = 1000
 DMC10: tuple[str, ...] = (
@@ -56,6 +58,7 @@ def _slot_offsets() -> dict[tuple[str, str], tuple[int, int]]:
 
 SLOTS = _slot_offsets()
 SLOT_DIM = sum(size for _, size in SLOTS.values())
+REWARD_SCALE = 100.0
 
 
 def split_name(name: str) -> tuple[str, str]:
@@ -81,11 +84,15 @@ def slot_indices(name: str) -> list[int]:
 class DMCEnv:
     """dm_control task behind the small interface dtune's collectors and evaluators use.
 
-    ``reset(seed)`` re-seeds the task's initial-state generator, so episodes are reproducible.
-    Observations are the task's keys flattened in spec order (``float64``).
+    `reset(seed)` re-seeds the task's initial-state generator, so episodes are reproducible.
+    Observations are the task's keys flattened in spec order (`float64`).
     """
 
     def __init__(self, name: str, seed: int, horizon: int = HORIZON):
+        import os
+
+        # No rendering here: without this, dm_control probes GLFW and prints a DISPLAY error.
+        os.environ.setdefault("MUJOCO_GL", "disabled")
         from dm_control import suite
 
         if horizon > HORIZON:
@@ -109,3 +116,27 @@ class DMCEnv:
         self.t += 1
         truncated = self.t >= self.horizon or ts.last()
         return self._flat(ts.observation), float(ts.reward or 0.0), False, truncated, False
+
+
+class DMCSuite(Suite):
+    """The 16 DMC tasks of the L2M paper: one state slot per (domain, observation key), so a key
+    always lands on the same model inputs; data-normalised score."""
+
+    name = "dmc"
+    slots = tuple((f"dmc/{d}/{k}", size) for (d, k), (_, size) in SLOTS.items())
+    sets = {"dmc10": DMC10, "dmc6": DMC6, "dmc16": DMC16}
+    sources = ("random",)
+
+    def tasks(self) -> list[TaskSpec]:
+        out = []
+        for n in DMC16:
+            domain, _ = split_name(n)
+            slots = tuple(f"dmc/{domain}/{k}" for k in task_keys(n))
+            obs_dim = sum(SLOTS[(domain, k)][1] for k in task_keys(n))
+            out.append(TaskSpec(name=n, suite=self.name, obs_dim=obs_dim, act_dim=ACT_DIMS[n], horizon=HORIZON,
+                                reward_scale=REWARD_SCALE, target_return=float(HORIZON), score="normalized",
+                                slots=slots))
+        return out
+
+    def make_env(self, task: TaskSpec, seed: int):
+        return DMCEnv(task.name, seed, task.horizon)

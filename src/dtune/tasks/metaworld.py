@@ -1,8 +1,17 @@
-"""Meta-World v3: task lists, environment factory and scripted expert policies."""
+"""Meta-World v3 suite: MT40 (pre-training), CW10 (Continual World), MT50; goal-observable
+environments, scripted experts."""
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+from dtune.tasks.base import Suite, TaskSpec
+
+# The scripted experts warn at every process's first action that their gains exceed the action
+# bounds; the environment clips, and so do we.
+warnings.filterwarnings("ignore", message=r"Constant\(s\) may be too high", category=UserWarning)
 
 OBS_DIM = 39
 ACT_DIM = 4
@@ -29,7 +38,7 @@ MT50: tuple[str, ...] = MT40 + CW10
 
 def make_env(name: str, seed: int, horizon: int = HORIZON):
     """A goal-observable Meta-World env whose object/goal positions are re-drawn at every reset
-    from its own seeded generator (the Continual-World setting), truncated at ``horizon``."""
+    from its own seeded generator (the Continual-World setting), truncated at `horizon`."""
     from metaworld.env_dict import ALL_V3_ENVIRONMENTS_GOAL_OBSERVABLE as envs
 
     env = envs[f"{name}-goal-observable"](seed=int(seed))
@@ -40,7 +49,7 @@ def make_env(name: str, seed: int, horizon: int = HORIZON):
 
 
 def expert_policy(name: str):
-    """Meta-World's scripted expert for the task: ``policy(obs) -> action``."""
+    """Meta-World's scripted expert for the task: `policy(obs) -> action`."""
     from metaworld.policies import ENV_POLICY_MAP
 
     policy = ENV_POLICY_MAP[name]()
@@ -48,8 +57,8 @@ def expert_policy(name: str):
 
 
 class MetaWorldEnv:
-    """Meta-World task behind dtune's small env interface: ``reset(seed) -> obs`` and
-    ``step(a) -> (obs, reward, terminated, truncated, success)``."""
+    """Meta-World task behind dtune's small env interface: `reset(seed) -> obs` and
+    `step(a) -> (obs, reward, terminated, truncated, success)`."""
 
     def __init__(self, name: str, seed: int, horizon: int = HORIZON):
         self.env = make_env(name, seed, horizon)
@@ -62,3 +71,24 @@ class MetaWorldEnv:
     def step(self, action: np.ndarray):
         obs, reward, terminated, truncated, info = self.env.step(np.asarray(action, dtype=np.float32))
         return obs, float(reward), bool(terminated), bool(truncated), bool(info["success"])
+
+
+class MetaWorldSuite(Suite):
+    """All 50 Meta-World v3 tasks: one 39-dim observation slot, 4 actions, success score."""
+
+    name = "metaworld"
+    slots = (("metaworld/obs", OBS_DIM),)
+    sets = {"mt40": MT40, "cw10": CW10, "mt50": MT50}
+    sources = ("expert-noise", "random")
+    reward_scale = 200.0
+
+    def tasks(self) -> list[TaskSpec]:
+        return [TaskSpec(name=n, suite=self.name, obs_dim=OBS_DIM, act_dim=ACT_DIM, horizon=HORIZON,
+                         reward_scale=self.reward_scale, target_return=MAX_REWARD * HORIZON, score="success",
+                         slots=("metaworld/obs",), scale_target_with_horizon=True) for n in MT50]
+
+    def make_env(self, task: TaskSpec, seed: int):
+        return MetaWorldEnv(task.name, seed, task.horizon)
+
+    def expert(self, task: TaskSpec):
+        return expert_policy(task.name)

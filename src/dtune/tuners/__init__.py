@@ -6,15 +6,17 @@
     save_adapter(out_dir, model, meta)                          # only what the method trained
     model, config, adapter = load_adapted(run_dir, out_dir)     # base checkpoint + adapter
 
-Methods (``METHODS``): full, head, last-k, l2, ewc, lora, ia3, adapter, prompt, prefix,
-ptuning-v2, l2p, l2m. Named variants (``PRESETS``): l2m-ia3, l2m-oracle, l2m-pretrain-keys,
-prefix-direct. The L2 and EWC penalties (``l2_lambda``, ``ewc_lambda``) combine with any method.
+Methods (`METHODS`): full, head, last-k, l2, ewc, lora, ia3, adapter, prompt, prefix,
+ptuning-v2, l2p, l2m. Named variants (`PRESETS`): l2m-ia3, l2m-oracle, l2m-pretrain-keys,
+prefix-direct. The L2 and EWC penalties (`l2_lambda`, `ewc_lambda`) combine with any method,
+and so do `modules_to_save` (whole base modules, e.g. `embed_state` or `head`, trained in
+place next to the method and saved in its adapter). `target_modules=None` means the backbone
+family's default (`base.DEFAULT_TARGET_MODULES`); the adapter saves the resolved list.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -43,7 +45,7 @@ class AdapterError(RuntimeError):
 
 
 def resolve_method(name: str) -> tuple[str, dict]:
-    """``(registered method, preset overrides)`` of a method or preset name."""
+    """`(registered method, preset overrides)` of a method or preset name."""
     if name in REGISTRY:
         return name, {}
     if name in PRESETS:
@@ -61,7 +63,7 @@ def config_class(name: str) -> type[TunerConfig]:
 
 
 def make_config(name: str, **overrides) -> TunerConfig:
-    """The config of a method or preset, with ``overrides`` (field names as in the dataclass)."""
+    """The config of a method or preset, with `overrides` (field names as in the dataclass)."""
     method, preset = resolve_method(name)
     cls = REGISTRY[method].config_class
     fields = {f.name for f in dataclasses.fields(cls)}
@@ -77,8 +79,8 @@ def config_from_dict(method: str, values: dict) -> TunerConfig:
 
 
 def attach(model: nn.Module, name: str, config: TunerConfig | None = None) -> Tuner:
-    """Freeze ``model``, attach the method, unfreeze what it trains. Returns the tuner
-    (also ``model.tuner``)."""
+    """Freeze `model`, attach the method, unfreeze what it trains. Returns the tuner
+    (also `model.tuner`)."""
     if getattr(model, "tuner", None) is not None:
         raise ValueError(f"the model already has a {model.tuner.name!r} tuner attached; detach it first")
     method, _ = resolve_method(name)
@@ -86,9 +88,13 @@ def attach(model: nn.Module, name: str, config: TunerConfig | None = None) -> Tu
     config = config or make_config(name)
     if not isinstance(config, cls.config_class):
         raise TypeError(f"method {method!r} takes a {cls.config_class.__name__}, got {type(config).__name__}")
-    tuner = cls(model, config)
-    tuner.build(model)
-    base = set(tuner.base_trainable(model))
+    tuner = cls(model, config)  # its config: target_modules=None resolved for the model's backbone
+    base = set(tuner.base_trainable(model)) | set(tuner.saved_base(model))
+    try:
+        tuner.build(model)
+    except BaseException:
+        tuner.remove_hooks()  # a failed attach leaves the model as it was
+        raise
     for n, p in model.named_parameters():
         p.requires_grad_(n in base)
     model.tuner = tuner
@@ -98,7 +104,7 @@ def attach(model: nn.Module, name: str, config: TunerConfig | None = None) -> Tu
 
 
 def check_config(model: nn.Module, name: str, config: TunerConfig) -> None:
-    """Raise the error attaching ``config`` to ``model`` would raise, leaving ``model`` untouched."""
+    """Raise the error attaching `config` to `model` would raise, leaving `model` untouched."""
     import copy
 
     attach(copy.deepcopy(model), name, config)
@@ -118,13 +124,19 @@ def trainable_names(model: nn.Module) -> list[str]:
 
 
 def parameter_counts(model: nn.Module) -> dict:
-    """Trainable parameters and their share of the base model (the model without its tuner);
-    ``per_task``: what one task trains (pool methods: one task's entries and keys, not the pool)."""
+    """Trainable parameters (the tuner's and the base parameters it trains, `modules_to_save`
+    included) and their share of the base model (the model without its tuner); `per_task`: what
+    one task trains (pool methods: one task's entries and keys, not the pool, plus the trained base
+    parameters)."""
     base = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("tuner."))
     added = sum(p.numel() for n, p in model.named_parameters() if n.startswith("tuner."))
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     per_task = model.tuner.params_per_task() if getattr(model, "tuner", None) is not None else None
-    per_task = trainable if per_task is None else per_task
+    if per_task is None:
+        per_task = trainable
+    else:  # plus the base parameters it trains (modules_to_save), shared by the tasks
+        per_task += sum(p.numel() for n, p in model.named_parameters()
+                        if p.requires_grad and not n.startswith("tuner."))
     return {"trainable": trainable, "base": base, "added": added, "trainable_pct": 100.0 * trainable / base,
             "per_task": per_task, "per_task_pct": 100.0 * per_task / base}
 
@@ -136,22 +148,15 @@ def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v for k, v in model.state_dict().items() if k.startswith("tuner.") or k in train}
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def base_digest(run_dir: str | os.PathLike) -> str:
-    from dtune.train.checkpoint import WEIGHTS
+    """sha256 of the base checkpoint's weights (adapters record it)."""
+    from dtune.models.io import weights_digest
 
-    return file_digest(Path(run_dir) / WEIGHTS)
+    return weights_digest(run_dir)
 
 
 def save_adapter(out: str | os.PathLike, model: nn.Module, meta: dict) -> None:
-    """Write ``adapter.safetensors`` + ``adapter.json`` (method, config, tuner state and ``meta``:
+    """Write `adapter.safetensors` + `adapter.json` (method, config, tuner state and `meta`:
     base checkpoint path and digest, tasks, their target returns ...), atomically."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,7 +183,7 @@ def read_adapter_config(adapter_dir: str | os.PathLike) -> dict:
 
 
 def apply_adapter(model: nn.Module, adapter_dir: str | os.PathLike, base_dir: str | os.PathLike | None = None) -> dict:
-    """Attach the adapter saved in ``adapter_dir`` to ``model`` (loaded from ``base_dir``) and load
+    """Attach the adapter saved in `adapter_dir` to `model` (loaded from `base_dir`) and load
     its tensors. Refuses an adapter trained on another base checkpoint. Returns its config."""
     doc = read_adapter_config(adapter_dir)
     if base_dir is not None and doc.get("base_digest") and doc["base_digest"] != base_digest(base_dir):
@@ -206,10 +211,10 @@ def apply_adapter(model: nn.Module, adapter_dir: str | os.PathLike, base_dir: st
 
 
 def load_adapted(run_dir: str | os.PathLike, adapter_dir: str | os.PathLike | None, device="cpu"):
-    """The base model of ``run_dir`` with the adapter of ``adapter_dir`` (if any) attached.
-    Returns ``(model, run_config, adapter_config | None)``; the run config's ``task_info`` includes
+    """The base model of `run_dir` with the adapter of `adapter_dir` (if any) attached.
+    Returns `(model, run_config, adapter_config | None)`; the run config's `task_info` includes
     the adapted tasks' statistics (their evaluation targets)."""
-    from dtune.train.checkpoint import load_model
+    from dtune.models.io import load_model
 
     model, config = load_model(run_dir, "cpu")
     doc = None

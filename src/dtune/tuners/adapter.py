@@ -1,5 +1,5 @@
-"""Bottleneck adapters (Houlsby et al. 2019): ``h + up(act(down(h)))`` on the output of the
-attention and of the MLP of every block; ``up`` starts at zero, so the model is unchanged at first."""
+"""Bottleneck adapters (Houlsby et al. 2019): `h + up(act(down(h)))` on the output of the
+attention and of the MLP of every block; `up` starts at zero, so the model is unchanged at first."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from dtune.models.backbone import MLP, Attention
-from dtune.tuners.base import Tuner, TunerConfig, list_field, module_key, register, target_modules
+from dtune.tuners.base import Tuner, TunerConfig, module_key, register, target_modules
 
 ACTIVATIONS = {"swish": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU, "tanh": nn.Tanh}
 
@@ -21,8 +21,9 @@ class AdapterConfig(TunerConfig):
     """Bottleneck width = n_embd / reduction_factor."""
     non_linearity: str = "swish"
     """Activation in the bottleneck: swish, relu, gelu or tanh."""
-    target_modules: list[str] = list_field(["attn", "mlp"])
-    """Sub-layers whose output gets an adapter (attn, mlp)."""
+    target_modules: list[str] | None = None
+    """Sub-layers whose output gets an adapter (attn, mlp). None: the backbone family's default
+    (gpt: attn, mlp)."""
 
 
 class Bottleneck(nn.Module):
@@ -55,4 +56,7 @@ class Adapter(Tuner):
         for name, mod in target_modules(model, c.target_modules, kinds=(Attention, MLP)):
             ad = Bottleneck(d, c.reduction_factor, c.non_linearity)
             self.adapters[module_key(name)] = ad
-            self.hook(mod, lambda m, args, out, ad=ad: ad(out))
+            self.hook(mod, self._adapt, module_key(name))
+
+    def _adapt(self, key, module, args, out):
+        return self.adapters[key](out)

@@ -1,7 +1,7 @@
-"""Fine-tuning methods that update base weights: ``full``, ``head``, ``last-k``, ``l2``, ``ewc``.
+"""Fine-tuning methods that update base weights: `full`, `head`, `last-k`, `l2`, `ewc`.
 
-``l2`` and ``ewc`` are full fine-tuning with their penalty switched on; the penalties themselves
-(``l2_lambda``, ``ewc_lambda``, see :mod:`dtune.tuners.penalty`) combine with every method.
+`l2` and `ewc` are full fine-tuning with their penalty switched on; the penalties themselves
+(`l2_lambda`, `ewc_lambda`, see :mod:`dtune.tuners.penalty`) combine with every method.
 """
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ class L2Config(TunerConfig):
     """Full fine-tuning with an L2 penalty towards the pre-trained weights."""
 
     l2_lambda: float = 1.0
-    """Weight of ``lambda/2 * sum (w - w0)^2`` (a choice of ours: the reference code gives none)."""
+    """Weight of `lambda/2 * sum (w - w0)^2` (a choice of ours: the reference code gives none)."""
 
 
 @register
@@ -92,7 +92,7 @@ class EWCConfig(TunerConfig):
     """Full fine-tuning with elastic weight consolidation (Fisher-weighted L2 penalty)."""
 
     ewc_lambda: float = 400.0
-    """Weight of ``lambda/2 * sum F (w - w0)^2`` (the reference code's 400)."""
+    """Weight of `lambda/2 * sum F (w - w0)^2` (the reference code's 400)."""
 
 
 @register

@@ -4,18 +4,19 @@ state embeddings over the context) picks the entry with the most similar key (ha
 that entry modulates every layer. Loss: the task loss plus the key-pull loss.
 
 Variants:
-* ``modulation="ia3"``: the pool holds (IA)3 vectors instead of LoRA matrices.
-* ``oracle``: the entry is chosen by task id (the n-th task trained gets entry n); tasks the
+* `modulation="ia3"`: the pool holds (IA)3 vectors instead of LoRA matrices.
+* `oracle`: the entry is chosen by task id (the n-th task trained gets entry n); tasks the
   pool never trained (the pre-training tasks) get no modulation.
-* ``pretrain_keys``: extra keys, one per pre-training task, fitted on pre-training data
+* `pretrain_keys`: extra keys, one per pre-training task, fitted on pre-training data
   (:meth:`L2M.fit_pretrain_keys`), that select *no modulation*. While training they never
   compete; at inference an input closest to one of them runs the unmodulated model.
 
-Entry ``-1`` in :meth:`selection` means "no modulation".
+Entry `-1` in :meth:`selection` means "no modulation".
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -23,10 +24,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dtune.tuners.base import Tuner, TunerConfig, match, module_key, query_from, register, target_modules
+from dtune.tuners.base import (Tuner, TunerConfig, default_feedforward_modules, match, module_key, query_from,
+                               register, target_modules)
 from dtune.tuners.pool import KeyPool
 
-DEFAULT_TARGETS = {"lora": ["q", "v", "fc", "proj"], "ia3": ["k", "v", "proj"]}
+MODULATIONS = ("lora", "ia3")
 
 
 @dataclass
@@ -36,7 +38,7 @@ class L2MConfig(TunerConfig):
     pool_size: int = 30
     """Modulators (and keys) in the pool."""
     modulation: str = "lora"
-    """What a pool entry holds: ``lora`` or ``ia3``."""
+    """What a pool entry holds: `lora` or `ia3`."""
     r: int = 8
     """LoRA rank of every entry."""
     lora_alpha: float = 16.0
@@ -44,9 +46,11 @@ class L2MConfig(TunerConfig):
     lora_dropout: float = 0.0
     """Dropout on the input of the LoRA update."""
     target_modules: list[str] | None = None
-    """Layers every entry modulates (default: q, v, fc, proj for lora; k, v, proj for ia3)."""
+    """Layers every entry modulates. None: the backbone family's default for the modulation, as for
+    the lora and ia3 methods (gpt: q, v, fc, proj for lora; k, v, proj for ia3)."""
     feedforward_modules: list[str] | None = None
-    """(IA)3 only: targeted layers rescaled at their input (default: proj)."""
+    """(IA)3 only: targeted layers rescaled at their input. None: the backbone family's default
+    (gpt: proj)."""
     key_loss: float = 0.5
     """Weight of the key-pull loss (the paper's 0.5)."""
     key_lr_scale: float = 10.0
@@ -104,31 +108,47 @@ class L2M(Tuner):
     identity_at_init = True
     routes = True
 
+    def resolve_config(self, model, config):
+        if config.modulation not in MODULATIONS:
+            raise ValueError(f"l2m: unknown modulation {config.modulation!r}; choose lora or ia3")
+        if config.modulation == "ia3" and config.feedforward_modules is None:
+            config = dataclasses.replace(config, feedforward_modules=default_feedforward_modules(model))
+        return super().resolve_config(model, config)
+
+    def default_targets_key(self, config):
+        return config.modulation  # the defaults of the lora or ia3 method
+
     def build(self, model):
         c = self.config
-        if c.modulation not in DEFAULT_TARGETS:
-            raise ValueError(f"l2m: unknown modulation {c.modulation!r}; choose lora or ia3")
         if c.oracle and c.pretrain_keys:
             raise ValueError("l2m: oracle routes by task id, so pretrain_keys has no use with it; drop one of them")
         d = model.cfg.gpt.n_embd
         self.pool = KeyPool(c.pool_size, d)
         self.register_buffer("pre_keys", torch.zeros(0, d))
-        targets = c.target_modules or DEFAULT_TARGETS[c.modulation]
-        ff_targets = c.feedforward_modules or ["proj"]
         self.mods = nn.ModuleDict()
-        for name, mod in target_modules(model, targets):
+        for name, mod in target_modules(model, c.target_modules):
+            key = module_key(name)
             if c.modulation == "lora":
-                m = PoolLora(mod, c.pool_size, c.r, c.lora_alpha, c.lora_dropout)
-                self.hook(mod, lambda _, args, out, m=m: out + m(args[0], self._idx).to(out.dtype))
-            elif match(name, ff_targets):
-                m = PoolIA3(mod.in_features, c.pool_size)
-                self.hook(mod, lambda _, args, m=m: (args[0] * m(self._idx).to(args[0].dtype),) + args[1:], pre=True)
+                self.mods[key] = PoolLora(mod, c.pool_size, c.r, c.lora_alpha, c.lora_dropout)
+                self.hook(mod, self._lora, key)
+            elif match(name, c.feedforward_modules):
+                self.mods[key] = PoolIA3(mod.in_features, c.pool_size)
+                self.hook(mod, self._scale_input, key, pre=True)
             else:
-                m = PoolIA3(mod.out_features, c.pool_size)
-                self.hook(mod, lambda _, args, out, m=m: out * m(self._idx).to(out.dtype))
-            self.mods[module_key(name)] = m
+                self.mods[key] = PoolIA3(mod.out_features, c.pool_size)
+                self.hook(mod, self._scale_output, key)
         self._idx = None
         self._aux = None
+
+    # hooks: the entries chosen by the last context() call modulate every targeted layer
+    def _lora(self, key, module, args, out):
+        return out + self.mods[key](args[0], self._idx).to(out.dtype)
+
+    def _scale_input(self, key, module, args):
+        return (args[0] * self.mods[key](self._idx).to(args[0].dtype),) + args[1:]
+
+    def _scale_output(self, key, module, args, out):
+        return out * self.mods[key](self._idx).to(out.dtype)
 
     def _oracle_index(self, tasks, n: int, device) -> torch.Tensor:
         if tasks is None:
@@ -163,7 +183,7 @@ class L2M(Tuner):
 
     @torch.no_grad()
     def fit_pretrain_keys(self, queries: list[torch.Tensor]) -> None:
-        """One key per pre-training task: the mean direction of that task's queries ``(N_i, D)``
+        """One key per pre-training task: the mean direction of that task's queries `(N_i, D)`
         (the minimiser of the key-pull loss for that task)."""
         keys = torch.stack([F.normalize(F.normalize(q.float(), dim=-1).mean(0), dim=0) for q in queries])
         self.pre_keys = keys.to(self.pool.keys.device)

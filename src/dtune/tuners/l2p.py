@@ -1,5 +1,5 @@
 """L2P, Learning to Prompt (Wang et al. 2022): a pool of prompts chosen per sample by key-query
-matching; the ``top_k`` chosen prompts are concatenated and prepended to the input."""
+matching; the `top_k` chosen prompts are concatenated and prepended to the input."""
 
 from __future__ import annotations
 

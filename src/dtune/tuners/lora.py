@@ -1,7 +1,7 @@
-"""LoRA (Hu et al. 2021): ``W x + (alpha / r) B A x`` on the targeted linear layers.
+"""LoRA (Hu et al. 2021): `W x + (alpha / r) B A x` on the targeted linear layers.
 
-Field names and initialisation follow HF peft (``r``, ``lora_alpha``, ``lora_dropout``,
-``target_modules``; A Kaiming-uniform, B zero), so the update starts at zero and peft's LoRA on
+Field names and initialisation follow HF peft (`r`, `lora_alpha`, `lora_dropout`,
+`target_modules`; A Kaiming-uniform, B zero), so the update starts at zero and peft's LoRA on
 the same module computes the same function (tested).
 """
 
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from dtune.tuners.base import Tuner, TunerConfig, list_field, module_key, register, target_modules
+from dtune.tuners.base import Tuner, TunerConfig, module_key, register, target_modules
 
 
 @dataclass
@@ -25,8 +25,9 @@ class LoraConfig(TunerConfig):
     """Scale: the update is multiplied by lora_alpha / r."""
     lora_dropout: float = 0.0
     """Dropout on the input of the update."""
-    target_modules: list[str] = list_field(["q", "v", "fc", "proj"])
-    """Linear layers to adapt (peft's rule: names or name suffixes; a single string is a regex)."""
+    target_modules: list[str] | None = None
+    """Linear layers to adapt (peft's rule: names or name suffixes; a single string is a regex).
+    None: the backbone family's default (gpt: q, v, fc, proj; see DEFAULT_TARGET_MODULES)."""
 
 
 class LoraLayer(nn.Module):
@@ -57,4 +58,7 @@ class Lora(Tuner):
         for name, mod in target_modules(model, c.target_modules):
             layer = LoraLayer(mod, c.r, c.lora_alpha, c.lora_dropout)
             self.layers[module_key(name)] = layer
-            self.hook(mod, lambda m, args, out, layer=layer: out + layer(args[0]).to(out.dtype))
+            self.hook(mod, self._update, module_key(name))
+
+    def _update(self, key, module, args, out):
+        return out + self.layers[key](args[0]).to(out.dtype)

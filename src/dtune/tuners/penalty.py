@@ -1,7 +1,7 @@
 """Penalties that keep trained weights near an anchor: L2 and EWC (Kirkpatrick et al. 2017).
 
-Both are ``lambda/2 * sum_i w_i (theta_i - anchor_i)^2`` over the trainable parameters, with
-``w = 1`` (L2) or ``w = F`` (EWC), the diagonal empirical Fisher: the mean over ``ewc_batches``
+Both are `lambda/2 * sum_i w_i (theta_i - anchor_i)^2` over the trainable parameters, with
+`w = 1` (L2) or `w = F` (EWC), the diagonal empirical Fisher: the mean over `ewc_batches`
 batches of the squared gradient of the loss. The anchor is taken, and the Fisher estimated, at
 each task switch (:meth:`Anchor.consolidate`); Fishers of successive tasks add up.
 """
@@ -15,7 +15,7 @@ import torch.nn as nn
 
 
 class Anchor:
-    """Anchor weights (and Fisher) of the trainable parameters of ``model``."""
+    """Anchor weights (and Fisher) of the trainable parameters of `model`."""
 
     def __init__(self, model: nn.Module, l2_lambda: float = 0.0, ewc_lambda: float = 0.0):
         if l2_lambda < 0 or ewc_lambda < 0:
@@ -31,7 +31,7 @@ class Anchor:
 
     def consolidate(self, model: nn.Module, batches: Iterable[dict] | None = None,
                     loss_fn: Callable | None = None) -> None:
-        """Take the current weights as the anchor; with EWC add the Fisher of ``batches``."""
+        """Take the current weights as the anchor; with EWC add the Fisher of `batches`."""
         params = dict(model.named_parameters())
         self.anchor = {n: params[n].detach().clone() for n in self.names}
         if self.ewc_lambda <= 0:

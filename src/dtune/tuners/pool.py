@@ -1,15 +1,15 @@
 """Key-query matching shared by L2P and L2M.
 
-The query is the mean of the frozen state embeddings over the context (``query_from``). It is
-compared with learnable keys (initialised U(-1, 1)) by cosine similarity; the best ``top_k``
-keys are chosen (hard). The key-pull loss ``-weight * mean cos(query, chosen keys)`` moves the
+The query is the mean of the frozen state embeddings over the context (`query_from`). It is
+compared with learnable keys (initialised U(-1, 1)) by cosine similarity; the best `top_k`
+keys are chosen (hard). The key-pull loss `-weight * mean cos(query, chosen keys)` moves the
 chosen keys towards the queries that chose them. While training:
 
-* keys chosen on earlier tasks are penalised, ``score = cos - count_penalty * n_k / max_k n_k``
-  with ``n_k`` the earlier selections of key ``k``, so a new task claims fresh keys instead of
+* keys chosen on earlier tasks are penalised, `score = cos - count_penalty * n_k / max_k n_k`
+  with `n_k` the earlier selections of key `k`, so a new task claims fresh keys instead of
   overwriting the modulators of old ones;
-* with ``batchwise`` (L2P's batch-wise selection) the whole batch uses the ``top_k`` keys its
-  samples choose most often, so one task trains one entry (or ``top_k``) and its key moves to
+* with `batchwise` (L2P's batch-wise selection) the whole batch uses the `top_k` keys its
+  samples choose most often, so one task trains one entry (or `top_k`) and its key moves to
   the task's mean query; at inference every sample chooses for itself.
 """
 
@@ -36,7 +36,7 @@ class KeyPool(nn.Module):
         return sim
 
     def select(self, query: torch.Tensor, top_k: int, count_penalty: float, batchwise: bool = False) -> torch.Tensor:
-        """Indices ``(B, top_k)`` of the chosen keys; counts them while training."""
+        """Indices `(B, top_k)` of the chosen keys; counts them while training."""
         if top_k > self.keys.shape[0]:
             raise ValueError(f"top_k ({top_k}) is larger than the pool ({self.keys.shape[0]})")
         idx = self.scores(query, count_penalty if self.training else 0.0).topk(top_k, dim=-1).indices

@@ -2,10 +2,10 @@
 
 Both give every layer extra keys and values that all tokens attend to:
 
-* ``prefix``: the keys and values are learned directly, by default through peft's
-  reparametrisation (``prefix_projection``: an embedding of ``num_virtual_tokens`` rows and a
+* `prefix`: the keys and values are learned directly, by default through peft's
+  reparametrisation (`prefix_projection`: an embedding of `num_virtual_tokens` rows and a
   two-layer tanh MLP producing every layer's keys and values; only the MLP's output is used).
-* ``ptuning-v2``: learnable prompt tokens at every layer (deep prompts); each layer turns its
+* `ptuning-v2`: learnable prompt tokens at every layer (deep prompts); each layer turns its
   own prompt tokens into keys and values with its frozen LayerNorm and key/value projections.
 """
 
@@ -28,13 +28,13 @@ class PrefixConfig(TunerConfig):
     prefix_projection: bool = True
     """Produce the prefixes with an MLP from a prefix embedding (Li & Liang's reparametrisation)."""
     encoder_hidden_size: int | None = None
-    """Hidden width of that MLP (default: the model width)."""
+    """Hidden width of that MLP (unset: the model width)."""
     init_std: float = 0.02
     """Standard deviation of the initial prefix (or prefix embedding)."""
 
 
 def _split_heads(t: torch.Tensor, n_head: int) -> torch.Tensor:
-    """``(P, D)`` -> ``(1, H, P, D/H)``."""
+    """`(P, D)` -> `(1, H, P, D/H)`."""
     p, d = t.shape
     return t.view(p, n_head, d // n_head).transpose(0, 1)[None]
 

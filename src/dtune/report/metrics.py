@@ -1,15 +1,15 @@
 """Continual-learning metrics from the task-by-task score matrix.
 
-``matrix[i, j]`` = score on task ``j`` of the sequence after training on task ``i`` (NaN where a
-score is undefined). With ``T`` tasks:
+`matrix[i, j]` = score on task `j` of the sequence after training on task `i` (NaN where a
+score is undefined). With `T` tasks:
 
-* average score: mean of the last row, ``mean_j matrix[T-1, j]``;
-* forgetting of task ``j``: ``matrix[j, j] - matrix[T-1, j]`` (score right after its own
+* average score: mean of the last row, `mean_j matrix[T-1, j]`;
+* forgetting of task `j`: `matrix[j, j] - matrix[T-1, j]` (score right after its own
   training minus its final score); the metric is its mean over all tasks (Continual World's
   definition; the last task forgets nothing by construction);
-* forward transfer of task ``j``: ``matrix[j, j] - reference[j]``, the gain over adapting to the
-  task alone (single-task ``dtune adapt`` runs), averaged over the tasks that have a reference;
-* average so far after task ``i``: mean of ``matrix[i, :i+1]`` (the curve of the seen tasks);
+* forward transfer of task `j`: `matrix[j, j] - reference[j]`, the gain over adapting to the
+  task alone (single-task `dtune adapt` runs), averaged over the tasks that have a reference;
+* average so far after task `i`: mean of `matrix[i, :i+1]` (the curve of the seen tasks);
 * retention: pre-training score at the end over the pre-training score before adaptation.
 """
 

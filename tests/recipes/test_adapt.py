@@ -9,8 +9,8 @@ from safetensors.torch import load_file
 
 from dtune import tuners
 from dtune.cli import main
-from dtune.eval.rollout import EvalConfig, evaluate
-from dtune.train.adapt import AdaptConfig, adapt
+from dtune.recipes.adapt import AdaptConfig, adapt
+from dtune.recipes.evaluate import EvalConfig, evaluate
 
 
 def cfg(base, tiny_data, out, **kw):
@@ -37,7 +37,7 @@ def test_adapt_saves_only_the_adapter_and_reloads_it(base, tiny_data, tmp_path):
     assert again["tasks"]["door-open-v3"]["score"] == res["new_task_score"]
     # the unadapted model's pre-training score was cached in the checkpoint
     assert len(list((base / "eval_cache").glob("*.json"))) == 1
-    with pytest.raises(ValueError, match="already holds an adapter"):
+    with pytest.raises(ValueError, match="already holds a dtune adapt run"):
         adapt(cfg(base, tiny_data, tmp_path / "a"))
 
 
@@ -55,7 +55,7 @@ def test_methods_that_need_pretraining_data_or_pools(base, tiny_data, tmp_path, 
 def test_cli_adapt_with_method_options(base, tiny_data, tmp_path, capsys):
     out = tmp_path / "cli"
     rc = main(["adapt", "--checkpoint", str(base), "--task", "door-open-v3", "--method", "lora", "--r", "2",
-               "--target-modules", "q,k", "--steps", "2", "--batch-size", "4", "--no-pretrain-eval",
+               "--target-modules", "q", "k", "--steps", "2", "--batch-size", "4", "--no-pretrain-eval",
                "--eval-episodes", "1", "--horizon", "5", "--data-dir", str(tiny_data), "--no-progress", "--device", "cpu",
                "--out", str(out)])
     assert rc == 0
@@ -80,3 +80,33 @@ def test_cli_bad_input(base, tiny_data, tmp_path, capsys):
                  "--device", "cpu"]) == 2
     assert "oracle" in capsys.readouterr().err
     assert not (tmp_path / "y" / "adapter.json").exists()
+
+
+@pytest.mark.parametrize("method", ["lora", "l2m-pretrain-keys", "ewc"])
+def test_adapt_resume_equals_the_uninterrupted_run(base, tiny_data, tmp_path, monkeypatch, method):
+    from dtune.recipes.adapt import resume
+    from dtune.train import engine
+
+    kw = dict(method=method, steps=6, pretrain_eval=False, ckpt_every=2, log_every=1)
+    full = adapt(cfg(base, tiny_data, tmp_path / "full", **kw))
+    real = engine.save_state
+
+    def save_then_die(run_dir, step, *a, **k):
+        real(run_dir, step, *a, **k)
+        if step == 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_state", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        adapt(cfg(base, tiny_data, tmp_path / "cut", **kw))
+    monkeypatch.setattr(engine, "save_state", real)
+    again = resume(str(tmp_path / "cut"), progress=False)  # the run's own settings and method options
+    assert again["new_task_score"] == full["new_task_score"] and again["new_task_return"] == full["new_task_return"]
+    a = load_file(str(tmp_path / "full" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "adapter.safetensors"))
+    assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+              for r in ("full", "cut")]
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+    # resuming the finished run says so
+    assert resume(str(tmp_path / "cut"), progress=False) == json.loads((tmp_path / "cut" / "result.json").read_text())

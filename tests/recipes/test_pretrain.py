@@ -5,8 +5,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from dtune.train import checkpoint as ckpt
-from dtune.train.pretrain import PretrainConfig, lr_at, pretrain
+from dtune.models import io
+from dtune.models.io import CheckpointError
+from dtune.recipes import pretrain as pretrain_mod
+from dtune.recipes.pretrain import PretrainConfig, pretrain
+from dtune.train import engine
+from dtune.train.optim import cosine_lr
 
 TASKS = "reach-v3,door-open-v3,cartpole-balance"
 
@@ -23,8 +27,7 @@ def losses(run):
 
 
 def test_lr_schedule_warms_up_then_decays():
-    c = PretrainConfig(steps=100, warmup_steps=10, lr=1e-3, min_lr=1e-5)
-    lrs = [lr_at(s, c) for s in range(100)]
+    lrs = [cosine_lr(s, 100, 1e-3, 10, 1e-5) for s in range(100)]
     assert lrs[0] < lrs[5] < lrs[9] == pytest.approx(1e-3)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:])) and lrs[-1] == pytest.approx(1e-5, rel=0.1)
 
@@ -33,23 +36,23 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path, monkeypatch):
     full = pretrain(cfg(tiny_data, tmp_path / "full"))
     assert full["steps"] == 12
     # the same run killed right after its step-6 checkpoint (and after logging step 7) ...
-    real_save = ckpt.save_train_state
+    real_save = engine.save_state
 
-    def save_then_die(run_dir, step, *a):
-        real_save(run_dir, step, *a)
+    def save_then_die(run_dir, step, *a, **kw):
+        real_save(run_dir, step, *a, **kw)
         if step == 6:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(ckpt, "save_train_state", save_then_die)
+    monkeypatch.setattr(engine, "save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg(tiny_data, tmp_path / "cut"))
-    monkeypatch.setattr(ckpt, "save_train_state", real_save)
+    monkeypatch.setattr(engine, "save_state", real_save)
     # ... and resumed
     resumed = pretrain(cfg(tiny_data, tmp_path / "cut", resume=True))
     assert resumed["steps_this_session"] == 6
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
-    a = load_file(str(tmp_path / "full" / ckpt.WEIGHTS))
-    b = load_file(str(tmp_path / "cut" / ckpt.WEIGHTS))
+    a = load_file(str(tmp_path / "full" / io.WEIGHTS))
+    b = load_file(str(tmp_path / "cut" / io.WEIGHTS))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=0, rtol=0)
 
@@ -62,17 +65,19 @@ def test_run_directory_contents(tiny_data, tmp_path):
     assert config["train"]["steps"] == 4 and config["resolved"]["precision"] == "fp32"
     assert set(config["task_info"]) == set(TASKS.split(","))
     assert (run / "metrics.csv").read_text().startswith("step,loss")
+    assert config["kind"] == "pretrain" and config["layout"]["act_dim"] == 6
+    assert config["train"]["out"] == str(run.resolve()) and config["train"]["data_dir"] == str(tiny_data.resolve())
     assert any((run / "tb").iterdir())
     assert not list(run.glob(".*tmp"))
 
 
 def test_refuses_to_overwrite_or_resume_with_other_settings(tiny_data, tmp_path):
     pretrain(cfg(tiny_data, tmp_path / "r", steps=2))
-    with pytest.raises(ckpt.CheckpointError, match="--resume"):
+    with pytest.raises(ValueError, match="--resume"):
         pretrain(cfg(tiny_data, tmp_path / "r", steps=2))
-    with pytest.raises(ckpt.CheckpointError, match="lr"):
+    with pytest.raises(ValueError, match="lr"):
         pretrain(cfg(tiny_data, tmp_path / "r", steps=4, lr=1e-2, resume=True))
-    with pytest.raises(ckpt.CheckpointError, match="no checkpoint"):
+    with pytest.raises(ValueError, match="no dtune pretrain run"):
         pretrain(cfg(tiny_data, tmp_path / "none", resume=True))
 
 
@@ -82,24 +87,24 @@ def test_checkpoint_that_does_not_match_config(tiny_data, tmp_path):
     config = json.loads((run / "config.json").read_text())
     config["model"]["gpt"]["n_embd"] = 64
     (run / "config.json").write_text(json.dumps(config))
-    with pytest.raises(ckpt.CheckpointError, match="do not match the model config"):
-        ckpt.load_model(run)
+    with pytest.raises(CheckpointError, match="do not match the model config"):
+        io.load_model(run)
     config["model"]["gpt"]["n_embd"] = 32
     (run / "config.json").write_text(json.dumps(config))
-    w = load_file(str(run / ckpt.WEIGHTS))
+    w = load_file(str(run / io.WEIGHTS))
     w.pop("head.weight")
-    save_file(w, str(run / ckpt.WEIGHTS), metadata={"step": "2"})
-    with pytest.raises(ckpt.CheckpointError, match="missing"):
-        ckpt.load_model(run)
+    save_file(w, str(run / io.WEIGHTS), metadata={"step": "2"})
+    with pytest.raises(CheckpointError, match="missing"):
+        io.load_model(run)
 
 
 def test_half_written_checkpoint_is_detected(tiny_data, tmp_path):
     run = tmp_path / "r"
     pretrain(cfg(tiny_data, run, steps=2))
-    state = json.loads((run / ckpt.STATE_J).read_text())
+    state = json.loads((run / engine.STATE_J).read_text())
     state["step"] = 7
-    (run / ckpt.STATE_J).write_text(json.dumps(state))
-    with pytest.raises(ckpt.CheckpointError, match="inconsistent"):
+    (run / engine.STATE_J).write_text(json.dumps(state))
+    with pytest.raises(engine.StateError, match="inconsistent"):
         pretrain(cfg(tiny_data, run, steps=8, resume=True))
 
 
@@ -112,7 +117,7 @@ def test_state_statistics_travel_with_the_checkpoint(tiny_data, tmp_path):
     from dtune.data.dataset import TrajectoryData
 
     pretrain(cfg(tiny_data, tmp_path / "r", steps=2))
-    model, _ = ckpt.load_model(tmp_path / "r")
+    model, _ = io.load_model(tmp_path / "r")
     data = TrajectoryData(tiny_data, TASKS)
     np.testing.assert_allclose(model.state_mean.numpy(), data.state_mean)
     np.testing.assert_allclose(model.state_std.numpy(), data.state_std)

@@ -9,9 +9,10 @@ import pytest
 from safetensors.torch import load_file
 
 from dtune.cli import main
-from dtune.continual import runner
-from dtune.continual.metrics import cl_metrics
-from dtune.continual.runner import ContinualConfig, ContinualRun, continual
+from dtune.recipes import tuning
+from dtune.recipes.continual import ContinualConfig, continual
+from dtune.report.metrics import cl_metrics
+from dtune.train import engine
 
 SEQ = "door-open-v3,reach-v3"
 
@@ -42,7 +43,7 @@ def test_metrics_on_a_hand_made_matrix():
 
 def test_only_the_current_tasks_data_is_loaded_and_sampled(base, tiny_data, tmp_path, monkeypatch):
     loaded, sampled = [], []
-    real_data, real_sample = runner.TrajectoryData, runner.WindowSampler.sample
+    real_data, real_sample = tuning.TrajectoryData, tuning.WindowSampler.sample
 
     def data(root, tasks, *a, **kw):
         d = real_data(root, tasks, *a, **kw)
@@ -54,8 +55,8 @@ def test_only_the_current_tasks_data_is_loaded_and_sampled(base, tiny_data, tmp_
         sampled.append({self.data.tasks[i] for i in np.unique(batch["task_id"])})
         return batch
 
-    monkeypatch.setattr(runner, "TrajectoryData", data)
-    monkeypatch.setattr(runner.WindowSampler, "sample", sample)
+    monkeypatch.setattr(tuning, "TrajectoryData", data)
+    monkeypatch.setattr(tuning.WindowSampler, "sample", sample)
     res = continual(cfg(base, tiny_data, tmp_path / "cl"))
     assert loaded == [["door-open-v3"], ["reach-v3"]]
     assert sampled == [{"door-open-v3"}] * 4 + [{"reach-v3"}] * 4
@@ -68,17 +69,17 @@ def test_only_the_current_tasks_data_is_loaded_and_sampled(base, tiny_data, tmp_
 @pytest.mark.parametrize("method", ["ewc", "l2m"])
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tiny_data, tmp_path, monkeypatch, method):
     full = continual(cfg(base, tiny_data, tmp_path / "full", method=method))
-    real_save = ContinualRun._save_state
+    real_save = engine.save_state
 
-    def save_then_die(self, model, task_i, step, *a):
-        real_save(self, model, task_i, step, *a)
-        if (task_i, step) == (1, 2):
+    def save_then_die(run_dir, step, optimizer=None, sampler=None, objectives=(), extra=None, model_tensors=None):
+        real_save(run_dir, step, optimizer, sampler, objectives, extra, model_tensors)
+        if (extra["task"], step) == (1, 2):
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(ContinualRun, "_save_state", save_then_die)
+    monkeypatch.setattr(engine, "save_state", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         continual(cfg(base, tiny_data, tmp_path / "cut", method=method))
-    monkeypatch.setattr(ContinualRun, "_save_state", real_save)
+    monkeypatch.setattr(engine, "save_state", real_save)
     with pytest.raises(ValueError, match="already holds"):
         continual(cfg(base, tiny_data, tmp_path / "cut", method=method))
     resumed = continual(cfg(base, tiny_data, tmp_path / "cut", method=method, resume=True))

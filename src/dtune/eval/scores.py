@@ -1,0 +1,46 @@
+"""Scores of the suites: any-step success, or the normalised return
+`(R - ref_min) / (ref_max - ref_min)` with the task's reference returns (D4RL-style, declared
+by its suite) or, failing those, the training data's (random-policy mean and data mean)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from dtune.tasks import TaskSpec
+
+
+def target_return(spec: TaskSpec, task_info: dict | None, scale: float = 1.0) -> float:
+    """The best return in the task's training data if the checkpoint knows it, else the suite's default."""
+    if task_info and task_info.get("return_max") is not None:
+        base = float(task_info["return_max"])
+    else:
+        base = spec.target_return
+    return base * scale
+
+
+def references(spec: TaskSpec, info: dict | None) -> tuple[float, float] | None:
+    lo = spec.ref_min_score if spec.ref_min_score is not None else (info or {}).get("ref_min_score")
+    hi = spec.ref_max_score if spec.ref_max_score is not None else (info or {}).get("ref_max_score")
+    if lo is None or hi is None:
+        return None
+    return float(lo), float(hi)
+
+
+def normalized_score(ret: float, info: dict | None, spec: TaskSpec | None = None) -> float | None:
+    """`(ret - lo) / (hi - lo)`; None where the references are unknown or coincide."""
+    refs = references(spec, info) if spec is not None else (
+        None if not info or info.get("ref_min_score") is None or info.get("ref_max_score") is None
+        else (float(info["ref_min_score"]), float(info["ref_max_score"])))
+    if refs is None:
+        return None
+    lo, hi = refs
+    if abs(hi - lo) < 1e-6 * max(1.0, abs(hi)):
+        return None
+    return (ret - lo) / (hi - lo)
+
+
+def task_score(spec: TaskSpec, returns: np.ndarray, success: np.ndarray, info: dict | None) -> float | None:
+    if spec.score == "success":
+        return float(np.mean(success))
+    scores = [normalized_score(r, info, spec) for r in returns]
+    return None if any(s is None for s in scores) else float(np.mean(scores))

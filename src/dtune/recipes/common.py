@@ -1,0 +1,92 @@
+"""What the recipes share: output folders, data roots, saved configs and resume."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shlex
+import shutil
+from pathlib import Path
+
+from dtune.data.storage import data_root
+from dtune.runtime.runs import COMMANDS, claim_out, run_kind
+
+
+def abspath(path: str | os.PathLike | None) -> str | None:
+    """Absolute, resolved path (runs store these, so they work from any working directory)."""
+    return None if path is None else str(Path(path).expanduser().resolve())
+
+
+def resolve_data_dir(data_dir: str | None, run_config: dict | None = None) -> Path:
+    """`data_dir`, else `$DTUNE_DATA_DIR`, else the data root the checkpoint was trained from
+    if it still exists, else `~/.dtune/datasets`."""
+    if data_dir is None and not os.environ.get("DTUNE_DATA_DIR") and run_config is not None:
+        recorded = run_config.get("resolved", {}).get("data_dir")
+        if recorded and Path(recorded).is_dir():
+            return Path(recorded)
+    return data_root(data_dir)
+
+
+def saved_config(out: str | os.PathLike, kind: str) -> dict:
+    """`config.json` of the `kind` run in `out` (clear errors otherwise)."""
+    out = Path(out)
+    found = run_kind(out)
+    if found is None:
+        raise ValueError(f"--resume: no {COMMANDS[kind]} run in {out} (no config.json); run without --resume to start it")
+    if found != kind:
+        raise ValueError(f"--resume: {out} holds a {COMMANDS[found]} run, not a {COMMANDS[kind]} run")
+    return json.loads((out / "config.json").read_text())
+
+
+def resume_config(cls, out: str | os.PathLike, section: str, kind: str, **overrides):
+    """The config a resumed run continues with: the run's saved settings, then `overrides`
+    (the options typed now, from the CLI or from Python alike), with `resume=True`."""
+    saved = saved_config(out, kind)[section]
+    names = {f.name for f in dataclasses.fields(cls)}
+    bad = sorted(set(overrides) - names)
+    if bad:
+        raise ValueError(f"{cls.__name__} has no field(s) {', '.join(bad)}")
+    values = {k: v for k, v in saved.items() if k in names}
+    return _build(cls, {**values, **overrides, "out": abspath(out), "resume": True})
+
+
+def _build(cls, values: dict):
+    hints = {f.name: f for f in dataclasses.fields(cls)}
+    out = {}
+    for k, v in values.items():
+        f = hints[k]
+        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None) and isinstance(v, dict):
+            v = f.type(**v)
+        out[k] = v
+    return cls(**out)
+
+
+def check_resume(saved: dict, cfg, keys: tuple[str, ...], out) -> None:
+    """Refuse to resume with settings that would change the run."""
+    diff = [f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in keys if saved.get(k) != getattr(cfg, k)]
+    if diff:
+        raise ValueError(f"--resume with settings that differ from the run in {out}: {'; '.join(diff)}. "
+                         "Resume with the run's own settings (drop these options), or start a new run with another --out.")
+
+
+def resume_command(kind: str, out: str | os.PathLike) -> str:
+    return f"{COMMANDS[kind]} --out {shlex.quote(str(out))} --resume"
+
+
+def start_fresh(out: Path, kind: str, markers: tuple[str, ...]) -> None:
+    """A new run in `out`: refuse a folder that holds another kind of run, or a run of this kind
+    that has progress (`markers`: files that mean it has); leftovers of a run interrupted before
+    its first checkpoint are cleared."""
+    claim_out(out, kind)
+    if any((out / m).exists() for m in markers):
+        raise ValueError(f"{out} already holds a {COMMANDS[kind]} run; pass --resume to continue it or choose another --out")
+    if run_kind(out) == kind:  # config only: interrupted before anything was saved
+        for p in out.iterdir():
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def drop_if_empty(out: Path, created: bool) -> None:
+    """Remove an output folder this run created when nothing worth keeping was written."""
+    if created and out.exists():
+        shutil.rmtree(out, ignore_errors=True)

@@ -1,0 +1,102 @@
+"""Evaluate a checkpoint, with or without an adapter, on any tasks its layout covers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from dtune.eval.agents import DTAgent
+from dtune.eval.rollout import evaluate_agent
+from dtune.models.io import CheckpointError, run_layout
+from dtune.runtime.device import resolve_device
+from dtune.runtime.io import atomic_write_json
+from dtune.runtime.runs import run_kind
+
+
+@dataclass
+class EvalConfig:
+    """Evaluate a checkpoint on tasks, many environments at once."""
+
+    checkpoint: str | None = None
+    """Run directory of `dtune pretrain`; an adaptation run (`dtune adapt`, `dtune continual`)
+    works too: its adapter is applied to the base checkpoint it records."""
+    adapter: str | None = None
+    """Adapter directory (`dtune adapt` run, or a `dtune continual` run or its `adapter/` folder),
+    applied on top of the checkpoint (unset: the one the adapter records)."""
+    tasks: str | None = None
+    """Tasks or sets to evaluate (unset: the adapter's tasks, else the checkpoint's training tasks)."""
+    episodes: int = 10
+    """Episodes per task."""
+    seed: int = 1000
+    """Base seed of the evaluation episodes (kept apart from the data-collection seeds)."""
+    horizon: int | None = None
+    """Episode length (unset: each task's)."""
+    target_scale: float = 1.0
+    """Multiplies every task's target return."""
+    use_cache: bool = True
+    """Key/value cache during decoding (off = recompute the context at every forward)."""
+    max_envs: int = 512
+    """Environments stepped together at most."""
+    device: str = "auto"
+    """`auto`, `cpu`, `cuda` or `cuda:N`."""
+    json: str | None = None
+    """Write the results as JSON to this file."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def adapter_folder(path: str | Path) -> Path:
+    """The adapter folder of an adaptation or continual run (or the folder itself)."""
+    from dtune.tuners import ADAPTER_CONFIG
+
+    path = Path(path)
+    if (path / ADAPTER_CONFIG).exists():
+        return path
+    if (path / "adapter" / ADAPTER_CONFIG).exists():
+        return path / "adapter"
+    kind = run_kind(path)
+    if kind == "continual":
+        raise CheckpointError(f"the continual run in {path} has no adapter yet (it saves one when it finishes)")
+    raise CheckpointError(f"no adapter in {path} (expected adapter.json from `dtune adapt` or `dtune continual`)")
+
+
+def resolve_checkpoint(checkpoint: str | None, adapter: str | None) -> tuple[str, str | None]:
+    """`(base checkpoint, adapter folder or None)`: an adaptation run given as `checkpoint`
+    becomes the adapter; a missing checkpoint is the one the adapter records."""
+    from dtune.tuners import read_adapter_config
+
+    if checkpoint is not None and adapter is None and run_kind(checkpoint) in ("adapt", "continual"):
+        adapter, checkpoint = checkpoint, None
+    if adapter is not None:
+        adapter = str(adapter_folder(adapter))
+        recorded = read_adapter_config(adapter).get("base_checkpoint")
+        if checkpoint is None:
+            if not recorded or not Path(recorded).exists():
+                raise CheckpointError(f"the adapter in {adapter} records base checkpoint {recorded!r}, which does not "
+                                      "exist here; pass --checkpoint")
+            checkpoint = recorded
+    if checkpoint is None:
+        raise CheckpointError("no checkpoint to evaluate: pass --checkpoint (a `dtune pretrain` run) or --adapter")
+    return checkpoint, adapter
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    """Evaluate the checkpoint (and adapter) of `cfg`; writes `cfg.json` if set."""
+    from dtune.tuners import load_adapted
+
+    device = resolve_device(cfg.device)
+    checkpoint, adapter = resolve_checkpoint(cfg.checkpoint, cfg.adapter)
+    model, config, doc = load_adapted(checkpoint, adapter, device)
+    tasks = cfg.tasks or list(doc["tasks"] if doc else config["tasks"])
+    agent = DTAgent(model, run_layout(config), cfg.use_cache)
+    res = evaluate_agent(agent, tasks, cfg.episodes, cfg.seed, cfg.horizon, config.get("task_info", {}),
+                         cfg.target_scale, cfg.max_envs, cfg.progress)
+    out = {"checkpoint": str(checkpoint), "adapter": adapter, "use_cache": cfg.use_cache, **res}
+    if cfg.json:
+        path = Path(cfg.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, out)
+    return out
+
+
+__all__ = ["EvalConfig", "evaluate", "resolve_checkpoint"]

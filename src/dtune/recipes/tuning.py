@@ -1,0 +1,159 @@
+"""What single-task and continual adaptation share: their common settings, loading the base,
+preparing the method (pre-training keys, L2/EWC anchor), evaluations of the base and of the
+adapted model."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from dtune.data.dataset import TrajectoryData, WindowSampler
+from dtune.eval.agents import DTAgent
+from dtune.eval.rollout import evaluate_agent
+from dtune.models.io import run_layout
+from dtune.runtime.io import atomic_write_json
+from dtune.train.engine import OptimSettings, to_torch
+from dtune.train.optim import PRESET_LR
+
+
+@dataclass
+class TuneSettings:
+    """What single-task and continual adaptation share: the base, the method, the optimiser,
+    the evaluation seed and length, the machine."""
+
+    checkpoint: str = "runs/pretrain"
+    """Run directory of the pre-trained model (from `dtune pretrain`)."""
+    method: str = "l2m"
+    """Adaptation method or named variant (`dtune adapt --list-methods`)."""
+    batch_size: int = 64
+    """Windows per update."""
+    lr: float | None = None
+    """Peak learning rate of each task's schedule (unset: 1e-3 for tiny/small base models, 1e-4
+    for paper, the reference's)."""
+    min_lr: float = 1e-6
+    """Learning rate at the end of each task's cosine decay."""
+    warmup_steps: int = 100
+    """Linear warm-up steps at the start of each task (capped at a tenth of its steps)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on weight matrices."""
+    grad_clip: float = 0.25
+    """Gradient-norm clip."""
+    max_episodes: int | None = None
+    """Use only the first N episodes of each task's dataset."""
+    source: str | None = None
+    """Dataset source of the new tasks (unset: the one each task has)."""
+    seed: int = 0
+    """Seed of the method's initialisation, sampling and dropout."""
+    eval_seed: int = 1000
+    """Base seed of the evaluation episodes."""
+    horizon: int | None = None
+    """Evaluation episode length (unset: each task's)."""
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    """`auto`, `bf16` or `fp32`."""
+    device: str = "auto"
+    """`auto`, `cpu`, `cuda` or `cuda:N`."""
+    data_dir: str | None = None
+    """Data root (unset: `$DTUNE_DATA_DIR`, else the data root the checkpoint was trained from
+    if it still exists, else `~/.dtune/datasets`)."""
+    log_every: int = 100
+    """Steps between metric rows."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+def peak_lr(cfg: TuneSettings, run_config: dict) -> float:
+    """`cfg.lr`, else the pre-training preset's default."""
+    return cfg.lr if cfg.lr is not None else PRESET_LR.get(run_config["train"].get("model"), 1e-4)
+
+
+def optim_settings(cfg: TuneSettings, run_config: dict) -> OptimSettings:
+    return OptimSettings(peak_lr(cfg, run_config), cfg.min_lr, cfg.warmup_steps, cfg.weight_decay, cfg.grad_clip)
+
+
+def model_stats(model) -> tuple[np.ndarray, np.ndarray]:
+    return model.state_mean.cpu().numpy(), model.state_std.cpu().numpy()
+
+
+def task_data(model, run_config: dict, root: Path, tasks, max_episodes, source=None) -> TrajectoryData:
+    """New-task data in the base model's layout, z-scored with its statistics."""
+    data = TrajectoryData(root, tasks, max_episodes, state_stats=model_stats(model), layout=run_layout(run_config),
+                          source=source)
+    longest = max(int(d.timesteps.max()) for d in data.domains) + 1
+    if longest > model.cfg.max_timestep:
+        raise ValueError(f"episodes of {', '.join(data.tasks)} are longer than the model's timestep table "
+                         f"({model.cfg.max_timestep})")
+    return data
+
+
+def pretrain_batches(model, run_config: dict, root: Path, n: int, batch_size: int, seed: int):
+    """`n` batches of the checkpoint's own pre-training data (for EWC's Fisher, L2M's pre-training keys)."""
+    sources = {t: i.get("source") for t, i in run_config.get("task_info", {}).items()}
+    source = next(iter(set(sources.values()))) if len(set(sources.values())) == 1 else None
+    data = TrajectoryData(root, run_config["tasks"], run_config["train"].get("max_episodes"),
+                          state_stats=model_stats(model), layout=run_layout(run_config), source=source)
+    sampler = WindowSampler(data, model.cfg.context_len, batch_size, seed=seed + 7919)
+    return data, [sampler.sample() for _ in range(n)]
+
+
+def fit_pretrain_keys(model, tuner, run_config: dict, root: Path, device, seed: int, batches: int = 40) -> dict:
+    """One "no modulation" key per pre-training task from the queries of its windows."""
+    from dtune.tuners.base import query_from
+
+    _, raw = pretrain_batches(model, run_config, root, batches, 64, seed)
+    by_task: dict[int, list[torch.Tensor]] = {}
+    with torch.no_grad():
+        for b in raw:
+            bt = to_torch(b, device)
+            q = query_from(model.embed_state(bt["states"]), bt["valid"])
+            for t in bt["task_id"].unique().tolist():
+                by_task.setdefault(t, []).append(q[bt["task_id"] == t])
+    tuner.fit_pretrain_keys([torch.cat(v) for _, v in sorted(by_task.items())])
+    return {"pretrain_keys": len(by_task), "from_windows": sum(len(b["task_id"]) for b in raw)}
+
+
+def prepare_method(model, tuner, method_config, anchor, run_config: dict, root: Path, device, cfg: TuneSettings) -> dict:
+    """Before the first task: L2M's pre-training keys and the L2/EWC anchor at the pre-trained
+    model (EWC: with the Fisher of its pre-training data). Returns facts for the run's config."""
+    extra = {}
+    if getattr(method_config, "pretrain_keys", False):
+        extra = fit_pretrain_keys(model, tuner, run_config, root, device, cfg.seed)
+    if anchor.active:
+        batches = None
+        if anchor.ewc_lambda > 0:
+            _, raw = pretrain_batches(model, run_config, root, method_config.ewc_batches, cfg.batch_size, cfg.seed)
+            batches = [to_torch(b, device) for b in raw]
+        anchor.consolidate(model, batches, lambda b: model.loss(b)[0])
+    return extra
+
+
+def evaluate_model(model, run_config: dict, tasks, episodes: int, seed: int, horizon: int | None,
+                   progress: bool = False, desc: str = "evaluate") -> dict:
+    """Scores of an already loaded (possibly adapted) model."""
+    agent = DTAgent(model, run_layout(run_config))
+    return evaluate_agent(agent, tasks, episodes, seed, horizon, run_config.get("task_info", {}), progress=progress,
+                          desc=desc)
+
+
+def cached_eval(checkpoint: str, model, run_config: dict, tasks: list[str], episodes: int, seed: int,
+                horizon: int | None, progress: bool) -> dict:
+    """Evaluation of the *unadapted* checkpoint, cached by weights digest and settings."""
+    from dtune.models.io import weights_digest
+
+    key = hashlib.sha256(json.dumps([weights_digest(checkpoint), sorted(tasks), episodes, seed, horizon]).encode()).hexdigest()[:16]
+    path = Path(checkpoint) / "eval_cache" / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    res = evaluate_model(model, run_config, tasks, episodes, seed, horizon, progress,
+                         desc=f"evaluate {len(tasks)} pre-training task(s), unadapted")
+    try:
+        path.parent.mkdir(exist_ok=True)
+        atomic_write_json(path, res)
+    except OSError:
+        pass  # a read-only checkpoint directory: no cache, same result
+    return res

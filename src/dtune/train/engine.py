@@ -1,0 +1,320 @@
+"""The training engine every recipe uses (pre-training, single-task adaptation, continual
+learning, and later LaMo): optimiser and schedule, precision, gradient clipping, objectives as
+pluggable loss terms, metrics, checkpoints and exact resume.
+
+    trainer = Trainer(model, sampler, [ActionLoss(), TunerLoss(), AnchorPenalty(anchor)],
+                      OptimSettings(lr=1e-3), total_steps=1000, device=device, precision="bf16")
+    trainer.fit(1000, checkpoint=lambda step: trainer.save(run_dir), ckpt_every=250)
+
+Interrupts (Ctrl-C, SIGTERM) are taken between two updates: the engine calls `checkpoint` at
+the step reached and raises :class:`Interrupted`, which says whether something was saved. A
+second Ctrl-C stops at once.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file
+
+from dtune.runtime.device import autocast
+from dtune.runtime.io import atomic_save_tensors, atomic_write_json
+from dtune.train.log import MetricsLog
+from dtune.train.optim import cosine_lr, make_optimizer, set_lr
+
+STATE_T, STATE_J = "train_state.safetensors", "train_state.json"
+
+
+class Interrupted(KeyboardInterrupt):
+    """Training stopped by Ctrl-C or SIGTERM; `step` reached, `saved`: a checkpoint holds it."""
+
+    def __init__(self, step: int, saved: bool, message: str = ""):
+        super().__init__(message or f"interrupted at step {step}")
+        self.step, self.saved, self.message = step, saved, message or f"interrupted at step {step}"
+
+
+class StateError(RuntimeError):
+    """A training state that is missing, unreadable or inconsistent."""
+
+
+@dataclass
+class OptimSettings:
+    """Optimiser and schedule of one training phase."""
+
+    lr: float = 1e-3
+    """Peak learning rate."""
+    min_lr: float = 1e-6
+    """Learning rate at the end of the cosine decay."""
+    warmup_steps: int = 100
+    """Linear warm-up steps (capped at a tenth of the phase)."""
+    weight_decay: float = 0.01
+    """AdamW weight decay on weight matrices."""
+    grad_clip: float = 0.25
+    """Gradient-norm clip."""
+
+
+# -- objectives -----------------------------------------------------------------------------------
+class Objective:
+    """One term of the training loss: `term(model, batch) -> (loss or None, metrics)`. Terms run
+    in order after each other in the same step (the action loss first: the tuner's term reads
+    what its forward left). `autocast`: whether it runs under the precision's autocast."""
+
+    name = "objective"
+    autocast = False
+
+    def __call__(self, model, batch: dict) -> tuple[torch.Tensor | None, dict]:
+        raise NotImplementedError
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """State saved with the training state (resume)."""
+        return {}
+
+    def load_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
+        pass
+
+
+class ActionLoss(Objective):
+    """The model's own loss on the batch (MDDT: cross-entropy of action tokens; DT: MSE)."""
+
+    name, autocast = "action", True
+
+    def __call__(self, model, batch):
+        return model.loss(batch)
+
+
+class TunerLoss(Objective):
+    """The attached tuner's loss term of the last forward (L2P/L2M key-pull loss)."""
+
+    name = "tuner"
+
+    def __call__(self, model, batch):
+        tuner = getattr(model, "tuner", None)
+        aux = tuner.aux_loss() if tuner is not None else None
+        return aux, ({} if aux is None else {"key_loss": aux.detach()})
+
+
+class AnchorPenalty(Objective):
+    """L2 / EWC penalty towards anchor weights (:class:`dtune.tuners.penalty.Anchor`)."""
+
+    name = "anchor"
+
+    def __init__(self, anchor):
+        self.anchor = anchor
+
+    def __call__(self, model, batch):
+        if not self.anchor.active:
+            return None, {}
+        pen = self.anchor.penalty(model)
+        return pen, {"penalty": pen.detach()}
+
+    def tensors(self):
+        return self.anchor.tensors()
+
+    def load_tensors(self, tensors):
+        self.anchor.load_tensors(tensors)
+
+
+# -- the engine -----------------------------------------------------------------------------------
+def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+
+
+class _InterruptFlag:
+    """SIGINT/SIGTERM set a flag read between updates; a second SIGINT raises at once."""
+
+    def __init__(self):
+        self.hit = False
+        self._old: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.hit and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.hit = True
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self._old[s] = signal.signal(s, self._handle)
+        return self
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+class Trainer:
+    """Optimiser updates of `model` on batches of `sampler` (anything with `sample()`,
+    `state()` and `set_state()`), the loss being the sum of `objectives`. The schedule
+    spans `total_steps`; :meth:`fit` runs updates up to a step and can be called again."""
+
+    def __init__(self, model: torch.nn.Module, sampler, objectives: list[Objective], optim: OptimSettings,
+                 total_steps: int, device: torch.device, precision: str = "fp32", log: MetricsLog | None = None,
+                 log_every: int = 100, row_extra: dict | None = None, desc: str = "train", progress: bool = True,
+                 tokens_per_batch: int | None = None):
+        if total_steps <= 0:
+            raise ValueError(f"steps must be positive, got {total_steps}")
+        self.model, self.sampler, self.objectives, self.optim = model, sampler, objectives, optim
+        self.total, self.device, self.precision = total_steps, device, precision
+        self.log, self.log_every, self.row_extra = log, log_every, row_extra or {}
+        self.desc, self.progress, self.tokens_per_batch = desc, progress, tokens_per_batch
+        self.optimizer = make_optimizer(model, optim.lr, optim.weight_decay)
+        self.params = [p for p in model.parameters() if p.requires_grad]
+        self.step = 0
+
+    def train_step(self) -> dict[str, float]:
+        """One optimiser update; returns its metrics."""
+        lr = cosine_lr(self.step, self.total, self.optim.lr, self.optim.warmup_steps, self.optim.min_lr)
+        set_lr(self.optimizer, lr)
+        batch = to_torch(self.sampler.sample(), self.device)
+        loss, metrics = None, {}
+        for obj in self.objectives:
+            if obj.autocast:
+                with autocast(self.device, self.precision):
+                    term, m = obj(self.model, batch)
+            else:
+                term, m = obj(self.model, batch)
+            metrics.update(m)
+            if term is not None:
+                loss = term if loss is None else loss + term
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.optim.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return {**{k: float(v) for k, v in metrics.items()}, "grad_norm": float(gnorm), "lr": lr}
+
+    def fit(self, stop: int, checkpoint: Callable[[int], None] | None = None, ckpt_every: int | None = None) -> None:
+        """Updates until step `stop`. `checkpoint(step)` runs every `ckpt_every` steps and
+        when interrupted (then :class:`Interrupted` is raised)."""
+        from tqdm import tqdm
+
+        self.model.train()
+        acc: dict[str, float] = {}
+        n_acc, t_log, t0 = 0, time.perf_counter(), time.perf_counter()
+        last_saved = self.step
+        bar = tqdm(total=stop, initial=self.step, desc=self.desc, disable=not self.progress, unit="step")
+        try:
+            with _InterruptFlag() as flag:
+                while self.step < stop:
+                    m = self.train_step()
+                    for k, v in m.items():
+                        acc[k] = acc.get(k, 0.0) + v
+                    n_acc += 1
+                    bar.update(1)
+                    if self.step % self.log_every == 0 or self.step == stop:
+                        now = time.perf_counter()
+                        row = {**self.row_extra, "step": self.step,
+                               **{k: v / n_acc for k, v in acc.items() if k != "lr"}, "lr": m["lr"],
+                               "steps_per_s": n_acc / max(now - t_log, 1e-9), "elapsed_s": now - t0}
+                        if self.tokens_per_batch:
+                            row["tokens_per_s"] = row["steps_per_s"] * self.tokens_per_batch
+                        if self.log is not None:
+                            self.log.write(row)
+                        bar.set_postfix(loss=f"{row['loss']:.3f}")
+                        acc, n_acc, t_log = {}, 0, now
+                    if checkpoint is not None and ckpt_every and self.step % ckpt_every == 0:
+                        checkpoint(self.step)
+                        last_saved = self.step
+                    if flag.hit:
+                        saved = False
+                        if checkpoint is not None and self.step > 0:
+                            if self.step != last_saved:
+                                checkpoint(self.step)
+                            saved = True
+                        raise Interrupted(self.step, saved)
+        finally:
+            bar.close()
+            self.model.eval()
+
+    # -- state ------------------------------------------------------------------------------
+    def save(self, run_dir: str | Path, extra: dict | None = None, model_tensors: dict | None = None) -> None:
+        save_state(run_dir, self.step, self.optimizer, self.sampler, self.objectives, extra, model_tensors)
+
+    def load(self, run_dir: str | Path, weights_file: str | None = None) -> tuple[dict, dict]:
+        """Restore optimiser, RNGs, objectives and step; returns the state's JSON and its model tensors."""
+        meta, model_tensors = load_state(run_dir, self.optimizer, self.sampler, self.objectives, weights_file)
+        self.step = int(meta["step"])
+        return meta, model_tensors
+
+
+def pack_optimizer(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
+    """An optimiser's state as tensors (`opt.<param id>.<name>`) and JSON (groups, scalars)."""
+    sd = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in sd["state"].items():
+        for name, val in st.items():
+            if torch.is_tensor(val):
+                tensors[f"opt.{pid}.{name}"] = val
+            else:
+                scalars[f"{pid}.{name}"] = val
+    return tensors, {"param_groups": sd["param_groups"], "opt_scalars": scalars}
+
+
+def unpack_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.Tensor], meta: dict) -> None:
+    state: dict = {}
+    for key, val in tensors.items():
+        if key.startswith("opt."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = val
+    for key, val in meta["opt_scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = val
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def save_state(run_dir: str | Path, step: int, optimizer=None, sampler=None, objectives=(), extra: dict | None = None,
+               model_tensors: dict | None = None) -> None:
+    """`train_state.safetensors` (optimiser moments, torch RNG, objective and model tensors) and
+    `train_state.json` (step, optimiser hyperparameters, sampler RNG, `extra`), the JSON last:
+    both carry the step, so a half-written state is detected, not loaded."""
+    run_dir = Path(run_dir)
+    tensors, meta = pack_optimizer(optimizer) if optimizer is not None else ({}, {"param_groups": None, "opt_scalars": {}})
+    tensors["torch_rng"] = torch.get_rng_state()
+    for obj in objectives:
+        tensors.update({f"obj.{obj.name}.{k}": v for k, v in obj.tensors().items()})
+    tensors.update({f"model.{k}": v for k, v in (model_tensors or {}).items()})
+    atomic_save_tensors(tensors, run_dir / STATE_T, {"step": str(step)})
+    atomic_write_json(run_dir / STATE_J, {"step": step, **meta, "sampler_rng": sampler.state() if sampler else None,
+                                          **(extra or {})})
+
+
+def read_state_meta(run_dir: str | Path) -> dict | None:
+    path = Path(run_dir) / STATE_J
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def load_state(run_dir: str | Path, optimizer=None, sampler=None, objectives=(), weights_file: str | None = None
+               ) -> tuple[dict, dict]:
+    """Restore what :func:`save_state` wrote; checks that every file holds the same step."""
+    run_dir = Path(run_dir)
+    try:
+        meta = json.loads((run_dir / STATE_J).read_text())
+        tensors = load_file(str(run_dir / STATE_T))
+        with safe_open(str(run_dir / STATE_T), "pt") as f:
+            steps = {"optimiser": int(f.metadata()["step"])}
+        if weights_file is not None:
+            with safe_open(str(run_dir / weights_file), "pt") as f:
+                steps["weights"] = int(f.metadata()["step"])
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as e:
+        raise StateError(f"cannot resume from {run_dir}: training state missing or unreadable ({e})") from e
+    if any(s != meta["step"] for s in steps.values()):
+        raise StateError(f"checkpoint in {run_dir} is inconsistent ({', '.join(f'{k} at step {v}' for k, v in steps.items())}, "
+                         f"state file at {meta['step']}): it was interrupted while saving; start the run again")
+    if optimizer is not None and meta.get("param_groups") is not None:
+        unpack_optimizer(optimizer, tensors, meta)
+    if sampler is not None and meta.get("sampler_rng") is not None:
+        sampler.set_state(meta["sampler_rng"])
+    torch.set_rng_state(tensors["torch_rng"])
+    for obj in objectives:
+        prefix = f"obj.{obj.name}."
+        obj.load_tensors({k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)})
+    return meta, {k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")}

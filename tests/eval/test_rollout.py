@@ -1,0 +1,71 @@
+"""The evaluator scores any agent; the Decision Transformer agent is one of them."""
+
+import numpy as np
+import pytest
+
+from dtune.eval.agents import DTAgent
+from dtune.eval.rollout import evaluate_agent, run_episodes
+from dtune.eval.scores import normalized_score, target_return, task_score
+from dtune.models import build_model, preset
+from dtune.tasks import get_task, layout_for
+
+
+class ConstantAgent:
+    """A baseline-style agent: the same action everywhere (what a BC/CQL policy plugs into)."""
+
+    def __init__(self, value: float):
+        self.value, self.seen = value, []
+
+    def start(self, specs, targets):
+        self.n = len(specs)
+        self.act_dims = [s.act_dim for s in specs]
+
+    def act(self, obs, t):
+        self.seen.append(len(obs))
+        return np.full((self.n, max(self.act_dims)), self.value, np.float32)
+
+    def observe(self, rewards):
+        assert rewards.shape == (self.n,)
+
+
+def test_any_agent_is_scored_by_the_same_code():
+    agent = ConstantAgent(0.0)
+    res = evaluate_agent(agent, "reach-v3,cartpole-balance", episodes=2, horizon=6,
+                         task_info={"cartpole-balance": {"ref_min_score": 0.0, "ref_max_score": 6.0}}, progress=False)
+    assert res["tasks"]["reach-v3"]["score_kind"] == "success" and res["tasks"]["reach-v3"]["episodes"] == 2
+    cp = res["tasks"]["cartpole-balance"]
+    assert cp["score"] == pytest.approx(cp["return_mean"] / 6.0)
+    assert res["env_steps"] == 2 * 2 * 6 and agent.seen == [4] * 6  # lock-step: all envs at once
+    # identical seeds, identical episodes
+    again = evaluate_agent(ConstantAgent(0.0), "reach-v3,cartpole-balance", episodes=2, horizon=6, progress=False)
+    assert again["tasks"]["reach-v3"]["return_mean"] == res["tasks"]["reach-v3"]["return_mean"]
+
+
+def test_dt_agent_needs_the_model_layout():
+    model = build_model(preset("tiny", state_dim=39, act_dim=4)).eval()
+    with pytest.raises(ValueError, match="does not match"):
+        DTAgent(model, layout_for("mt40,dmc10"))
+    res = evaluate_agent(DTAgent(model, layout_for("mt40")), "reach-v3", episodes=2, horizon=5, progress=False)
+    assert res["model_forwards"] > 0
+    with pytest.raises(ValueError, match="does not fit"):
+        evaluate_agent(DTAgent(model, layout_for("mt40")), "cartpole-balance", episodes=1, horizon=5, progress=False)
+
+
+def test_targets_and_normalisation():
+    spec = get_task("walker-walk")
+    assert target_return(spec, None) == spec.target_return
+    assert target_return(spec, {"return_max": 500.0}, 1.5) == 750.0
+    assert normalized_score(60.0, {"ref_min_score": 10.0, "ref_max_score": 110.0}) == pytest.approx(0.5)
+    assert normalized_score(60.0, {"ref_min_score": 10.0, "ref_max_score": 10.0}) is None
+    assert normalized_score(60.0, {}) is None
+    # a suite's own reference returns (D4RL-style) win over the data's
+    from dataclasses import replace
+
+    ref = replace(spec, ref_min_score=0.0, ref_max_score=200.0)
+    assert task_score(ref, np.array([50.0, 150.0]), np.zeros(2, bool), {"ref_min_score": 10.0, "ref_max_score": 20.0}) \
+        == pytest.approx(0.5)
+
+
+def test_run_episodes_rejects_mixed_horizons():
+    with pytest.raises(ValueError, match="horizon"):
+        run_episodes(ConstantAgent(0.0), [get_task("reach-v3", 5), get_task("reach-v3", 6)], [0, 1], [1.0, 1.0])

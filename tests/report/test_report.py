@@ -1,0 +1,96 @@
+"""`dtune report` and its pieces on hand-made run folders."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dtune.report.continual import parameters_text, reference_scores, summary_markdown
+from dtune.report.plots import plot_matrix, plot_tradeoff
+from dtune.report.summary import report
+
+
+def adapt_run(path, method="lora", task="hammer-v3", score=0.5, digest="aaa", **kw):
+    path.mkdir(parents=True)
+    r = {"method": method, "task": task, "steps": 10, "trainable": 10, "base": 100, "trainable_pct": 10.0,
+         "per_task": 10, "per_task_pct": 10.0, "train_s": 1.0, "new_task_before": 0.1, "new_task_score": score,
+         "pretrain_before": 0.6, "pretrain_after": 0.5, "retention": 0.5 / 0.6, "base_digest": digest, **kw}
+    (path / "result.json").write_text(json.dumps(r))
+    return path
+
+
+def continual_run(path, method="lora", seed=0, digest="aaa"):
+    path.mkdir(parents=True)
+    m = {"method": method, "seed": seed, "sequence": "a,b", "tasks": ["hammer-v3", "reach-v3"], "steps_per_task": 5,
+         "matrix": [[0.8, 0.0], [0.4, 0.9]], "average_so_far": [0.8, 0.65], "own_score": [0.8, 0.9],
+         "average_score": 0.65, "forgetting": 0.2, "forward_transfer": None, "pretrain_before": None,
+         "pretrain_after": None, "retention": None, "trainable": 2_450_000, "base": 760_000, "trainable_pct": 322.4,
+         "per_task": 81_600, "per_task_pct": 10.7, "train_s": 1.0, "eval_s": 1.0, "base_digest": digest,
+         "forgetting_per_task": [0.4, 0.0], "tasks_done": 2, "average_score_seen": 0.65}
+    (path / "metrics.json").write_text(json.dumps(m))
+    return path
+
+
+def test_the_same_run_twice_counts_once(tmp_path):
+    a = continual_run(tmp_path / "a")
+    text = report([str(a), str(tmp_path / "." / "a") + "/"])
+    assert "ignored" in text and "| lora | 1 |" in " ".join(text.split())
+
+
+def test_a_pretraining_folder_is_skipped_not_fatal(tmp_path):
+    pt = tmp_path / "pt"
+    pt.mkdir()
+    (pt / "config.json").write_text(json.dumps({"kind": "pretrain", "model": {}}))
+    a = adapt_run(tmp_path / "a")
+    text = report([str(pt), str(a)])
+    assert "skipped" in text and "a pre-training run" in text and "## Single-task adaptation" in text
+    with pytest.raises(ValueError, match="no finished"):
+        report([str(pt)])
+
+
+def test_reference_scores_match_method_task_and_base(tmp_path):
+    adapt_run(tmp_path / "ref" / "s0", score=0.4)
+    adapt_run(tmp_path / "ref" / "s1", score=0.6)  # two seeds: averaged
+    adapt_run(tmp_path / "ref" / "other-base", score=1.0, digest="bbb")  # another base checkpoint: skipped
+    adapt_run(tmp_path / "ref" / "other-method", method="full", score=0.0)
+    ref = reference_scores(str(tmp_path / "ref"), "lora", ["hammer-v3", "reach-v3"], base_digest="aaa")
+    assert ref == {0: pytest.approx(0.5)}
+    assert reference_scores(str(tmp_path / "ref"), "lora", ["hammer-v3"], None)[0] == pytest.approx((0.4 + 0.6 + 1.0) / 3)
+    run = continual_run(tmp_path / "cl")
+    report([str(run)], str(tmp_path / "rep"), str(tmp_path / "ref"))
+    row = json.loads((tmp_path / "rep" / "report.json").read_text())["continual"][0]
+    assert row["forward_transfer"][0] == pytest.approx(0.8 - 0.5)
+
+
+def test_pool_parameters_are_worded_for_a_reader():
+    s = {"trainable": 2_450_000, "base": 760_000, "trainable_pct": 322.4, "per_task": 81_600, "per_task_pct": 10.7}
+    text = parameters_text(s)
+    assert text.startswith("2.45M in all (322.4% of the base model's 0.76M)") and "one task trains 81.6K (10.7%)" in text
+    assert "one task" not in parameters_text({**s, "per_task": 2_450_000})
+    md = summary_markdown(json.loads(json.dumps({**s, "method": "l2m", "sequence": "x", "seed": 0, "steps_per_task": 1,
+                                                  "average_score": 0.5, "forgetting": 0.0, "forward_transfer": None,
+                                                  "pretrain_before": None, "pretrain_after": None, "train_s": 1,
+                                                  "eval_s": 1, "tasks": ["a-v3"], "matrix": [[0.5]]})))
+    assert "2.45M in all" in md and "%; per task" not in md
+
+
+def test_plots_are_readable(tmp_path):
+    from PIL import Image
+
+    plot_matrix(np.array([[0.5, np.nan], [0.2, 1.0]]), ["hammer-v3", "reach-v3"], tmp_path / "m.png")
+    w, h = Image.open(tmp_path / "m.png").size
+    assert w >= 600 and h >= 450
+    pts = {f"m{i}": (0.3 + 0.01 * i, 0.5) for i in range(8)}  # close points: labels must not pile up
+    plot_tradeoff(pts, tmp_path / "t.png", unadapted=(0.0, 0.7))
+    assert (tmp_path / "t.png").stat().st_size > 10_000
+
+
+def test_label_spreading_separates_close_labels():
+    from dtune.report.plots import _spread_labels
+
+    xy = np.array([[0.3 + 0.005 * i, 0.5] for i in range(6)])
+    pos = _spread_labels(xy)
+    d = np.hypot((pos[:, None, 0] - pos[None, :, 0]) / 2.5, pos[:, None, 1] - pos[None, :, 1])
+    assert d[~np.eye(len(pos), dtype=bool)].min() > 0.015

@@ -1,0 +1,135 @@
+"""The training engine: pluggable objectives, one schedule, exact resume, interrupts."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import numpy as np
+import pytest
+import torch
+
+from dtune.models import build_model, preset
+from dtune.train.engine import (ActionLoss, Interrupted, Objective, OptimSettings, Trainer, TunerLoss, load_state,
+                                read_state_meta)
+from dtune.train.log import MetricsLog
+
+
+class RandomBatches:
+    """A sampler of synthetic MDDT batches with a saveable RNG."""
+
+    def __init__(self, seed=0, b=4, k=3, s=10, a=2):
+        self.rng = np.random.default_rng(seed)
+        self.shape = (b, k, s, a)
+
+    def sample(self):
+        b, k, s, a = self.shape
+        r = self.rng
+        return {"states": r.standard_normal((b, k, s)).astype(np.float32),
+                "actions": r.uniform(-1, 1, (b, k, a)).astype(np.float32),
+                "action_mask": np.ones((b, a), bool), "rtg": r.standard_normal((b, k)).astype(np.float32),
+                "rewards": r.standard_normal((b, k)).astype(np.float32),
+                "timesteps": np.tile(np.arange(k), (b, 1)), "valid": np.ones((b, k), bool)}
+
+    def state(self):
+        return self.rng.bit_generator.state
+
+    def set_state(self, state):
+        self.rng.bit_generator.state = state
+
+
+class L1Weights(Objective):
+    """An extra loss term (as LaMo's language loss will be): here a tiny weight penalty."""
+
+    name = "l1"
+
+    def __init__(self):
+        self.calls = torch.zeros(())
+
+    def __call__(self, model, batch):
+        self.calls += 1
+        pen = 1e-4 * sum(p.abs().sum() for p in model.head.parameters())
+        return pen, {"l1": pen.detach()}
+
+    def tensors(self):
+        return {"calls": self.calls}
+
+    def load_tensors(self, t):
+        self.calls = t["calls"].clone()
+
+
+def make(seed=0, extra=True):
+    torch.manual_seed(seed)
+    model = build_model(preset("tiny", state_dim=10, act_dim=2))
+    objectives = [ActionLoss(), TunerLoss()] + ([L1Weights()] if extra else [])
+    return model, Trainer(model, RandomBatches(seed), objectives, OptimSettings(lr=1e-3, warmup_steps=2), 10,
+                          torch.device("cpu"), "fp32", log_every=1, progress=False)
+
+
+def test_objectives_add_up_and_report_their_metrics(tmp_path):
+    model, trainer = make()
+    trainer.log = MetricsLog(tmp_path)
+    trainer.fit(3)
+    rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("step,loss,action_acc,l1,grad_norm,lr,steps_per_s") and len(rows) == 4
+    assert float(trainer.objectives[2].calls) == 3 and trainer.step == 3
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    _, full = make()
+    full.fit(10)
+    model, cut = make()
+    cut.fit(4)
+    cut.save(tmp_path, {"note": "x"})
+    model2, again = make(seed=5)  # other seeds: everything must come from the saved state
+    model2.load_state_dict(model.state_dict())
+    meta, _ = again.load(tmp_path)
+    assert meta["note"] == "x" and again.step == 4 and float(again.objectives[2].calls) == 4
+    again.fit(10)
+    for (n, a), b in zip(full.model.state_dict().items(), model2.state_dict().values()):
+        torch.testing.assert_close(a, b, atol=0, rtol=0, msg=n)
+
+
+def test_sigint_checkpoints_between_updates_and_raises_interrupted(tmp_path):
+    _, trainer = make()
+    real = trainer.sampler.sample
+    n = [0]
+
+    def sample():
+        n[0] += 1
+        if n[0] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # arrives in the middle of update 3
+        return real()
+
+    trainer.sampler.sample = sample
+    saved = []
+    with pytest.raises(Interrupted) as e:
+        trainer.fit(10, checkpoint=lambda step: (saved.append(step), trainer.save(tmp_path)), ckpt_every=100)
+    assert e.value.step == 3 and e.value.saved and saved == [3]  # update 3 finished, then saved
+    assert read_state_meta(tmp_path)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_inconsistent_state_is_refused(tmp_path):
+    import json
+
+    _, trainer = make()
+    trainer.fit(2)
+    trainer.save(tmp_path)
+    meta = json.loads((tmp_path / "train_state.json").read_text())
+    meta["step"] = 5
+    (tmp_path / "train_state.json").write_text(json.dumps(meta))
+    from dtune.train.engine import StateError
+
+    with pytest.raises(StateError, match="inconsistent"):
+        load_state(tmp_path)
+
+
+def test_metrics_log_keeps_rows_up_to_the_resume_point_and_takes_new_columns(tmp_path):
+    log = MetricsLog(tmp_path)
+    for s in (1, 2, 3):
+        log.write({"step": s, "loss": 1.0 / s})
+    log = MetricsLog(tmp_path, keep=lambda r: r["step"] <= 2)
+    log.write({"step": 3, "loss": 0.1, "penalty": 0.5})
+    lines = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert lines[0] == "step,loss,penalty" and len(lines) == 4 and lines[-1] == "3,0.1,0.5"
