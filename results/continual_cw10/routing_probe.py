@@ -16,16 +16,17 @@ import torch.nn.functional as F
 
 from dtune.data.dataset import TrajectoryData, WindowSampler
 from dtune.tasks import resolve_tasks
-from dtune.train.checkpoint import load_model
+from dtune.models.io import load_model, run_layout
 from dtune.tuners.base import query_from
 
 p = argparse.ArgumentParser()
 p.add_argument("--checkpoint", default="results/mt40_small/checkpoint")
 p.add_argument("--data-dir", required=True)
 args = p.parse_args()
-model, _ = load_model(args.checkpoint)
+model, config = load_model(args.checkpoint)
 tasks = resolve_tasks("cw10")
-data = TrajectoryData(args.data_dir, "cw10", state_stats=(model.state_mean.numpy(), model.state_std.numpy()))
+data = TrajectoryData(args.data_dir, "cw10", state_stats=(model.state_mean.numpy(), model.state_std.numpy()),
+                      layout=run_layout(config))
 sampler = WindowSampler(data, model.cfg.context_len, 512, seed=0)
 queries, ids = [], []
 with torch.no_grad():

@@ -7,7 +7,7 @@
 set -euo pipefail
 RUNS=${RUNS:-runs}
 OUT=results/mt40_small
-dtune data collect --suite metaworld --tasks mt40 --episodes 100 --data-dir $RUNS/data2 --workers 2
+dtune data collect --tasks mt40 --episodes 100 --data-dir $RUNS/data2 --workers 2
 dtune pretrain --tasks mt40 --model small --steps 24000 --warmup-steps 1000 --ckpt-every 2000 \
     --data-dir $RUNS/data2 --out $RUNS/mt40_small
 dtune evaluate --checkpoint $RUNS/mt40_small --tasks mt40 --episodes 10 --json $OUT/eval_24k.json | tee $OUT/eval_24k.md

@@ -250,9 +250,12 @@ def _parse_tuning(argv: list[str], config_cls, section: str, kind: str, prog: st
 
     classes = _method_classes()
     argv = _method_argv(argv, list(classes))
-    first = next((a for a in argv if not a.startswith("-")), None)
-    if first is not None and first not in classes and not _takes_value(argv, first):
-        _method_name(first, list(classes))  # a misspelt method: suggestions
+    flags = {f"--{p}{f.name.replace('_', '-')}" for c in (config_cls, *classes.values()) for f in dataclasses.fields(c)
+             if f.type in (bool, "bool") for p in ("", "no-")}
+    first = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if first is not None and argv[first] not in classes and not (
+            first > 0 and argv[first - 1].startswith("--") and "=" not in argv[first - 1] and argv[first - 1] not in flags):
+        _method_name(argv[first], list(classes))  # a misspelt method: suggestions
     cmd = _command_class(config_cls, classes)
     default = None
     saved = _resume_default(config_cls, argv, section, kind)
@@ -270,13 +273,6 @@ def _parse_tuning(argv: list[str], config_cls, section: str, kind: str, prog: st
     mcfg = tuners.REGISTRY[method].config_class(**dataclasses.asdict(parsed.method))
     values = {f.name: getattr(parsed, f.name) for f in dataclasses.fields(config_cls) if f.name != "method"}
     return config_cls(**values, method=name), mcfg
-
-
-def _takes_value(argv: list[str], token: str) -> bool:
-    """Whether `token` is the value of the option before it (`--task hammer-v3`)."""
-    i = argv.index(token)
-    return i > 0 and argv[i - 1].startswith("--") and "=" not in argv[i - 1] and not argv[i - 1].startswith("--no-") \
-        and argv[i - 1] not in ("--resume", "--progress", "--pretrain-eval", "--eval-pretrain", "--eval-pretrain-every")
 
 
 def _adapt(argv):

@@ -84,9 +84,3 @@ def start_fresh(out: Path, kind: str, markers: tuple[str, ...]) -> None:
     if run_kind(out) == kind:  # config only: interrupted before anything was saved
         for p in out.iterdir():
             shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-
-def drop_if_empty(out: Path, created: bool) -> None:
-    """Remove an output folder this run created when nothing worth keeping was written."""
-    if created and out.exists():
-        shutil.rmtree(out, ignore_errors=True)

@@ -21,7 +21,7 @@ import torch
 from dtune import __version__
 from dtune.data.dataset import TrajectoryData, WindowSampler
 from dtune.models import build_model, preset
-from dtune.models.io import WEIGHTS, read_config, run_layout, save_weights
+from dtune.models.io import WEIGHTS, load_model, read_config, run_layout, save_weights
 from dtune.recipes.common import (abspath, check_resume, resolve_data_dir, resume_command, resume_config, start_fresh)
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.io import atomic_write_json
@@ -176,8 +176,6 @@ def pretrain(cfg: PretrainConfig) -> dict:
                       desc="pretrain", progress=cfg.progress,
                       tokens_per_batch=cfg.batch_size * model_cfg.context_len * model.tokens_per_step)
     if cfg.resume:
-        from dtune.models.io import load_model
-
         model.load_state_dict(load_model(out, device)[0].state_dict())
         trainer.load(out, weights_file=WEIGHTS)
     start_step = trainer.step

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import random
-
-import numpy as np
 import torch
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -38,10 +35,3 @@ def resolve_precision(precision: str, device: torch.device) -> str:
 def autocast(device: torch.device, precision: str):
     """The autocast context of a resolved precision."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
-
-
-def seed_everything(seed: int) -> None:
-    """Seed torch (CPU and CUDA), numpy's global generator and `random`."""
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    random.seed(seed)
