@@ -40,3 +40,18 @@ def base(tiny_data, tmp_path_factory):
     pretrain(PretrainConfig(out=str(out), tasks=f"reach-v3,{DMC_TASK}", model="tiny", steps=5, batch_size=8,
                             data_dir=str(tiny_data), progress=False, device="cpu"))
     return out
+
+
+def die_after_save(monkeypatch, when):
+    """Make the engine raise KeyboardInterrupt right after it wrote a training state for which
+    ``when(step, extra)`` holds: a run killed just after a checkpoint. ``monkeypatch.undo()`` ends it."""
+    from dtune.train import engine
+
+    real = engine.save_state
+
+    def save(run_dir, step, optimizer=None, sampler=None, objectives=(), extra=None, model_tensors=None):
+        real(run_dir, step, optimizer, sampler, objectives, extra, model_tensors)
+        if when(step, extra or {}):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine, "save_state", save)

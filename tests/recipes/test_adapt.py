@@ -85,21 +85,14 @@ def test_cli_bad_input(base, tiny_data, tmp_path, capsys):
 @pytest.mark.parametrize("method", ["lora", "l2m-pretrain-keys", "ewc"])
 def test_adapt_resume_equals_the_uninterrupted_run(base, tiny_data, tmp_path, monkeypatch, method):
     from dtune.recipes.adapt import resume
-    from dtune.train import engine
+    from tests.conftest import die_after_save
 
     kw = dict(method=method, steps=6, pretrain_eval=False, ckpt_every=2, log_every=1)
     full = adapt(cfg(base, tiny_data, tmp_path / "full", **kw))
-    real = engine.save_state
-
-    def save_then_die(run_dir, step, *a, **k):
-        real(run_dir, step, *a, **k)
-        if step == 4:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "save_state", save_then_die)
+    die_after_save(monkeypatch, lambda step, extra: step == 4)
     with pytest.raises(KeyboardInterrupt):
         adapt(cfg(base, tiny_data, tmp_path / "cut", **kw))
-    monkeypatch.setattr(engine, "save_state", real)
+    monkeypatch.undo()
     again = resume(str(tmp_path / "cut"), progress=False)  # the run's own settings and method options
     assert again["new_task_score"] == full["new_task_score"] and again["new_task_return"] == full["new_task_return"]
     a = load_file(str(tmp_path / "full" / "adapter.safetensors"))

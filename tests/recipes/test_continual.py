@@ -12,7 +12,7 @@ from dtune.cli import main
 from dtune.recipes import tuning
 from dtune.recipes.continual import ContinualConfig, continual
 from dtune.report.metrics import cl_metrics
-from dtune.train import engine
+from tests.conftest import die_after_save
 
 SEQ = "door-open-v3,reach-v3"
 
@@ -69,17 +69,10 @@ def test_only_the_current_tasks_data_is_loaded_and_sampled(base, tiny_data, tmp_
 @pytest.mark.parametrize("method", ["ewc", "l2m"])
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tiny_data, tmp_path, monkeypatch, method):
     full = continual(cfg(base, tiny_data, tmp_path / "full", method=method))
-    real_save = engine.save_state
-
-    def save_then_die(run_dir, step, optimizer=None, sampler=None, objectives=(), extra=None, model_tensors=None):
-        real_save(run_dir, step, optimizer, sampler, objectives, extra, model_tensors)
-        if (extra["task"], step) == (1, 2):
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "save_state", save_then_die)
+    die_after_save(monkeypatch, lambda step, extra: (extra.get("task"), step) == (1, 2))
     with pytest.raises(KeyboardInterrupt):
         continual(cfg(base, tiny_data, tmp_path / "cut", method=method))
-    monkeypatch.setattr(engine, "save_state", real_save)
+    monkeypatch.undo()
     with pytest.raises(ValueError, match="already holds"):
         continual(cfg(base, tiny_data, tmp_path / "cut", method=method))
     resumed = continual(cfg(base, tiny_data, tmp_path / "cut", method=method, resume=True))

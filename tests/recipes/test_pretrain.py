@@ -7,10 +7,10 @@ from safetensors.torch import load_file, save_file
 
 from dtune.models import io
 from dtune.models.io import CheckpointError
-from dtune.recipes import pretrain as pretrain_mod
 from dtune.recipes.pretrain import PretrainConfig, pretrain
 from dtune.train import engine
 from dtune.train.optim import cosine_lr
+from tests.conftest import die_after_save
 
 TASKS = "reach-v3,door-open-v3,cartpole-balance"
 
@@ -36,17 +36,10 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path, monkeypatch):
     full = pretrain(cfg(tiny_data, tmp_path / "full"))
     assert full["steps"] == 12
     # the same run killed right after its step-6 checkpoint (and after logging step 7) ...
-    real_save = engine.save_state
-
-    def save_then_die(run_dir, step, *a, **kw):
-        real_save(run_dir, step, *a, **kw)
-        if step == 6:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(engine, "save_state", save_then_die)
+    die_after_save(monkeypatch, lambda step, extra: step == 6)
     with pytest.raises(KeyboardInterrupt):
         pretrain(cfg(tiny_data, tmp_path / "cut"))
-    monkeypatch.setattr(engine, "save_state", real_save)
+    monkeypatch.undo()
     # ... and resumed
     resumed = pretrain(cfg(tiny_data, tmp_path / "cut", resume=True))
     assert resumed["steps_this_session"] == 6

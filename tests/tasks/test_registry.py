@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from dtune.tasks import (REGISTRY, SUITES, TASK_SETS, InputLayout, Suite, TaskSpec, UnknownTaskError, get_task,
-                         layout_for, legacy_layout, make_env, register_suite, resolve_tasks, unregister_suite)  # noqa: F401
+                         layout_for, legacy_layout, make_env, register_suite, resolve_tasks)
 from dtune.tasks import dmc
 
 

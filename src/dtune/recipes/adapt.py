@@ -19,21 +19,20 @@ import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
 from dtune import __version__, tuners
 from dtune.data.dataset import WindowSampler
 from dtune.models.io import load_model, weights_digest
-from dtune.recipes.common import abspath, check_resume, resolve_data_dir, resume_command, resume_config, saved_config, start_fresh
+from dtune.recipes.common import abspath, check_resume, fit, resolve_data_dir, resume_config, saved_config, start_fresh
 from dtune.recipes.tuning import (TuneSettings, cached_eval, evaluate_model, optim_settings, peak_lr, prepare_method,
                                   task_data)
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.io import atomic_write_json, atomic_write_text
 from dtune.runtime.runs import claim_out
 from dtune.tasks import get_task
-from dtune.train.engine import STATE_J, ActionLoss, AnchorPenalty, Interrupted, Trainer, TunerLoss
+from dtune.train.engine import STATE_J, ActionLoss, AnchorPenalty, Trainer, TunerLoss
 from dtune.train.log import MetricsLog
 from dtune.tuners.penalty import Anchor
 
@@ -149,15 +148,7 @@ def adapt(cfg: AdaptConfig, method_config=None) -> dict:
         trainer.save(out, {"tuner": tuner.extra_state()}, tuners.adapter_state(model))
 
     t_start = time.perf_counter()
-    try:
-        trainer.fit(cfg.steps, checkpoint, cfg.ckpt_every)
-    except Interrupted as e:
-        trainer.log.close()
-        if e.saved:
-            raise Interrupted(e.step, True, f"interrupted at step {e.step} of {cfg.steps}; checkpoint saved. "
-                                            f"Continue with: {resume_command('adapt', out)}") from None
-        raise Interrupted(e.step, False, "interrupted before the first update; nothing was saved. "
-                                         "Run the same command again to start over.") from None
+    fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "adapt", out, f"step {{step}} of {cfg.steps}")
     trainer.log.close()
     train_s = time.perf_counter() - t_start
     tuner.end_task()

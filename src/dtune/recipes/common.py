@@ -11,6 +11,7 @@ from pathlib import Path
 
 from dtune.data.storage import data_root
 from dtune.runtime.runs import COMMANDS, claim_out, run_kind
+from dtune.train.engine import Interrupted, read_state_meta
 
 
 def abspath(path: str | os.PathLike | None) -> str | None:
@@ -84,3 +85,17 @@ def start_fresh(out: Path, kind: str, markers: tuple[str, ...]) -> None:
     if run_kind(out) == kind:  # config only: interrupted before anything was saved
         for p in out.iterdir():
             shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def fit(trainer, stop: int, checkpoint, ckpt_every: int, kind: str, out: Path, where: str) -> None:
+    """``trainer.fit`` that turns an interrupt into a message saying what was kept and the
+    command that resumes (``where``: the run's position, e.g. "step 40 of 100")."""
+    try:
+        trainer.fit(stop, checkpoint, ckpt_every)
+    except Interrupted as e:
+        if trainer.log is not None:
+            trainer.log.close()
+        resumable = e.saved or read_state_meta(out) is not None
+        kept = "checkpoint saved" if e.saved else "the last checkpoint is kept" if resumable else "nothing was saved"
+        then = f"Continue with: {resume_command(kind, out)}" if resumable else "Run the same command again to start over."
+        raise Interrupted(e.step, resumable, f"interrupted at {where.format(step=e.step)}; {kept}. {then}") from None

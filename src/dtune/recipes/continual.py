@@ -34,15 +34,15 @@ from dtune import __version__, tuners
 from dtune.data.dataset import WindowSampler
 from dtune.data.storage import read_metadata, resolve_sources
 from dtune.models.io import load_model, weights_digest
-from dtune.recipes.common import abspath, check_resume, resolve_data_dir, resume_command, resume_config, saved_config, start_fresh
+from dtune.recipes.common import abspath, check_resume, fit, resolve_data_dir, resume_config, saved_config, start_fresh
 from dtune.recipes.tuning import TuneSettings, cached_eval, evaluate_model, optim_settings, peak_lr, prepare_method, task_data
 from dtune.report.metrics import as_matrix, cl_metrics
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.io import atomic_write_json, atomic_write_text
 from dtune.runtime.runs import claim_out
 from dtune.tasks import get_task, resolve_tasks
-from dtune.train.engine import (STATE_J, ActionLoss, AnchorPenalty, Interrupted, Trainer, TunerLoss, load_state,
-                                read_state_meta, save_state, to_torch)
+from dtune.train.engine import (STATE_J, ActionLoss, AnchorPenalty, Trainer, TunerLoss, load_state, read_state_meta,
+                                save_state, to_torch)
 from dtune.train.log import MetricsLog
 from dtune.tuners.penalty import Anchor
 
@@ -202,18 +202,8 @@ class ContinualRun:
                 trainer.save(self.out, {"task": i, "tuner": tuner.extra_state()}, tuners.adapter_state(model))
 
             t0 = time.perf_counter()
-            try:
-                trainer.fit(cfg.steps_per_task, checkpoint, cfg.ckpt_every)
-            except Interrupted as e:
-                log.close()
-                where = f"task {i + 1}/{len(tasks)} ({task}), step {e.step}"
-                if e.saved:
-                    raise Interrupted(e.step, True, f"interrupted at {where}; checkpoint saved. "
-                                                    f"Continue with: {resume_command('continual', self.out)}") from None
-                saved_any = read_state_meta(self.out) is not None
-                raise Interrupted(e.step, saved_any, f"interrupted at {where}; " + (
-                    f"the last checkpoint is kept. Continue with: {resume_command('continual', self.out)}" if saved_any
-                    else "nothing was saved. Run the same command again to start over.")) from None
+            fit(trainer, cfg.steps_per_task, checkpoint, cfg.ckpt_every, "continual", self.out,
+                f"task {i + 1}/{len(tasks)} ({task}), step {{step}}")
             train_s = time.perf_counter() - t0
             tuner.end_task()
             if anchor.active and i < len(tasks) - 1:  # the task switch: anchor here, EWC adds this task's Fisher

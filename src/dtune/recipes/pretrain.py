@@ -22,12 +22,13 @@ from dtune import __version__
 from dtune.data.dataset import TrajectoryData, WindowSampler
 from dtune.models import build_model, preset
 from dtune.models.io import WEIGHTS, load_model, read_config, run_layout, save_weights
-from dtune.recipes.common import (abspath, check_resume, resolve_data_dir, resume_command, resume_config, start_fresh)
+from dtune.recipes.common import (abspath, check_resume, fit, resolve_data_dir, resume_command, resume_config,
+                                  start_fresh)
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.io import atomic_write_json
 from dtune.runtime.runs import claim_out
 from dtune.tasks import layout_for
-from dtune.train.engine import STATE_J, ActionLoss, Interrupted, OptimSettings, Trainer, read_state_meta
+from dtune.train.engine import STATE_J, ActionLoss, OptimSettings, Trainer, read_state_meta
 from dtune.train.log import MetricsLog
 from dtune.train.optim import PRESET_LR
 
@@ -195,15 +196,7 @@ def pretrain(cfg: PretrainConfig) -> dict:
         trainer.save(out)
 
     t0 = time.perf_counter()
-    try:
-        trainer.fit(cfg.steps, checkpoint, cfg.ckpt_every)
-    except Interrupted as e:
-        trainer.log.close()
-        if e.saved:
-            raise Interrupted(e.step, True, f"interrupted at step {e.step} of {cfg.steps}; checkpoint saved. "
-                                            f"Continue with: {resume_command('pretrain', out)}") from None
-        raise Interrupted(e.step, False, f"interrupted before the first update; nothing was saved. "
-                                         "Run the same command again to start over.") from None
+    fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "pretrain", out, f"step {{step}} of {cfg.steps}")
     if cfg.steps % cfg.ckpt_every:
         checkpoint(cfg.steps)
     trainer.log.close()
