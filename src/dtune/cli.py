@@ -31,6 +31,29 @@ from dtune import __version__
 TYRO = (tyro.conf.OmitSubcommandPrefixes, tyro.conf.CascadeSubcommandArgs)
 
 
+def _dedent_docstrings() -> None:
+    """Field docstrings wrap in the source, with indented continuation lines; tyro keeps a line
+    break before every line that does not start with a letter, so they would print ragged. Dedent
+    the continuation lines before tyro joins them (tyro 1.x's helper; left alone if it moved)."""
+    import textwrap
+
+    from tyro import _strings
+
+    join = getattr(_strings, "remove_single_line_breaks", None)
+    if join is None or getattr(join, "dtune", False):
+        return
+
+    def dedented(text: str) -> str:
+        first, _, rest = text.partition("\n")
+        return join(first + ("\n" + textwrap.dedent(rest) if rest else ""))
+
+    dedented.dtune = True
+    _strings.remove_single_line_breaks = dedented
+
+
+_dedent_docstrings()
+
+
 def _parse(cls, argv: list[str], prog: str, default=None):
     return tyro.cli(cls, args=argv, prog=prog, default=default, config=TYRO)
 

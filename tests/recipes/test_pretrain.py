@@ -115,3 +115,13 @@ def test_state_statistics_travel_with_the_checkpoint(tiny_data, tmp_path):
     np.testing.assert_allclose(model.state_mean.numpy(), data.state_mean)
     np.testing.assert_allclose(model.state_std.numpy(), data.state_std)
     assert (model.state_std.numpy()[list(range(39))] != 1).any()
+
+
+def test_nested_arch_config_is_saved_and_resumed(tiny_data, tmp_path):
+    from dtune.recipes.pretrain import ArchConfig, resume
+
+    pretrain(cfg(tiny_data, tmp_path / "r", steps=2, arch=ArchConfig(n_layer=1, n_embd=16)))
+    saved = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert saved["model"]["gpt"]["n_layer"] == 1 and saved["train"]["arch"]["n_embd"] == 16
+    s = resume(str(tmp_path / "r"), steps=3)
+    assert s["steps"] == 3

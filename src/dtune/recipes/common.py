@@ -53,14 +53,12 @@ def resume_config(cls, out: str | os.PathLike, section: str, kind: str, **overri
 
 
 def _build(cls, values: dict):
-    hints = {f.name: f for f in dataclasses.fields(cls)}
-    out = {}
-    for k, v in values.items():
-        f = hints[k]
-        if dataclasses.is_dataclass(f.type if isinstance(f.type, type) else None) and isinstance(v, dict):
-            v = f.type(**v)
-        out[k] = v
-    return cls(**out)
+    """``cls(**values)`` with nested config dicts (from JSON) turned back into their dataclasses."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    return cls(**{k: hints[k](**v) if dataclasses.is_dataclass(hints[k]) and isinstance(v, dict) else v
+                  for k, v in values.items()})
 
 
 def check_resume(saved: dict, cfg, keys: tuple[str, ...], out) -> None:
