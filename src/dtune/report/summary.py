@@ -156,7 +156,7 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
             _csv(outp / "adapt_runs.csv", [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in adapt])
     if cont:
         text, rows = continual_summary(cont)
-        parts += ["## Continual learning", "", text]
+        parts += ([""] if parts else []) + ["## Continual learning", "", text]
         data["continual"] = rows
         if outp:
             curves: dict[str, list] = {}
