@@ -1,23 +1,78 @@
-"""Evaluation env steps/s: key/value cache against recomputing the context, and against raw
-env stepping with random actions (the ceiling: no model at all).
+"""Evaluation env steps/s: key/value cache against recomputing the context, against raw env
+stepping with random actions (the ceiling: no model at all), and the same with the
+environments in worker processes (`env_workers`, dtune.eval.vecenv) against raw env stepping
+in as many processes.
 
-Same tasks, episodes, seeds and horizon for all three; the model is a freshly initialised MDDT of
-the chosen preset (speed does not depend on the weights). Environments are built once, before
-timing, and shared by all three.
+Same tasks, episodes, seeds and horizon for all; the model is a freshly initialised MDDT of
+the chosen preset (speed does not depend on the weights). Environments (in this process and in
+the workers) are built once, before timing. The worker evaluator's returns and successes are
+checked to equal the in-process evaluator's.
 
-    python benchmarks/bench_eval.py [--model small --tasks 8 --episodes 5 --horizon 100]
+    python benchmarks/bench_eval.py [--model small --tasks 8 --episodes 5 --horizon 100 --workers 2]
+    python benchmarks/bench_eval.py --tasks 40 --episodes 10 --horizon 200 --skip-recompute   # full MT40
 """
 
 import argparse
+import os
+import time
 
 import numpy as np
-import torch
 
 from _common import timed
-from dtune.eval.agents import DTAgent
-from dtune.eval.rollout import pooled_envs, run_episodes
-from dtune.models import build_model, preset
-from dtune.tasks import TASK_SETS, get_task, layout_for
+
+
+def _raw_worker(keys, seeds, horizon, barrier, done):
+    """One process of the raw reference: build its envs, wait for the others, step them."""
+    from dtune.tasks import make_env
+
+    envs = [make_env(name, seed=0, horizon=h) for name, h, _ in keys]
+    rng = np.random.default_rng(0)
+    barrier.wait()
+    for env, sd in zip(envs, seeds):
+        env.reset(sd)
+    for _ in range(horizon):
+        for env, (_, _, act_dim) in zip(envs, keys):
+            env.step(rng.uniform(-1, 1, act_dim))
+    done.put(os.getpid())
+
+
+def raw_processes(specs, seeds, horizon: int, workers: int) -> float:
+    """Seconds for raw env stepping (random actions) of `specs` split over `workers` processes
+    (contiguous slices, as VecEnv splits them), timed from a common start."""
+    import multiprocessing as mp
+
+    from dtune.eval.vecenv import split_bounds
+
+    ctx = mp.get_context("spawn")
+    barrier, done = ctx.Barrier(workers + 1), ctx.Queue()
+    b = split_bounds(len(specs), workers)
+    procs = [ctx.Process(target=_raw_worker, args=([(s.name, s.horizon, s.act_dim) for s in specs[b[w]:b[w + 1]]],
+                                                   seeds[b[w]:b[w + 1]], horizon, barrier, done), daemon=True)
+             for w in range(workers)]
+    for p in procs:
+        p.start()
+    try:
+        barrier.wait(timeout=600)
+        t = time.perf_counter()
+        for _ in procs:
+            done.get(timeout=600)
+        return time.perf_counter() - t
+    finally:
+        for p in procs:
+            p.join(5)
+            if p.is_alive():
+                p.kill()
+
+
+def rss_mb(pid: int) -> float | None:
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return None
+
 
 def main():
     p = argparse.ArgumentParser()
@@ -25,7 +80,18 @@ def main():
     p.add_argument("--tasks", type=int, default=8)
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--horizon", type=int, default=100)
+    p.add_argument("--workers", type=int, default=2, help="env worker processes (and raw reference processes)")
+    p.add_argument("--skip-recompute", action="store_true", help="skip the recompute-context evaluator (slow)")
     args = p.parse_args()
+
+    # Heavy imports here, not at the top: spawned workers import this file.
+    import torch
+
+    from dtune.eval.agents import DTAgent
+    from dtune.eval.rollout import pooled_envs, run_episodes
+    from dtune.eval.vecenv import shared_vecenv
+    from dtune.models import build_model, preset
+    from dtune.tasks import TASK_SETS, get_task, layout_for
 
     tasks = TASK_SETS["mt40"][: args.tasks]
     specs = [get_task(t, args.horizon) for t in tasks for _ in range(args.episodes)]
@@ -35,9 +101,8 @@ def main():
     layout = layout_for("mt40")
     model = build_model(preset(args.model, state_dim=layout.state_dim, act_dim=layout.act_dim)).eval()
 
-
     envs = pooled_envs(specs)  # built once, outside the timings; run_episodes reuses them
-
+    venv = shared_vecenv(specs, args.workers)  # the env workers and their envs, likewise
 
     def raw():
         for env, sd in zip(envs, seeds):
@@ -47,17 +112,51 @@ def main():
             for env in envs:
                 env.step(rng.uniform(-1, 1, 4))
 
+    def vec_raw():
+        venv.reset(seeds)
+        rng = np.random.default_rng(0)
+        for _ in range(args.horizon):
+            venv.step(rng.uniform(-1, 1, (len(specs), 4)))
 
     n_steps = len(specs) * args.horizon
-    res = {}
+    res, out = {}, {}
+
+    def evaluate(key, **kw):
+        def run():
+            out[key] = run_episodes(DTAgent(model, layout, use_cache=key != "recompute"), specs, seeds, targets, **kw)
+        res[key] = timed(run)
+
     t_raw = timed(raw)
-    for cache in (True, False):
-        res[cache] = timed(lambda: run_episodes(DTAgent(model, layout, use_cache=cache), specs, seeds, targets))
-    print(f"{len(specs)} envs x {args.horizon} steps, model {args.model}")
+    t_raw_n = raw_processes(specs, seeds, args.horizon, args.workers)
+    t_vec_raw = timed(vec_raw)
+    evaluate("cache")
+    evaluate("workers", env_workers=args.workers)
+    if not args.skip_recompute:
+        evaluate("recompute")
+    same = all(np.array_equal(out["cache"][k], out["workers"][k]) for k in ("returns", "success", "env_steps"))
+
+    w = args.workers
+    print(f"{len(specs)} envs x {args.horizon} steps, model {args.model}, torch threads {torch.get_num_threads()}, "
+          f"{os.cpu_count()} CPUs")
     print(f"raw env stepping (random actions) : {n_steps / t_raw:7.0f} steps/s")
-    print(f"evaluate, recompute context       : {n_steps / res[False]:7.0f} steps/s")
-    print(f"evaluate, key/value cache         : {n_steps / res[True]:7.0f} steps/s  "
-          f"(x{res[False] / res[True]:.2f} vs recompute, {t_raw / res[True]:.2f} of raw)")
+    print(f"raw env stepping, {w} processes    : {n_steps / t_raw_n:7.0f} steps/s  (x{t_raw / t_raw_n:.2f} vs 1 process)")
+    print(f"VecEnv stepping, {w} workers       : {n_steps / t_vec_raw:7.0f} steps/s  "
+          f"({t_raw_n / t_vec_raw:.2f} of raw in {w} processes)")
+    if "recompute" in res:
+        print(f"evaluate, recompute context       : {n_steps / res['recompute']:7.0f} steps/s")
+        vs = f"x{res['recompute'] / res['cache']:.2f} vs recompute, "
+    else:
+        vs = ""
+    print(f"evaluate, key/value cache         : {n_steps / res['cache']:7.0f} steps/s  "
+          f"({vs}{t_raw / res['cache']:.2f} of raw)")
+    print(f"evaluate, cache, {w} env workers   : {n_steps / res['workers']:7.0f} steps/s  "
+          f"(x{res['cache'] / res['workers']:.2f} vs in-process, {t_raw_n / res['workers']:.2f} of raw in {w} processes)"
+          f"; results {'identical' if same else 'DIFFER'}")
+    b = venv.bounds
+    for i, pid in enumerate(venv.pids):
+        mb = rss_mb(pid)
+        if mb is not None:
+            print(f"env worker {i}: {mb:.0f} MB RSS, {b[i + 1] - b[i]} envs in use, {venv.cached_envs[i]} cached")
 
 
 if __name__ == "__main__":  # spawned workers import this file: run only as a script

@@ -16,22 +16,23 @@ def main():
     data = TrajectoryData(data_dir_with(TASKS, episodes=10), TASKS)
     sampler = WindowSampler(data, K, B, seed=0)
 
-
     def loop_reference(rng=np.random.default_rng(0)):
         """The same windows built one sample at a time, the way a naive Dataset.__getitem__ does."""
         dom = data.domains[0]
         out = []
         for _ in range(B):
             end = int(rng.integers(0, len(dom)))
-            start = max(int(dom.ep_start[end]), end - K + 1)
+            t = dom.tasks[int(np.searchsorted(dom.offsets, end, side="right")) - 1]
+            local = end - t.offset
+            first = int(t.starts[np.searchsorted(t.starts, local, side="right") - 1])
+            start = max(first, local - K + 1)
             s = np.zeros((K, data.layout.state_dim), np.float32)
             a = np.zeros((K, data.layout.act_dim), np.float32)
-            n = end - start + 1
-            s[K - n:, dom.columns] = dom.obs[start:end + 1]
-            a[K - n:] = dom.actions[start:end + 1]
-            out.append((s, a, dom.rtg[start:end + 1], dom.timesteps[start:end + 1]))
+            n = local - start + 1
+            s[K - n:, t.columns] = (t.obs[start:local + 1] - data.state_mean[t.columns]) / data.state_std[t.columns]
+            a[K - n:, : t.spec.act_dim] = t.actions[start:local + 1]
+            out.append((s, a, t.rtg[start:local + 1] / t.spec.reward_scale, np.arange(start, local + 1) - first))
         return out
-
 
     t_vec = timed(sampler.sample, repeat=50, warmup=2)
     t_loop = timed(loop_reference, repeat=5, warmup=1)

@@ -1,26 +1,32 @@
-"""Multi-task training data: a flat cache per task and a vectorised context-window sampler.
+"""Multi-task training data: memory-mapped arrays per task and a vectorised window sampler.
 
-Loading: each task's Minari dataset is read once and cached as one flat `.npz` next to the
-datasets (`<root>/.cache`), keyed by the dataset file's size and mtime. Tasks of one suite are
-concatenated into flat arrays; each task's observation goes into its slots' columns of the run's
-state vector (its :class:`~dtune.tasks.InputLayout`: e.g. Meta-World dims 0-38, each DMC
-(domain, key) its own slot); actions are padded to the layout's action size.
+Loading: each dataset (task and source) is read once from its Minari file and cached as plain
+``.npy`` arrays in a folder next to the datasets (``<root>/.cache``), keyed by the dataset file's
+size and mtime; training opens them memory-mapped, so the data of many tasks (66 tasks x 1M
+steps) need not fit in RAM: the operating system keeps the pages being read. Per task only the
+episode starts are held in memory.
+
+Layout: each task's observation goes into its slots' columns of the run's state vector (its
+:class:`~dtune.tasks.InputLayout`: e.g. Meta-World dims 0-38, each DMC (domain, key) its own
+slot); actions are padded to the layout's action size.
 
 Normalisation: states are z-scored per state column with statistics of the pre-training data
-(columns that are constant keep std 1; padding columns stay 0). Pass `state_stats` to reuse the
-statistics a model was trained with (adaptation to new tasks must not change them).
+(columns that are constant keep std 1; padding columns stay 0), applied to each window as it is
+drawn. Pass ``state_stats`` to reuse the statistics a model was trained with (adaptation to new
+tasks must not change them).
 
 Sampling: a batch is split evenly over the suites present (suites balanced); within a suite
-the window's last timestep is uniform over all timesteps, i.e. trajectories are drawn in
-proportion to their length. Windows cover the K timesteps up to that one and are left-padded
-(`valid` False) at an episode's start. Returns-to-go are undiscounted and, like rewards,
-divided by the task's reward scale.
+the window's last timestep is uniform over all timesteps of its tasks, i.e. trajectories are
+drawn in proportion to their length. Windows cover the K timesteps up to that one and are
+left-padded (``valid`` False) at an episode's start. Returns-to-go are undiscounted and, like
+rewards, divided by the task's reward scale.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +36,7 @@ from dtune.data.storage import (DatasetError, dataset_dir, episode_returns, read
                                 resolve_sources)
 from dtune.tasks import InputLayout, get_task, layout_for, resolve_tasks
 
-CACHE_VERSION = 2
+CACHE_VERSION = 3
 
 
 def returns_to_go(rewards: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -43,8 +49,12 @@ def returns_to_go(rewards: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return (ep_total_before_end[ep_of] - csum + rewards).astype(np.float32)
 
 
+CACHED = ("observations", "actions", "rewards", "rtg", "lengths")
+
+
 def _cached_episodes(root: Path, task: str, source: str) -> tuple[dict[str, np.ndarray], dict]:
-    """The dataset's flat episode arrays (from the cache when it is current) and its metadata."""
+    """The dataset's flat arrays, memory-mapped from the cache (built when missing or stale), and
+    its metadata: ``observations``, ``actions``, ``rewards``, ``rtg`` (raw returns-to-go), ``lengths``."""
     folder = dataset_dir(root, task, source)
     file = folder / "data" / "main_data.hdf5"
     meta = read_metadata(root, task, source)  # clear error if missing
@@ -52,39 +62,68 @@ def _cached_episodes(root: Path, task: str, source: str) -> tuple[dict[str, np.n
         raise DatasetError(f"dataset {task} ({source}) has no data file at {file}; delete {folder} and collect it again")
     st = file.stat()
     key = hashlib.sha1(f"{CACHE_VERSION}:{task}:{source}:{folder}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
-    cache = Path(root) / ".cache" / f"{task}-{key}.npz"
-    if cache.exists():
+    cache = Path(root) / ".cache" / f"{task}-{source}-{key}"
+    if cache.is_dir():
         try:
-            with np.load(cache) as z:
-                return {k: z[k] for k in z.files}, meta
+            return _open(cache), meta
         except (OSError, ValueError, EOFError):
-            cache.unlink(missing_ok=True)  # a broken cache is rebuilt from the dataset
+            shutil.rmtree(cache, ignore_errors=True)  # a broken cache is rebuilt from the dataset
     ep = read_episodes(root, task, source)
+    ep["rtg"] = returns_to_go(ep["rewards"], ep["lengths"])
     cache.parent.mkdir(parents=True, exist_ok=True)
     tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        np.savez(f, **ep)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    for k in CACHED:
+        np.save(tmp / f"{k}.npy", np.ascontiguousarray(ep[k]))
     os.replace(tmp, cache)
-    return ep, meta
+    return _open(cache), meta
+
+
+def _open(cache: Path) -> dict[str, np.ndarray]:
+    """The cached arrays, memory-mapped read-only, as plain ndarray views (np.memmap's indexing
+    costs more Python than the read)."""
+    return {k: np.load(cache / f"{k}.npy", mmap_mode="r").view(np.ndarray) for k in CACHED}
 
 
 @dataclass
-class DomainData:
-    """Flat arrays of every step of every episode of one suite's tasks."""
+class TaskArrays:
+    """One task's steps (memory-mapped) and where they sit: in the batch (``columns`` of the state
+    vector) and in its suite's index space (``offset``)."""
 
-    name: str
-    columns: np.ndarray  # (W,) state columns this suite's tasks fill
-    obs: np.ndarray  # (N, W) float32
-    actions: np.ndarray  # (N, act_dim of the layout) float32, zero-padded
-    rtg: np.ndarray  # (N,) scaled
-    rewards: np.ndarray  # (N,) scaled
-    timesteps: np.ndarray  # (N,) int64
-    ep_start: np.ndarray  # (N,) index of the step's episode start
-    task_id: np.ndarray  # (N,) int16 index into TrajectoryData.tasks
-    filled: np.ndarray | None = None  # (N, W) which columns a step really has (None: all)
+    index: int  # position in TrajectoryData.tasks
+    spec: object
+    columns: np.ndarray  # (obs_dim,) state columns
+    obs: np.ndarray  # (N, obs_dim) float32, raw
+    actions: np.ndarray  # (N, act_dim) float32
+    rewards: np.ndarray  # (N,) float32, raw
+    rtg: np.ndarray  # (N,) float32, raw
+    starts: np.ndarray  # (E,) first step of every episode
+    offset: int = 0
+
+    @property
+    def column_slice(self) -> slice | np.ndarray:
+        """The state columns as a slice when contiguous (cheaper to fill), else the index array."""
+        c = self.columns
+        return slice(int(c[0]), int(c[-1]) + 1) if np.array_equal(c, np.arange(c[0], c[-1] + 1)) else c
 
     def __len__(self) -> int:
         return len(self.rtg)
+
+
+class SuiteData:
+    """The tasks of one suite; a step is addressed by its index over their steps back to back."""
+
+    def __init__(self, name: str, tasks: list[TaskArrays]):
+        self.name, self.tasks = name, tasks
+        self.offsets = np.cumsum([0] + [len(t) for t in tasks])  # (T + 1,) first step of every task, then the total
+        for t, off in zip(tasks, self.offsets):
+            t.offset = int(off)
+        self.starts = np.concatenate([t.starts + t.offset for t in tasks])  # every episode's first step, suite-wide
+        self.scale = np.array([t.spec.reward_scale for t in tasks], np.float64)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
 
 
 class TrajectoryData:
@@ -103,81 +142,52 @@ class TrajectoryData:
             self.layout.check(get_task(t))
         self.sources = resolve_sources(self.root, self.tasks, source)  # every missing dataset in one error
         self.task_info: dict[str, dict] = {}
-        by_domain: dict[str, list[tuple[int, str, dict]]] = {}
+        by_suite: dict[str, list[TaskArrays]] = {}
+        self.max_timestep = 0
         for i, task in enumerate(self.tasks):
             ep, meta = _cached_episodes(self.root, task, self.sources[task])
+            lengths = np.asarray(ep["lengths"])
             if max_episodes is not None:
-                ep = _first_episodes(ep, max_episodes)
-            returns = episode_returns(ep["rewards"], ep["lengths"])
+                lengths = lengths[:max_episodes]
+            n = int(lengths.sum())
+            returns = episode_returns(ep["rewards"][:n], lengths)
             self.task_info[task] = {
-                "episodes": int(len(ep["lengths"])), "steps": int(ep["lengths"].sum()),
+                "episodes": int(len(lengths)), "steps": n,
                 "return_max": float(returns.max()), "return_mean": float(returns.mean()),
                 "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"),
                 "source": self.sources[task],
             }
-            by_domain.setdefault(get_task(task).suite, []).append((i, task, ep))
-        self.domains = [self._domain(name, items) for name, items in by_domain.items()]
+            spec = get_task(task)
+            self.max_timestep = max(self.max_timestep, int(lengths.max()))
+            by_suite.setdefault(spec.suite, []).append(TaskArrays(
+                i, spec, self.layout.columns(spec), ep["observations"][:n], ep["actions"][:n], ep["rewards"][:n],
+                ep["rtg"][:n], np.cumsum(lengths) - lengths))
+        self.domains = [SuiteData(name, items) for name, items in by_suite.items()]
         if state_stats is None:
             state_stats = self._compute_stats()
         self.state_mean = np.asarray(state_stats[0], np.float32)
         self.state_std = np.asarray(state_stats[1], np.float32)
-        for d in self.domains:
-            d.obs -= self.state_mean[d.columns]
-            d.obs /= self.state_std[d.columns]
         self.act_dims = np.array([get_task(t).act_dim for t in self.tasks], dtype=np.int64)
 
     def _compute_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-column mean and std over every step of the tasks that fill the column."""
-        mean, std = np.zeros(self.layout.state_dim, np.float64), np.ones(self.layout.state_dim, np.float64)
-        for d in self.domains:
-            for j, c in enumerate(d.columns):
-                col = d.obs[:, j][d.filled[:, j]] if d.filled is not None else d.obs[:, j]
-                mean[c] = col.mean(dtype=np.float64)
-                sd = col.std(dtype=np.float64)
-                std[c] = sd if sd > 1e-6 else 1.0
+        """Per-column mean and std over every step of the tasks that fill the column (one task's
+        observations in memory at a time)."""
+        dim = self.layout.state_dim
+        count, total, sq = np.zeros(dim), np.zeros(dim), np.zeros(dim)
+        tasks = [t for d in self.domains for t in d.tasks]
+        for t in tasks:
+            count[t.columns] += len(t)
+            total[t.columns] += np.asarray(t.obs, np.float64).sum(0)
+        mean = np.divide(total, count, out=np.zeros(dim), where=count > 0)
+        for t in tasks:
+            sq[t.columns] += ((np.asarray(t.obs, np.float64) - mean[t.columns]) ** 2).sum(0)
+        std = np.sqrt(np.divide(sq, count, out=np.ones(dim), where=count > 0))
+        std = np.where((count > 0) & (std > 1e-6), std, 1.0)
         return mean.astype(np.float32), std.astype(np.float32)
-
-    def _domain(self, name: str, items) -> DomainData:
-        task_cols = {t: self.layout.columns(get_task(t)) for _, t, _ in items}
-        columns = np.array(sorted({int(c) for cols in task_cols.values() for c in cols}), dtype=np.int64)
-        col_pos = {c: j for j, c in enumerate(columns)}
-        n = sum(int(ep["lengths"].sum()) for _, _, ep in items)
-        obs = np.zeros((n, len(columns)), np.float32)
-        actions = np.zeros((n, self.layout.act_dim), np.float32)
-        rtg, rewards = np.zeros(n, np.float32), np.zeros(n, np.float32)
-        timesteps, ep_start = np.zeros(n, np.int64), np.zeros(n, np.int64)
-        task_id = np.zeros(n, np.int16)
-        uniform = all(np.array_equal(task_cols[t], columns) for _, t, _ in items)
-        filled = None if uniform else np.zeros((n, len(columns)), bool)
-        pos = 0
-        for i, task, ep in items:
-            spec = get_task(task)
-            lengths = ep["lengths"]
-            m = int(lengths.sum())
-            sl = slice(pos, pos + m)
-            cols = [col_pos[int(c)] for c in task_cols[task]]
-            obs[sl][:, cols] = ep["observations"]
-            if filled is not None:
-                filled[sl][:, cols] = True
-            actions[sl, : spec.act_dim] = ep["actions"]
-            rewards[sl] = ep["rewards"] / spec.reward_scale
-            rtg[sl] = returns_to_go(ep["rewards"], lengths) / spec.reward_scale
-            starts = np.cumsum(lengths) - lengths
-            ep_start[sl] = pos + np.repeat(starts, lengths)
-            timesteps[sl] = np.arange(m) - np.repeat(starts, lengths)
-            task_id[sl] = i
-            pos += m
-        return DomainData(name, columns, obs, actions, rtg, rewards, timesteps, ep_start, task_id, filled)
 
     @property
     def steps(self) -> int:
         return sum(len(d) for d in self.domains)
-
-
-def _first_episodes(ep: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
-    lengths = ep["lengths"][:n]
-    m = int(lengths.sum())
-    return {**{k: v[:m] for k, v in ep.items() if k != "lengths"}, "lengths": lengths}
 
 
 class WindowSampler:
@@ -201,6 +211,7 @@ class WindowSampler:
         counts = np.full(len(doms), b // len(doms))
         counts[: b - counts.sum()] += 1
         state_dim, act_dim = self.data.layout.state_dim, self.data.layout.act_dim
+        mean, std = self.data.state_mean, self.data.state_std
         out = {
             "states": np.zeros((b, k, state_dim), np.float32),
             "actions": np.zeros((b, k, act_dim), np.float32),
@@ -208,24 +219,34 @@ class WindowSampler:
             "timesteps": np.zeros((b, k), np.int64), "valid": np.zeros((b, k), bool),
             "task_id": np.zeros(b, np.int64),
         }
+        steps = np.arange(k)
         row = 0
         for dom, n in zip(doms, counts):
             end = self.rng.integers(0, len(dom), n)
+            start = dom.starts[np.searchsorted(dom.starts, end, side="right") - 1]
             idx = end[:, None] - self._back[None]
-            valid = idx >= dom.ep_start[end][:, None]
+            valid = idx >= start[:, None]
             idx = np.where(valid, idx, end[:, None])
             sl = slice(row, row + n)
-            vf = valid[..., None]
-            states = dom.obs[idx] * vf
-            if dom.filled is not None:
-                states *= dom.filled[idx]
-            out["states"][sl][..., dom.columns] = states
-            out["actions"][sl] = dom.actions[idx] * vf
-            out["rtg"][sl] = dom.rtg[idx] * valid
-            out["rewards"][sl] = dom.rewards[idx] * valid
-            out["timesteps"][sl] = dom.timesteps[idx] * valid
+            out["timesteps"][sl] = (idx - start[:, None]) * valid
             out["valid"][sl] = valid
-            out["task_id"][sl] = dom.task_id[end]
+            task_pos = np.searchsorted(dom.offsets, end, side="right") - 1
+            order = np.argsort(task_pos, kind="stable")
+            present, first = np.unique(task_pos[order], return_index=True)
+            for j, sel in zip(present, np.split(order, first[1:])):
+                t = dom.tasks[j]
+                local, v, rows = idx[sel] - t.offset, valid[sel], row + sel
+                vf = v[..., None]
+                states = (t.obs[local] - mean[t.columns]) / std[t.columns] * vf
+                cols = t.column_slice
+                if isinstance(cols, slice):
+                    out["states"][rows, :, cols] = states
+                else:
+                    out["states"][np.ix_(rows, steps, cols)] = states
+                out["actions"][rows, :, : t.spec.act_dim] = t.actions[local] * vf
+                out["rtg"][rows] = t.rtg[local] / t.spec.reward_scale * v
+                out["rewards"][rows] = t.rewards[local] / t.spec.reward_scale * v
+                out["task_id"][rows] = t.index
             row += n
         out["action_mask"] = np.arange(act_dim)[None] < self.data.act_dims[out["task_id"]][:, None]
         return out

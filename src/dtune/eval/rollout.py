@@ -36,15 +36,28 @@ def pooled_envs(specs: list[TaskSpec]) -> list:
     return envs
 
 
-def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets: list[float], bar=None) -> dict:
+def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets: list[float], bar=None,
+                 env_workers: int = 0) -> dict:
     """Run one episode per (spec, seed, target) in lock-step. Returns per-episode `returns`,
-    `success` (any step) and the count of environment steps taken."""
+    `success` (any step) and the count of environment steps taken.
+
+    `env_workers` > 0 steps the environments in that many worker processes
+    (:func:`dtune.eval.vecenv.shared_vecenv`, kept for later calls); the results are identical
+    to the in-process path (0)."""
     n = len(specs)
     horizon = specs[0].horizon
     if any(s.horizon != horizon for s in specs):
         raise ValueError("run_episodes needs episodes of one horizon; group tasks by horizon")
-    envs = pooled_envs(specs)
-    obs = [env.reset(sd) for env, sd in zip(envs, seeds)]
+    if env_workers < 0:
+        raise ValueError(f"env_workers must be >= 0, got {env_workers}")
+    if env_workers:
+        from dtune.eval.vecenv import shared_vecenv
+
+        venv = shared_vecenv(specs, env_workers)
+        obs = venv.reset(seeds)
+    else:
+        envs = pooled_envs(specs)
+        obs = [env.reset(sd) for env, sd in zip(envs, seeds)]
     agent.start(specs, targets)
     returns, success = np.zeros(n), np.zeros(n, bool)
     alive = np.ones(n, bool)
@@ -52,14 +65,23 @@ def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets:
     for t in range(horizon):
         actions = agent.act(obs, t)
         rewards = np.zeros(n, np.float32)
-        for i in np.flatnonzero(alive):
-            o, r, term, trunc, succ = envs[i].step(actions[i, : specs[i].act_dim])
-            obs[i], rewards[i] = o, r
-            returns[i] += r
-            success[i] |= succ
-            env_steps += 1
-            if term or trunc:
-                alive[i] = False
+        if env_workers:
+            obs, rew, term, trunc, succ = venv.step(actions, alive)
+            live = np.flatnonzero(alive)
+            rewards[live] = rew[live]  # float64 -> float32 as the in-process path's assignment
+            returns[live] += rew[live]
+            success[live] |= succ[live]
+            env_steps += len(live)
+            alive[live[term[live] | trunc[live]]] = False
+        else:
+            for i in np.flatnonzero(alive):
+                o, r, term, trunc, succ = envs[i].step(actions[i, : specs[i].act_dim])
+                obs[i], rewards[i] = o, r
+                returns[i] += r
+                success[i] |= succ
+                env_steps += 1
+                if term or trunc:
+                    alive[i] = False
         agent.observe(rewards)
         if bar is not None:
             bar.update(1)
@@ -70,9 +92,10 @@ def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets:
 
 def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, horizon: int | None = None,
                    task_info: dict | None = None, target_scale: float = 1.0, max_envs: int = 512,
-                   progress: bool = True, desc: str = "evaluate") -> dict:
+                   progress: bool = True, desc: str = "evaluate", env_workers: int = 0) -> dict:
     """Score `agent` on `tasks`: per task the suite's score, mean and std of returns; the mean
-    score over tasks and per suite; env steps and speed."""
+    score over tasks and per suite; env steps and speed. `env_workers` > 0 steps the
+    environments in that many worker processes (same results; see :func:`run_episodes`)."""
     from tqdm import tqdm
 
     task_info = task_info or {}
@@ -92,7 +115,8 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
     per_task: dict[str, dict[str, list]] = {t: {"returns": [], "success": []} for t in tasks}
     env_steps, t0 = 0, time.perf_counter()
     for chunk in chunks:
-        res = run_episodes(agent, [j[0] for j in chunk], [j[1] for j in chunk], [j[2] for j in chunk], bar)
+        res = run_episodes(agent, [j[0] for j in chunk], [j[1] for j in chunk], [j[2] for j in chunk], bar,
+                           env_workers)
         env_steps += res["env_steps"]
         for (spec, _, _), ret, suc in zip(chunk, res["returns"], res["success"]):
             per_task[spec.name]["returns"].append(float(ret))

@@ -162,9 +162,8 @@ def pretrain(cfg: PretrainConfig) -> dict:
         raise ValueError(f"--resume with a model config that differs from the run in {out}")
 
     data = TrajectoryData(root, cfg.tasks, cfg.max_episodes, layout=layout, source=cfg.source)
-    max_t = max(int(d.timesteps.max()) for d in data.domains) + 1
-    if max_t > model_cfg.max_timestep:
-        raise ValueError(f"episodes of {max_t} steps exceed the model's timestep table ({model_cfg.max_timestep})")
+    if data.max_timestep > model_cfg.max_timestep:
+        raise ValueError(f"episodes of {data.max_timestep} steps exceed the model's timestep table ({model_cfg.max_timestep})")
 
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg)

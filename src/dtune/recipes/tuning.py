@@ -84,8 +84,7 @@ def task_data(model, run_config: dict, root: Path, tasks, max_episodes, source=N
     """New-task data in the base model's layout, z-scored with its statistics."""
     data = TrajectoryData(root, tasks, max_episodes, state_stats=model_stats(model), layout=run_layout(run_config),
                           source=source)
-    longest = max(int(d.timesteps.max()) for d in data.domains) + 1
-    if longest > model.cfg.max_timestep:
+    if data.max_timestep > model.cfg.max_timestep:
         raise ValueError(f"episodes of {', '.join(data.tasks)} are longer than the model's timestep table "
                          f"({model.cfg.max_timestep})")
     return data

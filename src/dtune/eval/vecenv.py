@@ -1,0 +1,443 @@
+"""Environments stepped in worker processes, results exchanged through shared memory.
+
+:class:`VecEnv` splits `n` environments into contiguous slices, one per worker process
+(spawn context). Per step the parent writes the actions and the alive mask into shared
+memory and sends each worker a tiny command over its pipe; the worker steps the live envs of
+its slice, writes observations, rewards and flags into shared memory and answers with an
+empty message. Nothing is pickled per environment on the step path::
+
+    with VecEnv(["reach-v3", "walker-walk"], workers=2) as venv:
+        obs = venv.reset([0, 1])                            # list of n observations
+        obs, rew, term, trunc, succ = venv.step(actions)    # actions: (n, >= act_dim)
+
+Shared memory (one block, each array 64-byte aligned; `O` = largest obs_dim, `A` = largest
+act_dim of the specs):
+
+=========  ===========  =============================================================
+`act`      (n, A) f8    actions, written by the parent (float32 values are exact in f8)
+`alive`    (n,) bool    which envs to step, written by the parent
+`seeds`    (n,) i8      reset seeds, written by the parent
+`obs`      (n, O) f8    observations padded to `O`; env `i` fills `obs[i, :obs_dim[i]]`
+`rew`      (n,) f8      rewards (the env's Python float, exactly)
+`flags`    (n, 3) bool  terminated, truncated, success
+=========  ===========  =============================================================
+
+Results equal the in-process evaluator's bit for bit: each env receives
+`actions[i, :act_dim]` converted back to the dtype the agent returned (so an env's own
+float32/float64 conversion sees the same values), observations come back in the env's own
+dtype, rewards as float64. Envs that are not alive are not stepped; their observation stays
+the last one, their reward and flags read 0.
+
+Workers exit on :meth:`VecEnv.close` (also at interpreter exit and when the object is
+collected) and when the parent dies, even by SIGKILL (:mod:`dtune.runtime.workers`:
+PR_SET_PDEATHSIG plus a watcher thread). PR_SET_PDEATHSIG follows the parent *thread* that
+started the worker, so build a VecEnv in a thread that outlives it (the main thread).
+
+Every worker keeps the environments it built, keyed by `(task, horizon)` like
+:func:`dtune.eval.rollout.pooled_envs`, so :meth:`VecEnv.assign` re-targets a pool to other
+specs cheaply; :func:`shared_vecenv` keeps one pool per worker count for the process
+(the evaluator's `env_workers` path). Memory: a worker with only the suites imported holds
+about 125 MB RSS; each Meta-World env adds about 1.5 MB, each DMC env about 0.5 MB (measured,
+see benchmarks/bench_eval.py, which prints RSS per worker and envs per worker).
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing as mp
+import os
+import pickle
+import signal
+import traceback
+import weakref
+from multiprocessing import shared_memory
+
+import numpy as np
+
+from dtune.runtime.workers import WorkerError, _die_with_parent, _RemoteTraceback
+from dtune.tasks import SUITES, TaskSpec, get_suite, get_task, make_env, register_suite
+
+__all__ = ["VecEnv", "shared_vecenv", "close_shared", "split_bounds"]
+
+_ALIGN = 64
+
+
+def split_bounds(n: int, workers: int) -> list[int]:
+    """Slice bounds of `n` envs over `workers` (contiguous, sizes differ by at most one)."""
+    return [n * w // workers for w in range(workers + 1)]
+
+
+def _layout(n: int, obs_w: int, act_w: int) -> tuple[dict, int]:
+    """Offsets, shapes and dtypes of the shared arrays; total size in bytes."""
+    arrays = [("act", (n, act_w), "f8"), ("alive", (n,), "?"), ("seeds", (n,), "i8"),
+              ("obs", (n, obs_w), "f8"), ("rew", (n,), "f8"), ("flags", (n, 3), "?")]
+    out, pos = {}, 0
+    for name, shape, dt in arrays:
+        out[name] = (pos, shape, dt)
+        pos += -(-int(np.prod(shape)) * np.dtype(dt).itemsize // _ALIGN) * _ALIGN
+    return out, max(pos, _ALIGN)
+
+
+def _views(buf, layout: dict) -> dict[str, np.ndarray]:
+    return {k: np.ndarray(shape, dt, buf, off) for k, (off, shape, dt) in layout.items()}
+
+
+def _as_spec(s, horizon: int | None) -> TaskSpec:
+    return s if isinstance(s, TaskSpec) else get_task(s, horizon)
+
+
+# ---------------------------------------------------------------- worker side
+
+
+class _Worker:
+    """State of one worker process: its env cache, its slice and the shared arrays."""
+
+    def __init__(self):
+        self.cache: dict[tuple[str, int], list] = {}
+        self.shm = None
+        self.v: dict[str, np.ndarray] = {}
+        self.lo = 0
+        self.envs: list = []
+        self.act_dims: list[int] = []
+        self.obs_dims: list[int] = []
+
+    def assign(self, shm_name, layout, lo, keys, suites):
+        for suite in suites:
+            if suite.name not in SUITES:  # a suite registered at run time in the parent
+                register_suite(suite)
+        if self.shm is None or self.shm.name != shm_name:
+            self.v = {}
+            if self.shm is not None:
+                self.shm.close()
+            self.shm = shared_memory.SharedMemory(name=shm_name)
+        self.v = _views(self.shm.buf, layout)
+        taken: dict[tuple[str, int], int] = {}
+        self.envs, self.act_dims = [], []
+        for name, horizon, act_dim in keys:  # the same reuse rule as rollout.pooled_envs
+            key = (name, horizon)
+            pool = self.cache.setdefault(key, [])
+            i = taken.get(key, 0)
+            if i == len(pool):
+                pool.append(make_env(name, seed=0, horizon=horizon))
+            self.envs.append(pool[i])
+            taken[key] = i + 1
+            self.act_dims.append(act_dim)
+        self.lo = lo
+        self.obs_dims = [0] * len(self.envs)
+        return sum(len(p) for p in self.cache.values())
+
+    def _put(self, i: int, obs) -> np.ndarray:
+        obs = np.asarray(obs)
+        if obs.ndim != 1 or obs.size > self.v["obs"].shape[1]:
+            raise ValueError(f"env {self.lo + i} returned an observation of shape {obs.shape}; "
+                             f"expected a flat one of at most {self.v['obs'].shape[1]} values")
+        self.v["obs"][self.lo + i, : obs.size] = obs
+        return obs
+
+    def reset(self):
+        out = []
+        for i, env in enumerate(self.envs):
+            obs = self._put(i, env.reset(int(self.v["seeds"][self.lo + i])))
+            self.obs_dims[i] = obs.size
+            out.append((obs.size, obs.dtype.str))
+        return out
+
+    def step(self, act_dtype: str):
+        v, lo = self.v, self.lo
+        act, alive, rew, flags = v["act"], v["alive"], v["rew"], v["flags"]
+        for i, env in enumerate(self.envs):
+            j = lo + i
+            if not alive[j]:
+                continue
+            o, r, term, trunc, succ = env.step(act[j, : self.act_dims[i]].astype(act_dtype))
+            if self._put(i, o).size != self.obs_dims[i]:
+                raise ValueError(f"env {j} changed its observation size from {self.obs_dims[i]} to {np.size(o)}")
+            rew[j] = r
+            flags[j] = (term, trunc, succ)
+
+    def close(self):
+        self.v = {}
+        if self.shm is not None:
+            self.shm.close()
+
+
+def _worker_main(conn, parent_pid: int) -> None:
+    """Worker loop: `(command, *args)` messages until `None` or EOF; answers `("ok", result)`
+    or `("err", exception, traceback)`. The step command answers `None` (no payload)."""
+    _die_with_parent(parent_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    w = _Worker()
+    try:
+        while True:
+            try:
+                msg = conn.recv()
+            except EOFError:  # parent gone
+                return
+            if msg is None:
+                return
+            try:
+                if msg[0] == "step":
+                    w.step(msg[1])
+                    conn.send(None)
+                else:
+                    conn.send(("ok", getattr(w, msg[0])(*msg[1:])))
+            except Exception as e:
+                try:
+                    exc = pickle.loads(pickle.dumps(e))
+                except Exception:
+                    exc = None
+                conn.send(("err", exc, traceback.format_exc()))
+    finally:
+        w.close()
+
+
+# ---------------------------------------------------------------- parent side
+
+
+def _shutdown(procs, conns, shm) -> None:
+    """Stop workers (polite `None`, then terminate, then kill) and free the shared memory."""
+    for c in conns:
+        try:
+            c.send(None)
+        except (OSError, ValueError):
+            pass
+    for p in procs:
+        p.join(5)
+        if p.is_alive():
+            p.terminate()
+            p.join(2)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    for c in conns:
+        c.close()
+    if shm[0] is not None:
+        try:
+            shm[0].close()
+        except BufferError:  # views still alive (collected object): the mapping goes with them
+            pass
+        try:
+            shm[0].unlink()
+        except FileNotFoundError:
+            pass
+        shm[0] = None
+
+
+class VecEnv:
+    """`n` environments stepped by `workers` processes, each owning a contiguous slice.
+
+    `specs`: :class:`TaskSpec` objects or task names (names take `horizon`, default the
+    task's). Envs are built at construction; :meth:`assign` re-targets the same workers.
+    """
+
+    def __init__(self, specs, workers: int = 2, horizon: int | None = None, context: str = "spawn"):
+        if workers < 1:
+            raise ValueError(f"workers must be >= 1, got {workers}")
+        self.workers = int(workers)
+        self._shm: list = [None]  # a cell, shared with the finalizer
+        self._procs: list = []
+        self._conns: list = []
+        self._cap = (0, 0, 0)
+        self._closed = False
+        ctx = mp.get_context(context)
+        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, self._shm)
+        try:
+            for _ in range(self.workers):
+                conn, child = ctx.Pipe()
+                p = ctx.Process(target=_worker_main, args=(child, os.getpid()), name="dtune-env-worker", daemon=True)
+                p.start()
+                child.close()
+                self._procs.append(p)
+                self._conns.append(conn)
+            self.assign(specs, horizon)
+        except BaseException:
+            self.close()
+            raise
+
+    # -- lifecycle
+
+    def close(self) -> None:
+        """Stop the workers and free the shared memory (idempotent)."""
+        self._closed = True
+        self._v = {}
+        self._finalizer()
+
+    def __enter__(self) -> "VecEnv":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self._procs]
+
+    def alive(self) -> bool:
+        """Whether the pool is open and every worker process still runs."""
+        return not self._closed and all(p.is_alive() for p in self._procs)
+
+    # -- messaging
+
+    def _send(self, ws, msg) -> None:
+        for w in ws:
+            self._conns[w].send(msg)
+
+    def _recv(self, ws) -> list:
+        out, err = [], None
+        for w in ws:  # read every answer, so the pipes stay in step even when one failed
+            try:
+                msg = self._conns[w].recv()
+            except (EOFError, OSError):
+                p = self._procs[w]
+                p.join(1)
+                err = err or WorkerError(f"env worker {p.pid} died unexpectedly (exit code {p.exitcode})")
+                continue
+            if msg is not None and msg[0] == "err":
+                _, exc, tb = msg
+                where = f"env worker {self._procs[w].pid} failed:\n{tb}"
+                if err is None:
+                    err = (exc if exc is not None else WorkerError(where)), where
+                continue
+            out.append(None if msg is None else msg[1])
+        if err is not None:
+            self.close()  # the workers' state is unknown now
+            if isinstance(err, tuple):
+                raise err[0] from _RemoteTraceback(err[1])
+            raise err
+        return out
+
+    def _call(self, ws, msg) -> list:
+        if self._closed:
+            raise RuntimeError("VecEnv is closed")
+        self._send(ws, msg)
+        return self._recv(ws)
+
+    # -- API
+
+    def assign(self, specs, horizon: int | None = None) -> None:
+        """Point the workers at `specs` (envs they built before are reused, others built)."""
+        specs = [_as_spec(s, horizon) for s in specs]
+        if not specs:
+            raise ValueError("VecEnv needs at least one environment")
+        n = len(specs)
+        obs_w, act_w = max(s.obs_dim for s in specs), max(s.act_dim for s in specs)
+        if n > self._cap[0] or obs_w > self._cap[1] or act_w > self._cap[2]:
+            cap = (max(n, self._cap[0]), max(obs_w, self._cap[1]), max(act_w, self._cap[2]))
+            layout, size = _layout(*cap)
+            shm = shared_memory.SharedMemory(create=True, size=size)
+            old, self._shm[0] = self._shm[0], shm
+            self._cap, self._layout = cap, layout
+            self._v = _views(shm.buf, layout)
+            if old is not None:  # workers re-attach in the assign below; then drop the old block
+                self._old_shm = old
+        self.specs = specs
+        self.n = n
+        self.act_dims = [s.act_dim for s in specs]
+        self.bounds = split_bounds(n, self.workers)
+        suites = {s.suite: get_suite(s.suite) for s in specs}
+        msgs = []
+        for w in range(self.workers):
+            lo, hi = self.bounds[w], self.bounds[w + 1]
+            keys = [(s.name, s.horizon, s.act_dim) for s in specs[lo:hi]]
+            msgs.append(("assign", self._shm[0].name, self._layout, lo, keys, list(suites.values())))
+        for w, m in enumerate(msgs):
+            self._send([w], m)
+        self.cached_envs = self._recv(range(self.workers))
+        old = getattr(self, "_old_shm", None)
+        if old is not None:
+            old.close()
+            old.unlink()
+            self._old_shm = None
+        self.obs_dims = [s.obs_dim for s in specs]
+        self._obs_dtypes = [np.dtype("f8")] * n
+        self._v["alive"][:] = False
+
+    def reset(self, seeds) -> list[np.ndarray]:
+        """Reset env `i` with `seeds[i]`; the first observations (each in its env's dtype)."""
+        seeds = np.asarray(seeds, dtype=np.int64)
+        if seeds.shape != (self.n,):
+            raise ValueError(f"need {self.n} seeds, got {seeds.shape}")
+        self._v["seeds"][: self.n] = seeds
+        info = [x for part in self._call(range(self.workers), ("reset",)) for x in part]
+        self.obs_dims = [d for d, _ in info]
+        self._obs_dtypes = [np.dtype(t) for _, t in info]
+        self._uniform_f8 = all(t == np.float64 for t in self._obs_dtypes)
+        return self._obs()
+
+    def _obs(self) -> list[np.ndarray]:
+        buf = self._v["obs"][: self.n].copy()  # the agent may keep them; the next step overwrites
+        if self._uniform_f8:
+            return [buf[i, :d] for i, d in enumerate(self.obs_dims)]
+        return [buf[i, :d].astype(t, copy=False) for i, (d, t) in enumerate(zip(self.obs_dims, self._obs_dtypes))]
+
+    def step_async(self, actions, alive=None, workers=None) -> None:
+        """Start stepping: write `actions` (n, >= act_dim) and the alive mask, signal the
+        workers (`workers`: a subset of worker indices; default all). Finish with :meth:`step_wait`."""
+        n, v = self.n, self._v
+        actions = np.asarray(actions)
+        need = max(self.act_dims)
+        if actions.ndim != 2 or actions.shape[0] != n or actions.shape[1] < need:
+            raise ValueError(f"actions must have shape ({n}, >= {need}); got {actions.shape}")
+        if actions.dtype.kind not in "fiub":
+            raise ValueError(f"actions must be numeric; got {actions.dtype}")
+        ws = range(self.workers) if workers is None else workers
+        mask = np.ones(n, bool) if alive is None else np.asarray(alive, bool)
+        for w in ws:
+            lo, hi = self.bounds[w], self.bounds[w + 1]
+            v["act"][lo:hi, :need] = actions[lo:hi, :need]
+            v["alive"][lo:hi] = mask[lo:hi]
+            v["flags"][lo:hi] = False
+            v["rew"][lo:hi] = 0.0
+        if self._closed:
+            raise RuntimeError("VecEnv is closed")
+        self._pending = list(ws)
+        self._send(self._pending, ("step", actions.dtype.str))
+
+    def step_wait(self):
+        """Wait for the workers of the last :meth:`step_async`; returns `(obs, rewards,
+        terminated, truncated, success)`: obs a list of n arrays, the others (n,) arrays
+        (float64 rewards; zeros for envs not stepped)."""
+        ws, self._pending = self._pending, []
+        self._recv(ws)
+        v, n = self._v, self.n
+        return (self._obs(), v["rew"][:n].copy(), v["flags"][:n, 0].copy(), v["flags"][:n, 1].copy(),
+                v["flags"][:n, 2].copy())
+
+    def step(self, actions, alive=None):
+        """Step every env where `alive` (default all) with `actions[i, :act_dim]`."""
+        self.step_async(actions, alive)
+        return self.step_wait()
+
+
+# ---------------------------------------------------------------- process-wide pools
+
+_SHARED: dict[int, VecEnv] = {}
+
+
+def shared_vecenv(specs: list[TaskSpec], workers: int) -> VecEnv:
+    """A process-wide pool of `workers` env workers pointed at `specs`; the workers and the envs
+    they built are kept for later calls (like :func:`dtune.eval.rollout.pooled_envs`). A pool
+    whose workers died (or that was closed) is replaced."""
+    venv = _SHARED.get(workers)
+    if venv is not None and not venv.alive():
+        venv.close()
+        venv = None
+    if venv is None:
+        venv = _SHARED[workers] = VecEnv(specs, workers)
+    elif [(s.name, s.horizon) for s in venv.specs] != [(s.name, s.horizon) for s in specs] or \
+            venv.act_dims != [s.act_dim for s in specs]:
+        venv.assign(specs)
+    return venv
+
+
+def close_shared() -> None:
+    """Close the process-wide pools (also done at interpreter exit)."""
+    while _SHARED:
+        _SHARED.popitem()[1].close()
+
+
+atexit.register(close_shared)
