@@ -7,7 +7,6 @@ the same samples for the same seed.
     DTUNE_DATA_DIR=runs/data2 python benchmarks/bench_data.py  # the 100-episode MT40 data (800K steps)
 """
 
-import hashlib
 import json
 import os
 import subprocess

@@ -64,6 +64,46 @@ def raw_processes(specs, seeds, horizon: int, workers: int) -> float:
                 p.kill()
 
 
+def run_overlapped(make_agent, specs, seeds, targets, venv) -> dict:
+    """Prototype (not in dtune): two agents, one per half of the envs (the slices of worker 0 and
+    worker 1), so that the model acts for one half while the other half steps. Same episodes
+    as run_episodes when the agent's actions do not depend on the batch it is run in."""
+    n, horizon = len(specs), specs[0].horizon
+    b = venv.bounds
+    halves = [(b[0], b[1]), (b[1], b[2])]
+    agents = [make_agent() for _ in halves]
+    obs = venv.reset(seeds)
+    for agent, (lo, hi) in zip(agents, halves):
+        agent.start(specs[lo:hi], targets[lo:hi])
+    returns, success, alive = np.zeros(n), np.zeros(n, bool), np.ones(n, bool)
+    actions = np.zeros((n, max(s.act_dim for s in specs)), np.float32)
+    env_steps, pending = 0, None  # the half in flight
+
+    def finish(k):
+        nonlocal env_steps, obs
+        lo, hi = halves[k]
+        o, rew, term, trunc, succ = venv.step_wait()
+        obs[lo:hi] = o[lo:hi]
+        live = lo + np.flatnonzero(alive[lo:hi])
+        rewards = np.zeros(n, np.float32)
+        rewards[live] = rew[live]
+        returns[live] += rew[live]
+        success[live] |= succ[live]
+        env_steps += len(live)
+        alive[live[term[live] | trunc[live]]] = False
+        agents[k].observe(rewards[lo:hi])
+
+    for t in range(horizon):
+        for k, (lo, hi) in enumerate(halves):
+            actions[lo:hi] = agents[k].act(obs[lo:hi], t)  # while the other half steps
+            if pending is not None:
+                finish(pending)
+            venv.step_async(actions, alive, workers=[k])
+            pending = k
+    finish(pending)
+    return {"returns": returns, "success": success, "env_steps": env_steps}
+
+
 def rss_mb(pid: int) -> float | None:
     try:
         for line in open(f"/proc/{pid}/status"):
@@ -81,6 +121,7 @@ def main():
     p.add_argument("--episodes", type=int, default=5)
     p.add_argument("--horizon", type=int, default=100)
     p.add_argument("--workers", type=int, default=2, help="env worker processes (and raw reference processes)")
+    p.add_argument("--threads", type=int, default=0, help="torch threads of this process (0: torch's default)")
     p.add_argument("--skip-recompute", action="store_true", help="skip the recompute-context evaluator (slow)")
     args = p.parse_args()
 
@@ -93,6 +134,8 @@ def main():
     from dtune.models import build_model, preset
     from dtune.tasks import TASK_SETS, get_task, layout_for
 
+    if args.threads:
+        torch.set_num_threads(args.threads)
     tasks = TASK_SETS["mt40"][: args.tasks]
     specs = [get_task(t, args.horizon) for t in tasks for _ in range(args.episodes)]
     seeds = list(range(len(specs)))
@@ -131,6 +174,9 @@ def main():
     t_vec_raw = timed(vec_raw)
     evaluate("cache")
     evaluate("workers", env_workers=args.workers)
+    if args.workers == 2:
+        res["overlap"] = timed(lambda: out.__setitem__("overlap", run_overlapped(
+            lambda: DTAgent(model, layout), specs, seeds, targets, venv)))
     if not args.skip_recompute:
         evaluate("recompute")
     same = all(np.array_equal(out["cache"][k], out["workers"][k]) for k in ("returns", "success", "env_steps"))
@@ -152,6 +198,11 @@ def main():
     print(f"evaluate, cache, {w} env workers   : {n_steps / res['workers']:7.0f} steps/s  "
           f"(x{res['cache'] / res['workers']:.2f} vs in-process, {t_raw_n / res['workers']:.2f} of raw in {w} processes)"
           f"; results {'identical' if same else 'DIFFER'}")
+    if "overlap" in res:
+        same_o = all(np.array_equal(out["cache"][k], out["overlap"][k]) for k in ("returns", "success", "env_steps"))
+        print(f"  halves overlapped (prototype)  : {n_steps / res['overlap']:7.0f} steps/s  "
+              f"(x{res['cache'] / res['overlap']:.2f} vs in-process, {t_raw_n / res['overlap']:.2f} of raw in {w} "
+              f"processes); results {'identical' if same_o else 'DIFFER'}")
     b = venv.bounds
     for i, pid in enumerate(venv.pids):
         mb = rss_mb(pid)

@@ -49,8 +49,8 @@ def die_after_save(monkeypatch, when):
 
     real = engine.save_state
 
-    def save(run_dir, step, optimizer=None, sampler=None, objectives=(), extra=None, model_tensors=None):
-        real(run_dir, step, optimizer, sampler, objectives, extra, model_tensors)
+    def save(run_dir, step, optimizer=None, sampler=None, objectives=(), extra=None, *args, **kw):
+        real(run_dir, step, optimizer, sampler, objectives, extra, *args, **kw)
         if when(step, extra or {}):
             raise KeyboardInterrupt
 

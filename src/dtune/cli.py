@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -306,6 +307,8 @@ def _adapt(argv):
         return
     cfg, mcfg = _parse_tuning(argv, AdaptConfig, "adapt", "adapt", "dtune adapt")
     result = adapt(cfg, mcfg)
+    if "rank" in result:  # another rank of a distributed run: rank 0 reports
+        return
     print(result_table([result]))
     print(f"\nadapter and results in {cfg.out}\nnext: dtune evaluate --adapter {cfg.out}")
 
@@ -371,6 +374,8 @@ def main(argv: list[str] | None = None) -> int:
 
     warnings.filterwarnings("ignore", module="metaworld")
     argv = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("RANK", "0") != "0":  # under torchrun: rank 0 speaks for the run
+        sys.stdout = open(os.devnull, "w")
     if not argv or argv[0] in ("-h", "--help"):
         print(f"usage: dtune [--version] COMMAND ...\n\n{__doc__.strip()}")
         return 0 if argv else 2

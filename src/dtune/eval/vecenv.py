@@ -310,9 +310,12 @@ class VecEnv:
             raise err
         return out
 
-    def _call(self, ws, msg) -> list:
+    def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("VecEnv is closed")
+
+    def _call(self, ws, msg) -> list:
+        self._check_open()
         self._send(ws, msg)
         return self._recv(ws)
 
@@ -320,6 +323,7 @@ class VecEnv:
 
     def assign(self, specs, horizon: int | None = None) -> None:
         """Point the workers at `specs` (envs they built before are reused, others built)."""
+        self._check_open()
         specs = [_as_spec(s, horizon) for s in specs]
         if not specs:
             raise ValueError("VecEnv needs at least one environment")
@@ -358,6 +362,7 @@ class VecEnv:
 
     def reset(self, seeds) -> list[np.ndarray]:
         """Reset env `i` with `seeds[i]`; the first observations (each in its env's dtype)."""
+        self._check_open()
         seeds = np.asarray(seeds, dtype=np.int64)
         if seeds.shape != (self.n,):
             raise ValueError(f"need {self.n} seeds, got {seeds.shape}")
@@ -377,6 +382,7 @@ class VecEnv:
     def step_async(self, actions, alive=None, workers=None) -> None:
         """Start stepping: write `actions` (n, >= act_dim) and the alive mask, signal the
         workers (`workers`: a subset of worker indices; default all). Finish with :meth:`step_wait`."""
+        self._check_open()
         n, v = self.n, self._v
         actions = np.asarray(actions)
         need = max(self.act_dims)
@@ -392,8 +398,6 @@ class VecEnv:
             v["alive"][lo:hi] = mask[lo:hi]
             v["flags"][lo:hi] = False
             v["rew"][lo:hi] = 0.0
-        if self._closed:
-            raise RuntimeError("VecEnv is closed")
         self._pending = list(ws)
         self._send(self._pending, ("step", actions.dtype.str))
 

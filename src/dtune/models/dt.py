@@ -79,6 +79,18 @@ class _SequenceDT(nn.Module):
         h = self.transformer(tokens.reshape(b, k * n, d), valid=v, **kw)
         return h.reshape(b, k, n, d)
 
+    @staticmethod
+    def loss_weight(batch: dict) -> torch.Tensor:
+        """Which predictions count in the loss: real timesteps x real action dimensions ``(B, K, A)``."""
+        return (batch["valid"][:, :, None] & batch["action_mask"][:, None, :]).float()
+
+    @staticmethod
+    def loss_denominator(batch: dict, weight: torch.Tensor) -> torch.Tensor:
+        """The loss is a weighted sum over this denominator: the batch's own weight, or the one
+        the trainer gives when the batch is one rank's share of a larger batch (distributed)."""
+        given = batch.get("loss_denominator")
+        return weight.sum().clamp_min(1.0) if given is None else given
+
     def policy(self, act_dims, use_cache: bool = True, tasks: list[str] | None = None) -> "Policy":
         return Policy(self, act_dims, use_cache, tasks)
 
@@ -116,9 +128,9 @@ class MultiDomainDT(_SequenceDT):
     def loss(self, batch: dict, **kw) -> tuple[torch.Tensor, dict]:
         logits = self.forward(batch, **kw)
         target = self.tokenizer.encode(batch["actions"])
-        weight = (batch["valid"][:, :, None] & batch["action_mask"][:, None, :]).float()
+        weight = self.loss_weight(batch)
         ce = F.cross_entropy(logits.flatten(0, 2).float(), target.flatten(), reduction="none")
-        loss = (ce * weight.flatten()).sum() / weight.sum().clamp_min(1.0)
+        loss = (ce * weight.flatten()).sum() / self.loss_denominator(batch, weight)
         with torch.no_grad():
             acc = ((logits.argmax(-1) == target).float() * weight).sum() / weight.sum().clamp_min(1.0)
         return loss, {"loss": loss.detach(), "action_acc": acc}
@@ -148,8 +160,8 @@ class DecisionTransformer(_SequenceDT):
 
     def loss(self, batch: dict, **kw) -> tuple[torch.Tensor, dict]:
         pred = self.forward(batch, **kw).float()
-        weight = (batch["valid"][:, :, None] & batch["action_mask"][:, None, :]).float()
-        loss = (((pred - batch["actions"]) ** 2) * weight).sum() / weight.sum().clamp_min(1.0)
+        weight = self.loss_weight(batch)
+        loss = (((pred - batch["actions"]) ** 2) * weight).sum() / self.loss_denominator(batch, weight)
         return loss, {"loss": loss.detach()}
 
 

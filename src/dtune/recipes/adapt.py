@@ -29,6 +29,7 @@ from dtune.recipes.common import abspath, check_resume, fit, resolve_data_dir, r
 from dtune.recipes.tuning import (TuneSettings, cached_eval, evaluate_model, optim_settings, peak_lr, prepare_method,
                                   task_data)
 from dtune.runtime.device import resolve_device, resolve_precision
+from dtune.runtime.dist import init_distributed, shutdown
 from dtune.runtime.io import atomic_write_json, atomic_write_text
 from dtune.runtime.runs import claim_out
 from dtune.tasks import get_task
@@ -70,7 +71,20 @@ def resume(out: str, **overrides) -> dict:
 
 
 def adapt(cfg: AdaptConfig, method_config=None) -> dict:
-    """Adapt, save the adapter, evaluate; returns the result dict (also `out/result.json`)."""
+    """Adapt, save the adapter, evaluate; returns the result dict (also `out/result.json`).
+    Under `torchrun` with several processes the training is distributed (see
+    :mod:`dtune.runtime.dist`); rank 0 evaluates and writes the outputs."""
+    dist = init_distributed(cfg.device)
+    try:
+        return _adapt(cfg, method_config, dist)
+    finally:
+        shutdown(dist)
+
+
+def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
+    main = dist is None or dist.main
+    if dist is not None and cfg.batch_size % dist.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {dist.world} processes")
     method, _ = tuners.resolve_method(cfg.method)
     out = claim_out(cfg.out, "adapt", cfg.resume)
     cfg.out, cfg.checkpoint = str(out), abspath(cfg.checkpoint)
@@ -92,9 +106,12 @@ def adapt(cfg: AdaptConfig, method_config=None) -> dict:
         if dataclasses.asdict(method_config) != dataclasses.asdict(saved_method):
             raise ValueError(f"--resume with method options that differ from the run in {out}")
     else:
-        start_fresh(out, "adapt", (tuners.ADAPTER_CONFIG, "result.json", STATE_J))
+        if main:
+            start_fresh(out, "adapt", (tuners.ADAPTER_CONFIG, "result.json", STATE_J))
+        if dist is not None:
+            dist.barrier()
         method_config = method_config or tuners.make_config(cfg.method)
-    device = resolve_device(cfg.device)
+    device = dist.device if dist is not None else resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     model, run_config = load_model(cfg.checkpoint, "cpu")
     tuners.check_config(model, cfg.method, method_config)  # bad options fail now, not after the evaluations
@@ -107,14 +124,14 @@ def adapt(cfg: AdaptConfig, method_config=None) -> dict:
     pre_tasks = list(run_config["tasks"])
     t_eval = 0.0
     before_pre = None
-    if cfg.pretrain_eval:
+    if cfg.pretrain_eval and main:
         t0 = time.perf_counter()
         before_pre = cached_eval(cfg.checkpoint, model, run_config, pre_tasks, cfg.pretrain_episodes, cfg.eval_seed,
                                  cfg.horizon, cfg.progress)
         t_eval += time.perf_counter() - t0
     eval_config = {**run_config, "task_info": {**run_config.get("task_info", {}), **data.task_info}}
     before_new = None
-    if cfg.eval_episodes > 0:
+    if cfg.eval_episodes > 0 and main:
         before_new = evaluate_model(model, eval_config, cfg.task, cfg.eval_episodes, cfg.eval_seed, cfg.horizon)
 
     torch.manual_seed(cfg.seed)
@@ -126,32 +143,36 @@ def adapt(cfg: AdaptConfig, method_config=None) -> dict:
     sampler = WindowSampler(data, model.cfg.context_len, cfg.batch_size, seed=cfg.seed)
     trainer = Trainer(model, sampler, [ActionLoss(), TunerLoss(), AnchorPenalty(anchor)], optim_settings(cfg, run_config),
                       cfg.steps, device, precision, log_every=cfg.log_every, desc=f"adapt {method} on {cfg.task}",
-                      progress=cfg.progress)
+                      progress=cfg.progress and main, dist=dist)
     if cfg.resume:
         meta, tensors = trainer.load(out)
         model.load_state_dict(tensors, strict=False)
         tuner.load_extra_state(meta["tuner"])
         extra = saved["resolved"].get("method_setup", {})
     counts = tuners.parameter_counts(model)
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(out / "config.json", {
-        "kind": "adapt", "dtune_version": __version__, "adapt": asdict(cfg), "method": method,
-        "method_config": dataclasses.asdict(method_config),
-        "method_config_resolved": dataclasses.asdict(tuner.config),
-        "resolved": {"device": str(device), "precision": precision, "lr": peak_lr(cfg, run_config),
-                     "data_dir": str(root), **counts, "method_setup": extra},
-    })
     start = trainer.step
-    trainer.log = MetricsLog(out, (lambda r: r["step"] <= start) if cfg.resume else None)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", {
+            "kind": "adapt", "dtune_version": __version__, "adapt": asdict(cfg), "method": method,
+            "method_config": dataclasses.asdict(method_config),
+            "method_config_resolved": dataclasses.asdict(tuner.config),
+            "resolved": {"device": str(device), "precision": precision, "lr": peak_lr(cfg, run_config),
+                         "data_dir": str(root), **counts, "method_setup": extra,
+                         "processes": 1 if dist is None else dist.world},
+        })
+        trainer.log = MetricsLog(out, (lambda r: r["step"] <= start) if cfg.resume else None)
 
     def checkpoint(step: int):
         trainer.save(out, {"tuner": tuner.extra_state()}, tuners.adapter_state(model))
 
     t_start = time.perf_counter()
     fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "adapt", out, f"step {{step}} of {cfg.steps}")
-    trainer.log.close()
     train_s = time.perf_counter() - t_start
     tuner.end_task()
+    if not main:
+        return {"rank": dist.rank, "train_s": train_s}
+    trainer.log.close()
 
     meta = {"base_checkpoint": cfg.checkpoint, "base_digest": weights_digest(cfg.checkpoint),
             "tasks": [cfg.task], "task_info": {cfg.task: data.task_info[cfg.task]}, "steps": cfg.steps}

@@ -25,6 +25,7 @@ from dtune.models.io import WEIGHTS, load_model, read_config, run_layout, save_w
 from dtune.recipes.common import (abspath, check_resume, fit, resolve_data_dir, resume_command, resume_config,
                                   start_fresh)
 from dtune.runtime.device import resolve_device, resolve_precision
+from dtune.runtime.dist import init_distributed, shutdown
 from dtune.runtime.io import atomic_write_json
 from dtune.runtime.runs import claim_out
 from dtune.tasks import layout_for
@@ -130,12 +131,24 @@ def resume(out: str, **overrides) -> dict:
 
 
 def pretrain(cfg: PretrainConfig) -> dict:
-    """Train; returns a summary dict (also written to `out/summary.json`)."""
+    """Train; returns a summary dict (also written to `out/summary.json`). Under `torchrun`
+    with several processes, trains with DistributedDataParallel (see :mod:`dtune.runtime.dist`)."""
     if cfg.steps <= 0:
         raise ValueError(f"--steps must be positive, got {cfg.steps}")
+    dist = init_distributed(cfg.device)
+    try:
+        return _pretrain(cfg, dist)
+    finally:
+        shutdown(dist)
+
+
+def _pretrain(cfg: PretrainConfig, dist) -> dict:
+    main = dist is None or dist.main
+    if dist is not None and cfg.batch_size % dist.world:
+        raise ValueError(f"--batch-size {cfg.batch_size} must be divisible by the {dist.world} processes")
     out = claim_out(cfg.out, "pretrain", cfg.resume)
     cfg.out = str(out)
-    device = resolve_device(cfg.device)
+    device = dist.device if dist is not None else resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     saved = None
     if cfg.resume:
@@ -153,7 +166,10 @@ def pretrain(cfg: PretrainConfig) -> dict:
         recorded = saved.get("resolved", {}).get("data_dir")
         root = Path(recorded) if cfg.data_dir == saved["train"].get("data_dir") and recorded else resolve_data_dir(cfg.data_dir)
     else:
-        start_fresh(out, "pretrain", (WEIGHTS, STATE_J))
+        if main:
+            start_fresh(out, "pretrain", (WEIGHTS, STATE_J))
+        if dist is not None:
+            dist.barrier()
         layout = layout_for(cfg.tasks, cfg.layout)
         root = resolve_data_dir(cfg.data_dir)
     cfg.data_dir = abspath(cfg.data_dir)
@@ -173,37 +189,41 @@ def pretrain(cfg: PretrainConfig) -> dict:
     sampler = WindowSampler(data, model_cfg.context_len, cfg.batch_size, seed=cfg.seed)
     optim = OptimSettings(peak_lr(cfg), cfg.min_lr, cfg.warmup_steps, cfg.weight_decay, cfg.grad_clip)
     trainer = Trainer(model, sampler, [ActionLoss()], optim, cfg.steps, device, precision, log_every=cfg.log_every,
-                      desc="pretrain", progress=cfg.progress,
+                      desc="pretrain", progress=cfg.progress and main, dist=dist,
                       tokens_per_batch=cfg.batch_size * model_cfg.context_len * model.tokens_per_step)
     if cfg.resume:
         model.load_state_dict(load_model(out, device)[0].state_dict())
         trainer.load(out, weights_file=WEIGHTS)
     start_step = trainer.step
-    out.mkdir(parents=True, exist_ok=True)
     n_params = sum(p.numel() for p in model.parameters())
-    atomic_write_json(out / "config.json", {
-        "kind": "pretrain", "dtune_version": __version__, "model": model_cfg.to_dict(), "train": asdict(cfg),
-        "layout": layout.to_dict(),
-        "resolved": {"device": str(device), "precision": precision, "lr": peak_lr(cfg), "data_dir": str(root),
-                     "n_params": n_params},
-        "tasks": data.tasks, "task_info": data.task_info,
-    })
-    trainer.log = MetricsLog(out, (lambda r: r["step"] <= start_step) if cfg.resume else None, cfg.tensorboard)
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(out / "config.json", {
+            "kind": "pretrain", "dtune_version": __version__, "model": model_cfg.to_dict(), "train": asdict(cfg),
+            "layout": layout.to_dict(),
+            "resolved": {"device": str(device), "precision": precision, "lr": peak_lr(cfg), "data_dir": str(root),
+                         "n_params": n_params, "processes": 1 if dist is None else dist.world},
+            "tasks": data.tasks, "task_info": data.task_info,
+        })
+        trainer.log = MetricsLog(out, (lambda r: r["step"] <= start_step) if cfg.resume else None, cfg.tensorboard)
 
     def checkpoint(step: int):
-        save_weights(model, out, step)
+        if trainer.main:
+            save_weights(model, out, step)
         trainer.save(out)
 
     t0 = time.perf_counter()
     fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "pretrain", out, f"step {{step}} of {cfg.steps}")
     if cfg.steps % cfg.ckpt_every:
         checkpoint(cfg.steps)
-    trainer.log.close()
     wall = time.perf_counter() - t0
     summary = {"steps": trainer.step, "steps_this_session": trainer.step - start_step, "wall_s": wall,
                "steps_per_s": (trainer.step - start_step) / max(wall, 1e-9), "n_params": n_params,
-               "precision": precision, "device": str(device), "train_steps_in_data": data.steps, "out": str(out)}
-    atomic_write_json(out / "summary.json", summary)
+               "precision": precision, "device": str(device), "train_steps_in_data": data.steps, "out": str(out),
+               "processes": 1 if dist is None else dist.world}
+    if main:
+        trainer.log.close()
+        atomic_write_json(out / "summary.json", summary)
     return summary
 
 

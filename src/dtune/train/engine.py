@@ -27,6 +27,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from dtune.runtime.device import autocast
+from dtune.runtime.dist import Dist
 from dtune.runtime.io import atomic_save_tensors, atomic_write_json
 from dtune.train.log import MetricsLog
 from dtune.train.optim import cosine_lr, make_optimizer, set_lr
@@ -151,6 +152,31 @@ class _InterruptFlag:
             signal.signal(s, h)
 
 
+class _LossModule(torch.nn.Module):
+    """The model's loss as a forward, so DistributedDataParallel sees it."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model.loss(batch)
+
+
+class _DDPView:
+    """What objectives see under DDP: `loss` runs through DistributedDataParallel (gradients are
+    averaged over ranks); everything else is the model's."""
+
+    def __init__(self, model, ddp):
+        self._model, self._ddp = model, ddp
+
+    def loss(self, batch):
+        return self._ddp(batch)
+
+    def __getattr__(self, name):
+        return getattr(self._model, name)
+
+
 class Trainer:
     """Optimiser updates of `model` on batches of `sampler` (anything with `sample()`,
     `state()` and `set_state()`), the loss being the sum of `objectives`. The schedule
@@ -159,7 +185,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, sampler, objectives: list[Objective], optim: OptimSettings,
                  total_steps: int, device: torch.device, precision: str = "fp32", log: MetricsLog | None = None,
                  log_every: int = 100, row_extra: dict | None = None, desc: str = "train", progress: bool = True,
-                 tokens_per_batch: int | None = None):
+                 tokens_per_batch: int | None = None, dist: Dist | None = None):
         if total_steps <= 0:
             raise ValueError(f"steps must be positive, got {total_steps}")
         self.model, self.sampler, self.objectives, self.optim = model, sampler, objectives, optim
@@ -169,19 +195,44 @@ class Trainer:
         self.optimizer = make_optimizer(model, optim.lr, optim.weight_decay)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.step = 0
+        self.dist, self.view = dist, model
+        if dist is not None:
+            from torch.nn.parallel import DistributedDataParallel
+
+            torch.manual_seed(torch.initial_seed() + dist.rank)  # every rank its own dropout masks
+            ddp = DistributedDataParallel(_LossModule(model), device_ids=[device] if device.type == "cuda" else None,
+                                          find_unused_parameters=getattr(model, "tuner", None) is not None)
+            self.view = _DDPView(model, ddp)
+
+    @property
+    def main(self) -> bool:
+        """Whether this process writes files (rank 0, or the only process)."""
+        return self.dist is None or self.dist.main
+
+    def _batch(self) -> dict[str, torch.Tensor]:
+        full = self.sampler.sample()
+        if self.dist is None:
+            return to_torch(full, self.device)
+        n, w, r = len(full["valid"]), self.dist.world, self.dist.rank
+        if n % w:
+            raise ValueError(f"batch size {n} is not divisible by the {w} processes")
+        denominator = self.model.loss_weight(to_torch(full, torch.device("cpu"))).sum().clamp_min(1.0) / w
+        batch = to_torch({k: v[r * n // w: (r + 1) * n // w] for k, v in full.items()}, self.device)
+        batch["loss_denominator"] = denominator.to(self.device)
+        return batch
 
     def train_step(self) -> dict[str, float]:
         """One optimiser update; returns its metrics."""
         lr = cosine_lr(self.step, self.total, self.optim.lr, self.optim.warmup_steps, self.optim.min_lr)
         set_lr(self.optimizer, lr)
-        batch = to_torch(self.sampler.sample(), self.device)
+        batch = self._batch()
         loss, metrics = None, {}
         for obj in self.objectives:
             if obj.autocast:
                 with autocast(self.device, self.precision):
-                    term, m = obj(self.model, batch)
+                    term, m = obj(self.view, batch)
             else:
-                term, m = obj(self.model, batch)
+                term, m = obj(self.view, batch)
             metrics.update(m)
             if term is not None:
                 loss = term if loss is None else loss + term
@@ -190,7 +241,10 @@ class Trainer:
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.optim.grad_clip)
         self.optimizer.step()
         self.step += 1
-        return {**{k: float(v) for k, v in metrics.items()}, "grad_norm": float(gnorm), "lr": lr}
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if self.dist is not None:
+            metrics = self.dist.mean(metrics)
+        return {**metrics, "grad_norm": float(gnorm), "lr": lr}
 
     def fit(self, stop: int, checkpoint: Callable[[int], None] | None = None, ckpt_every: int | None = None) -> None:
         """Updates until step `stop`. `checkpoint(step)` runs every `ckpt_every` steps and
@@ -224,7 +278,7 @@ class Trainer:
                     if checkpoint is not None and ckpt_every and self.step % ckpt_every == 0:
                         checkpoint(self.step)
                         last_saved = self.step
-                    if flag.hit:
+                    if flag.hit if self.dist is None else self.dist.any(flag.hit):
                         saved = False
                         if checkpoint is not None and self.step > 0:
                             if self.step != last_saved:
@@ -237,11 +291,20 @@ class Trainer:
 
     # -- state ------------------------------------------------------------------------------
     def save(self, run_dir: str | Path, extra: dict | None = None, model_tensors: dict | None = None) -> None:
-        save_state(run_dir, self.step, self.optimizer, self.sampler, self.objectives, extra, model_tensors)
+        """Write the training state (rank 0; every rank must call it: it gathers their RNG states)."""
+        rng = rng_states(self.device)
+        if self.dist is not None:
+            per_rank = self.dist.gather(rng)
+            rng = {f"{k}.rank{r}" if r else k: v for r, states in enumerate(per_rank) for k, v in states.items()}
+        if self.main:
+            save_state(run_dir, self.step, self.optimizer, self.sampler, self.objectives, extra, model_tensors, rng)
+        if self.dist is not None:
+            self.dist.barrier()
 
     def load(self, run_dir: str | Path, weights_file: str | None = None) -> tuple[dict, dict]:
         """Restore optimiser, RNGs, objectives and step; returns the state's JSON and its model tensors."""
-        meta, model_tensors = load_state(run_dir, self.optimizer, self.sampler, self.objectives, weights_file)
+        meta, model_tensors = load_state(run_dir, self.optimizer, self.sampler, self.objectives, weights_file,
+                                         rank=0 if self.dist is None else self.dist.rank, device=self.device)
         self.step = int(meta["step"])
         return meta, model_tensors
 
@@ -271,14 +334,22 @@ def unpack_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, torch.
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def rng_states(device: torch.device | None = None) -> dict[str, torch.Tensor]:
+    """The torch RNG state (and the CUDA one of ``device``), for saving."""
+    out = {"torch_rng": torch.get_rng_state()}
+    if device is not None and device.type == "cuda":
+        out["cuda_rng"] = torch.cuda.get_rng_state(device)
+    return out
+
+
 def save_state(run_dir: str | Path, step: int, optimizer=None, sampler=None, objectives=(), extra: dict | None = None,
-               model_tensors: dict | None = None) -> None:
+               model_tensors: dict | None = None, rng: dict[str, torch.Tensor] | None = None) -> None:
     """`train_state.safetensors` (optimiser moments, torch RNG, objective and model tensors) and
     `train_state.json` (step, optimiser hyperparameters, sampler RNG, `extra`), the JSON last:
     both carry the step, so a half-written state is detected, not loaded."""
     run_dir = Path(run_dir)
     tensors, meta = pack_optimizer(optimizer) if optimizer is not None else ({}, {"param_groups": None, "opt_scalars": {}})
-    tensors["torch_rng"] = torch.get_rng_state()
+    tensors.update(rng if rng is not None else rng_states())
     for obj in objectives:
         tensors.update({f"obj.{obj.name}.{k}": v for k, v in obj.tensors().items()})
     tensors.update({f"model.{k}": v for k, v in (model_tensors or {}).items()})
@@ -292,9 +363,10 @@ def read_state_meta(run_dir: str | Path) -> dict | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
-def load_state(run_dir: str | Path, optimizer=None, sampler=None, objectives=(), weights_file: str | None = None
-               ) -> tuple[dict, dict]:
-    """Restore what :func:`save_state` wrote; checks that every file holds the same step."""
+def load_state(run_dir: str | Path, optimizer=None, sampler=None, objectives=(), weights_file: str | None = None,
+               rank: int = 0, device: torch.device | None = None) -> tuple[dict, dict]:
+    """Restore what :func:`save_state` wrote (``rank``'s RNG states); checks that every file holds
+    the same step."""
     run_dir = Path(run_dir)
     try:
         meta = json.loads((run_dir / STATE_J).read_text())
@@ -313,7 +385,10 @@ def load_state(run_dir: str | Path, optimizer=None, sampler=None, objectives=(),
         unpack_optimizer(optimizer, tensors, meta)
     if sampler is not None and meta.get("sampler_rng") is not None:
         sampler.set_state(meta["sampler_rng"])
-    torch.set_rng_state(tensors["torch_rng"])
+    suffix = f".rank{rank}" if rank else ""
+    torch.set_rng_state(tensors.get(f"torch_rng{suffix}", tensors["torch_rng"]))
+    if device is not None and device.type == "cuda" and f"cuda_rng{suffix}" in tensors:
+        torch.cuda.set_rng_state(tensors[f"cuda_rng{suffix}"], device)
     for obj in objectives:
         prefix = f"obj.{obj.name}."
         obj.load_tensors({k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)})

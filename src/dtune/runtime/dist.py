@@ -1,0 +1,73 @@
+"""Multi-process training with torch.distributed, as launched by `torchrun`.
+
+    torchrun --standalone --nproc_per_node 8 -m dtune.cli pretrain --tasks mt40 ...   # 8 GPUs: NCCL
+    OMP_NUM_THREADS=1 torchrun --standalone --nproc_per_node 2 -m dtune.cli pretrain ...  # CPU: gloo
+
+`torchrun` sets RANK, WORLD_SIZE and LOCAL_RANK; without them (or with WORLD_SIZE=1) training
+runs in one process as usual.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class Dist:
+    """This process's place in a distributed run."""
+
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        torch.distributed.barrier()
+
+    def mean(self, values: dict[str, float]) -> dict[str, float]:
+        """Each value averaged over the ranks."""
+        if not values:
+            return values
+        t = torch.tensor(list(values.values()), dtype=torch.float64, device=self.device)
+        torch.distributed.all_reduce(t)
+        return dict(zip(values, (t / self.world).tolist()))
+
+    def any(self, flag: bool) -> bool:
+        """True on every rank if it is true on one."""
+        t = torch.tensor([int(flag)], device=self.device)
+        torch.distributed.all_reduce(t, op=torch.distributed.ReduceOp.MAX)
+        return bool(t.item())
+
+    def gather(self, obj) -> list:
+        """``obj`` of every rank, on every rank."""
+        out = [None] * self.world
+        torch.distributed.all_gather_object(out, obj)
+        return out
+
+
+def init_distributed(device: str = "auto") -> Dist | None:
+    """Join the process group `torchrun` set up (NCCL on CUDA, gloo on CPU); None when not under
+    `torchrun` or with one process. Idempotent."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return None
+    rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
+    cuda = torch.cuda.is_available() and device in ("auto", "cuda")
+    dev = torch.device(f"cuda:{local}") if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(dev)
+    if not torch.distributed.is_initialized():
+        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    return Dist(rank, world, local, dev)
+
+
+def shutdown(dist: Dist | None) -> None:
+    if dist is not None and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()

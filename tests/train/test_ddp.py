@@ -1,0 +1,94 @@
+"""Distributed training under torchrun on CPU (2 gloo processes): the same global batch gives
+the losses of one process, checkpoints are written once, and resume is exact."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.torch import load_file
+
+INTERRUPT = """
+import os, signal, sys
+from dtune.data import dataset
+real, calls = dataset.WindowSampler.sample, [0]
+def sample(self):
+    calls[0] += 1
+    if calls[0] == 4:  # every rank, during update 4: the run stops after it, on all ranks at once
+        os.kill(os.getpid(), signal.SIGINT)
+    return real(self)
+dataset.WindowSampler.sample = sample
+from dtune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def run(args, tiny_data, out, procs=1, script=None, dropout="0.0"):
+    cmd = ["pretrain", "--tasks", "reach-v3,cartpole-balance", "--model", "tiny", "--steps", "6", "--batch-size", "8",
+           "--precision", "fp32", "--device", "cpu", "--log-every", "1", "--ckpt-every", "3", "--no-progress",
+           "--data-dir", str(tiny_data), "--out", str(out), "--arch.dropout", dropout, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if procs == 1:
+        return subprocess.run([sys.executable, "-m", "dtune.cli", *cmd], env=env, capture_output=True, text=True,
+                              timeout=300)
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(procs)]
+    target = [str(script)] if script else ["-m", "dtune.cli"]
+    return subprocess.run(launcher + target + cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def losses(out):
+    return [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one(tiny_data, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert run([], tiny_data, one).returncode == 0
+    p = run([], tiny_data, two, procs=2)
+    assert p.returncode == 0, p.stderr[-3000:]
+    np.testing.assert_allclose(losses(two), losses(one), rtol=1e-5)
+    a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), atol=1e-5, rtol=1e-4, err_msg=k)
+    state = load_file(str(two / "train_state.safetensors"))
+    assert "torch_rng" in state and "torch_rng.rank1" in state  # every rank's RNG, written once
+    assert json.loads((two / "config.json").read_text())["resolved"]["processes"] == 2
+    assert not list(two.glob(".*tmp"))
+
+
+@pytest.mark.slow
+def test_distributed_resume_is_exact(tiny_data, tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    assert run([], tiny_data, full, procs=2, dropout="0.1").returncode == 0  # dropout: the ranks' RNGs matter
+    script = tmp_path / "interrupt.py"
+    script.write_text(INTERRUPT)
+    p = run([], tiny_data, cut, procs=2, script=script, dropout="0.1")
+    assert p.returncode != 0 and "interrupted at step 4 of 6; checkpoint saved" in p.stderr
+    assert json.loads((cut / "train_state.json").read_text())["step"] == 4
+    p = run(["--resume"], tiny_data, cut, procs=2, dropout="0.1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert losses(cut) == losses(full)
+
+
+@pytest.mark.slow
+def test_adaptation_under_torchrun(base, tiny_data, tmp_path):
+    cmd = ["adapt", "--checkpoint", str(base), "--task", "door-open-v3", "--steps", "4", "--batch-size", "8",
+           "--precision", "fp32", "--device", "cpu", "--log-every", "1", "--no-progress", "--no-pretrain-eval",
+           "--eval-episodes", "1", "--horizon", "5", "--data-dir", str(tiny_data), "lora"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "dtune.cli", *cmd, "--out", str(tmp_path / "one")], env=env,
+                         capture_output=True, text=True, timeout=300)
+    two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "dtune.cli", *cmd, "--out", str(tmp_path / "two")], env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
+    np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
+    assert two.stdout.count("| lora") == 1  # rank 0 reports, once
+    a = load_file(str(tmp_path / "one" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "two" / "adapter.safetensors"))
+    for k in a:
+        np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), atol=1e-5, rtol=1e-4, err_msg=k)
