@@ -69,6 +69,7 @@ def test_pool_parameters_are_worded_for_a_reader():
     text = parameters_text(s)
     assert text.startswith("2.45M in all (322.4% of the base model's 0.76M)") and "one task trains 81.6K (10.7%)" in text
     assert "one task" not in parameters_text({**s, "per_task": 2_450_000})
+    assert "the pool of 30 entries holds" in parameters_text({**s, "pool_size": 30})
     md = summary_markdown(json.loads(json.dumps({**s, "method": "l2m", "sequence": "x", "seed": 0, "steps_per_task": 1,
                                                   "average_score": 0.5, "forgetting": 0.0, "forward_transfer": None,
                                                   "pretrain_before": None, "pretrain_after": None, "train_s": 1,
@@ -87,10 +88,27 @@ def test_plots_are_readable(tmp_path):
     assert (tmp_path / "t.png").stat().st_size > 10_000
 
 
-def test_label_spreading_separates_close_labels():
-    from dtune.report.plots import _spread_labels
+def test_labels_of_close_points_do_not_overlap():
+    from dtune.report.plots import _plt, place_labels
 
-    xy = np.array([[0.3 + 0.005 * i, 0.5] for i in range(6)])
-    pos = _spread_labels(xy)
-    d = np.hypot((pos[:, None, 0] - pos[None, :, 0]) / 2.5, pos[:, None, 1] - pos[None, :, 1])
-    assert d[~np.eye(len(pos), dtype=bool)].min() > 0.015
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5.5))
+    rng = np.random.default_rng(0)
+    items = [(f"method-{i}", 0.3 + 0.05 * rng.random(), 0.5 + 0.05 * rng.random()) for i in range(16)]
+    items.append(("unadapted", 0.3, 0.5, {"fontweight": "bold", "marker_px": 9.0}))
+    ax.set_xlim(0.15, 0.5)
+    ax.set_ylim(0.35, 0.7)
+    fig.tight_layout()
+    boxes = place_labels(ax, items)
+    plt.close(fig)
+    assert len(boxes) == len(items)
+    assert not any(a.overlaps(b) for i, a in enumerate(boxes) for b in boxes[i + 1:])
+    pts = ax.transData.transform(np.array([it[1:3] for it in items]))
+    assert not any(b.contains(x, y) for b in boxes for x, y in pts)  # no label covers a point
+
+
+def test_a_symlink_to_a_run_counts_once(tmp_path):
+    a = continual_run(tmp_path / "a")
+    (tmp_path / "link").symlink_to(a)
+    text = report([str(a), str(tmp_path / "link")])
+    assert f"ignored {tmp_path / 'link'}" in text and "| lora | 1 |" in " ".join(text.split())

@@ -46,10 +46,12 @@ def _params(n: int) -> str:
 
 
 def parameters_text(s: dict) -> str:
-    """Trainable parameters in words: all of them, and what one task trains (pool methods)."""
+    """Trainable parameters in words: all of them, and what one task trains (pool methods; with
+    ``pool_size`` in ``s`` the pool's size is named)."""
     text = f"{_params(s['trainable'])} in all ({s['trainable_pct']:.1f}% of the base model's {_params(s['base'])})"
     if s.get("per_task") is not None and s["per_task"] != s["trainable"]:
-        text += (f"; the pool holds the modulators of every task, one task trains {_params(s['per_task'])} "
+        pool = f"the pool of {s['pool_size']} entries" if s.get("pool_size") else "the pool"
+        text += (f"; {pool} holds the modulators of every task, one task trains {_params(s['per_task'])} "
                  f"({s['per_task_pct']:.1f}%)")
     return text
 

@@ -32,10 +32,11 @@ def plot_matrix(matrix: np.ndarray, tasks: list[str], path: Path, title: str = "
     ax.set_yticks(range(m.shape[0]), _short(tasks[: m.shape[0]]), fontsize=8)
     ax.set_xlabel("evaluated task")
     ax.set_ylabel("after training on")
+    cell_font = 10 if len(tasks) <= 4 else 8 if len(tasks) <= 7 else 7  # big cells of a short sequence: bigger
     for i in range(m.shape[0]):
         for j in range(m.shape[1]):
             if not np.isnan(m[i, j]):
-                ax.text(j, i, f"{100 * m[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                ax.text(j, i, f"{100 * m[i, j]:.0f}", ha="center", va="center", fontsize=cell_font,
                         color="white" if m[i, j] < 0.5 else "black")
     fig.colorbar(im, ax=ax, fraction=0.04, label="score %")
     ax.set_title(title, fontsize=9)
@@ -86,29 +87,70 @@ def plot_methods_curve(curves: dict[str, list[np.ndarray]], tasks: list[str], pa
     plt.close(fig)
 
 
-def _spread_labels(xy: np.ndarray, min_dist: float = 0.06, iters: int = 300) -> np.ndarray:
-    """Label positions (lower-left corners) near their points, pushed apart from each other and
-    from the other points until none is closer than ``min_dist`` (a simple repulsion in data
-    units of a 0-1 plot, enough for a few dozen labels)."""
-    pos = xy.astype(float).copy() + np.array([0.015, 0.015])
-    rng = np.random.default_rng(0)
-    n = len(pos)
-    for _ in range(iters):
-        moved = False
-        for i in range(n):
-            others = np.vstack([np.delete(pos, i, 0), np.delete(xy, i, 0) - np.array([0.05, 0.0])])
-            d = pos[i] - others
-            dist = np.hypot(d[:, 0] / 2.5, d[:, 1])  # labels are wide: they need more room sideways
-            close = dist < min_dist / 2.5
-            if close.any():
-                push = (d[close] / (dist[close, None] + 1e-6)).sum(0)
-                if not push.any():
-                    push = rng.normal(size=2)
-                pos[i] += 0.006 * push / (np.linalg.norm(push) + 1e-9)
-                moved = True
-        if not moved:
-            break
-    return pos
+def place_labels(ax, items: list[tuple], fontsize: float = 7, marker_px: float = 6.0) -> list:
+    """Label every point without overlaps. ``items``: ``(text, x, y)`` or ``(text, x, y, style)``
+    with ``style`` a dict of text options plus ``marker_px`` (the point's marker radius in pixels).
+    Each label (the most crowded first) takes the first free spot on rings of growing distance
+    around its point: clear of the labels placed so far and of every marker, inside the axes; a
+    thin line joins a label set away from its point. Call once the axes' limits and layout are
+    final. Returns the labels' boxes (display pixels), in the order of ``items``."""
+    from matplotlib.transforms import Bbox
+
+    renderer = ax.figure.canvas.get_renderer()
+    frame = ax.get_window_extent(renderer)
+    items = [(*it, {}) if len(it) == 3 else tuple(it) for it in items]
+    styles = [{"fontsize": fontsize, **{k: v for k, v in st.items() if k != "marker_px"}} for *_, st in items]
+    radii = [st.get("marker_px", marker_px) for *_, st in items]
+    pts = ax.transData.transform(np.array([[x, y] for _, x, y, _ in items], dtype=float).reshape(-1, 2))
+    marks = [Bbox.from_bounds(px - r, py - r, 2 * r, 2 * r) for (px, py), r in zip(pts, radii)]
+    sizes = []
+    for (text, *_), st in zip(items, styles):
+        t = ax.text(0, 0, text, **st)
+        bb = t.get_window_extent(renderer)
+        sizes.append((bb.width + 2, bb.height + 2))
+        t.remove()
+    crowd = [int((np.hypot(*(pts - p).T) < 60).sum()) for p in pts]
+    angles = np.deg2rad([0, 180, 90, 270, 30, 150, 330, 210, 60, 120, 300, 240])
+    placed, boxes = [], [None] * len(items)
+    for i in sorted(range(len(items)), key=lambda i: (-crowd[i], pts[i][0])):
+        (w, h), (px, py) = sizes[i], pts[i]
+        best = None
+        for ring, gap in enumerate([radii[i] + 1, 14, 24, 36, 50, 66, 84]):
+            for a in angles:
+                cx, cy = px + np.cos(a) * (w / 2 + gap), py + np.sin(a) * (h / 2 + gap)
+                bb = Bbox.from_bounds(cx - w / 2, cy - h / 2, w, h)
+                inside = frame.x0 <= bb.x0 and bb.x1 <= frame.x1 and frame.y0 <= bb.y0 and bb.y1 <= frame.y1
+                near = sum(bb.overlaps(o) for o in placed)  # (placed boxes carry a gap: two labels never read as one)
+                cost = 1000 * (near + sum(bb.overlaps(o) for o in marks)) + 500 * (not inside) + ring
+                if best is None or cost < best[0]:
+                    best = (cost, bb, ring)
+            if best[0] < 500:  # a free spot on this ring
+                break
+        _, bb, ring = best
+        placed.append(bb.expanded(1 + 8 / bb.width, 1 + 4 / bb.height))
+        boxes[i] = bb
+        text, x, y, _ = items[i]
+        (tx, ty), = ax.transData.inverted().transform(np.array([[bb.x0 + bb.width / 2, bb.y0 + bb.height / 2]]))
+        ax.annotate(text, (x, y), xytext=(tx, ty), textcoords="data", ha="center", va="center",
+                    arrowprops=dict(arrowstyle="-", lw=0.5, color="grey", shrinkA=0, shrinkB=3) if ring else None,
+                    **styles[i])
+    return boxes
+
+
+def _fit_limits(v: np.ndarray, min_span: float = 0.3) -> tuple[float, float]:
+    """Axis limits around scores ``v`` (0-1): the data with a margin, at least ``min_span`` wide
+    (close points get room for their labels without a misleading zoom), within -0.05..1.1."""
+    lo, hi = float(v.min()), float(v.max())
+    if hi - lo < min_span:
+        mid = (lo + hi) / 2
+        lo, hi = mid - min_span / 2, mid + min_span / 2
+    pad = 0.08 * (hi - lo) + 0.02
+    lo, hi = lo - pad, hi + pad
+    if lo < -0.05:
+        lo, hi = -0.05, min(1.1, hi + (-0.05 - lo))
+    if hi > 1.1:
+        lo, hi = max(-0.05, lo - (hi - 1.1)), 1.1
+    return lo, hi
 
 
 def plot_tradeoff(points: dict[str, tuple[float, float]], path: Path, title: str = "",
@@ -122,18 +164,18 @@ def plot_tradeoff(points: dict[str, tuple[float, float]], path: Path, title: str
     if items:
         xy = np.array([[x, y] for _, x, y in items])
         ax.scatter(xy[:, 0], xy[:, 1], s=25, zorder=3)
-        for (m, x, y), (lx, ly) in zip(items, _spread_labels(xy)):
-            ax.annotate(m, (x, y), xytext=(lx, ly), textcoords="data", fontsize=7,
-                        arrowprops=dict(arrowstyle="-", lw=0.4, color="grey") if np.hypot(lx - x, ly - y) > 0.04 else None)
     if unadapted is not None and None not in unadapted:
-        ax.scatter([unadapted[0]], [unadapted[1]], marker="*", s=160, color="black", zorder=4, label="unadapted model")
-        ax.legend(fontsize=8, loc="lower left")
+        ax.scatter([unadapted[0]], [unadapted[1]], marker="*", s=160, color="black", zorder=4)
+        items.append(("unadapted", *unadapted, {"fontsize": 8, "fontweight": "bold", "marker_px": 9.0}))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    ax.set_xlim(-0.05, 1.15)
-    ax.set_ylim(-0.05, 1.1)
+    if items:
+        xy = np.array([it[1:3] for it in items], dtype=float)
+        ax.set_xlim(*_fit_limits(xy[:, 0]))
+        ax.set_ylim(*_fit_limits(xy[:, 1]))
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
+    fig.tight_layout()  # before the labels: they are placed in the final pixel layout
+    place_labels(ax, items)
     fig.savefig(path, dpi=120)
     plt.close(fig)
