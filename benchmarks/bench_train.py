@@ -1,9 +1,11 @@
-"""Training tokens/s of dtune's Decision Transformer against transformers' DecisionTransformerModel.
+"""Training speed: dtune's Decision Transformer against transformers' DecisionTransformerModel,
+and the `small` MDDT eager (dtune 0.2's step) against `--compile` (torch.compile of the loss).
 
 Same architecture size (classic DT: continuous actions, tanh head, tokens R, s, a), same batch
-and context, same optimiser; forward + backward + AdamW step, in fp32 and bf16 autocast.
+and context, same optimiser; forward + backward + AdamW step, in fp32 and bf16 autocast. The
+compiled rows include no compile time (warm-up steps run first; compiling takes about a minute).
 
-    python benchmarks/bench_train.py [--embd 128 --layers 3 --heads 1 --batch 64 --context 20]
+    python benchmarks/bench_train.py [--embd 128 --layers 3 --heads 1 --batch 64 --context 20] [--no-compile]
 """
 
 import argparse
@@ -22,6 +24,7 @@ def main():
     p.add_argument("--batch", type=int, default=64)
     p.add_argument("--context", type=int, default=20)
     p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
     args = p.parse_args()
     S, A, B, K = 17, 6, args.batch, args.context
 
@@ -67,6 +70,27 @@ def main():
         name = "bf16" if bf16 else "fp32"
         print(f"{name}: transformers {tokens / t_hf:8.0f} tok/s ({1 / t_hf:5.1f} steps/s) | "
               f"dtune {tokens / t_ours:8.0f} tok/s ({1 / t_ours:5.1f} steps/s) | dtune/transformers x{t_hf / t_ours:.2f}")
+
+    if args.no_compile:
+        return
+    compiled = torch.compile(lambda: ours.loss(batch)[0])
+    t_hf = timed(step_fn(hf.train(), hf_loss, True), repeat=args.steps, warmup=3)
+    t_c = timed(step_fn(ours.train(), compiled, True), repeat=args.steps, warmup=3)
+    print(f"bf16, dtune --compile: {tokens / t_c:8.0f} tok/s ({1 / t_c:5.1f} steps/s) | dtune/transformers x{t_hf / t_c:.2f}")
+
+    # the small MDDT of the CPU studies (Meta-World + DMC layout: 154 state dims, 6 actions, K = 5)
+    from dtune.models import preset
+
+    mddt = build_model(preset("small", state_dim=154, act_dim=6)).train()
+    b, k = 64, 5
+    mb = {"states": torch.randn(b, k, 154), "actions": torch.rand(b, k, 6) * 2 - 1,
+          "action_mask": torch.ones(b, 6, dtype=torch.bool), "rtg": torch.randn(b, k), "rewards": torch.randn(b, k),
+          "timesteps": torch.randint(0, 190, (b, 1)) + torch.arange(k), "valid": torch.ones(b, k, dtype=torch.bool)}
+    t_eager = timed(step_fn(mddt, lambda: mddt.loss(mb)[0], True), repeat=args.steps, warmup=3)
+    mddt_loss = torch.compile(lambda: mddt.loss(mb)[0])
+    t_comp = timed(step_fn(mddt, mddt_loss, True), repeat=args.steps, warmup=3)
+    print(f"small MDDT, batch 64, bf16: eager {1 / t_eager:5.1f} steps/s | --compile {1 / t_comp:5.1f} steps/s "
+          f"(x{t_eager / t_comp:.2f})")
 
 
 if __name__ == "__main__":  # spawned workers import this file: run only as a script

@@ -125,3 +125,10 @@ def test_nested_arch_config_is_saved_and_resumed(tiny_data, tmp_path):
     assert saved["model"]["gpt"]["n_layer"] == 1 and saved["train"]["arch"]["n_embd"] == 16
     s = resume(str(tmp_path / "r"), steps=3)
     assert s["steps"] == 3
+
+
+@pytest.mark.slow
+def test_compiled_loss_trains_like_eager(tiny_data, tmp_path):
+    pretrain(cfg(tiny_data, tmp_path / "eager", steps=3))
+    pretrain(cfg(tiny_data, tmp_path / "compiled", steps=3, compile=True))
+    np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)

@@ -143,7 +143,7 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     sampler = WindowSampler(data, model.cfg.context_len, cfg.batch_size, seed=cfg.seed)
     trainer = Trainer(model, sampler, [ActionLoss(), TunerLoss(), AnchorPenalty(anchor)], optim_settings(cfg, run_config),
                       cfg.steps, device, precision, log_every=cfg.log_every, desc=f"adapt {method} on {cfg.task}",
-                      progress=cfg.progress and main, dist=dist)
+                      progress=cfg.progress and main, dist=dist, compile=cfg.compile)
     if cfg.resume:
         meta, tensors = trainer.load(out)
         model.load_state_dict(tensors, strict=False)

@@ -192,7 +192,8 @@ class ContinualRun:
             trainer = Trainer(model, sampler, [ActionLoss(), TunerLoss(), penalty], optim_settings(cfg, run_config),
                               cfg.steps_per_task, self.device, self.precision, log=log, log_every=cfg.log_every,
                               row_extra={"task_index": i, "task": task, "global_step": i * cfg.steps_per_task},
-                              desc=f"[{i + 1}/{len(tasks)}] {self.method} {task}", progress=cfg.progress)
+                              desc=f"[{i + 1}/{len(tasks)}] {self.method} {task}", progress=cfg.progress,
+                              compile=cfg.compile)
             if state is not None and state["task"] == i and state["step"] > 0:
                 trainer.load(self.out)
             state = None

@@ -101,6 +101,9 @@ class PretrainConfig:
     """Continue the run in `out` from its last checkpoint, with its own settings."""
     tensorboard: bool = False
     """Also log to TensorBoard (`out/tb`)."""
+    compile: bool = False
+    """Run the loss through `torch.compile` (inductor): faster updates after a warm-up of about a
+    minute (CPU needs a C++ compiler); numerically close to, not identical with, eager runs."""
     progress: bool = True
     """Show a progress bar."""
 
@@ -189,7 +192,7 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
     sampler = WindowSampler(data, model_cfg.context_len, cfg.batch_size, seed=cfg.seed)
     optim = OptimSettings(peak_lr(cfg), cfg.min_lr, cfg.warmup_steps, cfg.weight_decay, cfg.grad_clip)
     trainer = Trainer(model, sampler, [ActionLoss()], optim, cfg.steps, device, precision, log_every=cfg.log_every,
-                      desc="pretrain", progress=cfg.progress and main, dist=dist,
+                      desc="pretrain", progress=cfg.progress and main, dist=dist, compile=cfg.compile,
                       tokens_per_batch=cfg.batch_size * model_cfg.context_len * model.tokens_per_step)
     if cfg.resume:
         model.load_state_dict(load_model(out, device)[0].state_dict())

@@ -163,15 +163,16 @@ class _LossModule(torch.nn.Module):
         return self.model.loss(batch)
 
 
-class _DDPView:
-    """What objectives see under DDP: `loss` runs through DistributedDataParallel (gradients are
-    averaged over ranks); everything else is the model's."""
+class _LossView:
+    """What objectives see when the loss runs through a wrapper (DistributedDataParallel, whose
+    gradients are averaged over ranks, and/or torch.compile): `loss` is the wrapper's, everything
+    else the model's."""
 
-    def __init__(self, model, ddp):
-        self._model, self._ddp = model, ddp
+    def __init__(self, model, loss_fn):
+        self._model, self._loss = model, loss_fn
 
     def loss(self, batch):
-        return self._ddp(batch)
+        return self._loss(batch)
 
     def __getattr__(self, name):
         return getattr(self._model, name)
@@ -185,7 +186,7 @@ class Trainer:
     def __init__(self, model: torch.nn.Module, sampler, objectives: list[Objective], optim: OptimSettings,
                  total_steps: int, device: torch.device, precision: str = "fp32", log: MetricsLog | None = None,
                  log_every: int = 100, row_extra: dict | None = None, desc: str = "train", progress: bool = True,
-                 tokens_per_batch: int | None = None, dist: Dist | None = None):
+                 tokens_per_batch: int | None = None, dist: Dist | None = None, compile: bool = False):
         if total_steps <= 0:
             raise ValueError(f"steps must be positive, got {total_steps}")
         self.model, self.sampler, self.objectives, self.optim = model, sampler, objectives, optim
@@ -196,13 +197,17 @@ class Trainer:
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.step = 0
         self.dist, self.view = dist, model
+        loss_fn = _LossModule(model)
         if dist is not None:
             from torch.nn.parallel import DistributedDataParallel
 
             torch.manual_seed(torch.initial_seed() + dist.rank)  # every rank its own dropout masks
-            ddp = DistributedDataParallel(_LossModule(model), device_ids=[device] if device.type == "cuda" else None,
-                                          find_unused_parameters=getattr(model, "tuner", None) is not None)
-            self.view = _DDPView(model, ddp)
+            loss_fn = DistributedDataParallel(loss_fn, device_ids=[device] if device.type == "cuda" else None,
+                                              find_unused_parameters=getattr(model, "tuner", None) is not None)
+        if compile:
+            loss_fn = torch.compile(loss_fn)
+        if dist is not None or compile:
+            self.view = _LossView(model, loss_fn)
 
     @property
     def main(self) -> bool:
