@@ -78,3 +78,23 @@ def test_prefix_keys_values(gpt):
 def test_bad_config():
     with pytest.raises(ValueError, match="divisible"):
         GPTConfig(n_embd=30, n_head=4)
+
+
+def test_fast_dropout_rate_scale_and_gradient():
+    import torch
+
+    from dtune.models.backbone import Dropout, dropout
+
+    torch.manual_seed(0)
+    x = torch.ones(200_000, requires_grad=True)
+    y = dropout(x, 0.1, True)
+    kept = (y != 0).float()
+    assert abs(1 - kept.mean().item() - 0.1) < 0.005  # drop rate p
+    assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / 0.9))  # survivors rescaled
+    y.sum().backward()
+    assert torch.equal(x.grad != 0, y != 0)  # gradient flows through kept entries only
+    assert dropout(x, 0.1, False) is x and dropout(x, 0.0, True) is x
+    odd = torch.ones(3, 5, 7, dtype=torch.bfloat16)  # odd sizes, bf16
+    assert dropout(odd, 0.5, True).shape == odd.shape
+    m = Dropout(0.3).eval()
+    assert m(x) is x and "p=0.3" in repr(m)

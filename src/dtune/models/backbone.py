@@ -55,6 +55,34 @@ class GPTConfig:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
 
 
+def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
+    """Dropout whose masks come from 16-bit random integers, two per 32-bit draw (`p` to 1/65536)
+    on CPUs, where torch's Bernoulli sampling took a quarter of a small model's training step;
+    torch's own dropout on GPUs."""
+    if not training or p <= 0.0:
+        return x
+    if x.device.type != "cpu":
+        return F.dropout(x, p, True)
+    n = x.numel()
+    bits = torch.empty((n + 1) // 2, dtype=torch.int32).random_(-2 ** 31, 2 ** 31).view(torch.int16)[:n]
+    keep = bits.view(x.shape) >= round(p * 65536) - 32768
+    return x * keep * (1.0 / (1.0 - p))
+
+
+class Dropout(nn.Module):
+    """:func:`dropout` as a module (a drop-in for `nn.Dropout`: no parameters, same state dict)."""
+
+    def __init__(self, p: float):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x):
+        return dropout(x, self.p, self.training)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
 class KVCache:
     """Keys and values of the tokens seen so far, per layer, for incremental decoding."""
 
@@ -84,7 +112,7 @@ class Attention(nn.Module):
         self.v = nn.Linear(d, d, bias=cfg.bias)
         self.out = nn.Linear(d, d, bias=cfg.bias)
         self.attn_dropout = cfg.dropout
-        self.resid_dropout = nn.Dropout(cfg.dropout)
+        self.resid_dropout = Dropout(cfg.dropout)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
@@ -100,11 +128,25 @@ class Attention(nn.Module):
             k = torch.cat([pk.to(k.dtype).expand(b, -1, -1, -1), k], dim=2)
             v = torch.cat([pv.to(v.dtype).expand(b, -1, -1, -1), v], dim=2)
             mask = F.pad(mask, (pk.shape[2], 0), value=True)  # GPT.forward builds a mask when prefix is set
-        y = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
-            is_causal=mask is None,
-        )
+        if self.training and self.attn_dropout > 0 and x.device.type == "cpu":
+            y = self._attend_with_dropout(q, k, v, mask)
+        else:
+            y = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
+                is_causal=mask is None,
+            )
         return self.resid_dropout(self.out(y.transpose(1, 2).reshape(b, t, d)))
+
+
+    def _attend_with_dropout(self, q, k, v, mask):
+        """Attention with dropout on its weights, written out (what SDPA's math path computes) so
+        that the masks come from :func:`dropout`."""
+        t, tk = q.shape[2], k.shape[2]
+        if mask is None:
+            mask = torch.ones(t, tk, dtype=torch.bool, device=q.device).tril(tk - t)
+        att = (q @ k.transpose(-2, -1)) * (1.0 / math.sqrt(q.shape[-1]))
+        att = att.masked_fill(~mask, float("-inf")).softmax(-1)
+        return dropout(att, self.attn_dropout, True) @ v
 
 
 class MLP(nn.Module):
@@ -113,7 +155,7 @@ class MLP(nn.Module):
         self.fc = nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=cfg.bias)
         self.act = nn.GELU(approximate="tanh")
         self.proj = nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
+        self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x):
         return self.dropout(self.proj(self.act(self.fc(x))))
@@ -140,7 +182,7 @@ class GPT(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
         self.cfg = cfg
-        self.drop = nn.Dropout(cfg.dropout)
+        self.drop = Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.ln_eps, bias=cfg.bias)
         self.apply(self._init)

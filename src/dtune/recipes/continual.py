@@ -240,6 +240,7 @@ class ContinualRun:
                              progress.get("pretrain_before"), pre_after)
         counts = tuners.parameter_counts(model)
         summary = {"method": cfg.method, "seed": cfg.seed, "sequence": cfg.sequence, "tasks": tasks,
+                   "pool_size": getattr(self.method_config, "pool_size", None),
                    "steps_per_task": cfg.steps_per_task, "matrix": progress["rows"], "base_checkpoint": cfg.checkpoint,
                    "base_digest": digest, "pretrain_rows": progress["pretrain_rows"], **metrics, **counts,
                    "train_s": sum(t["train_s"] for t in progress["task_times"]),
