@@ -73,16 +73,21 @@ def resume_command(kind: str, out: str | os.PathLike) -> str:
     return f"{COMMANDS[kind]} --out {shlex.quote(str(out))} --resume"
 
 
+RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "tb", "evals", "progress.json")
+"""What a run writes before its first checkpoint: cleared when it starts over."""
+
+
 def start_fresh(out: Path, kind: str, markers: tuple[str, ...]) -> None:
     """A new run in `out`: refuse a folder that holds another kind of run, or a run of this kind
-    that has progress (`markers`: files that mean it has); leftovers of a run interrupted before
-    its first checkpoint are cleared."""
+    that has progress (`markers`: files that mean it has); the files of a run interrupted before
+    its first checkpoint are cleared (nothing else in the folder is touched)."""
     claim_out(out, kind)
     if any((out / m).exists() for m in markers):
         raise ValueError(f"{out} already holds a {COMMANDS[kind]} run; pass --resume to continue it or choose another --out")
     if run_kind(out) == kind:  # config only: interrupted before anything was saved
-        for p in out.iterdir():
-            shutil.rmtree(p) if p.is_dir() else p.unlink()
+        for name in RUN_FILES:
+            p = out / name
+            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
 def fit(trainer, stop: int, checkpoint, ckpt_every: int, kind: str, out: Path, where: str) -> None:
