@@ -1,15 +1,18 @@
 """Evaluation env steps/s: key/value cache against recomputing the context, against raw env
 stepping with random actions (the ceiling: no model at all), and the same with the
 environments in worker processes (`env_workers`, dtune.eval.vecenv) against raw env stepping
-in as many processes.
+in as many processes; plus a prototype that overlaps the model on one half of the envs with
+stepping the other half (two agents, not in dtune).
 
 Same tasks, episodes, seeds and horizon for all; the model is a freshly initialised MDDT of
 the chosen preset (speed does not depend on the weights). Environments (in this process and in
-the workers) are built once, before timing. The worker evaluator's returns and successes are
-checked to equal the in-process evaluator's.
+the workers) are built once, before timing; only one set of them is alive at a time (a
+Meta-World env holds about 22 MB). The worker evaluator's returns and successes are checked to
+equal the in-process evaluator's. Each line gives wall seconds, CPU seconds (this process and
+its env workers; Linux) and the seconds spent in the agent (the model); env worker RSS last.
 
     python benchmarks/bench_eval.py [--model small --tasks 8 --episodes 5 --horizon 100 --workers 2]
-    python benchmarks/bench_eval.py --tasks 40 --episodes 10 --horizon 200 --skip-recompute   # full MT40
+    python benchmarks/bench_eval.py --tasks 40 --episodes 10 --horizon 200 --skip-recompute --skip-overlap  # MT40
 """
 
 import argparse
@@ -37,17 +40,14 @@ def _raw_worker(keys, seeds, horizon, barrier, done):
 
 
 def raw_processes(specs, seeds, horizon: int, workers: int) -> float:
-    """Seconds for raw env stepping (random actions) of `specs` split over `workers` processes
-    (contiguous slices, as VecEnv splits them), timed from a common start."""
+    """Seconds for raw env stepping (random actions) of `specs` spread over `workers` processes
+    (env `i` in process `i % workers`, as VecEnv spreads them), timed from a common start."""
     import multiprocessing as mp
-
-    from dtune.eval.vecenv import split_bounds
 
     ctx = mp.get_context("spawn")
     barrier, done = ctx.Barrier(workers + 1), ctx.Queue()
-    b = split_bounds(len(specs), workers)
-    procs = [ctx.Process(target=_raw_worker, args=([(s.name, s.horizon, s.act_dim) for s in specs[b[w]:b[w + 1]]],
-                                                   seeds[b[w]:b[w + 1]], horizon, barrier, done), daemon=True)
+    procs = [ctx.Process(target=_raw_worker, args=([(s.name, s.horizon, s.act_dim) for s in specs[w::workers]],
+                                                   seeds[w::workers], horizon, barrier, done), daemon=True)
              for w in range(workers)]
     for p in procs:
         p.start()
@@ -65,43 +65,65 @@ def raw_processes(specs, seeds, horizon: int, workers: int) -> float:
 
 
 def run_overlapped(make_agent, specs, seeds, targets, venv) -> dict:
-    """Prototype (not in dtune): two agents, one per half of the envs (the slices of worker 0 and
-    worker 1), so that the model acts for one half while the other half steps. Same episodes
-    as run_episodes when the agent's actions do not depend on the batch it is run in."""
+    """Prototype (not in dtune): two agents, one per worker's envs, so that the model acts for
+    one half while the other half steps. Same episodes as run_episodes when the agent's actions
+    do not depend on the batch it runs in (true of this MDDT here, not guaranteed in general)."""
     n, horizon = len(specs), specs[0].horizon
-    b = venv.bounds
-    halves = [(b[0], b[1]), (b[1], b[2])]
+    halves = [venv.envs_of(k) for k in range(2)]
     agents = [make_agent() for _ in halves]
     obs = venv.reset(seeds)
-    for agent, (lo, hi) in zip(agents, halves):
-        agent.start(specs[lo:hi], targets[lo:hi])
+    for agent, idx in zip(agents, halves):
+        agent.start([specs[i] for i in idx], [targets[i] for i in idx])
     returns, success, alive = np.zeros(n), np.zeros(n, bool), np.ones(n, bool)
     actions = np.zeros((n, max(s.act_dim for s in specs)), np.float32)
     env_steps, pending = 0, None  # the half in flight
 
     def finish(k):
-        nonlocal env_steps, obs
-        lo, hi = halves[k]
+        nonlocal env_steps
+        idx = halves[k]
         o, rew, term, trunc, succ = venv.step_wait()
-        obs[lo:hi] = o[lo:hi]
-        live = lo + np.flatnonzero(alive[lo:hi])
+        for i in idx:
+            obs[i] = o[i]
+        live = idx[alive[idx]]
         rewards = np.zeros(n, np.float32)
         rewards[live] = rew[live]
         returns[live] += rew[live]
         success[live] |= succ[live]
         env_steps += len(live)
         alive[live[term[live] | trunc[live]]] = False
-        agents[k].observe(rewards[lo:hi])
+        agents[k].observe(rewards[idx])
 
     for t in range(horizon):
-        for k, (lo, hi) in enumerate(halves):
-            actions[lo:hi] = agents[k].act(obs[lo:hi], t)  # while the other half steps
+        for k, idx in enumerate(halves):
+            actions[idx] = agents[k].act([obs[i] for i in idx], t)  # while the other half steps
             if pending is not None:
                 finish(pending)
             venv.step_async(actions, alive, workers=[k])
             pending = k
     finish(pending)
     return {"returns": returns, "success": success, "env_steps": env_steps}
+
+
+class TimedAgent:
+    """Wraps an agent; adds the wall seconds spent in its calls to `clock[0]`."""
+
+    def __init__(self, agent, clock: list):
+        self.agent, self.clock = agent, clock
+
+    def _timed(self, fn, *a):
+        t = time.perf_counter()
+        r = fn(*a)
+        self.clock[0] += time.perf_counter() - t
+        return r
+
+    def start(self, specs, targets):
+        return self._timed(self.agent.start, specs, targets)
+
+    def act(self, obs, t):
+        return self._timed(self.agent.act, obs, t)
+
+    def observe(self, rewards):
+        return self._timed(self.agent.observe, rewards)
 
 
 def rss_mb(pid: int) -> float | None:
@@ -114,6 +136,22 @@ def rss_mb(pid: int) -> float | None:
     return None
 
 
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of another process so far; 0 where /proc is missing."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except OSError:
+        return 0.0
+
+
+def measure(fn, pids=()) -> tuple[float, float]:
+    """Wall seconds of `fn()` and the CPU seconds it took in this process and in `pids`."""
+    c = time.process_time() + sum(cpu_s(p) for p in pids)
+    wall = timed(fn)
+    return wall, time.process_time() + sum(cpu_s(p) for p in pids) - c
+
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("--model", default="small")
@@ -123,14 +161,18 @@ def main():
     p.add_argument("--workers", type=int, default=2, help="env worker processes (and raw reference processes)")
     p.add_argument("--threads", type=int, default=0, help="torch threads of this process (0: torch's default)")
     p.add_argument("--skip-recompute", action="store_true", help="skip the recompute-context evaluator (slow)")
+    p.add_argument("--skip-overlap", action="store_true", help="skip the overlapped-halves prototype")
     args = p.parse_args()
 
     # Heavy imports here, not at the top: spawned workers import this file.
+    import gc
+
     import torch
 
+    from dtune.eval import rollout
     from dtune.eval.agents import DTAgent
     from dtune.eval.rollout import pooled_envs, run_episodes
-    from dtune.eval.vecenv import shared_vecenv
+    from dtune.eval.vecenv import close_shared, shared_vecenv
     from dtune.models import build_model, preset
     from dtune.tasks import TASK_SETS, get_task, layout_for
 
@@ -143,9 +185,24 @@ def main():
     torch.manual_seed(0)
     layout = layout_for("mt40")
     model = build_model(preset(args.model, state_dim=layout.state_dim, act_dim=layout.act_dim)).eval()
+    n_steps, w = len(specs) * args.horizon, args.workers
+    res, out, model_s = {}, {}, {}  # name -> (wall s, cpu s); name -> episodes; name -> [s in the agent]
 
-    envs = pooled_envs(specs)  # built once, outside the timings; run_episodes reuses them
-    venv = shared_vecenv(specs, args.workers)  # the env workers and their envs, likewise
+    def agent(key, cache=True):
+        return TimedAgent(DTAgent(model, layout, use_cache=cache), model_s.setdefault(key, [0.0]))
+
+    def evaluate(key, pids=(), **kw):
+        def run():
+            out[key] = run_episodes(agent(key, key != "recompute"), specs, seeds, targets, **kw)
+        res[key] = measure(run, pids)
+
+    # Phases, so that only one set of environments is alive at a time (a Meta-World env holds
+    # about 22 MB; the full MT40 evaluation has 400 of them).
+    # 1. raw stepping in `w` processes (they build their envs, then exit)
+    res["raw_n"] = (raw_processes(specs, seeds, args.horizon, w), None)
+
+    # 2. in this process: raw stepping, then the evaluator; envs built before timing
+    envs = pooled_envs(specs)
 
     def raw():
         for env, sd in zip(envs, seeds):
@@ -155,59 +212,63 @@ def main():
             for env in envs:
                 env.step(rng.uniform(-1, 1, 4))
 
+    res["raw"] = measure(raw)
+    evaluate("cache")
+    if not args.skip_recompute:
+        evaluate("recompute")
+    envs.clear()  # drop this process's envs before the workers build theirs
+    rollout._ENV_POOL.clear()
+    gc.collect()
+
+    # 3. env workers (built before timing): raw stepping through VecEnv, the evaluator, the prototype
+    venv = shared_vecenv(specs, w)
+    pids = venv.pids
+
     def vec_raw():
         venv.reset(seeds)
         rng = np.random.default_rng(0)
         for _ in range(args.horizon):
             venv.step(rng.uniform(-1, 1, (len(specs), 4)))
 
-    n_steps = len(specs) * args.horizon
-    res, out = {}, {}
+    res["vec_raw"] = measure(vec_raw, pids)
+    evaluate("workers", pids, env_workers=w)
+    if w == 2 and not args.skip_overlap:
+        res["overlap"] = measure(lambda: out.__setitem__("overlap", run_overlapped(
+            lambda: agent("overlap"), specs, seeds, targets, venv)), pids)
+    rss = [(rss_mb(pid), len(venv.envs_of(i)), venv.cached_envs[i]) for i, pid in enumerate(pids)]
+    close_shared()
 
-    def evaluate(key, **kw):
-        def run():
-            out[key] = run_episodes(DTAgent(model, layout, use_cache=key != "recompute"), specs, seeds, targets, **kw)
-        res[key] = timed(run)
+    def same(key):
+        return all(np.array_equal(out["cache"][k], out[key][k]) for k in ("returns", "success", "env_steps"))
 
-    t_raw = timed(raw)
-    t_raw_n = raw_processes(specs, seeds, args.horizon, args.workers)
-    t_vec_raw = timed(vec_raw)
-    evaluate("cache")
-    evaluate("workers", env_workers=args.workers)
-    if args.workers == 2:
-        res["overlap"] = timed(lambda: out.__setitem__("overlap", run_overlapped(
-            lambda: DTAgent(model, layout), specs, seeds, targets, venv)))
-    if not args.skip_recompute:
-        evaluate("recompute")
-    same = all(np.array_equal(out["cache"][k], out["workers"][k]) for k in ("returns", "success", "env_steps"))
+    def line(label, key, extra=""):
+        wall, cpu = res[key]
+        cpu_txt = f", {cpu:5.1f} CPU s" if cpu is not None else ""
+        if key in model_s:
+            cpu_txt += f", agent {model_s[key][0]:5.1f} s"
+        print(f"{label:<36}: {n_steps / wall:7.0f} steps/s  ({wall:6.1f} s{cpu_txt}){extra}")
 
-    w = args.workers
+    t_raw, t_raw_n, t_cache = res["raw"][0], res["raw_n"][0], res["cache"][0]
     print(f"{len(specs)} envs x {args.horizon} steps, model {args.model}, torch threads {torch.get_num_threads()}, "
-          f"{os.cpu_count()} CPUs")
-    print(f"raw env stepping (random actions) : {n_steps / t_raw:7.0f} steps/s")
-    print(f"raw env stepping, {w} processes    : {n_steps / t_raw_n:7.0f} steps/s  (x{t_raw / t_raw_n:.2f} vs 1 process)")
-    print(f"VecEnv stepping, {w} workers       : {n_steps / t_vec_raw:7.0f} steps/s  "
-          f"({t_raw_n / t_vec_raw:.2f} of raw in {w} processes)")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
+    line("raw env stepping (random actions)", "raw")
+    line(f"raw env stepping, {w} processes", "raw_n", f"  x{t_raw / t_raw_n:.2f} vs 1 process")
+    line(f"VecEnv stepping, {w} workers", "vec_raw", f"  {t_raw_n / res['vec_raw'][0]:.2f} of raw in {w} processes")
+    vs = ""
     if "recompute" in res:
-        print(f"evaluate, recompute context       : {n_steps / res['recompute']:7.0f} steps/s")
-        vs = f"x{res['recompute'] / res['cache']:.2f} vs recompute, "
-    else:
-        vs = ""
-    print(f"evaluate, key/value cache         : {n_steps / res['cache']:7.0f} steps/s  "
-          f"({vs}{t_raw / res['cache']:.2f} of raw)")
-    print(f"evaluate, cache, {w} env workers   : {n_steps / res['workers']:7.0f} steps/s  "
-          f"(x{res['cache'] / res['workers']:.2f} vs in-process, {t_raw_n / res['workers']:.2f} of raw in {w} processes)"
-          f"; results {'identical' if same else 'DIFFER'}")
+        line("evaluate, recompute context", "recompute")
+        vs = f"x{res['recompute'][0] / t_cache:.2f} vs recompute, "
+    line("evaluate, key/value cache", "cache", f"  {vs}{t_raw / t_cache:.2f} of raw")
+    line(f"evaluate, cache, {w} env workers", "workers",
+         f"  x{t_cache / res['workers'][0]:.2f} vs in-process, {t_raw_n / res['workers'][0]:.2f} of raw in {w} "
+         f"processes; results {'identical' if same('workers') else 'DIFFER'}")
     if "overlap" in res:
-        same_o = all(np.array_equal(out["cache"][k], out["overlap"][k]) for k in ("returns", "success", "env_steps"))
-        print(f"  halves overlapped (prototype)  : {n_steps / res['overlap']:7.0f} steps/s  "
-              f"(x{res['cache'] / res['overlap']:.2f} vs in-process, {t_raw_n / res['overlap']:.2f} of raw in {w} "
-              f"processes); results {'identical' if same_o else 'DIFFER'}")
-    b = venv.bounds
-    for i, pid in enumerate(venv.pids):
-        mb = rss_mb(pid)
+        line("  halves overlapped (prototype)", "overlap",
+             f"  x{t_cache / res['overlap'][0]:.2f} vs in-process, {t_raw_n / res['overlap'][0]:.2f} of raw in {w} "
+             f"processes; results {'identical' if same('overlap') else 'DIFFER'}")
+    for i, (mb, used, cached) in enumerate(rss):
         if mb is not None:
-            print(f"env worker {i}: {mb:.0f} MB RSS, {b[i + 1] - b[i]} envs in use, {venv.cached_envs[i]} cached")
+            print(f"env worker {i}: {mb:.0f} MB RSS, {used} envs in use, {cached} cached")
 
 
 if __name__ == "__main__":  # spawned workers import this file: run only as a script

@@ -88,6 +88,7 @@ def test_mixed_observation_sizes_and_alive_mask():
     obs = venv.reset([7, 8, 9, 10])
     ref = [e.reset(s) for e, s in zip(envs, [7, 8, 9, 10])]
     assert [o.shape for o in obs] == [(39,), (39,), (5,), (24,)] and venv.obs_dims == [39, 39, 5, 24]
+    assert venv.envs_of(0).tolist() == [0, 2] and venv.envs_of(1).tolist() == [1, 3]  # interleaved: balanced tasks
     for o, r in zip(obs, ref):
         assert o.dtype == r.dtype and o.tobytes() == r.tobytes()
     alive = np.array([True, False, True, False])

@@ -1,23 +1,30 @@
 """Environments stepped in worker processes, results exchanged through shared memory.
 
-:class:`VecEnv` splits `n` environments into contiguous slices, one per worker process
-(spawn context). Per step the parent writes the actions and the alive mask into shared
-memory and sends each worker a tiny command over its pipe; the worker steps the live envs of
-its slice, writes observations, rewards and flags into shared memory and answers with an
-empty message. Nothing is pickled per environment on the step path::
+:class:`VecEnv` spreads `n` environments over worker processes (spawn context); each
+worker owns a contiguous slice of the shared arrays. Per step the parent writes the actions
+and the alive mask into shared memory and sends each worker a tiny command over its pipe; the
+worker steps the live envs of its slice, writes observations, rewards and flags into shared
+memory and answers with an empty message. Nothing is pickled per environment on the step
+path::
 
     with VecEnv(["reach-v3", "walker-walk"], workers=2) as venv:
         obs = venv.reset([0, 1])                            # list of n observations
         obs, rew, term, trunc, succ = venv.step(actions)    # actions: (n, >= act_dim)
 
-Shared memory (one block, each array 64-byte aligned; `O` = largest obs_dim, `A` = largest
-act_dim of the specs):
+Env `i` goes to worker `i % workers` (worker `w` steps envs `w, w + W, w + 2W, ...`, which
+sit in its contiguous block of slots): the evaluator lists the episodes task by task, and
+Meta-World tasks differ up to 9x in step time (0.14 ms for door-lock, 1.26 ms for
+pick-place-wall), so contiguous runs of envs would leave one worker waiting for the other
+(MT40: 5.5 against 7.1 ms per lock-step over the two halves).
+
+Shared memory (one block, each array 64-byte aligned; rows are slots; `O` = largest
+obs_dim, `A` = largest act_dim of the specs):
 
 =========  ===========  =============================================================
 `act`      (n, A) f8    actions, written by the parent (float32 values are exact in f8)
 `alive`    (n,) bool    which envs to step, written by the parent
 `seeds`    (n,) i8      reset seeds, written by the parent
-`obs`      (n, O) f8    observations padded to `O`; env `i` fills `obs[i, :obs_dim[i]]`
+`obs`      (n, O) f8    observations padded to `O`; an env fills `obs[slot, :obs_dim]`
 `rew`      (n,) f8      rewards (the env's Python float, exactly)
 `flags`    (n, 3) bool  terminated, truncated, success
 =========  ===========  =============================================================
@@ -36,9 +43,11 @@ started the worker, so build a VecEnv in a thread that outlives it (the main thr
 Every worker keeps the environments it built, keyed by `(task, horizon)` like
 :func:`dtune.eval.rollout.pooled_envs`, so :meth:`VecEnv.assign` re-targets a pool to other
 specs cheaply; :func:`shared_vecenv` keeps one pool per worker count for the process
-(the evaluator's `env_workers` path). Memory: a worker with only the suites imported holds
-about 125 MB RSS; each Meta-World env adds about 1.5 MB, each DMC env about 0.5 MB (measured,
-see benchmarks/bench_eval.py, which prints RSS per worker and envs per worker).
+(the evaluator's `env_workers` path). Memory (RSS, measured with Python 3.11, MuJoCo 3.3):
+a worker holds about 130 MB with its imports, plus about 22 MB per Meta-World env (the
+compiled MjModel: meshes and textures, one copy per env) and 13 MB per DMC env; the MT40
+evaluation (400 envs over 2 workers) holds about 4.5 GB per worker, as much as the in-process
+pool holds for the same envs. :func:`close_shared` frees the pools.
 """
 
 from __future__ import annotations
@@ -57,14 +66,9 @@ import numpy as np
 from dtune.runtime.workers import WorkerError, _die_with_parent, _RemoteTraceback
 from dtune.tasks import SUITES, TaskSpec, get_suite, get_task, make_env, register_suite
 
-__all__ = ["VecEnv", "shared_vecenv", "close_shared", "split_bounds"]
+__all__ = ["VecEnv", "shared_vecenv", "close_shared"]
 
 _ALIGN = 64
-
-
-def split_bounds(n: int, workers: int) -> list[int]:
-    """Slice bounds of `n` envs over `workers` (contiguous, sizes differ by at most one)."""
-    return [n * w // workers for w in range(workers + 1)]
 
 
 def _layout(n: int, obs_w: int, act_w: int) -> tuple[dict, int]:
@@ -83,7 +87,7 @@ def _views(buf, layout: dict) -> dict[str, np.ndarray]:
 
 
 def _as_spec(s, horizon: int | None) -> TaskSpec:
-    return s if isinstance(s, TaskSpec) else get_task(s, horizon)
+    return s.with_horizon(horizon) if isinstance(s, TaskSpec) else get_task(s, horizon)
 
 
 # ---------------------------------------------------------------- worker side
@@ -100,6 +104,7 @@ class _Worker:
         self.envs: list = []
         self.act_dims: list[int] = []
         self.obs_dims: list[int] = []
+        self.index: list[int] = []  # the parent's env index of each slot of the slice
 
     def assign(self, shm_name, layout, lo, keys, suites):
         for suite in suites:
@@ -112,8 +117,8 @@ class _Worker:
             self.shm = shared_memory.SharedMemory(name=shm_name)
         self.v = _views(self.shm.buf, layout)
         taken: dict[tuple[str, int], int] = {}
-        self.envs, self.act_dims = [], []
-        for name, horizon, act_dim in keys:  # the same reuse rule as rollout.pooled_envs
+        self.envs, self.act_dims, self.index = [], [], []
+        for name, horizon, act_dim, index in keys:  # the same reuse rule as rollout.pooled_envs
             key = (name, horizon)
             pool = self.cache.setdefault(key, [])
             i = taken.get(key, 0)
@@ -122,6 +127,7 @@ class _Worker:
             self.envs.append(pool[i])
             taken[key] = i + 1
             self.act_dims.append(act_dim)
+            self.index.append(index)
         self.lo = lo
         self.obs_dims = [0] * len(self.envs)
         return sum(len(p) for p in self.cache.values())
@@ -129,7 +135,7 @@ class _Worker:
     def _put(self, i: int, obs) -> np.ndarray:
         obs = np.asarray(obs)
         if obs.ndim != 1 or obs.size > self.v["obs"].shape[1]:
-            raise ValueError(f"env {self.lo + i} returned an observation of shape {obs.shape}; "
+            raise ValueError(f"env {self.index[i]} returned an observation of shape {obs.shape}; "
                              f"expected a flat one of at most {self.v['obs'].shape[1]} values")
         self.v["obs"][self.lo + i, : obs.size] = obs
         return obs
@@ -151,7 +157,8 @@ class _Worker:
                 continue
             o, r, term, trunc, succ = env.step(act[j, : self.act_dims[i]].astype(act_dtype))
             if self._put(i, o).size != self.obs_dims[i]:
-                raise ValueError(f"env {j} changed its observation size from {self.obs_dims[i]} to {np.size(o)}")
+                raise ValueError(f"env {self.index[i]} changed its observation size from {self.obs_dims[i]} "
+                                 f"to {np.size(o)}")
             rew[j] = r
             flags[j] = (term, trunc, succ)
 
@@ -194,8 +201,11 @@ def _worker_main(conn, parent_pid: int) -> None:
 # ---------------------------------------------------------------- parent side
 
 
-def _shutdown(procs, conns, shm) -> None:
-    """Stop workers (polite `None`, then terminate, then kill) and free the shared memory."""
+def _shutdown(owner: int, procs, conns, shm) -> None:
+    """Stop workers (polite `None`, then terminate, then kill) and free the shared memory.
+    Only in the process that started them (not in a forked child that inherited the object)."""
+    if os.getpid() != owner:
+        return
     for c in conns:
         try:
             c.send(None)
@@ -239,12 +249,14 @@ class VecEnv:
         self._conns: list = []
         self._cap = (0, 0, 0)
         self._closed = False
+        self._pending: list[int] = []
         ctx = mp.get_context(context)
-        self._finalizer = weakref.finalize(self, _shutdown, self._procs, self._conns, self._shm)
+        self._finalizer = weakref.finalize(self, _shutdown, os.getpid(), self._procs, self._conns, self._shm)
         try:
             for _ in range(self.workers):
                 conn, child = ctx.Pipe()
-                p = ctx.Process(target=_worker_main, args=(child, os.getpid()), name="dtune-env-worker", daemon=True)
+                p = ctx.Process(target=_worker_main, args=(child, os.getpid()), name="dtune-env-worker",
+                                daemon=not mp.current_process().daemon)
                 p.start()
                 child.close()
                 self._procs.append(p)
@@ -283,26 +295,36 @@ class VecEnv:
     # -- messaging
 
     def _send(self, ws, msg) -> None:
-        for w in ws:
-            self._conns[w].send(msg)
+        try:
+            for w in ws:
+                self._conns[w].send(msg)
+        except BaseException as e:  # a worker is gone, or interrupted: the pipes are out of step
+            self.close()
+            if isinstance(e, OSError):
+                raise WorkerError(f"env worker gone ({e})") from e
+            raise
 
     def _recv(self, ws) -> list:
         out, err = [], None
-        for w in ws:  # read every answer, so the pipes stay in step even when one failed
-            try:
-                msg = self._conns[w].recv()
-            except (EOFError, OSError):
-                p = self._procs[w]
-                p.join(1)
-                err = err or WorkerError(f"env worker {p.pid} died unexpectedly (exit code {p.exitcode})")
-                continue
-            if msg is not None and msg[0] == "err":
-                _, exc, tb = msg
-                where = f"env worker {self._procs[w].pid} failed:\n{tb}"
-                if err is None:
-                    err = (exc if exc is not None else WorkerError(where)), where
-                continue
-            out.append(None if msg is None else msg[1])
+        try:
+            for w in ws:  # read every answer, so the pipes stay in step even when one failed
+                try:
+                    msg = self._conns[w].recv()
+                except (EOFError, OSError):
+                    p = self._procs[w]
+                    p.join(1)
+                    err = err or WorkerError(f"env worker {p.pid} died unexpectedly (exit code {p.exitcode})")
+                    continue
+                if msg is not None and msg[0] == "err":
+                    _, exc, tb = msg
+                    where = f"env worker {self._procs[w].pid} failed:\n{tb}"
+                    if err is None:
+                        err = (exc if exc is not None else WorkerError(where)), where
+                    continue
+                out.append(None if msg is None else msg[1])
+        except BaseException:  # interrupted (Ctrl-C) while waiting: answers would be left unread
+            self.close()
+            raise
         if err is not None:
             self.close()  # the workers' state is unknown now
             if isinstance(err, tuple):
@@ -313,6 +335,8 @@ class VecEnv:
     def _check_open(self) -> None:
         if self._closed:
             raise RuntimeError("VecEnv is closed")
+        if self._pending:
+            raise RuntimeError("a step is in flight: call step_wait() first")
 
     def _call(self, ws, msg) -> list:
         self._check_open()
@@ -329,35 +353,32 @@ class VecEnv:
             raise ValueError("VecEnv needs at least one environment")
         n = len(specs)
         obs_w, act_w = max(s.obs_dim for s in specs), max(s.act_dim for s in specs)
-        if n > self._cap[0] or obs_w > self._cap[1] or act_w > self._cap[2]:
+        old = None
+        if n > self._cap[0] or obs_w > self._cap[1] or act_w > self._cap[2]:  # a larger block
             cap = (max(n, self._cap[0]), max(obs_w, self._cap[1]), max(act_w, self._cap[2]))
             layout, size = _layout(*cap)
-            shm = shared_memory.SharedMemory(create=True, size=size)
-            old, self._shm[0] = self._shm[0], shm
+            old, self._shm[0] = self._shm[0], shared_memory.SharedMemory(create=True, size=size)
             self._cap, self._layout = cap, layout
-            self._v = _views(shm.buf, layout)
-            if old is not None:  # workers re-attach in the assign below; then drop the old block
-                self._old_shm = old
-        self.specs = specs
-        self.n = n
+            self._v = _views(self._shm[0].buf, layout)
+        self.specs, self.n = specs, n
         self.act_dims = [s.act_dim for s in specs]
-        self.bounds = split_bounds(n, self.workers)
-        suites = {s.suite: get_suite(s.suite) for s in specs}
-        msgs = []
-        for w in range(self.workers):
-            lo, hi = self.bounds[w], self.bounds[w + 1]
-            keys = [(s.name, s.horizon, s.act_dim) for s in specs[lo:hi]]
-            msgs.append(("assign", self._shm[0].name, self._layout, lo, keys, list(suites.values())))
-        for w, m in enumerate(msgs):
-            self._send([w], m)
-        self.cached_envs = self._recv(range(self.workers))
-        old = getattr(self, "_old_shm", None)
-        if old is not None:
-            old.close()
-            old.unlink()
-            self._old_shm = None
         self.obs_dims = [s.obs_dim for s in specs]
-        self._obs_dtypes = [np.dtype("f8")] * n
+        self._obs_dtypes, self._uniform_f8 = [np.dtype("f8")] * n, True
+        self._order = np.concatenate([np.arange(w, n, self.workers) for w in range(self.workers)])  # slot -> env
+        self._slot = np.empty(n, np.intp)  # env -> slot
+        self._slot[self._order] = np.arange(n)
+        self.bounds = [0] + np.cumsum([len(range(w, n, self.workers)) for w in range(self.workers)]).tolist()
+        suites = list({s.suite: get_suite(s.suite) for s in specs}.values())
+        try:
+            for w in range(self.workers):
+                lo, hi = self.bounds[w], self.bounds[w + 1]
+                keys = [(specs[i].name, specs[i].horizon, specs[i].act_dim, int(i)) for i in self._order[lo:hi]]
+                self._send([w], ("assign", self._shm[0].name, self._layout, lo, keys, suites))
+            self.cached_envs = self._recv(range(self.workers))
+        finally:
+            if old is not None:  # the workers have moved to the new block (or are gone)
+                old.close()
+                old.unlink()
         self._v["alive"][:] = False
 
     def reset(self, seeds) -> list[np.ndarray]:
@@ -366,15 +387,16 @@ class VecEnv:
         seeds = np.asarray(seeds, dtype=np.int64)
         if seeds.shape != (self.n,):
             raise ValueError(f"need {self.n} seeds, got {seeds.shape}")
-        self._v["seeds"][: self.n] = seeds
-        info = [x for part in self._call(range(self.workers), ("reset",)) for x in part]
+        self._v["seeds"][self._slot] = seeds
+        info = [x for part in self._call(range(self.workers), ("reset",)) for x in part]  # by slot
+        info = [info[k] for k in self._slot]
         self.obs_dims = [d for d, _ in info]
         self._obs_dtypes = [np.dtype(t) for _, t in info]
         self._uniform_f8 = all(t == np.float64 for t in self._obs_dtypes)
         return self._obs()
 
     def _obs(self) -> list[np.ndarray]:
-        buf = self._v["obs"][: self.n].copy()  # the agent may keep them; the next step overwrites
+        buf = self._v["obs"][self._slot]  # a copy in env order: the agent may keep them
         if self._uniform_f8:
             return [buf[i, :d] for i, d in enumerate(self.obs_dims)]
         return [buf[i, :d].astype(t, copy=False) for i, (d, t) in enumerate(zip(self.obs_dims, self._obs_dtypes))]
@@ -394,8 +416,9 @@ class VecEnv:
         mask = np.ones(n, bool) if alive is None else np.asarray(alive, bool)
         for w in ws:
             lo, hi = self.bounds[w], self.bounds[w + 1]
-            v["act"][lo:hi, :need] = actions[lo:hi, :need]
-            v["alive"][lo:hi] = mask[lo:hi]
+            envs = self._order[lo:hi]
+            v["act"][lo:hi, :need] = actions[envs, :need]
+            v["alive"][lo:hi] = mask[envs]
             v["flags"][lo:hi] = False
             v["rew"][lo:hi] = 0.0
         self._pending = list(ws)
@@ -405,11 +428,17 @@ class VecEnv:
         """Wait for the workers of the last :meth:`step_async`; returns `(obs, rewards,
         terminated, truncated, success)`: obs a list of n arrays, the others (n,) arrays
         (float64 rewards; zeros for envs not stepped)."""
+        if not self._pending:
+            raise RuntimeError("no step in flight: call step_async() first")
         ws, self._pending = self._pending, []
         self._recv(ws)
-        v, n = self._v, self.n
-        return (self._obs(), v["rew"][:n].copy(), v["flags"][:n, 0].copy(), v["flags"][:n, 1].copy(),
-                v["flags"][:n, 2].copy())
+        v, slot = self._v, self._slot
+        flags = v["flags"][slot]
+        return self._obs(), v["rew"][slot], flags[:, 0], flags[:, 1], flags[:, 2]
+
+    def envs_of(self, worker: int) -> np.ndarray:
+        """Indices of the envs that `worker` steps."""
+        return self._order[self.bounds[worker]: self.bounds[worker + 1]].copy()
 
     def step(self, actions, alive=None):
         """Step every env where `alive` (default all) with `actions[i, :act_dim]`."""
