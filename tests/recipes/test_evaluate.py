@@ -59,7 +59,8 @@ def test_committed_checkpoint_evaluates_as_before():
     from pathlib import Path
 
     ckpt = Path(__file__).resolve().parents[2] / "results" / "mt40_small" / "checkpoint"
-    res = evaluate(EvalConfig(checkpoint=str(ckpt), tasks="reach-v3,door-open-v3", episodes=4, seed=1000, horizon=60,
-                              progress=False))
-    assert res["tasks"]["reach-v3"]["return_mean"] == pytest.approx(REACH_60, rel=1e-6)
-    assert res["tasks"]["door-open-v3"]["return_mean"] == pytest.approx(DOOR_60, rel=1e-6)
+    for workers in (0, 2):  # in this process, and environments in 2 worker processes
+        res = evaluate(EvalConfig(checkpoint=str(ckpt), tasks="reach-v3,door-open-v3", episodes=4, seed=1000,
+                                  horizon=60, progress=False, env_workers=workers))
+        assert res["tasks"]["reach-v3"]["return_mean"] == pytest.approx(REACH_60, rel=1e-6)
+        assert res["tasks"]["door-open-v3"]["return_mean"] == pytest.approx(DOOR_60, rel=1e-6)

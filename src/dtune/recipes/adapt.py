@@ -127,12 +127,13 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     if cfg.pretrain_eval and main:
         t0 = time.perf_counter()
         before_pre = cached_eval(cfg.checkpoint, model, run_config, pre_tasks, cfg.pretrain_episodes, cfg.eval_seed,
-                                 cfg.horizon, cfg.progress)
+                                 cfg.horizon, cfg.progress, cfg.env_workers)
         t_eval += time.perf_counter() - t0
     eval_config = {**run_config, "task_info": {**run_config.get("task_info", {}), **data.task_info}}
     before_new = None
     if cfg.eval_episodes > 0 and main:
-        before_new = evaluate_model(model, eval_config, cfg.task, cfg.eval_episodes, cfg.eval_seed, cfg.horizon)
+        before_new = evaluate_model(model, eval_config, cfg.task, cfg.eval_episodes, cfg.eval_seed, cfg.horizon,
+                                    env_workers=cfg.env_workers)
 
     torch.manual_seed(cfg.seed)
     tuner = tuners.attach(model, cfg.method, method_config)
@@ -184,14 +185,16 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
         result["pool_entries_used"] = torch.nonzero(pool.prev_counts).flatten().tolist()
     t0 = time.perf_counter()
     if cfg.eval_episodes > 0:
-        after_new = evaluate_model(model, eval_config, cfg.task, cfg.eval_episodes, cfg.eval_seed, cfg.horizon)
+        after_new = evaluate_model(model, eval_config, cfg.task, cfg.eval_episodes, cfg.eval_seed, cfg.horizon,
+                                    env_workers=cfg.env_workers)
         result.update(new_task_before=before_new["tasks"][cfg.task]["score"],
                       new_task_score=after_new["tasks"][cfg.task]["score"],
                       new_task_return=after_new["tasks"][cfg.task]["return_mean"])
         atomic_write_json(out / "eval_task.json", after_new)
     if cfg.pretrain_eval:
         after_pre = evaluate_model(model, eval_config, pre_tasks, cfg.pretrain_episodes, cfg.eval_seed, cfg.horizon,
-                                   cfg.progress, desc=f"evaluate {len(pre_tasks)} pre-training task(s), adapted")
+                                   cfg.progress, desc=f"evaluate {len(pre_tasks)} pre-training task(s), adapted",
+                                   env_workers=cfg.env_workers)
         b, a = before_pre["mean_score"], after_pre["mean_score"]
         result.update(pretrain_before=b, pretrain_after=a,
                       retention=(a / b) if (a is not None and b) else None,

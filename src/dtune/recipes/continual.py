@@ -153,7 +153,8 @@ class ContinualRun:
         progress = self._progress()
         if cfg.eval_pretrain and "pretrain_before" not in progress:
             progress["pretrain_before"] = cached_eval(cfg.checkpoint, model, run_config, pre_tasks, cfg.pretrain_episodes,
-                                                      cfg.eval_seed, cfg.horizon, cfg.progress)["mean_score"]
+                                                      cfg.eval_seed, cfg.horizon, cfg.progress,
+                                                      cfg.env_workers)["mean_score"]
 
         torch.manual_seed(cfg.seed)
         tuner = tuners.attach(model, cfg.method, self.method_config)
@@ -212,12 +213,14 @@ class ContinualRun:
                     if anchor.ewc_lambda > 0 else None
                 anchor.consolidate(model, batches, lambda b: model.loss(b)[0])
             t0 = time.perf_counter()
-            res = evaluate_model(model, eval_config, tasks, cfg.eval_episodes, cfg.eval_seed, cfg.horizon)
+            res = evaluate_model(model, eval_config, tasks, cfg.eval_episodes, cfg.eval_seed, cfg.horizon,
+                                 env_workers=cfg.env_workers)
             atomic_write_json(self.out / "evals" / f"after_{i:02d}_{task}.json", res)
             progress["rows"].append([res["tasks"][t]["score"] for t in tasks])
             if cfg.eval_pretrain and (cfg.eval_pretrain_every or i == len(tasks) - 1):
                 pre = evaluate_model(model, eval_config, pre_tasks, cfg.pretrain_episodes, cfg.eval_seed, cfg.horizon,
-                                     cfg.progress, desc=f"evaluate pre-training tasks after {task}")
+                                     cfg.progress, desc=f"evaluate pre-training tasks after {task}",
+                                     env_workers=cfg.env_workers)
                 atomic_write_json(self.out / "evals" / f"pretrain_after_{i:02d}_{task}.json", pre)
                 progress["pretrain_rows"].append({"after": i, "score": pre["mean_score"]})
             progress["task_times"].append({"task": task, "train_s": train_s, "eval_s": time.perf_counter() - t0})

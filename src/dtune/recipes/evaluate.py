@@ -37,6 +37,9 @@ class EvalConfig:
     """Key/value cache during decoding (off = recompute the context at every forward)."""
     max_envs: int = 512
     """Environments stepped together at most."""
+    env_workers: int = 0
+    """Worker processes that step the environments (shared memory, results identical); 0 = step
+    them in this process. On 2 cores, 2 workers made the full MT40 evaluation x1.5-1.6 faster."""
     device: str = "auto"
     """`auto`, `cpu`, `cuda` or `cuda:N`."""
     json: str | None = None
@@ -90,7 +93,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     tasks = cfg.tasks or list(doc["tasks"] if doc else config["tasks"])
     agent = DTAgent(model, run_layout(config), cfg.use_cache)
     res = evaluate_agent(agent, tasks, cfg.episodes, cfg.seed, cfg.horizon, config.get("task_info", {}),
-                         cfg.target_scale, cfg.max_envs, cfg.progress)
+                         cfg.target_scale, cfg.max_envs, cfg.progress, env_workers=cfg.env_workers)
     out = {"checkpoint": str(checkpoint), "adapter": adapter, "use_cache": cfg.use_cache, **res}
     if cfg.json:
         path = Path(cfg.json)

@@ -63,6 +63,8 @@ class TuneSettings:
     if it still exists, else `~/.dtune/datasets`)."""
     log_every: int = 100
     """Steps between metric rows."""
+    env_workers: int = 0
+    """Worker processes that step the evaluation environments (0 = in this process)."""
     compile: bool = False
     """Run the loss through `torch.compile` (inductor): faster updates after a warm-up of about a
     minute (CPU needs a C++ compiler); numerically close to, not identical with, eager runs."""
@@ -135,15 +137,15 @@ def prepare_method(model, tuner, method_config, anchor, run_config: dict, root: 
 
 
 def evaluate_model(model, run_config: dict, tasks, episodes: int, seed: int, horizon: int | None,
-                   progress: bool = False, desc: str = "evaluate") -> dict:
+                   progress: bool = False, desc: str = "evaluate", env_workers: int = 0) -> dict:
     """Scores of an already loaded (possibly adapted) model."""
     agent = DTAgent(model, run_layout(run_config))
     return evaluate_agent(agent, tasks, episodes, seed, horizon, run_config.get("task_info", {}), progress=progress,
-                          desc=desc)
+                          desc=desc, env_workers=env_workers)
 
 
 def cached_eval(checkpoint: str, model, run_config: dict, tasks: list[str], episodes: int, seed: int,
-                horizon: int | None, progress: bool) -> dict:
+                horizon: int | None, progress: bool, env_workers: int = 0) -> dict:
     """Evaluation of the *unadapted* checkpoint, cached by weights digest and settings."""
     from dtune.models.io import weights_digest
 
@@ -152,7 +154,7 @@ def cached_eval(checkpoint: str, model, run_config: dict, tasks: list[str], epis
     if path.exists():
         return json.loads(path.read_text())
     res = evaluate_model(model, run_config, tasks, episodes, seed, horizon, progress,
-                         desc=f"evaluate {len(tasks)} pre-training task(s), unadapted")
+                         desc=f"evaluate {len(tasks)} pre-training task(s), unadapted", env_workers=env_workers)
     try:
         path.parent.mkdir(exist_ok=True)
         atomic_write_json(path, res)
