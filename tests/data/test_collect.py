@@ -3,7 +3,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +11,8 @@ from dtune.data import storage
 from dtune.data.collect import CollectConfig, collect, episode_noise
 from dtune.data.storage import DatasetError, read_episodes, read_metadata
 from tests.conftest import collect_tiny
+from tests.conftest import child_pids as _children
+from tests.conftest import process_gone
 
 EXP = "expert-noise"
 
@@ -158,26 +159,6 @@ def test_relative_data_dir(tmp_path, monkeypatch):
     assert storage.list_datasets(tmp_path / "rel" / "data") == [("reach-v3", EXP)]
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(stat.parent.name))
-    return out
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.mark.slow
 def test_kill_9_of_collection_leaves_no_workers_and_only_complete_datasets(tmp_path):
     tasks = "reach-v3,door-open-v3,drawer-close-v3,button-press-v3,plate-slide-v3,window-open-v3"
@@ -193,9 +174,9 @@ def test_kill_9_of_collection_leaves_no_workers_and_only_complete_datasets(tmp_p
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
         deadline = time.time() + 5
-        while any(_alive(w) for w in workers) and time.time() < deadline:
+        while any(not process_gone(w) for w in workers) and time.time() < deadline:
             time.sleep(0.1)
-        assert not [w for w in workers if _alive(w)], "workers outlived the killed collector"
+        assert not [w for w in workers if not process_gone(w)], "workers outlived the killed collector"
     finally:
         for w in _children(p.pid):
             os.kill(w, signal.SIGKILL)

@@ -19,6 +19,7 @@ from dtune.eval.rollout import evaluate_agent, pooled_envs, run_episodes
 from dtune.eval.vecenv import VecEnv, close_shared, shared_vecenv
 from dtune.models import build_model, preset
 from dtune.tasks import Suite, TaskSpec, get_task, layout_for, register_suite, unregister_suite
+from tests.conftest import process_gone as _gone
 
 ROOT = Path(__file__).resolve().parents[2]
 TASKS = ["reach-v3", "door-open-v3", "cartpole-balance", "walker-walk"]  # obs 39, 39, 5, 24; act 4, 4, 1, 6
@@ -141,18 +142,6 @@ def test_suite_registered_at_run_time_and_early_ends():
         assert venv.reset([5] * 5)[0].dtype == np.float32  # the env's own dtype comes back
     finally:
         unregister_suite("toyvec")
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
-    return "State:\tZ" in status
 
 
 def _wait_gone(pids, seconds=5.0) -> bool:

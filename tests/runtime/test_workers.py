@@ -14,6 +14,7 @@ import pytest
 
 from dtune.runtime.workers import run_parallel
 from tests.runtime._funcs import fail_on_two, square
+from tests.conftest import process_gone as _gone
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -37,18 +38,6 @@ def test_worker_exception_surfaces():
         run_parallel(fail_on_two, [0, 1, 2, 3], workers=2)
     cause = str(info.value.__cause__)
     assert "fail_on_two" in cause and "Traceback" in cause and "item 2" in cause
-
-
-def _gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    try:
-        status = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return True
-    return "State:\tZ" in status
 
 
 SCRIPT = """
