@@ -169,7 +169,7 @@ def _collect_one(item, progress):
     return str(collect_task(cfg, task, progress))
 
 
-def collect(cfg: CollectConfig, show_progress: bool | None = None) -> list[str]:
+def collect(cfg: CollectConfig) -> list[str]:
     """Collect every task of `cfg`; returns the tasks written (finished ones are skipped).
 
     Tasks run in worker processes (one task each) that exit when this process dies, even by
@@ -203,8 +203,7 @@ def collect(cfg: CollectConfig, show_progress: bool | None = None) -> list[str]:
     if not todo:
         return []
     workers = min(len(todo), cfg.workers or os.cpu_count() or 1)
-    show = cfg.progress if show_progress is None else show_progress
-    bar = tqdm(total=len(todo) * cfg.episodes, unit="ep", desc=f"collect {len(todo)} task(s)", disable=not show)
+    bar = tqdm(total=len(todo) * cfg.episodes, unit="ep", desc=f"collect {len(todo)} task(s)", disable=not cfg.progress)
     try:
         run_parallel(_collect_one, [(cfg, t, get_suite(get_task(t).suite)) for t in todo], workers,
                      on_progress=bar.update)
