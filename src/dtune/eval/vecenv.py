@@ -55,7 +55,6 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
-import pickle
 import signal
 import traceback
 import weakref
@@ -63,7 +62,7 @@ from multiprocessing import shared_memory
 
 import numpy as np
 
-from dtune.runtime.workers import WorkerError, _die_with_parent, _RemoteTraceback
+from dtune.runtime.workers import RemoteTraceback, WorkerError, die_with_parent, portable_exception
 from dtune.tasks import SUITES, TaskSpec, get_suite, get_task, make_env, register_suite
 
 __all__ = ["VecEnv", "shared_vecenv", "close_shared"]
@@ -171,7 +170,7 @@ class _Worker:
 def _worker_main(conn, parent_pid: int) -> None:
     """Worker loop: `(command, *args)` messages until `None` or EOF; answers `("ok", result)`
     or `("err", exception, traceback)`. The step command answers `None` (no payload)."""
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     w = _Worker()
     try:
@@ -189,11 +188,7 @@ def _worker_main(conn, parent_pid: int) -> None:
                 else:
                     conn.send(("ok", getattr(w, msg[0])(*msg[1:])))
             except Exception as e:
-                try:
-                    exc = pickle.loads(pickle.dumps(e))
-                except Exception:
-                    exc = None
-                conn.send(("err", exc, traceback.format_exc()))
+                conn.send(("err", portable_exception(e), traceback.format_exc()))
     finally:
         w.close()
 
@@ -328,7 +323,7 @@ class VecEnv:
         if err is not None:
             self.close()  # the workers' state is unknown now
             if isinstance(err, tuple):
-                raise err[0] from _RemoteTraceback(err[1])
+                raise err[0] from RemoteTraceback(err[1])
             raise err
         return out
 

@@ -28,7 +28,7 @@ import traceback
 from multiprocessing.connection import wait
 from typing import Any, Callable, Iterable
 
-__all__ = ["run_parallel", "WorkerError"]
+__all__ = ["run_parallel", "WorkerError", "RemoteTraceback", "die_with_parent", "portable_exception"]
 
 PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
 
@@ -37,7 +37,7 @@ class WorkerError(RuntimeError):
     """A worker failed with an exception that could not be sent back, or died unexpectedly."""
 
 
-class _RemoteTraceback(Exception):
+class RemoteTraceback(Exception):
     """Carries a worker's traceback text as the `__cause__` of the re-raised exception."""
 
     def __str__(self):
@@ -90,7 +90,7 @@ def _watch_parent(parent_pid: int, poll_s: float = 1.0) -> None:
             time.sleep(poll_s)
 
 
-def _die_with_parent(parent_pid: int) -> None:
+def die_with_parent(parent_pid: int) -> None:
     """Worker initialiser: PDEATHSIG, the race check, then the portable watcher thread."""
     _set_pdeathsig()
     if os.getppid() != parent_pid:  # the parent died before PDEATHSIG was set
@@ -98,9 +98,17 @@ def _die_with_parent(parent_pid: int) -> None:
     threading.Thread(target=_watch_parent, args=(parent_pid,), name="watch-parent", daemon=True).start()
 
 
+def portable_exception(e: BaseException) -> BaseException | None:
+    """`e` if it survives pickling (it can be sent to the parent as it is), else None."""
+    try:
+        return pickle.loads(pickle.dumps(e))
+    except Exception:
+        return None
+
+
 def _worker_main(fn: Callable, conn, parent_pid: int) -> None:
     """Worker loop: receive `(index, item)` until `None`; answer `ok` or `err` messages."""
-    _die_with_parent(parent_pid)
+    die_with_parent(parent_pid)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     progress = _PipeProgress(conn)
     while True:
@@ -114,11 +122,7 @@ def _worker_main(fn: Callable, conn, parent_pid: int) -> None:
         try:
             progress._send(("ok", idx, fn(item, progress)))  # pickling errors raise before writing
         except Exception as e:
-            try:
-                exc = pickle.loads(pickle.dumps(e))
-            except Exception:
-                exc = None
-            progress._send(("err", idx, exc, traceback.format_exc()))
+            progress._send(("err", idx, portable_exception(e), traceback.format_exc()))
             return
 
 
@@ -181,7 +185,7 @@ def run_parallel(fn: Callable[[Any, Any], Any], items: Iterable, workers: int,
                 else:
                     _, idx, exc, tb = msg
                     where = f"worker {procs[conn].pid} failed on item {idx} ({items[idx]!r:.100}):\n{tb}"
-                    raise (exc if exc is not None else WorkerError(where)) from _RemoteTraceback(where)
+                    raise (exc if exc is not None else WorkerError(where)) from RemoteTraceback(where)
         ok = True
     finally:
         for p in procs.values():
