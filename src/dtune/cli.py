@@ -268,8 +268,14 @@ def _method_name(name: str, names: list[str]) -> str:
                      "(`dtune adapt --list-methods` describes them)")
 
 
-def _parse_tuning(argv: list[str], config_cls, section: str, kind: str, prog: str):
-    """`(config, method config)` of an adapt or continual command line."""
+def _parse_tuning(argv: list[str], config_cls, kind: str):
+    """`(config, method config)` of an adapt or continual command line; None after
+    `--list-methods` (which prints them)."""
+    from dtune.recipes.adapt import list_methods
+
+    if "--list-methods" in argv:
+        print(list_methods())
+        return None
     from dtune import tuners
 
     classes = _method_classes()
@@ -282,7 +288,7 @@ def _parse_tuning(argv: list[str], config_cls, section: str, kind: str, prog: st
         _method_name(argv[first], list(classes))  # a misspelt method: suggestions
     cmd = _command_class(config_cls, classes)
     default = None
-    saved = _resume_default(config_cls, argv, section, kind)
+    saved = _resume_default(config_cls, argv, kind, kind)
     if saved is not None:
         import json
 
@@ -291,7 +297,7 @@ def _parse_tuning(argv: list[str], config_cls, section: str, kind: str, prog: st
         mcfg = tuners.config_from_dict(doc["method"], doc["method_config"])
         values = {f.name: getattr(saved, f.name) for f in dataclasses.fields(config_cls) if f.name != "method"}
         default = cmd(**values, method=classes[name](**dataclasses.asdict(mcfg)))
-    parsed = _parse(cmd, argv, prog, default)
+    parsed = _parse(cmd, argv, f"dtune {kind}", default)
     name = next(n for n, c in classes.items() if type(parsed.method) is c)
     method, _ = tuners.resolve_method(name)
     mcfg = tuners.REGISTRY[method].config_class(**dataclasses.asdict(parsed.method))
@@ -300,12 +306,11 @@ def _parse_tuning(argv: list[str], config_cls, section: str, kind: str, prog: st
 
 
 def _adapt(argv):
-    from dtune.recipes.adapt import AdaptConfig, adapt, list_methods, result_table
+    from dtune.recipes.adapt import AdaptConfig, adapt, result_table
 
-    if "--list-methods" in argv:
-        print(list_methods())
+    if (parsed := _parse_tuning(argv, AdaptConfig, "adapt")) is None:
         return
-    cfg, mcfg = _parse_tuning(argv, AdaptConfig, "adapt", "adapt", "dtune adapt")
+    cfg, mcfg = parsed
     result = adapt(cfg, mcfg)
     if "rank" in result:  # another rank of a distributed run: rank 0 reports
         return
@@ -314,14 +319,12 @@ def _adapt(argv):
 
 
 def _continual(argv):
-    from dtune.recipes.adapt import list_methods
     from dtune.recipes.continual import ContinualConfig, continual
     from dtune.report.continual import summary_markdown
 
-    if "--list-methods" in argv:
-        print(list_methods())
+    if (parsed := _parse_tuning(argv, ContinualConfig, "continual")) is None:
         return
-    cfg, mcfg = _parse_tuning(argv, ContinualConfig, "continual", "continual", "dtune continual")
+    cfg, mcfg = parsed
     summary = continual(cfg, mcfg)
     print(summary_markdown(summary))
     print(f"\nmatrix, metrics and plots in {cfg.out}")

@@ -101,11 +101,11 @@ class TaskArrays:
     starts: np.ndarray  # (E,) first step of every episode
     offset: int = 0
 
-    @property
-    def column_slice(self) -> slice | np.ndarray:
-        """The state columns as a slice when contiguous (cheaper to fill), else the index array."""
+    def __post_init__(self):
         c = self.columns
-        return slice(int(c[0]), int(c[-1]) + 1) if np.array_equal(c, np.arange(c[0], c[-1] + 1)) else c
+        contiguous = np.array_equal(c, np.arange(c[0], c[-1] + 1))
+        self.column_slice: slice | np.ndarray = slice(int(c[0]), int(c[-1]) + 1) if contiguous else c
+        """The state columns as a slice when contiguous (cheaper to fill), else the index array."""
 
     def __len__(self) -> int:
         return len(self.rtg)
@@ -120,7 +120,6 @@ class SuiteData:
         for t, off in zip(tasks, self.offsets):
             t.offset = int(off)
         self.starts = np.concatenate([t.starts + t.offset for t in tasks])  # every episode's first step, suite-wide
-        self.scale = np.array([t.spec.reward_scale for t in tasks], np.float64)
 
     def __len__(self) -> int:
         return int(self.offsets[-1])
