@@ -26,8 +26,8 @@ from dtune import __version__, tuners
 from dtune.data.dataset import WindowSampler
 from dtune.models.io import load_model, weights_digest
 from dtune.recipes.common import abspath, check_resume, fit, resolve_data_dir, resume_config, saved_config, start_fresh
-from dtune.recipes.tuning import (TuneSettings, cached_eval, evaluate_model, optim_settings, peak_lr, prepare_method,
-                                  task_data)
+from dtune.recipes.tuning import (TuneSettings, cached_eval, evaluate_model, optim_settings, peak_lr,
+                                  prepare_method, resumed_method_config, task_data)
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import init_distributed, shutdown
 from dtune.runtime.io import atomic_write_json, atomic_write_text
@@ -101,10 +101,7 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
             raise ValueError(f"--resume: the run in {out} has no checkpoint yet; run the same command without "
                              "--resume to start it over")
         check_resume(saved["adapt"], cfg, RESUME_KEYS, out)
-        saved_method = tuners.config_from_dict(saved["method"], saved["method_config"])
-        method_config = method_config or saved_method
-        if dataclasses.asdict(method_config) != dataclasses.asdict(saved_method):
-            raise ValueError(f"--resume with method options that differ from the run in {out}")
+        method_config = resumed_method_config(saved, method_config, out)
     else:
         if main:
             start_fresh(out, "adapt", (tuners.ADAPTER_CONFIG, "result.json", STATE_J))

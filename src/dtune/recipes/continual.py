@@ -35,7 +35,8 @@ from dtune.data.dataset import WindowSampler
 from dtune.data.storage import read_metadata, resolve_sources
 from dtune.models.io import load_model, weights_digest
 from dtune.recipes.common import abspath, check_resume, fit, resolve_data_dir, resume_config, saved_config, start_fresh
-from dtune.recipes.tuning import TuneSettings, cached_eval, evaluate_model, optim_settings, peak_lr, prepare_method, task_data
+from dtune.recipes.tuning import (TuneSettings, cached_eval, evaluate_model, optim_settings, peak_lr,
+                                  prepare_method, resumed_method_config, task_data)
 from dtune.report.metrics import as_matrix, cl_metrics
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.io import atomic_write_json, atomic_write_text
@@ -120,10 +121,7 @@ class ContinualRun:
         if cfg.resume:
             saved = saved_config(self.out, "continual")
             check_resume(saved["continual"], cfg, RESUME_KEYS, self.out)
-            saved_method = tuners.config_from_dict(saved["method"], saved["method_config"])
-            method_config = method_config or saved_method
-            if dataclasses.asdict(method_config) != dataclasses.asdict(saved_method):
-                raise ValueError(f"--resume with method options that differ from the run in {self.out}")
+            method_config = resumed_method_config(saved, method_config, self.out)
             if read_state_meta(self.out) is None:
                 raise ValueError(f"--resume: the run in {self.out} has no checkpoint yet (or was made by dtune 0.1); "
                                  "run the same command without --resume to start it over")

@@ -4,6 +4,7 @@ adapted model."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from dataclasses import dataclass
@@ -70,6 +71,17 @@ class TuneSettings:
     minute (CPU needs a C++ compiler); numerically close to, not identical with, eager runs."""
     progress: bool = True
     """Show progress bars."""
+
+
+def resumed_method_config(saved: dict, method_config, out):
+    """The method options a resumed run continues with: the run's own; options given now must
+    equal them."""
+    from dtune import tuners
+
+    own = tuners.config_from_dict(saved["method"], saved["method_config"])
+    if method_config is not None and dataclasses.asdict(method_config) != dataclasses.asdict(own):
+        raise ValueError(f"--resume with method options that differ from the run in {out}")
+    return own
 
 
 def peak_lr(cfg: TuneSettings, run_config: dict) -> float:
