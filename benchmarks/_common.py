@@ -20,6 +20,16 @@ def timed(fn, repeat: int = 1, warmup: int = 0) -> float:
     return (time.perf_counter() - t) / repeat
 
 
+def race(fns: dict, rounds: int = 3, repeat: int = 20, warmup: int = 3) -> dict:
+    """Seconds per call of each function: the best of ``rounds`` timings taken in turn, so that a
+    slow spell of a shared machine hits every contender alike."""
+    best = {name: float("inf") for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            best[name] = min(best[name], timed(fn, repeat=repeat, warmup=warmup))
+    return best
+
+
 def data_dir_with(tasks: str, episodes: int = 20) -> str:
     """``$DTUNE_DATA_DIR`` if it has the tasks, else a temporary root with freshly collected data."""
     from dtune.data.collect import CollectConfig, collect

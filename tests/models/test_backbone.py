@@ -98,3 +98,55 @@ def test_fast_dropout_rate_scale_and_gradient():
     assert dropout(odd, 0.5, True).shape == odd.shape
     m = Dropout(0.3).eval()
     assert m(x) is x and "p=0.3" in repr(m)
+
+
+def test_bad_activation():
+    with pytest.raises(ValueError, match="gelu_tanh"):
+        GPTConfig(activation="relu")
+
+
+@pytest.mark.parametrize("activation,approximate", [("gelu", "none"), ("gelu_tanh", "tanh")])
+def test_activation_choices(activation, approximate):
+    m = GPT(GPTConfig(n_layer=1, n_head=2, n_embd=16, activation=activation))
+    assert m.h[0].mlp.act.approximate == approximate
+    assert GPTConfig().activation == "gelu_tanh"  # configs written before the field existed
+
+
+def test_presets_use_exact_gelu():
+    from dtune.models import PRESETS
+
+    assert {p.activation for p in PRESETS.values()} == {"gelu"}
+
+
+@pytest.mark.parametrize("case", ["causal", "padding", "cache", "prefix"])
+def test_written_out_attention_equals_sdpa_in_bf16(gpt, case, monkeypatch):
+    """On CPUs bf16 attention takes the written-out path (faster than torch's SDPA there); it must
+    compute what SDPA computes, with every kind of mask."""
+    import torch.nn.functional as F
+
+    from dtune.models import backbone
+
+    torch.manual_seed(1)
+    x = torch.randn(3, 7, 16)
+    kw = {}
+    if case == "padding":
+        kw["valid"] = torch.tensor([[False, True, True, True, True, True, True]] * 3)
+    if case == "prefix":
+        kw["prefix"] = [(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8)) for _ in range(2)]
+
+    def run():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if case != "cache":
+                return gpt(x, **kw).float()
+            cache = KVCache(2)
+            return torch.cat([gpt(x[:, :4], cache=cache), gpt(x[:, 4:], cache=cache)], 1).float()
+
+    calls = []
+    real = backbone.Attention._attend
+    monkeypatch.setattr(backbone.Attention, "_attend", lambda self, *a: calls.append(1) or real(self, *a))
+    written_out = run()
+    assert calls  # the bf16 path was taken
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(backbone.Attention, "_attend", lambda self, q, k, v, mask, p: sdpa(
+        q, k, v, attn_mask=mask, is_causal=mask is None))
+    torch.testing.assert_close(written_out, run(), atol=3e-2, rtol=3e-2)

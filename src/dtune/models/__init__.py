@@ -43,12 +43,13 @@ class ModelConfig:
 
 
 PRESETS: dict[str, GPTConfig] = {
-    "tiny": GPTConfig(n_layer=2, n_head=2, n_embd=32, dropout=0.0),
-    "small": GPTConfig(n_layer=3, n_head=4, n_embd=128, dropout=0.1),
-    "paper": GPTConfig(n_layer=6, n_head=12, n_embd=768, dropout=0.1),
+    "tiny": GPTConfig(n_layer=2, n_head=2, n_embd=32, dropout=0.0, activation="gelu"),
+    "small": GPTConfig(n_layer=3, n_head=4, n_embd=128, dropout=0.1, activation="gelu"),
+    "paper": GPTConfig(n_layer=6, n_head=12, n_embd=768, dropout=0.1, activation="gelu"),
 }
 """Backbone sizes: `tiny` for tests, `small` for CPU studies, `paper` (about 40M parameters
-with the MDDT embeddings) for GPUs."""
+with the MDDT embeddings) for GPUs. They use the exact GELU (see `GPTConfig.activation`);
+checkpoints written before that field existed keep GPT-2's tanh approximation."""
 
 
 def preset(name: str, kind: str = "mddt", **overrides) -> ModelConfig:
