@@ -124,8 +124,9 @@ def _data(argv):
     from dtune.tasks import get_task
 
     sub = argv[0] if argv else None
-    if sub not in ("collect", "list", "show"):
-        print("usage: dtune data {collect,list,show} ...\n\n  collect  collect one Minari dataset per task (and source)\n"
+    if sub not in ("collect", "sac", "list", "show"):
+        print("usage: dtune data {collect,sac,list,show} ...\n\n  collect  collect one Minari dataset per task (and source)\n"
+              "  sac      train SAC per task and keep its replay buffer as the dataset (source sac-replay; resumable)\n"
               "  list     list the datasets under the data root\n  show     statistics of one dataset",
               file=sys.stderr if sub not in ("-h", "--help") else sys.stdout)
         if sub in ("-h", "--help"):
@@ -137,6 +138,20 @@ def _data(argv):
         written = collect(cfg)
         print(f"collected {len(written)} task(s) in {time.perf_counter() - t0:.1f}s into {cfg.data_dir}"
               + ("" if written else " (all requested datasets were already complete)"))
+        return
+    if sub == "sac":
+        from dtune.data.sac import SACConfig, collect_sac
+
+        cfg = _parse(SACConfig, argv[1:], "dtune data sac")
+        t0 = time.perf_counter()
+        done = collect_sac(cfg)
+        for s in done:
+            state = (f"dataset written: mean return {s['stats']['return_mean']:.1f}, random {s['ref_min_score']:.1f}"
+                     + ("" if s["sac_learned"] else "; SAC DID NOT LEARN (last tenth of episodes no better than random)")
+                     if s["done"] else "unfinished: run the same command again to continue")
+            print(f"{s['task']}: {s['steps']} steps, {s['episodes']} episodes, {s['steps_per_s']:.0f} steps/s; {state}")
+        print(f"SAC on {len(done)} task(s) in {time.perf_counter() - t0:.0f}s, data root {cfg.data_dir}"
+              + ("" if done else " (all requested datasets were already complete)"))
         return
     if sub == "list":
         root = data_root(_parse(DataListArgs, argv[1:], "dtune data list").data_dir)

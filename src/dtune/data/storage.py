@@ -139,8 +139,10 @@ def _env_spec(task: str, horizon: int | None = None):
 
 
 def write_dataset(root: Path, task: str, source: str, episodes: list[Episode], metadata: dict,
-                  overwrite: bool = False) -> Path:
-    """Write `episodes` as the Minari dataset `(task, source)`, atomically. Returns its folder."""
+                  overwrite: bool = False, attach: dict[str, Path] | None = None) -> Path:
+    """Write `episodes` as the Minari dataset `(task, source)`, atomically. Returns its folder.
+    `attach` maps folder names to folders copied into the dataset's folder beside `data/` (the
+    agent that produced it), within the same atomic write."""
     import gymnasium as gym
     import minari
     from minari.data_collector.episode_buffer import EpisodeBuffer
@@ -187,6 +189,8 @@ def write_dataset(root: Path, task: str, source: str, episodes: list[Episode], m
             **({"ref_min_score": float(metadata["ref_min_score"])} if metadata.get("ref_min_score") is not None else {}),
             **({"ref_max_score": float(metadata["ref_max_score"])} if metadata.get("ref_max_score") is not None else {}),
         })
+        for name, src in (attach or {}).items():
+            shutil.copytree(src, tmp / name)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

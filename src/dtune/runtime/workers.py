@@ -45,13 +45,17 @@ class RemoteTraceback(Exception):
 
 
 class _LocalProgress:
-    """`progress` of the in-process path: `put(n)` calls `on_progress(n)` directly."""
+    """`progress` of the in-process path: `put(n)` calls `on_progress(n)` and `info(d)` calls
+    `on_info(d)` directly."""
 
-    def __init__(self, on_progress: Callable[[int], None]):
-        self._on_progress = on_progress
+    def __init__(self, on_progress: Callable[[int], None], on_info: Callable[[dict], None]):
+        self._on_progress, self._on_info = on_progress, on_info
 
     def put(self, n: int = 1) -> None:
         self._on_progress(n)
+
+    def info(self, d: dict) -> None:
+        self._on_info(d)
 
 
 class _PipeProgress:
@@ -62,6 +66,9 @@ class _PipeProgress:
 
     def put(self, n: int = 1) -> None:
         self._send(("progress", n))
+
+    def info(self, d: dict) -> None:
+        self._send(("info", d))
 
     def _send(self, msg) -> None:
         with self._lock:
@@ -134,11 +141,13 @@ def _feed(conn, todo) -> bool:
 
 
 def run_parallel(fn: Callable[[Any, Any], Any], items: Iterable, workers: int,
-                 on_progress: Callable[[int], None] | None = None, context: str = "spawn") -> list:
+                 on_progress: Callable[[int], None] | None = None, context: str = "spawn",
+                 on_info: Callable[[dict], None] | None = None) -> list:
     """Run `fn(item, progress)` for every item in up to `workers` processes; results in item order.
 
     `fn` must be importable (picklable by reference), its items and results picklable.
-    `progress.put(n)` in `fn` calls `on_progress(n)` in the parent. `workers == 1` runs
+    `progress.put(n)` in `fn` calls `on_progress(n)` in the parent, `progress.info(d)` (a
+    picklable dict, e.g. the latest episode return) calls `on_info(d)`. `workers == 1` runs
     everything in this process with the same interface. `context` is `spawn` or `fork`
     (not `forkserver`: the workers' parent must be this process). A worker exception is re-raised in the
     parent (same type and message when it can be pickled, else `WorkerError`) with the worker
@@ -151,8 +160,9 @@ def run_parallel(fn: Callable[[Any, Any], Any], items: Iterable, workers: int,
     if context not in ("spawn", "fork"):
         raise ValueError(f"context must be 'spawn' or 'fork', got {context!r}")
     tick = on_progress or (lambda n: None)
+    tell = on_info or (lambda d: None)
     if workers == 1:
-        progress = _LocalProgress(tick)
+        progress = _LocalProgress(tick, tell)
         return [fn(item, progress) for item in items]
 
     ctx = mp.get_context(context)
@@ -178,6 +188,8 @@ def run_parallel(fn: Callable[[Any, Any], Any], items: Iterable, workers: int,
                     raise WorkerError(f"worker {p.pid} died unexpectedly (exit code {p.exitcode})") from None
                 if msg[0] == "progress":
                     tick(msg[1])
+                elif msg[0] == "info":
+                    tell(msg[1])
                 elif msg[0] == "ok":
                     results[msg[1]] = msg[2]
                     if not _feed(conn, todo):

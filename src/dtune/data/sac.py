@@ -1,0 +1,487 @@
+"""SAC replay-buffer datasets, the data of the L2M paper's DeepMind Control tasks.
+
+Per task a Soft Actor-Critic agent (stable-baselines3) learns from scratch, and every transition
+it experienced, from its first uniformly random actions to its last near-expert ones, becomes the
+task's dataset `dtune/<suite>/<task>/sac-replay-v0`, episodes in the order they happened (so the
+dataset's episode returns are the agent's learning curve). The paper's buffers hold 1M steps per
+task; `--steps` sets the budget (default 100K: about 26 minutes per task on one CPU core).
+
+A run is resumable mid-training. Every `checkpoint_every` steps (rounded up to a whole episode)
+the worker writes, atomically, into `<data root>/.work/sac-replay/<task>/`:
+
+* `agent.safetensors`: actor, critics, target critics, entropy coefficient;
+* `optim.pt`: the three Adam states and torch's RNG state (read back with
+  `torch.load(weights_only=True)`: tensors and plain containers only, never pickled objects);
+* `buffer.npz`: the replay buffer, `episodes.npz`: the finished episodes with their seeds;
+* `state.json`: counters and the numpy, Python and action-space RNG states.
+
+Running the same command again continues from there, and the result equals an uninterrupted run:
+episode seeds come from (seed, task, episode index), checkpoints fall between episodes, and every
+random state SAC uses is restored (tested). When the budget is reached the dataset is written, the
+final agent is stored in its `agent/` folder (safetensors + JSON) so more data can be drawn from
+it, and the work folder is removed.
+
+The random reference of the normalised score, `(R - random) / (dataset mean - random)`, is
+measured here once per task: `random_episodes` episodes of uniform actions with their own fixed
+seeds, stored in the dataset's metadata as `ref_min_score` (and the dataset's mean return as
+`ref_max_score`). A task whose agent did not learn (its last tenth of episodes no better than
+random) is flagged `sac_learned: false` in the metadata, reported by `dtune data list` and in
+the return value, not hidden.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from dtune import __version__
+from dtune.data.storage import DatasetError, Episode, dataset_dir, episode_stats, read_metadata, write_dataset
+from dtune.runtime.io import atomic_write_text
+from dtune.runtime.seeds import episode_seed
+from dtune.tasks import get_suite, get_task, make_env, resolve_tasks
+
+SOURCE = "sac-replay"
+WORK = ".work"
+
+
+@dataclass
+class SACConfig:
+    """Train one SAC agent per task and keep its whole replay buffer as the task's dataset."""
+
+    tasks: str = "dmc16"
+    """Task names or sets, comma separated (`dmc16`, `dmc10`, `walker-walk`...); continuous-action
+    tasks of any suite."""
+    steps: int = 100_000
+    """Environment steps per task: the dataset's size, rounded up to whole episodes (the paper:
+    1,000,000)."""
+    seed: int = 0
+    """Seed of the agent, its exploration and every episode's environment."""
+    learning_starts: int = 5_000
+    """Steps of uniform random actions before SAC starts learning."""
+    batch_size: int = 256
+    """SAC minibatch."""
+    learning_rate: float = 3e-4
+    """Adam learning rate of actor, critics and entropy coefficient."""
+    gamma: float = 0.99
+    """Discount."""
+    tau: float = 0.005
+    """Target-critic update rate."""
+    hidden: int = 256
+    """Width of the two hidden layers of actor and critics."""
+    horizon: int | None = None
+    """Episode length (unset: the task's; DMC 1000)."""
+    checkpoint_every: int = 10_000
+    """Steps between resumable checkpoints (rounded up to whole episodes)."""
+    session_steps: int | None = None
+    """Stop after this many steps per task in this invocation, leaving a checkpoint to resume
+    from (unset: run to `steps`); for machines that are lent for a limited time."""
+    random_episodes: int = 10
+    """Episodes of uniform random actions that measure the task's random reference return."""
+    workers: int = 0
+    """Parallel processes, one task each, one torch thread each; 0 = one per CPU core."""
+    data_dir: str | None = None
+    """Data root (unset: `$DTUNE_DATA_DIR` or `~/.dtune/datasets`)."""
+    overwrite: bool = False
+    """Replace a finished dataset, or an unfinished run, that has other settings."""
+    progress: bool = True
+    """Show a progress bar (with the latest episode return)."""
+
+
+def _settings(cfg: SACConfig, task: str) -> dict:
+    """What identifies a task's run: a finished or unfinished run with other settings conflicts."""
+    keys = ("steps", "seed", "learning_starts", "batch_size", "learning_rate", "gamma", "tau", "hidden",
+            "random_episodes")
+    return {"task": task, "source": SOURCE, "horizon": get_task(task, cfg.horizon).horizon,
+            **{k: getattr(cfg, k) for k in keys}}
+
+
+def work_dir(root: Path, task: str) -> Path:
+    return Path(root) / WORK / SOURCE / task
+
+
+# -- the environment SAC sees -------------------------------------------------------------------
+def _gym_env(task: str, seed: int, horizon: int | None, episodes: list):
+    """A gymnasium env over the dtune task whose `k`-th reset uses `episode_seed(seed, task, k)`
+    (k = episodes finished so far) and which records every finished episode into `episodes`."""
+    import gymnasium as gym
+
+    spec = get_task(task, horizon)
+    env = make_env(task, seed=seed, horizon=spec.horizon)
+
+    class RecordingEnv(gym.Env):
+        metadata = {"render_modes": []}
+        observation_space = gym.spaces.Box(-np.inf, np.inf, (spec.obs_dim,), np.float32)
+        action_space = gym.spaces.Box(-1.0, 1.0, (spec.act_dim,), np.float32)
+
+        def reset(self, *, seed=None, options=None):
+            self.eseed = episode_seed(seed_, task, len(episodes))
+            self.obs, self.acts, self.rews, self.succ = [env.reset(self.eseed)], [], [], []
+            return np.asarray(self.obs[0], np.float32), {}
+
+        def in_episode(self) -> bool:
+            return bool(getattr(self, "acts", None))
+
+        def step(self, action):
+            a = np.clip(np.asarray(action, np.float64), -1.0, 1.0)
+            o, r, term, trunc, s = env.step(a)
+            self.obs.append(o), self.acts.append(a), self.rews.append(r), self.succ.append(s)
+            if term or trunc:
+                episodes.append(Episode(np.asarray(self.obs), np.asarray(self.acts), np.asarray(self.rews),
+                                        np.asarray(self.succ, bool), self.eseed, terminated=bool(term),
+                                        truncated=not term))
+            return np.asarray(o, np.float32), float(r), bool(term), bool(trunc), {"success": bool(s)}
+
+    seed_ = seed
+    return RecordingEnv(), spec
+
+
+# -- checkpoints --------------------------------------------------------------------------------
+def _save_episodes(path: Path, episodes: list[Episode]) -> None:
+    lengths = np.asarray([len(e) for e in episodes], np.int64)
+    arrays = {"lengths": lengths, "seeds": np.asarray([e.seed for e in episodes], np.int64),
+              "terminated": np.asarray([e.terminated for e in episodes], bool)}
+    if episodes:
+        arrays.update(observations=np.concatenate([e.observations for e in episodes]),
+                      actions=np.concatenate([e.actions for e in episodes]),
+                      rewards=np.concatenate([e.rewards for e in episodes]),
+                      success=np.concatenate([e.success for e in episodes]))
+    _atomic_npz(path, arrays)
+
+
+def _load_episodes(path: Path) -> list[Episode]:
+    with np.load(path) as z:
+        lengths, seeds, term = z["lengths"], z["seeds"], z["terminated"]
+        if not len(lengths):
+            return []
+        obs, act, rew, suc = z["observations"], z["actions"], z["rewards"], z["success"]
+    out, o, s = [], 0, 0
+    for n, seed, t in zip(lengths, seeds, term):
+        out.append(Episode(obs[o: o + n + 1], act[s: s + n], rew[s: s + n], suc[s: s + n], int(seed),
+                           terminated=bool(t), truncated=not t))
+        o, s = o + n + 1, s + n
+    return out
+
+
+def _atomic_npz(path: Path, arrays: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+def _agent_tensors(model) -> dict:
+    tensors = {f"policy.{k}": v.detach().cpu().contiguous() for k, v in model.policy.state_dict().items()}
+    if getattr(model, "log_ent_coef", None) is not None:
+        tensors["log_ent_coef"] = model.log_ent_coef.detach().cpu().contiguous()
+    return tensors
+
+
+def _load_agent_tensors(model, tensors: dict) -> None:
+    import torch
+
+    model.policy.load_state_dict({k[len("policy."):]: v for k, v in tensors.items() if k.startswith("policy.")})
+    if "log_ent_coef" in tensors:
+        with torch.no_grad():
+            model.log_ent_coef.copy_(tensors["log_ent_coef"])
+
+
+def _optimizers(model) -> dict:
+    opts = {"actor": model.actor.optimizer, "critic": model.critic.optimizer}
+    if getattr(model, "ent_coef_optimizer", None) is not None:
+        opts["ent_coef"] = model.ent_coef_optimizer
+    return opts
+
+
+def _save_checkpoint(wd: Path, model, episodes: list[Episode], settings: dict) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    tmp = wd / "agent.safetensors.tmp"
+    save_file(_agent_tensors(model), str(tmp))
+    os.replace(tmp, wd / "agent.safetensors")
+    opt = {name: o.state_dict() for name, o in _optimizers(model).items()}
+    opt["torch_rng"] = torch.get_rng_state()
+    torch.save(opt, wd / "optim.pt.tmp")
+    os.replace(wd / "optim.pt.tmp", wd / "optim.pt")
+    rb = model.replay_buffer
+    n = rb.buffer_size if rb.full else rb.pos
+    _atomic_npz(wd / "buffer.npz", {k: getattr(rb, k)[:n] for k in
+                                    ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")})
+    _save_episodes(wd / "episodes.npz", episodes)
+    np_state = np.random.get_state()
+    state = {
+        "settings": settings, "dtune_version": __version__,
+        "num_timesteps": int(model.num_timesteps), "n_updates": int(model._n_updates),
+        "episode_num": int(model._episode_num), "episodes": len(episodes),
+        "buffer_pos": int(rb.pos), "buffer_full": bool(rb.full),
+        "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        "action_space_rng": model.action_space.np_random.bit_generator.state,
+    }
+    atomic_write_text(wd / "state.json", json.dumps(state))  # written last: it marks a whole checkpoint
+
+
+def _load_checkpoint(wd: Path, model) -> list[Episode]:
+    import torch
+    from safetensors.torch import load_file
+
+    state = json.loads((wd / "state.json").read_text())
+    _load_agent_tensors(model, load_file(str(wd / "agent.safetensors")))
+    opt = torch.load(wd / "optim.pt", weights_only=True)
+    for name, o in _optimizers(model).items():
+        o.load_state_dict(opt[name])
+    rb = model.replay_buffer
+    with np.load(wd / "buffer.npz") as z:
+        for k in ("observations", "next_observations", "actions", "rewards", "dones", "timeouts"):
+            getattr(rb, k)[: len(z[k])] = z[k]
+    rb.pos, rb.full = state["buffer_pos"], state["buffer_full"]
+    model.num_timesteps, model._n_updates = state["num_timesteps"], state["n_updates"]
+    model._episode_num = state["episode_num"]
+    n = state["numpy_rng"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+    p = state["python_rng"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    model.action_space.np_random.bit_generator.state = state["action_space_rng"]
+    torch.set_rng_state(opt["torch_rng"])
+    episodes = _load_episodes(wd / "episodes.npz")
+    if len(episodes) != state["episodes"]:
+        raise DatasetError(f"the SAC checkpoint in {wd} is inconsistent ({len(episodes)} episodes stored, "
+                           f"{state['episodes']} recorded); delete the folder to start the task again")
+    return episodes
+
+
+def _new_agent(cfg: SACConfig, env, horizon: int):
+    from stable_baselines3 import SAC
+
+    from stable_baselines3.common.logger import Logger
+
+    model = SAC("MlpPolicy", env, learning_rate=cfg.learning_rate, buffer_size=cfg.steps + horizon,
+                learning_starts=cfg.learning_starts, batch_size=cfg.batch_size, tau=cfg.tau, gamma=cfg.gamma,
+                train_freq=1, gradient_steps=1, policy_kwargs={"net_arch": [cfg.hidden, cfg.hidden]},
+                seed=cfg.seed, device="cpu", verbose=0)
+    model.set_logger(Logger(folder=None, output_formats=[]))  # else every learn() makes a /tmp/SB3-* folder
+    return model
+
+
+# -- one task -----------------------------------------------------------------------------------
+def random_reference(task: str, episodes: int, seed: int, horizon: int | None = None) -> tuple[float, float]:
+    """Mean and std of the return of uniform random actions over `episodes` fixed-seed episodes
+    (seeds apart from the SAC run's: `episode_seed(seed, task + "/random-reference", i)`)."""
+    spec = get_task(task, horizon)
+    env = make_env(task, seed=seed, horizon=spec.horizon)
+    returns = []
+    for i in range(episodes):
+        eseed = episode_seed(seed, f"{task}/random-reference", i)
+        rng = np.random.default_rng(eseed)
+        env.reset(eseed)
+        total = 0.0
+        for _ in range(spec.horizon):
+            _, r, term, trunc, _ = env.step(rng.uniform(-1.0, 1.0, spec.act_dim))
+            total += r
+            if term or trunc:
+                break
+        returns.append(total)
+    return float(np.mean(returns)), float(np.std(returns))
+
+
+def learned(returns: np.ndarray, random_mean: float, random_std: float) -> tuple[bool, float]:
+    """Whether the agent learned: the mean return of the last tenth of its episodes beats the
+    random reference by more than 3 random standard deviations and 5% of |random|. Also returns
+    that improvement."""
+    if not len(returns):
+        return False, 0.0
+    last = float(np.mean(returns[-max(1, len(returns) // 10):]))
+    gain = last - random_mean
+    return bool(gain > max(3 * random_std, 0.05 * abs(random_mean), 1e-6)), gain
+
+
+def train_task(cfg: SACConfig, task: str, progress=None) -> dict:
+    """Train (or continue) the SAC run of one task; write the dataset when its budget is reached.
+    Returns a summary: `done`, `steps`, `episodes`, and for finished tasks the dataset's
+    statistics, random reference and `sac_learned`."""
+    import torch
+
+    torch.set_num_threads(1)
+    root = Path(cfg.data_dir)
+    spec = get_task(task, cfg.horizon)
+    wd = work_dir(root, task)
+    settings = _settings(cfg, task)
+    episodes: list[Episode] = []
+    env, _ = _gym_env(task, cfg.seed, cfg.horizon, episodes)
+    model = _new_agent(cfg, env, spec.horizon)
+    if (wd / "state.json").exists():
+        episodes.extend(_load_checkpoint(wd, model))
+    wd.mkdir(parents=True, exist_ok=True)
+    t0, start = time.perf_counter(), int(model.num_timesteps)
+    limit = cfg.steps if cfg.session_steps is None else min(cfg.steps, start + cfg.session_steps)
+    reported = len(episodes)
+
+    def report():
+        nonlocal reported
+        if progress is not None:
+            for ep in episodes[reported:]:
+                progress.put(len(ep))
+                progress.info({"task": task, "episode": reported, "return": float(ep.rewards.sum())})
+                reported += 1
+
+    callback = _callback(report)
+    while model.num_timesteps < limit:
+        target = min(model.num_timesteps + cfg.checkpoint_every, limit)
+        model.learn(total_timesteps=target - model.num_timesteps, reset_num_timesteps=False, callback=callback)
+        while env.in_episode():  # run on to the end of the episode: checkpoints fall between episodes
+            model.learn(total_timesteps=1, reset_num_timesteps=False, callback=callback)
+        _save_checkpoint(wd, model, episodes, settings)
+    report()
+    summary = {"task": task, "done": model.num_timesteps >= cfg.steps, "steps": int(model.num_timesteps),
+               "episodes": len(episodes), "steps_per_s": (model.num_timesteps - start) / max(time.perf_counter() - t0, 1e-9)}
+    if not summary["done"]:
+        return summary
+    r_mean, r_std = random_reference(task, cfg.random_episodes, cfg.seed, cfg.horizon)
+    flat = {"rewards": np.concatenate([e.rewards for e in episodes]),
+            "success": np.concatenate([e.success for e in episodes]),
+            "lengths": np.asarray([len(e) for e in episodes])}
+    stats = episode_stats(flat)
+    returns = np.asarray([e.rewards.sum() for e in episodes])
+    ok, gain = learned(returns, r_mean, r_std)
+    meta = {**settings, "dtune_version": __version__, "stats": stats, "ref_min_score": r_mean,
+            "ref_min_std": r_std, "ref_max_score": stats["return_mean"], "sac_learned": ok, "sac_gain": gain,
+            "episodes": len(episodes), "algorithm": f"stable-baselines3 SAC {_sb3_version()}, one env, "
+            "train_freq 1, one gradient step per env step",
+            "random_reference": f"{cfg.random_episodes} episodes of uniform random actions, seeds "
+                                f"episode_seed({cfg.seed}, '{task}/random-reference', i)"}
+    agent_dir = wd / "agent"
+    _export_agent(model, agent_dir, cfg, task)
+    write_dataset(root, task, SOURCE, episodes, meta, overwrite=cfg.overwrite, attach={"agent": agent_dir})
+    shutil.rmtree(wd, ignore_errors=True)
+    for parent in (wd.parent, wd.parent.parent):  # .work/sac-replay, .work: removed once empty
+        try:
+            parent.rmdir()
+        except OSError:
+            break
+    return {**summary, "stats": stats, "ref_min_score": r_mean, "sac_learned": ok, "sac_gain": gain}
+
+
+def _callback(report):
+    """A stable-baselines3 callback that reports finished episodes as they come."""
+    from stable_baselines3.common.callbacks import BaseCallback
+
+    class EpisodeReport(BaseCallback):
+        def _on_step(self) -> bool:
+            report()
+            return True
+
+    return EpisodeReport()
+
+
+def _sb3_version() -> str:
+    import stable_baselines3
+
+    return stable_baselines3.__version__
+
+
+def _export_agent(model, out: Path, cfg: SACConfig, task: str) -> None:
+    """The final agent as `policy.safetensors` + `agent.json` (how to rebuild it)."""
+    from safetensors.torch import save_file
+
+    out.mkdir(parents=True, exist_ok=True)
+    save_file(_agent_tensors(model), str(out / "policy.safetensors"))
+    atomic_write_text(out / "agent.json", json.dumps({
+        "algorithm": "SAC", "library": f"stable-baselines3 {_sb3_version()}", "task": task,
+        "net_arch": [cfg.hidden, cfg.hidden], "num_timesteps": int(model.num_timesteps),
+        "load": "dtune.data.sac.load_agent(<this folder>)"}, indent=2))
+
+
+def load_agent(path: str | os.PathLike):
+    """The SAC agent stored with a `sac-replay` dataset (its `agent/` folder): a stable-baselines3
+    `SAC` whose `predict(obs, deterministic=True)` acts; weights read from safetensors only."""
+    from safetensors.torch import load_file
+
+    path = Path(path)
+    info = json.loads((path / "agent.json").read_text())
+    env, spec = _gym_env(info["task"], 0, None, [])
+    model = _new_agent(SACConfig(hidden=info["net_arch"][0], steps=1), env, spec.horizon)
+    _load_agent_tensors(model, load_file(str(path / "policy.safetensors")))
+    return model
+
+
+# -- all tasks ----------------------------------------------------------------------------------
+def _status(cfg: SACConfig, task: str) -> str:
+    """`done` (a dataset with these settings), `todo` (none, or an unfinished run with these
+    settings) or `conflict` (a dataset or run with other settings)."""
+    root = Path(cfg.data_dir)
+    want = _settings(cfg, task)
+    if dataset_dir(root, task, SOURCE).exists():
+        try:
+            meta = read_metadata(root, task, SOURCE)["dtune"]
+        except DatasetError:
+            return "conflict"
+        return "done" if all(meta.get(k) == v for k, v in want.items()) else "conflict"
+    state = work_dir(root, task) / "state.json"
+    if state.exists() and json.loads(state.read_text()).get("settings") != want:
+        return "conflict"
+    return "todo"
+
+
+def _train_one(item, progress):
+    cfg, task, suite = item
+    from dtune.tasks import SUITES, register_suite
+
+    if suite.name not in SUITES:
+        register_suite(suite)
+    return train_task(cfg, task, progress)
+
+
+def collect_sac(cfg: SACConfig) -> list[dict]:
+    """Train SAC on every task of `cfg` that has no finished dataset (continuing unfinished runs);
+    returns one summary per task trained in this call."""
+    from tqdm import tqdm
+
+    from dtune.data.storage import data_root
+    from dtune.runtime.workers import run_parallel
+
+    cfg.data_dir = str(data_root(cfg.data_dir))
+    tasks = resolve_tasks(cfg.tasks)
+    for name, value in (("steps", cfg.steps), ("checkpoint_every", cfg.checkpoint_every),
+                        ("batch_size", cfg.batch_size), ("hidden", cfg.hidden)):
+        if value <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
+    if cfg.session_steps is not None and cfg.session_steps <= 0:
+        raise ValueError(f"--session-steps must be positive, got {cfg.session_steps}")
+    todo = []
+    for t in tasks:
+        status = _status(cfg, t)
+        if status == "conflict":
+            if not cfg.overwrite:
+                raise DatasetError(
+                    f"a {SOURCE} dataset or unfinished run for {t} exists under {cfg.data_dir} with other settings; "
+                    "pass --overwrite to replace it, or use another --data-dir")
+            shutil.rmtree(work_dir(Path(cfg.data_dir), t), ignore_errors=True)
+        if status != "done":
+            todo.append(t)
+    if not todo:
+        return []
+    done_before = 0
+    for t in todo:  # steps of unfinished runs: the bar starts there
+        state = work_dir(Path(cfg.data_dir), t) / "state.json"
+        done_before += json.loads(state.read_text())["num_timesteps"] if state.exists() else 0
+    workers = min(len(todo), cfg.workers or os.cpu_count() or 1)
+    bar = tqdm(total=len(todo) * cfg.steps, initial=done_before, unit="step", unit_scale=True,
+               desc=f"SAC {len(todo)} task(s)", disable=not cfg.progress)
+    latest: dict[str, str] = {}
+
+    def on_info(info):
+        latest[info["task"]] = f"{info['task']} ep {info['episode']}: {info['return']:.0f}"
+        bar.set_postfix_str(" | ".join(latest.values()), refresh=False)
+
+    try:
+        return run_parallel(_train_one, [(cfg, t, get_suite(get_task(t).suite)) for t in todo], workers,
+                            on_progress=bar.update, on_info=on_info)
+    finally:
+        bar.close()

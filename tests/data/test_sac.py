@@ -1,0 +1,102 @@
+"""SAC replay-buffer datasets: a tiny budget writes a valid dataset, an interrupted run resumes to
+exactly the uninterrupted result, conflicts and bad input are refused."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("stable_baselines3")
+
+from dtune.data import sac  # noqa: E402
+from dtune.data.sac import SACConfig, collect_sac, learned  # noqa: E402
+from dtune.data.storage import DatasetError, dataset_dir, read_episodes, read_metadata  # noqa: E402
+
+TASK = "cartpole-balance"
+
+
+def tiny(root, **kw) -> SACConfig:
+    return SACConfig(**{"tasks": TASK, "steps": 100, "horizon": 20, "learning_starts": 30, "batch_size": 8,
+                        "hidden": 8, "checkpoint_every": 30, "random_episodes": 2, "workers": 1,
+                        "data_dir": str(root), "progress": False, **kw})
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sac-whole")
+    summary = collect_sac(tiny(root))
+    return root, summary
+
+
+def test_tiny_budget_writes_a_valid_minari_dataset(whole):
+    import minari
+
+    root, summary = whole
+    assert summary[0]["done"] and summary[0]["steps"] == 100
+    path = dataset_dir(root, TASK, "sac-replay")
+    ds = minari.load_dataset(str(path))  # Minari's own loader reads it (the agent/ folder beside data/ too)
+    eps = list(ds.iterate_episodes())
+    assert len(eps) == 5 and all(len(e.rewards) == 20 for e in eps)
+    assert all(e.truncations[-1] and not e.terminations.any() for e in eps)  # DMC: time limit, no terminal
+    assert all(len(e.observations) == 21 for e in eps)
+    meta = read_metadata(root, TASK, "sac-replay")
+    d = meta["dtune"]
+    ep = read_episodes(root, TASK, "sac-replay")
+    returns = np.add.reduceat(ep["rewards"].astype(np.float64), np.arange(0, 100, 20))
+    assert d["ref_max_score"] == pytest.approx(returns.mean(), rel=1e-6)  # the dataset's mean return
+    assert meta["ref_min_score"] == pytest.approx(d["ref_min_score"])  # Minari's field, for its users
+    assert isinstance(d["sac_learned"], bool) and "random_reference" in d
+    assert (path / "agent" / "policy.safetensors").exists()
+    assert not (root / ".work").exists()  # the work folder is removed when done
+
+
+def test_the_stored_agent_loads_and_acts(whole):
+    root, _ = whole
+    agent = sac.load_agent(dataset_dir(root, TASK, "sac-replay") / "agent")
+    action, _ = agent.predict(np.zeros(5, np.float32), deterministic=True)
+    assert action.shape == (1,) and -1 <= float(action[0]) <= 1
+
+
+def test_interrupted_run_resumes_to_the_uninterrupted_result(whole, tmp_path):
+    """Two sessions of 40 steps then the rest (new agent objects each time, as after a restart)
+    give the same dataset and the same final agent as one uninterrupted run."""
+    from safetensors.torch import load_file
+
+    root, _ = whole
+    first = collect_sac(tiny(tmp_path, session_steps=40))
+    assert not first[0]["done"] and first[0]["steps"] == 40
+    state = json.loads((tmp_path / ".work" / "sac-replay" / TASK / "state.json").read_text())
+    assert state["episodes"] == 2 and state["num_timesteps"] == 40
+    assert collect_sac(tiny(tmp_path, session_steps=40))[0]["steps"] == 80  # a second session
+    assert collect_sac(tiny(tmp_path))[0]["done"]
+    a, b = read_episodes(root, TASK, "sac-replay"), read_episodes(tmp_path, TASK, "sac-replay")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    wa = load_file(str(dataset_dir(root, TASK, "sac-replay") / "agent" / "policy.safetensors"))
+    wb = load_file(str(dataset_dir(tmp_path, TASK, "sac-replay") / "agent" / "policy.safetensors"))
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    assert collect_sac(tiny(tmp_path)) == []  # finished: nothing left to do
+
+
+def test_other_settings_conflict_and_bad_input(whole, tmp_path):
+    root, _ = whole
+    with pytest.raises(DatasetError, match="other settings"):
+        collect_sac(tiny(root, gamma=0.9))
+    collect_sac(tiny(tmp_path, session_steps=20))  # an unfinished run
+    with pytest.raises(DatasetError, match="--overwrite"):
+        collect_sac(tiny(tmp_path, hidden=16))
+    with pytest.raises(ValueError, match="--steps"):
+        collect_sac(tiny(tmp_path, steps=0))
+    with pytest.raises(ValueError, match="--session-steps"):
+        collect_sac(tiny(tmp_path, session_steps=0))
+
+
+def test_learned_flag_on_hand_made_returns():
+    flat = np.full(20, 10.0)
+    assert learned(flat, random_mean=10.0, random_std=1.0) == (False, 0.0)
+    rising = np.linspace(10, 500, 20)
+    ok, gain = learned(rising, random_mean=10.0, random_std=5.0)
+    assert ok and gain == pytest.approx(np.mean(rising[-2:]) - 10.0)
+    assert learned(np.zeros(0), 0.0, 0.0) == (False, 0.0)
