@@ -8,11 +8,9 @@ import json
 import numpy as np
 import pytest
 
-pytest.importorskip("stable_baselines3")
-
-from dtune.data import sac  # noqa: E402
-from dtune.data.sac import SACConfig, collect_sac, learned  # noqa: E402
-from dtune.data.storage import DatasetError, dataset_dir, read_episodes, read_metadata  # noqa: E402
+from dtune.data import sac
+from dtune.data.sac import SACConfig, collect_sac, learned
+from dtune.data.storage import DatasetError, dataset_dir, read_episodes, read_metadata
 
 TASK = "cartpole-balance"
 
