@@ -105,6 +105,20 @@ class DataListArgs:
 
 
 @dataclass
+class DataReportArgs:
+    """Table and learning-curve plot of the datasets of some tasks."""
+
+    tasks: str = "dmc16"
+    """Task names or sets, comma separated."""
+    source: str | None = None
+    """Which datasets (a comma-separated list takes per task the first it has; unset: the one each has)."""
+    out: str | None = None
+    """Folder for datasets.md, datasets.json and learning_curves.png (unset: print the table only)."""
+    data_dir: str | None = None
+    """Data root (unset: `$DTUNE_DATA_DIR` or `~/.dtune/datasets`)."""
+
+
+@dataclass
 class DataShowArgs:
     """Statistics of one dataset."""
 
@@ -124,10 +138,11 @@ def _data(argv):
     from dtune.tasks import get_task
 
     sub = argv[0] if argv else None
-    if sub not in ("collect", "sac", "list", "show"):
-        print("usage: dtune data {collect,sac,list,show} ...\n\n  collect  collect one Minari dataset per task (and source)\n"
+    if sub not in ("collect", "sac", "list", "show", "report"):
+        print("usage: dtune data {collect,sac,list,show,report} ...\n\n  collect  collect one Minari dataset per task (and source)\n"
               "  sac      train SAC per task and keep its replay buffer as the dataset (source sac-replay; resumable)\n"
-              "  list     list the datasets under the data root\n  show     statistics of one dataset",
+              "  list     list the datasets under the data root\n  show     statistics of one dataset\n"
+              "  report   table and learning curves of the datasets of some tasks",
               file=sys.stderr if sub not in ("-h", "--help") else sys.stdout)
         if sub in ("-h", "--help"):
             return
@@ -153,19 +168,35 @@ def _data(argv):
         print(f"SAC on {len(done)} task(s) in {time.perf_counter() - t0:.0f}s, data root {cfg.data_dir}"
               + ("" if done else " (all requested datasets were already complete)"))
         return
+    if sub == "report":
+        from dtune.report.data import data_report
+
+        a = _parse(DataReportArgs, argv[1:], "dtune data report")
+        print(data_report(a.tasks, a.source, a.data_dir, a.out))
+        if a.out:
+            print(f"\nwrote {a.out}/datasets.md, datasets.json, learning_curves.png")
+        return
     if sub == "list":
         root = data_root(_parse(DataListArgs, argv[1:], "dtune data list").data_dir)
         found = list_datasets(root)
         if not found:
             print(f"no datasets under {root}; collect some with `dtune data collect`")
             return
-        rows = []
+        rows, notes = [], []
         for task, source in found:
             meta = read_metadata(root, task, source)
-            st = meta["dtune"].get("stats", {})
+            d = meta["dtune"]
+            st = d.get("stats", {})
             rows.append([dataset_id(task, source), st.get("episodes"), st.get("steps"), st.get("return_mean"),
-                         st.get("return_max"), st.get("success_rate")])
-        print(markdown_table(["dataset", "episodes", "steps", "return mean", "return max", "success"], rows))
+                         st.get("return_max"), d.get("ref_min_score"), st.get("success_rate")])
+            if d.get("sac_learned") is False:
+                notes.append(f"{task}: SAC did not learn (its last tenth of episodes is no better than random)")
+            elif d.get("ref_min_score") is not None and abs(d["ref_min_score"] - (d.get("ref_max_score") or 0)) < 1e-6:
+                notes.append(f"{task} ({source}): random reference = data mean, so its normalised score is undefined")
+        print(markdown_table(["dataset", "episodes", "steps", "return mean (= ref max)", "return max",
+                              "random ref (= ref min)", "success"], rows))
+        if notes:
+            print("\n" + "\n".join(notes))
         return
     import json
 

@@ -114,9 +114,17 @@ def test_several_sources_per_task(tmp_path):
     assert storage.list_datasets(tmp_path) == [("reach-v3", "expert-noise"), ("reach-v3", "random")]
     assert storage.sources(tmp_path, "reach-v3") == ["expert-noise", "random"]
     assert read_metadata(tmp_path, "reach-v3", "random")["total_episodes"] == 3
-    with pytest.raises(DatasetError, match="choose one with --source"):
+    with pytest.raises(DatasetError, match="choose with --source"):
         storage.resolve_sources(tmp_path, ["reach-v3"])
     assert storage.resolve_sources(tmp_path, ["reach-v3"], "random") == {"reach-v3": "random"}
+    # a list: per task the first source it has (Meta-World's scripted data with DMC's SAC data)
+    collect_tiny(tmp_path, tasks="cartpole-balance", episodes=1, horizon=5)
+    assert storage.resolve_sources(tmp_path, ["reach-v3", "cartpole-balance"], "expert-noise, random") == {
+        "reach-v3": "expert-noise", "cartpole-balance": "random"}
+    with pytest.raises(DatasetError, match="dtune data sac --tasks cartpole-balance"):
+        storage.resolve_sources(tmp_path, ["cartpole-balance"], "sac-replay")
+    with pytest.raises(ValueError, match="dtune data sac"):
+        collect(CollectConfig(source="sac-replay", tasks="cartpole-balance", data_dir=str(tmp_path), progress=False))
 
 
 def test_datasets_of_dtune_0_1_still_load(tmp_path, tiny_data):

@@ -98,3 +98,18 @@ def test_learned_flag_on_hand_made_returns():
     ok, gain = learned(rising, random_mean=10.0, random_std=5.0)
     assert ok and gain == pytest.approx(np.mean(rising[-2:]) - 10.0)
     assert learned(np.zeros(0), 0.0, 0.0) == (False, 0.0)
+
+
+def test_data_report_and_list_show_the_references(whole, tmp_path, capsys):
+    from dtune.cli import main
+    from dtune.report.data import data_report
+
+    root, summary = whole
+    md = data_report(TASK, "sac-replay", str(root), str(tmp_path / "rep"))
+    assert TASK in md and "random ref" in md
+    rows = json.loads((tmp_path / "rep" / "datasets.json").read_text())
+    assert rows[0]["random_reference"] == pytest.approx(summary[0]["ref_min_score"])
+    assert rows[0]["steps"] == 100 and (tmp_path / "rep" / "learning_curves.png").stat().st_size > 10_000
+    main(["data", "list", "--data-dir", str(root)])
+    out = capsys.readouterr().out
+    assert "random ref (= ref min)" in out and f"{summary[0]['ref_min_score']:.2f}" in out

@@ -69,3 +69,27 @@ def test_targets_and_normalisation():
 def test_run_episodes_rejects_mixed_horizons():
     with pytest.raises(ValueError, match="horizon"):
         run_episodes(ConstantAgent(0.0), [get_task("reach-v3", 5), get_task("reach-v3", 6)], [0, 1], [1.0, 1.0])
+
+
+def test_normalised_score_on_hand_made_numbers_and_undefined_reasons():
+    """The paper's DMC score, (R - random) / (data mean - random); where it is undefined the
+    evaluation says why, keeps the returns, and the mean says how many tasks it covers."""
+    from dtune.eval.scores import undefined_reason
+    from dtune.report import eval_table
+
+    spec = get_task("walker-walk")
+    info = {"ref_min_score": 40.0, "ref_max_score": 440.0, "source": "sac-replay"}
+    assert task_score(spec, np.array([240.0, 440.0, 40.0]), np.zeros(3, bool), info) == pytest.approx(0.5)
+    assert undefined_reason(spec, info) is None
+    assert undefined_reason(get_task("reach-v3"), {}) is None  # success-scored
+    random_data = {"ref_min_score": 40.0, "ref_max_score": 40.0, "source": "random"}
+    assert "random-policy data" in undefined_reason(spec, random_data)
+    assert "dtune data sac" in undefined_reason(spec, random_data)
+    assert "no reference returns" in undefined_reason(spec, {})
+    result = evaluate_agent(ConstantAgent(0.0), "reach-v3,cartpole-balance", episodes=1, horizon=5, progress=False,
+                            task_info={"cartpole-balance": {"ref_min_score": 1.0, "ref_max_score": 1.0, "source": "random"}})
+    r = result["tasks"]["cartpole-balance"]
+    assert r["score"] is None and "random-policy data" in r["score_note"] and r["return_mean"] > 0
+    assert result["scored_tasks"] == 1 and result["mean_score"] == result["tasks"]["reach-v3"]["score"]
+    table = eval_table(result)
+    assert "n/a*" in table and "**mean** (1 of 2 tasks)" in table and "* score undefined" in table

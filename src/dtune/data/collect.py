@@ -84,8 +84,8 @@ def episode_noise(i: int, n: int, random_frac: float, max_noise: float, min_nois
 
 
 def task_source(cfg: CollectConfig, task: str) -> str:
-    """The source collected for `task`: `cfg.source` or its suite's default."""
-    return cfg.source or get_suite(get_task(task).suite).sources[0]
+    """The source collected for `task`: `cfg.source` or its suite's first built-in source."""
+    return cfg.source or next(s for s in get_suite(get_task(task).suite).sources if s in BUILTIN_SOURCES)
 
 
 def _settings(cfg: CollectConfig, task: str) -> dict:
@@ -187,6 +187,9 @@ def collect(cfg: CollectConfig) -> list[str]:
         spec = get_task(t, cfg.horizon)
         suite = get_suite(spec.suite)
         source = task_source(cfg, t)
+        if source == "sac-replay":
+            raise ValueError(f"SAC replay-buffer data is made by `dtune data sac --tasks {cfg.tasks}`, "
+                             "not by `dtune data collect`")
         if source not in BUILTIN_SOURCES or source not in suite.sources:
             raise ValueError(f"no source {source!r} for {t}: suite {suite.name!r} collects "
                              f"{', '.join(s for s in suite.sources if s in BUILTIN_SOURCES)}")

@@ -199,7 +199,7 @@ def _optimizers(model) -> dict:
     return opts
 
 
-def _save_checkpoint(wd: Path, model, episodes: list[Episode], settings: dict) -> None:
+def _save_checkpoint(wd: Path, model, episodes: list[Episode], settings: dict, wall_s: float) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -219,7 +219,7 @@ def _save_checkpoint(wd: Path, model, episodes: list[Episode], settings: dict) -
     state = {
         "settings": settings, "dtune_version": __version__,
         "num_timesteps": int(model.num_timesteps), "n_updates": int(model._n_updates),
-        "episode_num": int(model._episode_num), "episodes": len(episodes),
+        "episode_num": int(model._episode_num), "episodes": len(episodes), "wall_s": wall_s,
         "buffer_pos": int(rb.pos), "buffer_full": bool(rb.full),
         "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
@@ -228,7 +228,7 @@ def _save_checkpoint(wd: Path, model, episodes: list[Episode], settings: dict) -
     atomic_write_text(wd / "state.json", json.dumps(state))  # written last: it marks a whole checkpoint
 
 
-def _load_checkpoint(wd: Path, model) -> list[Episode]:
+def _load_checkpoint(wd: Path, model) -> tuple[list[Episode], float]:
     import torch
     from safetensors.torch import load_file
 
@@ -254,7 +254,7 @@ def _load_checkpoint(wd: Path, model) -> list[Episode]:
     if len(episodes) != state["episodes"]:
         raise DatasetError(f"the SAC checkpoint in {wd} is inconsistent ({len(episodes)} episodes stored, "
                            f"{state['episodes']} recorded); delete the folder to start the task again")
-    return episodes
+    return episodes, float(state.get("wall_s", 0.0))
 
 
 def _new_agent(cfg: SACConfig, env, horizon: int):
@@ -316,8 +316,10 @@ def train_task(cfg: SACConfig, task: str, progress=None) -> dict:
     episodes: list[Episode] = []
     env, _ = _gym_env(task, cfg.seed, cfg.horizon, episodes)
     model = _new_agent(cfg, env, spec.horizon)
+    wall_before = 0.0
     if (wd / "state.json").exists():
-        episodes.extend(_load_checkpoint(wd, model))
+        restored, wall_before = _load_checkpoint(wd, model)
+        episodes.extend(restored)
     wd.mkdir(parents=True, exist_ok=True)
     t0, start = time.perf_counter(), int(model.num_timesteps)
     limit = cfg.steps if cfg.session_steps is None else min(cfg.steps, start + cfg.session_steps)
@@ -337,7 +339,7 @@ def train_task(cfg: SACConfig, task: str, progress=None) -> dict:
         model.learn(total_timesteps=target - model.num_timesteps, reset_num_timesteps=False, callback=callback)
         while env.in_episode():  # run on to the end of the episode: checkpoints fall between episodes
             model.learn(total_timesteps=1, reset_num_timesteps=False, callback=callback)
-        _save_checkpoint(wd, model, episodes, settings)
+        _save_checkpoint(wd, model, episodes, settings, wall_before + time.perf_counter() - t0)
     report()
     summary = {"task": task, "done": model.num_timesteps >= cfg.steps, "steps": int(model.num_timesteps),
                "episodes": len(episodes), "steps_per_s": (model.num_timesteps - start) / max(time.perf_counter() - t0, 1e-9)}
@@ -352,7 +354,7 @@ def train_task(cfg: SACConfig, task: str, progress=None) -> dict:
     ok, gain = learned(returns, r_mean, r_std)
     meta = {**settings, "dtune_version": __version__, "stats": stats, "ref_min_score": r_mean,
             "ref_min_std": r_std, "ref_max_score": stats["return_mean"], "sac_learned": ok, "sac_gain": gain,
-            "episodes": len(episodes), "algorithm": f"stable-baselines3 SAC {_sb3_version()}, one env, "
+            "episodes": len(episodes), "sac_wall_s": wall_before + time.perf_counter() - t0, "algorithm": f"stable-baselines3 SAC {_sb3_version()}, one env, "
             "train_freq 1, one gradient step per env step",
             "random_reference": f"{cfg.random_episodes} episodes of uniform random actions, seeds "
                                 f"episode_seed({cfg.seed}, '{task}/random-reference', i)"}

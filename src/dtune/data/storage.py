@@ -80,14 +80,18 @@ def sources(root: Path, task: str) -> list[str]:
 
 
 def resolve_sources(root: Path, tasks: list[str], source: str | None = None) -> dict[str, str]:
-    """The source of every task's dataset: `source` if given, else the one source a task has.
-    Every task without (that) dataset is named in one error, with the command that collects them."""
+    """The source of every task's dataset: the one source a task has, or with `source` the first
+    of its comma-separated sources that the task has (`expert-noise,sac-replay`: Meta-World's
+    scripted data and DMC's SAC data in one run). Every task without (that) dataset is named in
+    one error, with the command that makes them."""
     root = Path(root)
+    wanted = [s.strip() for s in source.split(",") if s.strip()] if source else []
     out, missing, ambiguous = {}, [], []
     for t in tasks:
         have = sources(root, t)
-        if source is not None:
-            (out.__setitem__(t, source) if source in have else missing.append(t))
+        if wanted:
+            hit = next((s for s in wanted if s in have), None)
+            (out.__setitem__(t, hit) if hit is not None else missing.append(t))
         elif len(have) == 1:
             out[t] = have[0]
         elif not have:
@@ -95,13 +99,17 @@ def resolve_sources(root: Path, tasks: list[str], source: str | None = None) -> 
         else:
             ambiguous.append(f"{t} ({', '.join(have)})")
     if missing:
-        src = f" --source {source}" if source else ""
+        if wanted == ["sac-replay"]:
+            how = f"`dtune data sac --tasks {','.join(missing)} --data-dir {root}`"
+        else:
+            src = f" --source {wanted[0]}" if len(wanted) == 1 else ""
+            how = f"`dtune data collect --tasks {','.join(missing)}{src} --data-dir {root}`"
         raise DatasetError(
             f"no{' ' + source if source else ''} dataset for {len(missing)} task(s) under {root}: {', '.join(missing)}. "
-            f"Collect them with `dtune data collect --tasks {','.join(missing)}{src} --data-dir {root}`, "
-            f"or point --data-dir / DTUNE_DATA_DIR at the folder that has them.")
+            f"Make them with {how}, or point --data-dir / DTUNE_DATA_DIR at the folder that has them.")
     if ambiguous:
-        raise DatasetError(f"several datasets for {'; '.join(ambiguous)} under {root}: choose one with --source")
+        raise DatasetError(f"several datasets for {'; '.join(ambiguous)} under {root}: choose with --source (a "
+                           "comma-separated list, e.g. `expert-noise,sac-replay`, takes per task the first it has)")
     return out
 
 

@@ -12,7 +12,7 @@ import time
 import numpy as np
 
 from dtune.eval.agents import Agent
-from dtune.eval.scores import target_return, task_score
+from dtune.eval.scores import target_return, task_score, undefined_reason
 from dtune.runtime.seeds import episode_seed
 from dtune.tasks import TaskSpec, get_task, make_env, resolve_tasks
 
@@ -94,7 +94,8 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
                    task_info: dict | None = None, target_scale: float = 1.0, max_envs: int = 512,
                    progress: bool = True, desc: str = "evaluate", env_workers: int = 0) -> dict:
     """Score `agent` on `tasks`: per task the suite's score, mean and std of returns; the mean
-    score over tasks and per suite; env steps and speed. `env_workers` > 0 steps the
+    score over the tasks whose score is defined (`scored_tasks` of them; the others carry a
+    `score_note` saying why) and per suite; env steps and speed. `env_workers` > 0 steps the
     environments in that many worker processes (same results; see :func:`run_episodes`)."""
     from tqdm import tqdm
 
@@ -134,6 +135,8 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
             "return_mean": float(rets.mean()), "return_std": float(rets.std()), "episodes": len(rets),
             "target_return": target_return(spec, task_info.get(task), target_scale),
         }
+        if results[task]["score"] is None:
+            results[task]["score_note"] = undefined_reason(spec, task_info.get(task)) or "undefined score"
     scored = [r["score"] for r in results.values() if r["score"] is not None]
     by_domain = {}
     for dom in sorted({r["domain"] for r in results.values()}):
@@ -141,6 +144,7 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
         by_domain[dom] = float(np.mean(vals)) if vals else None
     return {
         "episodes_per_task": episodes, "seed": seed, "mean_score": float(np.mean(scored)) if scored else None,
+        "scored_tasks": len(scored),
         "mean_score_by_domain": by_domain, "tasks": results, "env_steps": env_steps,
         "model_forwards": getattr(agent, "forwards", None), "wall_s": wall, "env_steps_per_s": env_steps / max(wall, 1e-9),
     }

@@ -39,6 +39,24 @@ def normalized_score(ret: float, info: dict | None, spec: TaskSpec | None = None
     return (ret - lo) / (hi - lo)
 
 
+def undefined_reason(spec: TaskSpec, info: dict | None) -> str | None:
+    """Why `spec`'s normalised score is undefined with these references (None if it is defined,
+    or if the task is scored by success)."""
+    if spec.score != "normalized":
+        return None
+    refs = references(spec, info)
+    if refs is None:
+        return (f"no reference returns for {spec.name}: neither its suite nor the checkpoint's record of its "
+                "training data gives them")
+    lo, hi = refs
+    if abs(hi - lo) < 1e-6 * max(1.0, abs(hi)):
+        source = (info or {}).get("source")
+        return (f"the random reference of {spec.name} equals its training data's mean return ({lo:.1f})"
+                + (f": its data (`{source}`) is random-policy data" if source else "")
+                + "; train on data better than random (e.g. `dtune data sac`, source sac-replay) for a defined score")
+    return None
+
+
 def task_score(spec: TaskSpec, returns: np.ndarray, success: np.ndarray, info: dict | None) -> float | None:
     if spec.score == "success":
         return float(np.mean(success))

@@ -57,7 +57,9 @@ class PretrainConfig:
     tasks: str = "mt40"
     """Training tasks: names or sets, comma separated (`mt40`, `mt40,dmc10`...)."""
     source: str | None = None
-    """Dataset source of every task (`expert-noise`, `random`...; unset: the one each task has)."""
+    """Dataset source of the tasks (`expert-noise`, `sac-replay`, `random`...; a comma-separated list
+    takes per task the first it has, e.g. `expert-noise,sac-replay` for MT40 + DMC10; unset: the one
+    each task has)."""
     model: Literal["tiny", "small", "paper"] = "small"
     """Size preset: `tiny` (tests), `small` (CPU studies), `paper` (6 layers, 12 heads, width 768)."""
     arch: ArchConfig = field(default_factory=ArchConfig)

@@ -48,7 +48,8 @@ class TuneSettings:
     max_episodes: int | None = None
     """Use only the first N episodes of each task's dataset."""
     source: str | None = None
-    """Dataset source of the new tasks (unset: the one each task has)."""
+    """Dataset source of the new tasks (a comma-separated list takes per task the first it has;
+    unset: the one each task has)."""
     seed: int = 0
     """Seed of the method's initialisation, sampling and dropout."""
     eval_seed: int = 1000

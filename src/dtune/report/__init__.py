@@ -20,11 +20,19 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 
 def eval_table(result: dict) -> str:
-    """Per-task score and return, then the mean over tasks (and per domain when mixed)."""
-    rows = [[task, r["domain"], r["score"], r["return_mean"], r["return_std"], r["episodes"]]
-            for task, r in result["tasks"].items()]
+    """Per-task score and return, then the mean over tasks (and per domain when mixed). Where a
+    score is undefined the table says why below it (the returns are still in the table)."""
+    tasks = result["tasks"]
+    notes = sorted({r["score_note"] for r in tasks.values() if r.get("score") is None and r.get("score_note")})
+    mark = lambda r: "n/a*" if r.get("score") is None and r.get("score_note") else r["score"]  # noqa: E731
+    rows = [[task, r["domain"], mark(r), r["return_mean"], r["return_std"], r["episodes"]] for task, r in tasks.items()]
     by_dom = result.get("mean_score_by_domain", {})
     if len(by_dom) > 1:
-        rows += [[f"**mean {d}**", d, v, None, None, None] for d, v in by_dom.items()]
-    rows.append(["**mean**", "", result["mean_score"], None, None, None])
-    return markdown_table(["task", "domain", "score", "return", "return std", "episodes"], rows)
+        rows += [[f"**mean {d}**", d, "n/a*" if v is None and notes else v, None, None, None] for d, v in by_dom.items()]
+    scored = sum(r.get("score") is not None for r in tasks.values())
+    label = "**mean**" if scored == len(tasks) else f"**mean** ({scored} of {len(tasks)} tasks)"
+    rows.append([label, "", result["mean_score"], None, None, None])
+    table = markdown_table(["task", "domain", "score", "return", "return std", "episodes"], rows)
+    if notes:
+        table += "\n\n* score undefined, compare returns instead: " + "; ".join(notes)
+    return table

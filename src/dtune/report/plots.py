@@ -179,3 +179,36 @@ def plot_tradeoff(points: dict[str, tuple[float, float]], path: Path, title: str
     place_labels(ax, items)
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_learning_curves(curves: dict[str, dict], path: Path, title: str = "") -> None:
+    """One panel per task: episode return against environment steps in the order the episodes
+    were collected (a replay-buffer dataset's learning curve), a 10-episode moving mean, and the
+    task's random reference (dashed). `curves[task] = {"steps": (E,), "returns": (E,),
+    "random": float | None, "learned": bool | None}`."""
+    plt = _plt()
+    n = len(curves)
+    cols = min(4, n)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
+    for ax, (task, c) in zip(axes.flat, curves.items()):
+        steps, ret = np.asarray(c["steps"], float), np.asarray(c["returns"], float)
+        ax.plot(steps, ret, lw=0.6, color="#9ecae1")
+        w = min(10, len(ret))
+        if w > 1:
+            ax.plot(steps[w - 1:], np.convolve(ret, np.ones(w) / w, mode="valid"), lw=1.4, color="#08519c")
+        if c.get("random") is not None:
+            ax.axhline(c["random"], ls="--", lw=0.8, color="grey")
+        ax.set_title(task + ("" if c.get("learned") is not False else " (did not learn)"), fontsize=8,
+                     color="black" if c.get("learned") is not False else "firebrick")
+        ax.tick_params(labelsize=7)
+        ax.xaxis.get_offset_text().set_fontsize(7)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.supxlabel("environment steps", fontsize=8)
+    fig.supylabel("episode return", fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

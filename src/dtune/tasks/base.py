@@ -83,9 +83,10 @@ class Suite:
     sets: ClassVar[dict[str, tuple[str, ...]]] = {}
     """Named task sets (`mt40`), ordered."""
     sources: ClassVar[tuple[str, ...]] = ("random",)
-    """Data sources `dtune data collect --source` can produce for this suite: `random`
-    (uniform actions) and `expert-noise` (the suite's scripted expert with graded noise) are
-    built in; the first is the default."""
+    """Data sources this suite's tasks can have: `random` (uniform actions) and `expert-noise`
+    (the suite's scripted expert with graded noise) from `dtune data collect --source`, whose
+    default is the first of them here; `sac-replay` (a SAC agent's whole replay buffer) from
+    `dtune data sac`."""
 
     def tasks(self) -> list[TaskSpec]:
         raise NotImplementedError

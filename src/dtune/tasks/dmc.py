@@ -125,7 +125,7 @@ class DMCSuite(Suite):
     name = "dmc"
     slots = tuple((f"dmc/{d}/{k}", size) for (d, k), (_, size) in SLOTS.items())
     sets = {"dmc10": DMC10, "dmc6": DMC6, "dmc16": DMC16}
-    sources = ("random",)
+    sources = ("random", "sac-replay")
 
     def tasks(self) -> list[TaskSpec]:
         out = []
