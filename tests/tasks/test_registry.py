@@ -108,7 +108,7 @@ def test_horizon_override_scales_metaworld_target():
         get_task("reach-v3", horizon=0)
 
 
-@pytest.mark.parametrize("name", ["reach-v3", "cartpole-balance"])
+@pytest.mark.parametrize("name", ["reach-v3", "cartpole-balance", "hopper", "ant"])
 def test_make_env_interface_and_seeding(name):
     spec = get_task(name, horizon=5)
     env = make_env(name, seed=0, horizon=5)

@@ -1,9 +1,9 @@
 """Task registry: the suites dtune knows (one plug-in module each) and their tasks.
 
-Names are the suites' own (`hammer-v3`, `walker-walk`); named sets (`mt40`, `cw10`,
-`mt50`, `dmc10`, `dmc6`, `dmc16`) expand to ordered task lists. A suite is added by
-registering a :class:`~dtune.tasks.base.Suite` instance (see `dtune/tasks/base.py`); the
-built-in ones are `metaworld` and `dmc`; packages may add more through the
+Names are the suites' own (`hammer-v3`, `walker-walk`, `hopper`); named sets (`mt40`, `cw10`,
+`mt50`, `dmc10`, `dmc6`, `dmc16`, `mujoco3`, `mujoco4`) expand to ordered task lists. A suite is
+added by registering a :class:`~dtune.tasks.base.Suite` instance (see `dtune/tasks/base.py`); the
+built-in ones are `metaworld`, `dmc` and `mujoco`; packages may add more through the
 `dtune.suites` entry-point group (an entry point names a Suite subclass or instance).
 """
 
@@ -15,6 +15,7 @@ from dtune.tasks.base import SCORES, Env, Suite, TaskSpec
 from dtune.tasks.dmc import DMCSuite
 from dtune.tasks.layout import InputLayout, legacy_layout
 from dtune.tasks.metaworld import MetaWorldSuite
+from dtune.tasks.mujoco import MujocoSuite
 
 SUITES: dict[str, Suite] = {}
 REGISTRY: dict[str, TaskSpec] = {}
@@ -143,6 +144,7 @@ def _load_entry_points() -> None:
 
 register_suite(MetaWorldSuite())
 register_suite(DMCSuite())
+register_suite(MujocoSuite())
 _load_entry_points()
 
 __all__ = ["TaskSpec", "Suite", "Env", "InputLayout", "SUITES", "REGISTRY", "TASK_SETS", "UnknownTaskError",

@@ -55,6 +55,9 @@ class TaskSpec:
     """Reference return of an expert; None: the training data's mean return."""
     scale_target_with_horizon: bool = False
     """Whether a shorter or longer horizon scales the default target return (per-step rewards)."""
+    target_returns: tuple[float, ...] = ()
+    """Target returns of the suite's evaluation protocol when it has several (the DT and LaMo
+    papers evaluate D4RL tasks at 3-4 targets), the standard one (`target_return`) first."""
 
     @property
     def domain(self) -> str:
@@ -66,8 +69,9 @@ class TaskSpec:
             return self
         if horizon <= 0:
             raise ValueError(f"horizon must be positive, got {horizon}")
-        target = self.target_return * horizon / self.horizon if self.scale_target_with_horizon else self.target_return
-        return replace(self, horizon=horizon, target_return=target)
+        f = horizon / self.horizon if self.scale_target_with_horizon else 1.0
+        return replace(self, horizon=horizon, target_return=self.target_return * f,
+                       target_returns=tuple(t * f for t in self.target_returns))
 
 
 class Suite:
