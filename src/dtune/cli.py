@@ -138,9 +138,10 @@ def _data(argv):
     from dtune.tasks import get_task
 
     sub = argv[0] if argv else None
-    if sub not in ("collect", "sac", "list", "show", "report"):
-        print("usage: dtune data {collect,sac,list,show,report} ...\n\n  collect  collect one Minari dataset per task (and source)\n"
+    if sub not in ("collect", "sac", "rollouts", "list", "show", "report"):
+        print("usage: dtune data {collect,sac,rollouts,list,show,report} ...\n\n  collect  collect one Minari dataset per task (and source)\n"
               "  sac      train SAC per task and keep its replay buffer as the dataset (source sac-replay; resumable)\n"
+              "  rollouts episodes of the SAC agent stored with a dataset, as a new dataset (D4RL's medium)\n"
               "  list     list the datasets under the data root\n  show     statistics of one dataset\n"
               "  report   table and learning curves of the datasets of some tasks",
               file=sys.stderr if sub not in ("-h", "--help") else sys.stdout)
@@ -161,11 +162,23 @@ def _data(argv):
         t0 = time.perf_counter()
         done = collect_sac(cfg)
         for s in done:
-            state = (f"dataset written: mean return {s['stats']['return_mean']:.1f}, random {s['ref_min_score']:.1f}"
+            stop = f"; stopped at evaluation return {s['evaluations'][-1][1]:.0f}" if s.get("evaluations") else ""
+            state = (f"dataset written: mean return {s['stats']['return_mean']:.1f}, random {s['ref_min_score']:.1f}{stop}"
                      + ("" if s["sac_learned"] else "; SAC DID NOT LEARN (last tenth of episodes no better than random)")
                      if s["done"] else "unfinished: run the same command again to continue")
             print(f"{s['task']}: {s['steps']} steps, {s['episodes']} episodes, {s['steps_per_s']:.0f} steps/s; {state}")
         print(f"SAC on {len(done)} task(s) in {time.perf_counter() - t0:.0f}s, data root {cfg.data_dir}"
+              + ("" if done else " (all requested datasets were already complete)"))
+        return
+    if sub == "rollouts":
+        from dtune.data.sac import RolloutConfig, collect_rollouts
+
+        cfg = _parse(RolloutConfig, argv[1:], "dtune data rollouts")
+        t0 = time.perf_counter()
+        done = collect_rollouts(cfg)
+        for s in done:
+            print(f"{s['task']}: {s['steps']} steps, {s['episodes']} episodes, mean return {s['stats']['return_mean']:.1f}")
+        print(f"rollouts of {len(done)} task(s) in {time.perf_counter() - t0:.0f}s, data root {cfg.data_dir}"
               + ("" if done else " (all requested datasets were already complete)"))
         return
     if sub == "report":

@@ -113,3 +113,42 @@ def test_data_report_and_list_show_the_references(whole, tmp_path, capsys):
     main(["data", "list", "--data-dir", str(root)])
     out = capsys.readouterr().out
     assert "random ref (= ref min)" in out and f"{summary[0]['ref_min_score']:.2f}" in out
+
+
+def test_rollouts_of_the_stored_agent(whole, tmp_path):
+    """D4RL's medium recipe, second half: the stored agent's own episodes as a new dataset,
+    reproducible, refusing to overwrite the agent's dataset."""
+    import shutil
+
+    from dtune.data.sac import RolloutConfig, collect_rollouts
+
+    root, _ = whole
+    shutil.copytree(root / "dtune", tmp_path / "dtune")
+    cfg = lambda **kw: RolloutConfig(**{"tasks": TASK, "agent": "sac-replay", "source": "medium", "steps": 30,  # noqa: E731
+                                        "horizon": 20, "workers": 1, "data_dir": str(tmp_path), "progress": False, **kw})
+    out = collect_rollouts(cfg())
+    assert out[0]["steps"] == 40 and out[0]["episodes"] == 2  # rounded up to whole episodes
+    meta = read_metadata(tmp_path, TASK, "medium")["dtune"]
+    assert meta["agent"] == "sac-replay" and meta["ref_min_score"] == read_metadata(tmp_path, TASK, "sac-replay")["dtune"]["ref_min_score"]
+    first = read_episodes(tmp_path, TASK, "medium")
+    assert collect_rollouts(cfg()) == []  # done: skipped
+    collect_rollouts(cfg(source="medium2"))
+    np.testing.assert_array_equal(first["actions"], read_episodes(tmp_path, TASK, "medium2")["actions"])  # seeded
+    with pytest.raises(ValueError, match="replace the dataset that holds the agent"):
+        collect_rollouts(cfg(source="sac-replay"))
+    with pytest.raises(DatasetError, match="no stored agent"):
+        collect_rollouts(cfg(agent="random", source="x"))
+
+
+def test_stop_at_a_return_evaluates_and_stops_early(tmp_path):
+    """--stop-at: training stops at the first checkpoint whose evaluation reaches the level; the
+    buffer up to then is the dataset (D4RL's medium-replay)."""
+    out = collect_sac(tiny(tmp_path, source="medium-replay", stop_at="-1"))  # any return reaches -1
+    assert out[0]["done"] and out[0]["steps"] == 40 and len(out[0]["evaluations"]) == 1
+    meta = read_metadata(tmp_path, TASK, "medium-replay")["dtune"]
+    assert meta["stopped_early"] and meta["stop_at_return"] == -1.0 and meta["stats"]["steps"] == 40
+    with pytest.raises(ValueError, match="defines no such level"):
+        collect_sac(tiny(tmp_path, stop_at="medium"))  # DMC has no D4RL levels
+    from dtune.data.sac import stop_return
+
+    assert stop_return("medium", "hopper") == 1400.0

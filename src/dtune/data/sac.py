@@ -84,6 +84,16 @@ class SACConfig:
     from (unset: run to `steps`); for machines that are lent for a limited time."""
     random_episodes: int = 10
     """Episodes of uniform random actions that measure the task's random reference return."""
+    source: str = SOURCE
+    """Name of the dataset written (`sac-replay`; `medium-replay` with `--stop-at medium`)."""
+    stop_at: str | None = None
+    """Stop training early, D4RL-style, once the agent's evaluation return reaches a level: a
+    level its suite defines (`medium`: Hopper 1400, HalfCheetah 4800, Walker2d 3000) or a number.
+    The agent is evaluated at every checkpoint (deterministic actions, `eval_episodes` episodes
+    on their own fixed seeds); the replay buffer up to then is the dataset (D4RL's
+    medium-replay), `steps` the most it may take. Unset: train for `steps`."""
+    eval_episodes: int = 5
+    """Evaluation episodes of `stop_at`."""
     workers: int = 0
     """Parallel processes, one task each, one torch thread each; 0 = one per CPU core."""
     data_dir: str | None = None
@@ -98,12 +108,30 @@ def _settings(cfg: SACConfig, task: str) -> dict:
     """What identifies a task's run: a finished or unfinished run with other settings conflicts."""
     keys = ("steps", "seed", "learning_starts", "batch_size", "learning_rate", "gamma", "tau", "hidden",
             "random_episodes")
-    return {"task": task, "source": SOURCE, "horizon": get_task(task, cfg.horizon).horizon,
-            **{k: getattr(cfg, k) for k in keys}}
+    out = {"task": task, "source": cfg.source, "horizon": get_task(task, cfg.horizon).horizon,
+           **{k: getattr(cfg, k) for k in keys}}
+    if cfg.stop_at is not None:
+        out.update(stop_at_return=stop_return(cfg.stop_at, task), eval_episodes=cfg.eval_episodes)
+    return out
 
 
-def work_dir(root: Path, task: str) -> Path:
-    return Path(root) / WORK / SOURCE / task
+def stop_return(level: str, task: str) -> float:
+    """The return `level` stands for on `task`: a number, or a level its suite defines."""
+    try:
+        return float(level)
+    except ValueError:
+        pass
+    spec = get_task(task)
+    levels = get_suite(spec.suite).quality_returns(spec)
+    if level not in levels:
+        have = ", ".join(levels) or "none"
+        raise ValueError(f"--stop-at {level!r}: suite {spec.suite!r} defines no such level for {task} "
+                         f"(it has: {have}); give a return instead, e.g. --stop-at 1500")
+    return float(levels[level])
+
+
+def work_dir(root: Path, task: str, source: str = SOURCE) -> Path:
+    return Path(root) / WORK / source / task
 
 
 # -- the environment SAC sees -------------------------------------------------------------------
@@ -199,7 +227,8 @@ def _optimizers(model) -> dict:
     return opts
 
 
-def _save_checkpoint(wd: Path, model, episodes: list[Episode], settings: dict, wall_s: float) -> None:
+def _save_checkpoint(wd: Path, model, episodes: list[Episode], settings: dict, wall_s: float,
+                     evals: list | None = None) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -220,6 +249,7 @@ def _save_checkpoint(wd: Path, model, episodes: list[Episode], settings: dict, w
         "settings": settings, "dtune_version": __version__,
         "num_timesteps": int(model.num_timesteps), "n_updates": int(model._n_updates),
         "episode_num": int(model._episode_num), "episodes": len(episodes), "wall_s": wall_s,
+        "evaluations": evals or [],
         "buffer_pos": int(rb.pos), "buffer_full": bool(rb.full),
         "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
         "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
@@ -228,7 +258,7 @@ def _save_checkpoint(wd: Path, model, episodes: list[Episode], settings: dict, w
     atomic_write_text(wd / "state.json", json.dumps(state))  # written last: it marks a whole checkpoint
 
 
-def _load_checkpoint(wd: Path, model) -> tuple[list[Episode], float]:
+def _load_checkpoint(wd: Path, model) -> tuple[list[Episode], float, list]:
     import torch
     from safetensors.torch import load_file
 
@@ -254,7 +284,7 @@ def _load_checkpoint(wd: Path, model) -> tuple[list[Episode], float]:
     if len(episodes) != state["episodes"]:
         raise DatasetError(f"the SAC checkpoint in {wd} is inconsistent ({len(episodes)} episodes stored, "
                            f"{state['episodes']} recorded); delete the folder to start the task again")
-    return episodes, float(state.get("wall_s", 0.0))
+    return episodes, float(state.get("wall_s", 0.0)), [tuple(e) for e in state.get("evaluations", [])]
 
 
 def _new_agent(cfg: SACConfig, env, horizon: int):
@@ -291,6 +321,25 @@ def random_reference(task: str, episodes: int, seed: int, horizon: int | None = 
     return float(np.mean(returns)), float(np.std(returns))
 
 
+def evaluate_agent_return(model, task: str, episodes: int, seed: int, horizon: int | None = None) -> float:
+    """Mean return of `model`'s deterministic actions over `episodes` episodes on their own fixed
+    seeds (`episode_seed(seed, task + "/eval", i)`); draws no random numbers, so a run that
+    evaluates stays identical to its resumed continuation."""
+    spec = get_task(task, horizon)
+    env = make_env(task, seed=seed, horizon=spec.horizon)
+    returns = []
+    for i in range(episodes):
+        obs, total = env.reset(episode_seed(seed, f"{task}/eval", i)), 0.0
+        for _ in range(spec.horizon):
+            action, _ = model.predict(np.asarray(obs, np.float32), deterministic=True)
+            obs, r, term, trunc, _ = env.step(np.clip(action, -1.0, 1.0))
+            total += r
+            if term or trunc:
+                break
+        returns.append(total)
+    return float(np.mean(returns))
+
+
 def learned(returns: np.ndarray, random_mean: float, random_std: float) -> tuple[bool, float]:
     """Whether the agent learned: the mean return of the last tenth of its episodes beats the
     random reference by more than 3 random standard deviations and 5% of |random|. Also returns
@@ -311,14 +360,15 @@ def train_task(cfg: SACConfig, task: str, progress=None) -> dict:
     torch.set_num_threads(1)
     root = Path(cfg.data_dir)
     spec = get_task(task, cfg.horizon)
-    wd = work_dir(root, task)
+    wd = work_dir(root, task, cfg.source)
     settings = _settings(cfg, task)
+    goal = settings.get("stop_at_return")
     episodes: list[Episode] = []
     env, _ = _gym_env(task, cfg.seed, cfg.horizon, episodes)
     model = _new_agent(cfg, env, spec.horizon)
-    wall_before = 0.0
+    wall_before, evals = 0.0, []
     if (wd / "state.json").exists():
-        restored, wall_before = _load_checkpoint(wd, model)
+        restored, wall_before, evals = _load_checkpoint(wd, model)
         episodes.extend(restored)
     wd.mkdir(parents=True, exist_ok=True)
     t0, start = time.perf_counter(), int(model.num_timesteps)
@@ -334,16 +384,24 @@ def train_task(cfg: SACConfig, task: str, progress=None) -> dict:
                 reported += 1
 
     callback = _callback(report)
-    while model.num_timesteps < limit:
+    reached = goal is not None and bool(evals) and evals[-1][1] >= goal
+    while model.num_timesteps < limit and not reached:
         target = min(model.num_timesteps + cfg.checkpoint_every, limit)
         model.learn(total_timesteps=target - model.num_timesteps, reset_num_timesteps=False, callback=callback)
         while env.in_episode():  # run on to the end of the episode: checkpoints fall between episodes
             model.learn(total_timesteps=1, reset_num_timesteps=False, callback=callback)
-        _save_checkpoint(wd, model, episodes, settings, wall_before + time.perf_counter() - t0)
+        if goal is not None:
+            evals.append((int(model.num_timesteps),
+                          evaluate_agent_return(model, task, cfg.eval_episodes, cfg.seed, cfg.horizon)))
+            reached = evals[-1][1] >= goal
+            if progress is not None:
+                progress.info({"task": task, "episode": len(episodes) - 1, "return": evals[-1][1], "eval": True})
+        _save_checkpoint(wd, model, episodes, settings, wall_before + time.perf_counter() - t0, evals)
     report()
-    summary = {"task": task, "done": model.num_timesteps >= cfg.steps, "steps": int(model.num_timesteps),
+    done = model.num_timesteps >= cfg.steps or reached
+    summary = {"task": task, "done": done, "steps": int(model.num_timesteps),
                "episodes": len(episodes), "steps_per_s": (model.num_timesteps - start) / max(time.perf_counter() - t0, 1e-9)}
-    if not summary["done"]:
+    if not done:
         return summary
     r_mean, r_std = random_reference(task, cfg.random_episodes, cfg.seed, cfg.horizon)
     flat = {"rewards": np.concatenate([e.rewards for e in episodes]),
@@ -358,9 +416,14 @@ def train_task(cfg: SACConfig, task: str, progress=None) -> dict:
             "train_freq 1, one gradient step per env step",
             "random_reference": f"{cfg.random_episodes} episodes of uniform random actions, seeds "
                                 f"episode_seed({cfg.seed}, '{task}/random-reference', i)"}
+    if goal is not None:
+        meta.update(evaluations=evals, stopped_early=reached,
+                    stop_rule=f"evaluated every {cfg.checkpoint_every} steps ({cfg.eval_episodes} episodes, "
+                              f"deterministic actions); stop once the mean return reaches {goal}")
+        summary["evaluations"] = evals
     agent_dir = wd / "agent"
     _export_agent(model, agent_dir, cfg, task)
-    write_dataset(root, task, SOURCE, episodes, meta, overwrite=cfg.overwrite, attach={"agent": agent_dir})
+    write_dataset(root, task, cfg.source, episodes, meta, overwrite=cfg.overwrite, attach={"agent": agent_dir})
     shutil.rmtree(wd, ignore_errors=True)
     for parent in (wd.parent, wd.parent.parent):  # .work/sac-replay, .work: removed once empty
         try:
@@ -419,13 +482,13 @@ def _status(cfg: SACConfig, task: str) -> str:
     settings) or `conflict` (a dataset or run with other settings)."""
     root = Path(cfg.data_dir)
     want = _settings(cfg, task)
-    if dataset_dir(root, task, SOURCE).exists():
+    if dataset_dir(root, task, cfg.source).exists():
         try:
-            meta = read_metadata(root, task, SOURCE)["dtune"]
+            meta = read_metadata(root, task, cfg.source)["dtune"]
         except DatasetError:
             return "conflict"
         return "done" if all(meta.get(k) == v for k, v in want.items()) else "conflict"
-    state = work_dir(root, task) / "state.json"
+    state = work_dir(root, task, cfg.source) / "state.json"
     if state.exists() and json.loads(state.read_text()).get("settings") != want:
         return "conflict"
     return "todo"
@@ -456,22 +519,27 @@ def collect_sac(cfg: SACConfig) -> list[dict]:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {value}")
     if cfg.session_steps is not None and cfg.session_steps <= 0:
         raise ValueError(f"--session-steps must be positive, got {cfg.session_steps}")
+    if cfg.stop_at is not None:
+        for t in tasks:
+            stop_return(cfg.stop_at, t)  # an unknown level fails here, before any work
+        if cfg.eval_episodes <= 0:
+            raise ValueError(f"--eval-episodes must be positive, got {cfg.eval_episodes}")
     todo = []
     for t in tasks:
         status = _status(cfg, t)
         if status == "conflict":
             if not cfg.overwrite:
                 raise DatasetError(
-                    f"a {SOURCE} dataset or unfinished run for {t} exists under {cfg.data_dir} with other settings; "
+                    f"a {cfg.source} dataset or unfinished run for {t} exists under {cfg.data_dir} with other settings; "
                     "pass --overwrite to replace it, or use another --data-dir")
-            shutil.rmtree(work_dir(Path(cfg.data_dir), t), ignore_errors=True)
+            shutil.rmtree(work_dir(Path(cfg.data_dir), t, cfg.source), ignore_errors=True)
         if status != "done":
             todo.append(t)
     if not todo:
         return []
     done_before = 0
     for t in todo:  # steps of unfinished runs: the bar starts there
-        state = work_dir(Path(cfg.data_dir), t) / "state.json"
+        state = work_dir(Path(cfg.data_dir), t, cfg.source) / "state.json"
         done_before += json.loads(state.read_text())["num_timesteps"] if state.exists() else 0
     workers = min(len(todo), cfg.workers or os.cpu_count() or 1)
     bar = tqdm(total=len(todo) * cfg.steps, initial=done_before, unit="step", unit_scale=True,
@@ -479,11 +547,138 @@ def collect_sac(cfg: SACConfig) -> list[dict]:
     latest: dict[str, str] = {}
 
     def on_info(info):
-        latest[info["task"]] = f"{info['task']} ep {info['episode']}: {info['return']:.0f}"
+        kind = "eval" if info.get("eval") else f"ep {info['episode']}"
+        latest[info["task"]] = f"{info['task']} {kind}: {info['return']:.0f}"
         bar.set_postfix_str(" | ".join(latest.values()), refresh=False)
 
     try:
         return run_parallel(_train_one, [(cfg, t, get_suite(get_task(t).suite)) for t in todo], workers,
                             on_progress=bar.update, on_info=on_info)
+    finally:
+        bar.close()
+
+
+# -- rollouts of a stored agent (D4RL's medium and expert datasets) ------------------------------
+@dataclass
+class RolloutConfig:
+    """Episodes of the SAC agent stored with a dataset, written as a new dataset (D4RL's
+    `medium`: the early-stopped agent's own rollouts)."""
+
+    tasks: str = "mujoco3"
+    """Task names or sets, comma separated."""
+    agent: str = "medium-replay"
+    """Source of the dataset whose agent (its `agent/` folder) acts."""
+    source: str = "medium"
+    """Name of the dataset written."""
+    steps: int = 200_000
+    """Environment steps per task, rounded up to whole episodes (D4RL: 1,000,000)."""
+    deterministic: bool = False
+    """Act with the policy's mean instead of sampling it (D4RL sampled)."""
+    seed: int = 0
+    """Seed of the episodes' environments and of the action sampling."""
+    horizon: int | None = None
+    """Episode length (unset: the task's)."""
+    workers: int = 0
+    """Parallel processes, one task each; 0 = one per CPU core."""
+    data_dir: str | None = None
+    """Data root (unset: `$DTUNE_DATA_DIR` or `~/.dtune/datasets`)."""
+    overwrite: bool = False
+    """Replace a dataset of that name that has other settings."""
+    progress: bool = True
+    """Show a progress bar."""
+
+
+def _rollout_settings(cfg: RolloutConfig, task: str) -> dict:
+    return {"task": task, "source": cfg.source, "agent": cfg.agent, "steps": cfg.steps,
+            "deterministic": cfg.deterministic, "seed": cfg.seed, "horizon": get_task(task, cfg.horizon).horizon}
+
+
+def rollout_task(cfg: RolloutConfig, task: str, progress=None) -> dict:
+    """Roll out the stored agent of `(task, cfg.agent)` and write the dataset `(task, cfg.source)`.
+    Episode `i` uses environment seed `episode_seed(seed, task + "/rollouts", i)` and seeds torch
+    with it before sampling, so a dataset does not depend on the number of workers."""
+    import torch
+
+    torch.set_num_threads(1)
+    root = Path(cfg.data_dir)
+    spec = get_task(task, cfg.horizon)
+    agent_dir = dataset_dir(root, task, cfg.agent) / "agent"
+    if not (agent_dir / "agent.json").exists():
+        raise DatasetError(f"no stored agent in {agent_dir}: make the {cfg.agent} dataset of {task} with "
+                           f"`dtune data sac --tasks {task} --source {cfg.agent} ...` first")
+    model = load_agent(agent_dir)
+    env = make_env(task, seed=cfg.seed, horizon=spec.horizon)
+    episodes, steps, t0 = [], 0, time.perf_counter()
+    while steps < cfg.steps:
+        eseed = episode_seed(cfg.seed, f"{task}/rollouts", len(episodes))
+        torch.manual_seed(eseed)
+        obs = [env.reset(eseed)]
+        acts, rews, succ = [], [], []
+        term = False
+        for _ in range(spec.horizon):
+            a, _ = model.predict(np.asarray(obs[-1], np.float32), deterministic=cfg.deterministic)
+            a = np.clip(np.asarray(a, np.float64), -1.0, 1.0)
+            o, r, term, trunc, s = env.step(a)
+            obs.append(o), acts.append(a), rews.append(r), succ.append(s)
+            if term or trunc:
+                break
+        episodes.append(Episode(np.asarray(obs), np.asarray(acts), np.asarray(rews), np.asarray(succ, bool), eseed,
+                                terminated=bool(term), truncated=not term))
+        steps += len(rews)
+        if progress is not None:
+            progress.put(len(rews))
+            progress.info({"task": task, "episode": len(episodes) - 1, "return": float(np.sum(rews))})
+    flat = {"rewards": np.concatenate([e.rewards for e in episodes]),
+            "success": np.concatenate([e.success for e in episodes]),
+            "lengths": np.asarray([len(e) for e in episodes])}
+    stats = episode_stats(flat)
+    agent_meta = read_metadata(root, task, cfg.agent)["dtune"]
+    meta = {**_rollout_settings(cfg, task), "dtune_version": __version__, "stats": stats,
+            "ref_min_score": agent_meta.get("ref_min_score"), "ref_max_score": stats["return_mean"],
+            "rollouts_of": f"the agent stored with {dataset_dir(root, task, cfg.agent).name} "
+                           f"({agent_meta.get('steps')} steps of SAC)", "wall_s": time.perf_counter() - t0}
+    write_dataset(root, task, cfg.source, episodes, meta, overwrite=cfg.overwrite, attach={"agent": agent_dir})
+    return {"task": task, "steps": steps, "episodes": len(episodes), "stats": stats}
+
+
+def _rollout_one(item, progress):
+    cfg, task, suite = item
+    from dtune.tasks import SUITES, register_suite
+
+    if suite.name not in SUITES:
+        register_suite(suite)
+    return rollout_task(cfg, task, progress)
+
+
+def collect_rollouts(cfg: RolloutConfig) -> list[dict]:
+    """Rollout datasets for every task of `cfg` that has none with these settings."""
+    from tqdm import tqdm
+
+    from dtune.data.storage import data_root
+    from dtune.runtime.workers import run_parallel
+
+    cfg.data_dir = str(data_root(cfg.data_dir))
+    if cfg.steps <= 0:
+        raise ValueError(f"--steps must be positive, got {cfg.steps}")
+    if cfg.source == cfg.agent:
+        raise ValueError(f"--source {cfg.source!r} would replace the dataset that holds the agent; name it otherwise")
+    todo = []
+    for t in resolve_tasks(cfg.tasks):
+        if dataset_dir(Path(cfg.data_dir), t, cfg.source).exists():
+            meta = read_metadata(Path(cfg.data_dir), t, cfg.source)["dtune"]
+            if all(meta.get(k) == v for k, v in _rollout_settings(cfg, t).items()):
+                continue
+            if not cfg.overwrite:
+                raise DatasetError(f"a {cfg.source} dataset for {t} exists under {cfg.data_dir} with other settings; "
+                                   "pass --overwrite to replace it")
+        todo.append(t)
+    if not todo:
+        return []
+    workers = min(len(todo), cfg.workers or os.cpu_count() or 1)
+    bar = tqdm(total=len(todo) * cfg.steps, unit="step", unit_scale=True, desc=f"rollouts {len(todo)} task(s)",
+               disable=not cfg.progress)
+    try:
+        return run_parallel(_rollout_one, [(cfg, t, get_suite(get_task(t).suite)) for t in todo], workers,
+                            on_progress=bar.update)
     finally:
         bar.close()

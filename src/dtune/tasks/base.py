@@ -103,6 +103,11 @@ class Suite:
         """A scripted expert `obs -> action` for the `expert-noise` source, if the suite has one."""
         return None
 
+    def quality_returns(self, task: TaskSpec) -> dict[str, float]:
+        """Returns that name data-quality levels of `task` (D4RL's `medium`: the return at which
+        the behaviour agent's training stops), for `dtune data sac --stop-at LEVEL`."""
+        return {}
+
     def gym_spec(self, task: TaskSpec) -> dict | None:
         """How Minari's `recover_environment` can rebuild the environment of a dataset. The
         default wraps :meth:`make_env` in a gymnasium env (`dtune.tasks.gym`), which works

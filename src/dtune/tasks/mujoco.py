@@ -36,15 +36,17 @@ class _Robot:
     """D4RL's expert reference return."""
     targets: tuple[float, ...]
     """Target returns of the DT/LaMo evaluations, the standard one first."""
+    medium: float
+    """D4RL's `medium` level: the return of the SAC agent early-stopped at about a third of expert."""
 
 
 ROBOTS: dict[str, _Robot] = {
-    "hopper": _Robot("Hopper-v5", 11, 3, -20.3, 3234.3, (3600.0, 2600.0, 2200.0, 1800.0)),
-    "halfcheetah": _Robot("HalfCheetah-v5", 17, 6, -280.2, 12135.0, (12000.0, 8000.0, 6000.0, 4500.0)),
-    "walker2d": _Robot("Walker2d-v5", 17, 6, 1.6, 4592.3, (5000.0, 4000.0, 3000.0, 2500.0)),
+    "hopper": _Robot("Hopper-v5", 11, 3, -20.3, 3234.3, (3600.0, 2600.0, 2200.0, 1800.0), 1400.0),
+    "halfcheetah": _Robot("HalfCheetah-v5", 17, 6, -280.2, 12135.0, (12000.0, 8000.0, 6000.0, 4500.0), 4800.0),
+    "walker2d": _Robot("Walker2d-v5", 17, 6, 1.6, 4592.3, (5000.0, 4000.0, 3000.0, 2500.0), 3000.0),
     # The DT and LaMo papers have no Ant: its targets follow the same pattern (about 1.5x to 0.75x
-    # of D4RL's expert return).
-    "ant": _Robot("Ant-v5", 105, 8, -325.6, 3879.7, (6000.0, 4500.0, 3600.0, 3000.0)),
+    # of D4RL's expert return); its medium level is about D4RL's ant-medium data return.
+    "ant": _Robot("Ant-v5", 105, 8, -325.6, 3879.7, (6000.0, 4500.0, 3600.0, 3000.0), 3000.0),
 }
 MUJOCO3: tuple[str, ...] = ("hopper", "halfcheetah", "walker2d")
 
@@ -81,6 +83,9 @@ class MujocoSuite(Suite):
                          reward_scale=REWARD_SCALE, target_return=r.targets[0], score="normalized",
                          slots=(f"mujoco/{n}",), ref_min_score=r.random, ref_max_score=r.expert,
                          target_returns=r.targets) for n, r in ROBOTS.items()]
+
+    def quality_returns(self, task: TaskSpec) -> dict[str, float]:
+        return {"medium": ROBOTS[task.name].medium}
 
     def make_env(self, task: TaskSpec, seed: int):
         return MujocoEnv(ROBOTS[task.name].env_id, task.horizon)
