@@ -170,3 +170,38 @@ def test_missing_datasets_are_all_named(tiny_data):
         TrajectoryData(tiny_data, "reach-v3,hammer-v3,push-v3")
     msg = str(e.value)
     assert "hammer-v3, push-v3" in msg and "dtune data collect --tasks hammer-v3,push-v3" in msg
+
+
+def test_data_ratio_keeps_a_seeded_subset_of_whole_trajectories(tiny_data):
+    full = TrajectoryData(tiny_data, "reach-v3,cartpole-balance")
+    half = TrajectoryData(tiny_data, "reach-v3,cartpole-balance", data_ratio=0.5, ratio_seed=3)
+    again = TrajectoryData(tiny_data, "reach-v3,cartpole-balance", data_ratio=0.5, ratio_seed=3)
+    assert half.task_info["reach-v3"]["episodes"] == 3 and half.task_info["cartpole-balance"]["episodes"] == 2
+    assert half.task_info["reach-v3"]["data_ratio"] == 0.5
+    tiny = TrajectoryData(tiny_data, "reach-v3", data_ratio=0.01)
+    assert tiny.task_info["reach-v3"]["episodes"] == 1  # at least one trajectory
+    # whole episodes, identical to the episodes on disk, the same for the same seed
+    ep = read_episodes(tiny_data, "reach-v3", full.sources["reach-v3"])
+    t = half.domains[0].tasks[0]
+    starts = np.cumsum(ep["lengths"]) - ep["lengths"]
+    firsts = [int(np.flatnonzero(np.all(ep["observations"] == t.obs[s], axis=1))[0]) for s in t.starts]
+    assert set(firsts) <= set(starts.tolist())  # every kept episode starts where an episode starts
+    for s, f in zip(t.starts, firsts):
+        np.testing.assert_array_equal(t.obs[s: s + 30], ep["observations"][f: f + 30])
+    np.testing.assert_array_equal(t.obs, again.domains[0].tasks[0].obs)
+    subsets = {TrajectoryData(tiny_data, "reach-v3", data_ratio=0.5, ratio_seed=s).domains[0].tasks[0].obs.tobytes()
+               for s in range(6)}
+    assert len(subsets) > 1  # the seed chooses the subset
+    with pytest.raises(ValueError, match="--data-ratio"):
+        TrajectoryData(tiny_data, "reach-v3", data_ratio=0.0)
+
+
+def test_sources_as_recorded_by_a_run(tiny_data):
+    data = TrajectoryData(tiny_data, "reach-v3,cartpole-balance",
+                          source={"reach-v3": "expert-noise", "cartpole-balance": "random"})
+    assert data.sources == {"reach-v3": "expert-noise", "cartpole-balance": "random"}
+    from dtune.data.storage import DatasetError
+
+    with pytest.raises(DatasetError, match="cartpole-balance \\(sac-replay\\)"):
+        TrajectoryData(tiny_data, "reach-v3,cartpole-balance", source={"reach-v3": "expert-noise",
+                                                                       "cartpole-balance": "sac-replay"})

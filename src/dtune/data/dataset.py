@@ -86,6 +86,23 @@ def _open(cache: Path) -> dict[str, np.ndarray]:
     return {k: np.load(cache / f"{k}.npy", mmap_mode="r").view(np.ndarray) for k in CACHED}
 
 
+def trajectory_subset(lengths: np.ndarray, arrays: dict[str, np.ndarray], ratio: float, seed: int,
+                      task: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """A seeded random subset of whole trajectories, `max(1, round(ratio * E))` of the `E`
+    episodes, in their original order (the low-data regime of LaMo). The choice depends only on
+    `(seed, task, ratio, E)`, so the same seed gives the same subset in every run and process.
+    The subset's steps are copied into memory (a fraction of the task's data)."""
+    from dtune.runtime.seeds import episode_seed
+
+    e = len(lengths)
+    keep = max(1, int(round(ratio * e)))
+    rng = np.random.default_rng(episode_seed(seed, f"{task}/data-ratio/{ratio!r}", e))
+    chosen = np.sort(rng.choice(e, size=keep, replace=False))
+    starts = np.cumsum(lengths) - lengths
+    idx = np.concatenate([np.arange(starts[i], starts[i] + lengths[i]) for i in chosen])
+    return lengths[chosen], {k: np.ascontiguousarray(v[idx]) for k, v in arrays.items()}
+
+
 @dataclass
 class TaskArrays:
     """One task's steps (memory-mapped) and where they sit: in the batch (``columns`` of the state
@@ -129,11 +146,16 @@ class TrajectoryData:
     """The training data of many tasks, grouped by suite, plus per-task statistics.
 
     `layout`: the run's input layout (default: derived from `tasks`); `source`: which
-    dataset of each task (default: the one it has; see :func:`dtune.data.storage.resolve_sources`)."""
+    dataset of each task (default: the one it has; a comma-separated preference list, or a dict
+    task -> source; see :func:`dtune.data.storage.resolve_sources`); `data_ratio` < 1 keeps a
+    seeded random subset of each task's whole trajectories (:func:`trajectory_subset`, seed
+    `ratio_seed`)."""
 
     def __init__(self, root: str | os.PathLike, tasks: str | list[str], max_episodes: int | None = None,
                  state_stats: tuple[np.ndarray, np.ndarray] | None = None, layout: InputLayout | None = None,
-                 source: str | None = None):
+                 source: str | dict[str, str] | None = None, data_ratio: float = 1.0, ratio_seed: int = 0):
+        if not 0.0 < data_ratio <= 1.0:
+            raise ValueError(f"--data-ratio must be in (0, 1], got {data_ratio}")
         self.root = Path(root)
         self.tasks = resolve_tasks(tasks)
         self.layout = layout or layout_for(self.tasks)
@@ -149,9 +171,13 @@ class TrajectoryData:
             if max_episodes is not None:
                 lengths = lengths[:max_episodes]
             n = int(lengths.sum())
-            returns = episode_returns(ep["rewards"][:n], lengths)
+            arrays = {k: ep[k][:n] for k in ("observations", "actions", "rewards", "rtg")}
+            if data_ratio < 1.0:
+                lengths, arrays = trajectory_subset(lengths, arrays, data_ratio, ratio_seed, task)
+                n = int(lengths.sum())
+            returns = episode_returns(arrays["rewards"], lengths)
             self.task_info[task] = {
-                "episodes": int(len(lengths)), "steps": n,
+                "episodes": int(len(lengths)), "steps": n, "data_ratio": data_ratio,
                 "return_max": float(returns.max()), "return_mean": float(returns.mean()),
                 "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"),
                 "source": self.sources[task],
@@ -159,8 +185,8 @@ class TrajectoryData:
             spec = get_task(task)
             self.max_timestep = max(self.max_timestep, int(lengths.max()))
             by_suite.setdefault(spec.suite, []).append(TaskArrays(
-                i, spec, self.layout.columns(spec), ep["observations"][:n], ep["actions"][:n], ep["rewards"][:n],
-                ep["rtg"][:n], np.cumsum(lengths) - lengths))
+                i, spec, self.layout.columns(spec), arrays["observations"], arrays["actions"], arrays["rewards"],
+                arrays["rtg"], np.cumsum(lengths) - lengths))
         self.domains = [SuiteData(name, items) for name, items in by_suite.items()]
         if state_stats is None:
             state_stats = self._compute_stats()

@@ -79,12 +79,19 @@ def sources(root: Path, task: str) -> list[str]:
     return found
 
 
-def resolve_sources(root: Path, tasks: list[str], source: str | None = None) -> dict[str, str]:
+def resolve_sources(root: Path, tasks: list[str], source: str | dict[str, str] | None = None) -> dict[str, str]:
     """The source of every task's dataset: the one source a task has, or with `source` the first
     of its comma-separated sources that the task has (`expert-noise,sac-replay`: Meta-World's
     scripted data and DMC's SAC data in one run). Every task without (that) dataset is named in
-    one error, with the command that makes them."""
+    one error, with the command that makes them. A dict maps each task to its source (what a
+    run recorded)."""
     root = Path(root)
+    if isinstance(source, dict):  # task -> source, as a run recorded them
+        missing = [t for t in tasks if source.get(t) not in sources(root, t)]
+        if missing:
+            raise DatasetError(f"the recorded datasets of {', '.join(f'{t} ({source.get(t)})' for t in missing)} "
+                               f"are not under {root}; point --data-dir / DTUNE_DATA_DIR at the folder that has them")
+        return {t: source[t] for t in tasks}
     wanted = [s.strip() for s in source.split(",") if s.strip()] if source else []
     out, missing, ambiguous = {}, [], []
     for t in tasks:
