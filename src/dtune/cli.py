@@ -2,11 +2,13 @@
 
 Commands:
   tasks      list the registered suites, tasks and task sets
-  data       collect, list and inspect datasets (`data collect`, `data list`, `data show`)
+  data       collect, list and inspect datasets (`data collect`, `data sac`, `data rollouts`,
+             `data list`, `data show`, `data report`)
   pretrain   pre-train a (multi-domain) Decision Transformer on many tasks
   evaluate   evaluate a checkpoint (with or without an adapter) on tasks
   adapt      adapt a pre-trained checkpoint to a new task with one method
   continual  adapt to a sequence of tasks, one after the other (CW10, DMC6 ...)
+  baselines  train an offline-RL baseline (d3rlpy: BC, CQL, IQL, TD3+BC) and score it
   report     put adaptation or continual runs side by side (tables, plots)
   demo       a small end-to-end study (collect, pre-train, evaluate)
 
@@ -402,6 +404,18 @@ class ReportArgs:
     """Single-task `dtune adapt` runs (searched recursively) for the forward transfer of continual runs."""
 
 
+def _baselines(argv):
+    from dtune.recipes.baselines import BaselineConfig, train_baseline
+
+    cfg = _parse(BaselineConfig, argv, "dtune baselines")
+    r = train_baseline(cfg)
+    from dtune.report import eval_table
+
+    print(eval_table(r["eval"]))
+    print(f"\n{r['method']} on {r['task']} ({r['source']}, data ratio {r['data_ratio']}): {r['steps']} updates in "
+          f"{r['train_s']:.0f}s; result in {Path(cfg.out) / 'result.json'}")
+
+
 def _report(argv):
     from dtune.report.summary import report
 
@@ -421,7 +435,7 @@ def _demo(argv):
 
 
 COMMANDS = {"tasks": _tasks, "data": _data, "pretrain": _pretrain, "evaluate": _evaluate, "adapt": _adapt,
-            "continual": _continual, "report": _report, "demo": _demo}
+            "continual": _continual, "baselines": _baselines, "report": _report, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:

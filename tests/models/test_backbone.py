@@ -150,3 +150,95 @@ def test_written_out_attention_equals_sdpa_in_bf16(gpt, case, monkeypatch):
     monkeypatch.setattr(backbone.Attention, "_attend", lambda self, q, k, v, mask, p: sdpa(
         q, k, v, attn_mask=mask, is_causal=mask is None))
     torch.testing.assert_close(written_out, run(), atol=3e-2, rtol=3e-2)
+
+
+# --- the fields that describe pre-trained LMs (GPT-2, Llama): dtune.models.lm builds them ---
+
+LLAMA_LIKE = dict(n_layer=2, n_head=4, n_kv_head=2, n_embd=16, dropout=0.0, mlp_hidden=24, bias=False,
+                  norm="rmsnorm", mlp="swiglu", positions="rotary", rope_theta=100.0)
+GPT2_LIKE = dict(n_layer=2, n_head=2, n_embd=16, dropout=0.0, positions="learned", n_positions=12)
+
+
+@pytest.mark.parametrize("kw,match", [
+    (dict(norm="batchnorm"), "unknown norm 'batchnorm'; choose one of layernorm, rmsnorm"),
+    (dict(mlp="relu"), "unknown mlp 'relu'; choose one of gelu, swiglu"),
+    (dict(positions="alibi"), "unknown positions 'alibi'; choose one of none, learned, rotary"),
+    (dict(n_head=4, n_kv_head=3), "n_kv_head"),
+    (dict(n_kv_head=0), "n_kv_head"),
+    (dict(mlp_hidden=0), "mlp_hidden"),
+    (dict(positions="learned", n_positions=0), "n_positions"),
+    (dict(n_embd=12, n_head=4, positions="rotary"), "even head width"),
+])
+def test_bad_lm_fields(kw, match):
+    with pytest.raises(ValueError, match=match):
+        GPTConfig(**kw)
+
+
+def test_configs_without_the_lm_fields_keep_the_old_model():
+    from dtune.models import ModelConfig
+
+    old = {"n_layer": 2, "n_head": 2, "n_embd": 16, "dropout": 0.0, "mlp_ratio": 4, "bias": True, "ln_eps": 1e-5}
+    cfg = ModelConfig(gpt=dict(old)).gpt
+    assert (cfg.norm, cfg.mlp, cfg.positions, cfg.n_kv_head, cfg.mlp_hidden) == ("layernorm", "gelu", "none", None, None)
+    m = GPT(cfg)
+    assert not hasattr(m, "wpe") and not hasattr(m.h[0].mlp, "gate")
+    assert isinstance(m.h[0].ln_1, torch.nn.LayerNorm) and m.h[0].mlp.fc.out_features == 64
+
+
+@pytest.mark.parametrize("kw", [LLAMA_LIKE, GPT2_LIKE], ids=["llama", "gpt2"])
+def test_lm_layouts_cache_and_prompt_equal_full_forward(kw):
+    """Positions (rotary or learned) continue after the cached tokens, prompt tokens included."""
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(**kw)).eval()
+    x, prompt = torch.randn(2, 8, 16), torch.randn(1, 3, 16)
+    full = gpt(x)
+    cache = KVCache(2)
+    parts = [gpt(x[:, :3], cache=cache), gpt(x[:, 3:4], cache=cache), gpt(x[:, 4:], cache=cache)]
+    torch.testing.assert_close(torch.cat(parts, 1), full, atol=1e-5, rtol=1e-5)
+    with_prompt = gpt(x, prompt=prompt)
+    assert not torch.allclose(with_prompt, full)
+    cache = KVCache(2)
+    parts = [gpt(x[:, :5], prompt=prompt, cache=cache), gpt(x[:, 5:], prompt=prompt, cache=cache)]
+    torch.testing.assert_close(torch.cat(parts, 1), with_prompt, atol=1e-5, rtol=1e-5)
+    assert cache.length == 3 + 8
+
+
+def test_positions_make_the_order_matter():
+    def model(**kw):  # one block (causal masking alone orders tokens after it); weights far
+        gpt = GPT(GPTConfig(**{**kw, "n_layer": 1})).eval()  # from their init (else uniform attention)
+        with torch.no_grad():
+            for p in gpt.parameters():
+                p.normal_(0.0, 0.5)
+        return gpt
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 4, 16)
+    swapped = x[:, [1, 0, 2, 3]]
+    for kw in (LLAMA_LIKE, GPT2_LIKE):
+        gpt = model(**kw)
+        assert not torch.allclose(gpt(x)[:, 2:], gpt(swapped)[:, 2:], atol=1e-3)
+    gpt = model(**{**LLAMA_LIKE, "positions": "none"})
+    torch.testing.assert_close(gpt(x)[:, 2:], gpt(swapped)[:, 2:])  # no positions: order-blind
+
+
+def test_grouped_query_attention_shapes_and_prefix():
+    torch.manual_seed(0)
+    gpt = GPT(GPTConfig(**LLAMA_LIKE)).eval()
+    attn = gpt.h[0].attn
+    assert attn.q.out_features == 16 and attn.k.out_features == attn.v.out_features == 8  # 2 kv heads of 4
+    names = {n for n, _ in gpt.named_modules()}
+    assert {"h.0.mlp.gate", "h.0.mlp.fc", "h.0.mlp.proj", "h.0.attn.q"} <= names
+    x = torch.randn(2, 5, 16)
+    prefix = [(torch.randn(1, 4, 3, 4), torch.randn(1, 4, 3, 4)) for _ in range(2)]  # n_head (4) heads
+    y = gpt(x, prefix=prefix)
+    assert y.shape == x.shape and not torch.allclose(y, gpt(x))
+    cache = KVCache(2)
+    gpt(x, cache=cache)
+    assert cache.k[0].shape == (2, 2, 5, 4)  # the cache keeps the 2 key/value heads
+
+
+def test_learned_positions_table_limit():
+    gpt = GPT(GPTConfig(**GPT2_LIKE)).eval()
+    gpt(torch.randn(1, 12, 16))
+    with pytest.raises(ValueError, match="longer than the position table"):
+        gpt(torch.randn(1, 13, 16))

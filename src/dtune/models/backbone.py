@@ -4,13 +4,16 @@ One readable file, in the spirit of nanoGPT. Module names are stable and are the
 of the adaptation methods (`h.0.attn.q`, `h.3.mlp.fc` ...):
 
     GPT
+      wpe (learned positions only)
       h[i]: Block
-        ln_1, attn: Attention(q, k, v, out), ln_2, mlp: MLP(fc, act, proj)
+        ln_1, attn: Attention(q, k, v, out), ln_2, mlp: MLP(fc, act, proj) or MLP(gate, fc, act, proj)
       ln_f
 
-Pre-LayerNorm, GELU MLP, no positional embedding (models add their own timestep embeddings),
-attention through `scaled_dot_product_attention`. GPT-2 checkpoints map onto these modules by
-splitting `c_attn` into q/k/v (see `dtune.models.convert`, on the roadmap).
+By default: pre-LayerNorm, GELU MLP, no positional embedding (models add their own timestep
+embeddings), attention through `scaled_dot_product_attention`. The config also covers the
+pre-trained language models that `dtune.models.lm` converts into these modules: GPT-2 (learned
+positions, `c_attn` split into q/k/v) and the Llama family (RMSNorm, SwiGLU MLP, rotary
+positions, grouped-query attention, no biases).
 
 Extension points used by the adaptation methods:
 
@@ -40,29 +43,63 @@ class GPTConfig:
     n_head: int = 4
     """Attention heads per block."""
     n_embd: int = 128
-    """Width (must be divisible by n_head)."""
+    """Width (must be divisible by n_head; head width = n_embd // n_head)."""
+    n_kv_head: int | None = None
+    """Key/value heads: None = n_head; fewer (dividing n_head) is grouped-query attention (Llama):
+    `k` and `v` output n_kv_head heads, each shared by n_head // n_kv_head query heads."""
     dropout: float = 0.1
     """Dropout on embeddings, attention weights and residual branches."""
     mlp_ratio: int = 4
-    """MLP hidden width = mlp_ratio * n_embd."""
+    """MLP hidden width = mlp_ratio * n_embd (unless mlp_hidden is set)."""
+    mlp_hidden: int | None = None
+    """MLP hidden width, when it is no multiple of n_embd (Llama's `intermediate_size`); None =
+    mlp_ratio * n_embd."""
     bias: bool = True
-    """Biases in linear layers and LayerNorms (GPT-2 has them)."""
+    """Biases in linear layers and LayerNorms (GPT-2 has them; Llama has none)."""
     ln_eps: float = 1e-5
-    """LayerNorm epsilon."""
+    """Epsilon of the norms (LayerNorm or RMSNorm)."""
+    norm: str = "layernorm"
+    """`layernorm` (GPT-2) or `rmsnorm` (Llama: scale only, never a bias)."""
+    mlp: str = "gelu"
+    """`gelu`: fc -> act -> proj (GPT-2). `swiglu` (Llama): proj(silu(gate(x)) * fc(x)), with an
+    extra `gate` Linear; `fc` is the up projection and `proj` the down projection."""
     activation: str = "gelu_tanh"
-    """MLP activation: `gelu_tanh` (GPT-2's tanh approximation; configs written before this field
-    existed mean it) or `gelu` (exact, erf): within 5e-4 of each other, and on CPUs the exact one
-    runs forward + backward about 3x faster (torch's tanh is slow there), so the presets use it."""
+    """Activation of the `gelu` MLP: `gelu_tanh` (GPT-2's tanh approximation; configs written
+    before this field existed mean it) or `gelu` (exact, erf): within 5e-4 of each other, and on
+    CPUs the exact one runs forward + backward about 3x faster (torch's tanh is slow there), so the
+    presets use it. The `swiglu` MLP always uses SiLU."""
+    positions: str = "none"
+    """Position information added by the backbone: `none` (the models add timestep embeddings),
+    `learned` (GPT-2: a table `wpe` of n_positions vectors added to the input) or `rotary`
+    (Llama: RoPE applied to queries and keys in every head). Positions count from the first token
+    of the sequence, prompt tokens included; with a cache, new tokens continue after the cached
+    ones."""
+    n_positions: int = 1024
+    """Size of the position table (positions = `learned`): the longest sequence."""
+    rope_theta: float = 10000.0
+    """Base of the rotary frequencies (positions = `rotary`)."""
 
     def __post_init__(self):
         if self.n_embd % self.n_head:
             raise ValueError(f"n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
-        if self.activation not in ACTIVATIONS:
-            raise ValueError(f"unknown activation {self.activation!r}; choose one of {', '.join(ACTIVATIONS)}")
+        if self.n_kv_head is not None and (self.n_kv_head < 1 or self.n_head % self.n_kv_head):
+            raise ValueError(f"n_kv_head ({self.n_kv_head}) must be None or a divisor of n_head ({self.n_head})")
+        if self.mlp_hidden is not None and self.mlp_hidden < 1:
+            raise ValueError(f"mlp_hidden ({self.mlp_hidden}) must be None or positive")
+        for name, allowed in (("activation", ACTIVATIONS), ("norm", NORMS), ("mlp", MLPS), ("positions", POSITIONS)):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.positions == "learned" and self.n_positions < 1:
+            raise ValueError(f"n_positions ({self.n_positions}) must be positive with learned positions")
+        if self.positions == "rotary" and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"rotary positions need an even head width, not {self.n_embd // self.n_head}")
 
 
 ACTIVATIONS = {"gelu_tanh": "tanh", "gelu": "none"}
 """Activation name -> the `approximate` argument of `nn.GELU`."""
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "swiglu")
+POSITIONS = ("none", "learned", "rotary")
 
 
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
@@ -93,8 +130,49 @@ class Dropout(nn.Module):
         return f"p={self.p}"
 
 
+class RMSNorm(nn.Module):
+    """Root-mean-square norm (Llama): x / rms(x) * weight, computed in float32."""
+
+    def __init__(self, d: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(d))
+
+    def forward(self, x):
+        y = x.float()
+        y = y * torch.rsqrt(y.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * y.to(x.dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.weight.shape[0]}, eps={self.eps}"
+
+
+def norm(cfg: GPTConfig) -> nn.Module:
+    """The norm layer the config asks for (LayerNorm or RMSNorm)."""
+    if cfg.norm == "rmsnorm":
+        return RMSNorm(cfg.n_embd, cfg.ln_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.ln_eps, bias=cfg.bias)
+
+
+def rotary(cfg: GPTConfig, t0: int, t: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosines and sines `(t, head_dim)` of the rotary embedding for positions t0 .. t0 + t - 1
+    (Llama's layout: the two halves of a head are rotated against each other)."""
+    hd = cfg.n_embd // cfg.n_head
+    inv_freq = 1.0 / (cfg.rope_theta ** (torch.arange(0, hd, 2, dtype=torch.int64, device=device).float() / hd))
+    angles = torch.arange(t0, t0 + t, device=device, dtype=torch.float32)[:, None] * inv_freq[None, :]
+    angles = torch.cat([angles, angles], dim=-1)
+    return angles.cos(), angles.sin()
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate `x` `(B, H, T, hd)` by the angles of :func:`rotary`."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return x * cos.to(x.dtype) + torch.cat([-x2, x1], dim=-1) * sin.to(x.dtype)
+
+
 class KVCache:
-    """Keys and values of the tokens seen so far, per layer, for incremental decoding."""
+    """Keys and values of the tokens seen so far, per layer, for incremental decoding (with
+    grouped-query attention the n_kv_head heads are kept, before their repetition)."""
 
     def __init__(self, n_layer: int):
         self.k: list[torch.Tensor | None] = [None] * n_layer
@@ -117,24 +195,31 @@ class Attention(nn.Module):
         super().__init__()
         d = cfg.n_embd
         self.n_head = cfg.n_head
+        self.head_dim = d // cfg.n_head
+        n_kv_head = cfg.n_kv_head or cfg.n_head
+        self.n_rep = cfg.n_head // n_kv_head  # query heads per key/value head
         self.q = nn.Linear(d, d, bias=cfg.bias)
-        self.k = nn.Linear(d, d, bias=cfg.bias)
-        self.v = nn.Linear(d, d, bias=cfg.bias)
+        self.k = nn.Linear(d, n_kv_head * self.head_dim, bias=cfg.bias)
+        self.v = nn.Linear(d, n_kv_head * self.head_dim, bias=cfg.bias)
         self.out = nn.Linear(d, d, bias=cfg.bias)
         self.attn_dropout = cfg.dropout
         self.resid_dropout = Dropout(cfg.dropout)
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
-        b, t, d = x.shape
-        return x.view(b, t, self.n_head, d // self.n_head).transpose(1, 2)
+        b, t, _ = x.shape
+        return x.view(b, t, -1, self.head_dim).transpose(1, 2)
 
-    def forward(self, x, mask, layer: int, cache: KVCache | None = None, prefix=None):
+    def forward(self, x, mask, layer: int, cache: KVCache | None = None, prefix=None, rope=None):
         b, t, d = x.shape
         if torch.is_autocast_enabled(x.device.type):  # cast once for q, k and v, not three times
             x = x.to(torch.get_autocast_dtype(x.device.type))
         q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+        if rope is not None:
+            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
         if cache is not None:
             k, v = cache.append(layer, k, v)
+        if self.n_rep > 1:  # grouped-query attention: each key/value head serves n_rep query heads
+            k, v = k.repeat_interleave(self.n_rep, dim=1), v.repeat_interleave(self.n_rep, dim=1)
         if prefix is not None:
             pk, pv = prefix
             k = torch.cat([pk.to(k.dtype).expand(b, -1, -1, -1), k], dim=2)
@@ -164,25 +249,31 @@ class Attention(nn.Module):
 class MLP(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, cfg.mlp_ratio * cfg.n_embd, bias=cfg.bias)
-        self.act = nn.GELU(approximate=ACTIVATIONS[cfg.activation])
-        self.proj = nn.Linear(cfg.mlp_ratio * cfg.n_embd, cfg.n_embd, bias=cfg.bias)
+        hidden = cfg.mlp_hidden or cfg.mlp_ratio * cfg.n_embd
+        self.swiglu = cfg.mlp == "swiglu"
+        if self.swiglu:
+            self.gate = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.fc = nn.Linear(cfg.n_embd, hidden, bias=cfg.bias)
+        self.act = nn.SiLU() if self.swiglu else nn.GELU(approximate=ACTIVATIONS[cfg.activation])
+        self.proj = nn.Linear(hidden, cfg.n_embd, bias=cfg.bias)
         self.dropout = Dropout(cfg.dropout)
 
     def forward(self, x):
+        if self.swiglu:
+            return self.dropout(self.proj(self.act(self.gate(x)) * self.fc(x)))
         return self.dropout(self.proj(self.act(self.fc(x))))
 
 
 class Block(nn.Module):
     def __init__(self, cfg: GPTConfig):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.n_embd, eps=cfg.ln_eps, bias=cfg.bias)
+        self.ln_1 = norm(cfg)
         self.attn = Attention(cfg)
-        self.ln_2 = nn.LayerNorm(cfg.n_embd, eps=cfg.ln_eps, bias=cfg.bias)
+        self.ln_2 = norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, mask, layer, cache=None, prefix=None):
-        x = x + self.attn(self.ln_1(x), mask, layer, cache, prefix)
+    def forward(self, x, mask, layer, cache=None, prefix=None, rope=None):
+        x = x + self.attn(self.ln_1(x), mask, layer, cache, prefix, rope)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -196,7 +287,9 @@ class GPT(nn.Module):
         self.cfg = cfg
         self.drop = Dropout(cfg.dropout)
         self.h = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
-        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.ln_eps, bias=cfg.bias)
+        self.ln_f = norm(cfg)
+        if cfg.positions == "learned":
+            self.wpe = nn.Embedding(cfg.n_positions, cfg.n_embd)
         self.apply(self._init)
         for name, p in self.named_parameters():  # GPT-2's scaled init of residual projections
             if name.endswith(("attn.out.weight", "mlp.proj.weight")):
@@ -241,7 +334,8 @@ class GPT(nn.Module):
             prompt: `(B|1, P, D)` tokens prepended to the input, visible to every token; their
                 outputs are dropped. With a cache, the prompt runs (and is cached) only when the
                 cache is empty; later calls find it there and ignore `prompt`.
-            prefix: per-layer `(k, v)` each `(B|1, H, P, hd)`, attended to by every token.
+            prefix: per-layer `(k, v)` each `(B|1, H, P, hd)` (H = n_head, also with fewer
+                key/value heads; no rotary positions), attended to by every token.
         """
         n_prompt = 0
         if prompt is not None and (cache is None or cache.length == 0):
@@ -252,8 +346,16 @@ class GPT(nn.Module):
         t_past = cache.length if cache is not None else 0
         plain = valid is None and t_past == 0 and n_prompt == 0 and prefix is None
         mask = None if plain else self.attention_mask(valid, x.shape[1], t_past, n_prompt, x.device)
+        rope = None
+        if self.cfg.positions == "learned":
+            if t_past + x.shape[1] > self.cfg.n_positions:
+                raise ValueError(f"sequence of {t_past + x.shape[1]} tokens is longer than the position table "
+                                 f"({self.cfg.n_positions})")
+            x = x + self.wpe(torch.arange(t_past, t_past + x.shape[1], device=x.device))
+        elif self.cfg.positions == "rotary":
+            rope = rotary(self.cfg, t_past, x.shape[1], x.device)
         x = self.drop(x)
         for i, block in enumerate(self.h):
-            x = block(x, mask, i, cache, None if prefix is None else prefix[i])
+            x = block(x, mask, i, cache, None if prefix is None else prefix[i], rope)
         x = self.ln_f(x)
         return x[:, n_prompt:] if n_prompt else x

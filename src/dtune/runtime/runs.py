@@ -1,6 +1,6 @@
 """Run folders: what kind of run a folder holds, and claiming an output folder for a new run.
 
-Every run writes `config.json` with a `kind` (`pretrain`, `adapt`, `continual`, `demo`);
+Every run writes `config.json` with a `kind` (`pretrain`, `adapt`, `continual`, `demo`, `baseline`);
 folders written before kinds were stored are recognised by their keys."""
 
 from __future__ import annotations
@@ -9,8 +9,9 @@ import json
 import os
 from pathlib import Path
 
-KINDS = ("pretrain", "adapt", "continual", "demo")
-COMMANDS = {"pretrain": "dtune pretrain", "adapt": "dtune adapt", "continual": "dtune continual", "demo": "dtune demo"}
+KINDS = ("pretrain", "adapt", "continual", "demo", "baseline")
+COMMANDS = {"pretrain": "dtune pretrain", "adapt": "dtune adapt", "continual": "dtune continual", "demo": "dtune demo",
+            "baseline": "dtune baselines"}
 
 
 def run_kind(path: str | os.PathLike) -> str | None:

@@ -1,0 +1,257 @@
+"""Offline-RL baselines from d3rlpy (BC, CQL, IQL, TD3+BC) on dtune's datasets, scored by dtune's
+evaluator: `dtune baselines --algo iql --task hopper --source medium --out runs/iql-hopper`.
+
+The task's dataset (optionally a `--data-ratio` subset of whole trajectories, the same subset a
+Decision Transformer run with the same seed gets) becomes a d3rlpy `MDPDataset` with its real
+terminations and time-limit truncations apart. d3rlpy trains with its own loggers into
+`<out>/d3rlpy/` (CSV per metric), using the hyperparameters of d3rlpy's D4RL reproductions
+(:data:`ALGOS`). The policy is then stepped by :func:`dtune.eval.rollout.evaluate_agent` through
+:class:`BaselineAgent`, so its score is computed by exactly the code that scores the Decision
+Transformers; `result.json` holds it.
+
+Training is split into epochs of `steps_per_epoch` updates; after every epoch the networks
+(safetensors), optimiser states (read back with `torch.load(weights_only=True)`) and random
+states are saved, so `--resume` continues an interrupted run (d3rlpy has no resume of its own).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from dtune.runtime.io import atomic_write_json
+
+ALGOS = ("bc", "cql", "iql", "td3+bc")
+
+
+@dataclass
+class BaselineConfig:
+    """Train an offline-RL baseline from d3rlpy on one task's dataset; score it with dtune's evaluator."""
+
+    algo: Literal["bc", "cql", "iql", "td3+bc"] = "iql"
+    """Algorithm: behaviour cloning, CQL, IQL or TD3+BC (d3rlpy 2.x, its D4RL hyperparameters)."""
+    task: str = "hopper"
+    """The task (one per run)."""
+    source: str | None = None
+    """Dataset source (`medium`, `medium-replay`...; unset: the one the task has)."""
+    data_ratio: float = 1.0
+    """Keep this fraction of the dataset's whole trajectories (seeded by `seed`)."""
+    steps: int = 100_000
+    """Gradient updates (the papers: 1M; LaMo's table: 100K for DT)."""
+    steps_per_epoch: int = 5_000
+    """Updates between checkpoints and log lines."""
+    batch_size: int = 256
+    """Minibatch."""
+    eval_episodes: int = 10
+    """Evaluation episodes at the end."""
+    eval_seed: int = 1000
+    """Base seed of the evaluation episodes (the evaluator's default, as for DT runs)."""
+    seed: int = 0
+    """Seed of d3rlpy's networks and sampling and of the data subset."""
+    out: str = "runs/baseline"
+    """Run directory."""
+    data_dir: str | None = None
+    """Data root (unset: `$DTUNE_DATA_DIR` or `~/.dtune/datasets`)."""
+    resume: bool = False
+    """Continue the run in `out` from its last epoch."""
+    progress: bool = True
+    """Show d3rlpy's progress bars."""
+
+
+def _algo_config(name: str, batch_size: int):
+    """d3rlpy's config of `name` with the hyperparameters of its D4RL reproduction scripts."""
+    import d3rlpy
+    from d3rlpy.models.encoders import VectorEncoderFactory
+    from d3rlpy.preprocessing import ReturnBasedRewardScaler, StandardObservationScaler
+
+    if name == "bc":
+        return d3rlpy.algos.BCConfig(batch_size=batch_size, learning_rate=1e-3,
+                                     observation_scaler=StandardObservationScaler())
+    if name == "cql":
+        enc = VectorEncoderFactory([256, 256, 256])
+        return d3rlpy.algos.CQLConfig(actor_learning_rate=1e-4, critic_learning_rate=3e-4, temp_learning_rate=1e-4,
+                                      actor_encoder_factory=enc, critic_encoder_factory=enc, batch_size=batch_size,
+                                      n_action_samples=10, alpha_learning_rate=0.0, conservative_weight=5.0,
+                                      observation_scaler=StandardObservationScaler())
+    if name == "iql":
+        return d3rlpy.algos.IQLConfig(actor_learning_rate=3e-4, critic_learning_rate=3e-4, batch_size=batch_size,
+                                      weight_temp=3.0, max_weight=100.0, expectile=0.7,
+                                      reward_scaler=ReturnBasedRewardScaler(multiplier=1000.0),
+                                      observation_scaler=StandardObservationScaler())
+    if name == "td3+bc":
+        return d3rlpy.algos.TD3PlusBCConfig(actor_learning_rate=3e-4, critic_learning_rate=3e-4, batch_size=batch_size,
+                                            target_smoothing_sigma=0.2, target_smoothing_clip=0.5, alpha=2.5,
+                                            update_actor_interval=2, observation_scaler=StandardObservationScaler())
+    raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(ALGOS)}")
+
+
+def mdp_dataset(root: Path, task: str, source: str, data_ratio: float = 1.0, seed: int = 0):
+    """The dataset as a d3rlpy `MDPDataset` (terminations and truncations apart) and the task's
+    data statistics (`task_info` like a DT run's)."""
+    import d3rlpy
+
+    from dtune.data.dataset import trajectory_subset
+    from dtune.data.storage import episode_returns, read_episodes, read_metadata
+
+    ep = read_episodes(root, task, source)
+    lengths = ep["lengths"]
+    arrays = {k: ep[k] for k in ("observations", "actions", "rewards", "terminals")}
+    if data_ratio < 1.0:
+        lengths, arrays = trajectory_subset(lengths, arrays, data_ratio, seed, task)
+    ends = np.cumsum(lengths) - 1
+    timeouts = np.zeros(len(arrays["rewards"]), bool)
+    timeouts[ends] = ~arrays["terminals"][ends]
+    ds = d3rlpy.dataset.MDPDataset(arrays["observations"], arrays["actions"], arrays["rewards"],
+                                   arrays["terminals"].astype(np.float32), timeouts.astype(np.float32))
+    meta = read_metadata(root, task, source)["dtune"]
+    returns = episode_returns(arrays["rewards"], lengths)
+    info = {"episodes": int(len(lengths)), "steps": int(lengths.sum()), "data_ratio": data_ratio, "source": source,
+            "return_max": float(returns.max()), "return_mean": float(returns.mean()),
+            "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score")}
+    return ds, info
+
+
+class BaselineAgent:
+    """A d3rlpy policy behind the evaluator's agent interface (one task; it normalises observations
+    itself with its fitted scaler)."""
+
+    def __init__(self, algo):
+        self.algo = algo
+
+    def start(self, specs, targets) -> None:
+        if len({s.name for s in specs}) != 1:
+            raise ValueError("a baseline policy acts on the one task it was trained on")
+        self.n = len(specs)
+
+    def act(self, obs: list[np.ndarray], t: int) -> np.ndarray:
+        return np.clip(self.algo.predict(np.asarray(obs, np.float32)), -1.0, 1.0)
+
+    def observe(self, rewards: np.ndarray) -> None:
+        pass
+
+
+# -- checkpoints ------------------------------------------------------------------------------
+def _parts(algo) -> dict:
+    return algo.impl.modules.create_checkpointer("cpu:0").modules
+
+
+def _save(run: Path, algo, step: int) -> None:
+    import torch
+    from safetensors.torch import save_file
+
+    from dtune.runtime.io import atomic_write_text
+
+    ck = run / "checkpoint"
+    ck.mkdir(exist_ok=True)
+    nets, optims = {}, {}
+    for name, m in _parts(algo).items():
+        if isinstance(m, torch.nn.Module):
+            nets.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in m.state_dict().items()})
+        else:
+            optims[name] = m.state_dict()
+    save_file(nets, str(ck / "networks.safetensors.tmp"))
+    (ck / "networks.safetensors.tmp").replace(ck / "networks.safetensors")
+    torch.save({"optimizers": optims, "torch_rng": torch.get_rng_state()}, ck / "optim.pt.tmp")
+    (ck / "optim.pt.tmp").replace(ck / "optim.pt")
+    np_state = np.random.get_state()
+    atomic_write_text(ck / "state.json", json.dumps({
+        "step": step, "grad_step": int(algo.grad_step),
+        "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
+        "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}))
+
+
+def _load(run: Path, algo) -> int:
+    import torch
+    from safetensors.torch import load_file
+
+    ck = run / "checkpoint"
+    nets = load_file(str(ck / "networks.safetensors"))
+    rest = torch.load(ck / "optim.pt", weights_only=True)
+    for name, m in _parts(algo).items():
+        if isinstance(m, torch.nn.Module):
+            m.load_state_dict({k[len(name) + 1:]: v for k, v in nets.items() if k.startswith(name + ".")})
+        else:
+            m.load_state_dict(rest["optimizers"][name])
+    state = json.loads((ck / "state.json").read_text())
+    algo._grad_step = state["grad_step"]
+    n = state["numpy_rng"]
+    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
+    p = state["python_rng"]
+    random.setstate((p[0], tuple(p[1]), p[2]))
+    torch.set_rng_state(rest["torch_rng"])
+    return int(state["step"])
+
+
+def _quiet_d3rlpy() -> None:
+    """d3rlpy logs every epoch through structlog at INFO; keep warnings only."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.WARNING))
+
+
+def train_baseline(cfg: BaselineConfig) -> dict:
+    """Train, checkpoint every epoch, evaluate; returns the result (also `out/result.json`)."""
+    import d3rlpy
+    import torch
+
+    from dtune.data.storage import data_root, resolve_sources
+    from dtune.eval.rollout import evaluate_agent
+    from dtune.recipes.common import claim_out, start_fresh
+    from dtune.tasks import get_task
+
+    if cfg.algo not in ALGOS:
+        raise ValueError(f"unknown baseline {cfg.algo!r}; choose one of {', '.join(ALGOS)}")
+    for name in ("steps", "steps_per_epoch", "batch_size", "eval_episodes"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    spec = get_task(cfg.task)
+    out = Path(cfg.out)
+    root = data_root(cfg.data_dir)
+    source = resolve_sources(root, [cfg.task], cfg.source)[cfg.task]
+    settings = {**asdict(cfg), "source": source, "data_dir": str(root), "out": str(out.resolve())}
+    if cfg.resume:
+        claim_out(out, "baseline", resume=True)
+        saved = json.loads((out / "config.json").read_text())["baseline"]
+        changed = [k for k in ("algo", "task", "source", "data_ratio", "batch_size", "seed", "steps_per_epoch")
+                   if saved.get(k) != settings[k]]
+        if changed:
+            raise ValueError(f"--resume with other {', '.join(changed)} than the run in {out}; drop those options")
+    else:
+        start_fresh(out, "baseline", ("checkpoint", "result.json"))
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / "config.json", {"kind": "baseline", "baseline": settings})
+    _quiet_d3rlpy()
+    d3rlpy.seed(cfg.seed)
+    dataset, info = mdp_dataset(root, cfg.task, source, cfg.data_ratio, cfg.seed)
+    algo = _algo_config(cfg.algo, cfg.batch_size).create(device="cpu:0")
+    algo.build_with_dataset(dataset)
+    step = _load(out, algo) if cfg.resume and (out / "checkpoint" / "state.json").exists() else 0
+    logger = d3rlpy.logging.FileAdapterFactory(root_dir=str(out / "d3rlpy"))
+    t0 = time.perf_counter()
+    while step < cfg.steps:
+        n = min(cfg.steps_per_epoch, cfg.steps - step)
+        algo.fit(dataset, n_steps=n, n_steps_per_epoch=n, experiment_name=cfg.algo, with_timestamp=False,
+                 logger_adapter=logger, show_progress=cfg.progress, save_interval=10 ** 9)
+        step += n
+        _save(out, algo, step)
+    train_s = time.perf_counter() - t0
+    res = evaluate_agent(BaselineAgent(algo), cfg.task, episodes=cfg.eval_episodes, seed=cfg.eval_seed,
+                         task_info={cfg.task: info}, progress=cfg.progress)
+    task_res = res["tasks"][cfg.task]
+    result = {"kind": "baseline", "method": cfg.algo, "task": cfg.task, "source": source, "data_ratio": cfg.data_ratio,
+              "seed": cfg.seed, "steps": step, "score": task_res["score"], "score_kind": spec.score,
+              "return_mean": task_res["return_mean"], "return_std": task_res["return_std"], "train_s": train_s,
+              "data": info, "eval": res}
+    atomic_write_json(out / "result.json", result)
+    return result
+
+
+__all__ = ["ALGOS", "BaselineConfig", "BaselineAgent", "mdp_dataset", "train_baseline"]

@@ -1,0 +1,68 @@
+"""d3rlpy baselines on dtune's datasets: every algorithm trains and is scored by dtune's
+evaluator; resume continues exactly; the data subset is the one a DT run gets."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+pytest.importorskip("d3rlpy", reason="d3rlpy is installed by `make install` (without its pins); see the README")
+
+from dtune.recipes.baselines import ALGOS, BaselineConfig, mdp_dataset, train_baseline  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def hopper_data(tmp_path_factory):
+    from tests.conftest import collect_tiny
+
+    root = tmp_path_factory.mktemp("hopper")
+    collect_tiny(root, tasks="hopper", episodes=6, horizon=40, source="random")
+    return root
+
+
+def cfg(root, out, **kw) -> BaselineConfig:
+    return BaselineConfig(**{"task": "hopper", "steps": 8, "steps_per_epoch": 4, "batch_size": 8, "eval_episodes": 1,
+                             "out": str(out), "data_dir": str(root), "progress": False, **kw})
+
+
+@pytest.mark.parametrize("algo", ALGOS)
+def test_every_baseline_trains_and_is_scored_by_dtune(hopper_data, tmp_path, algo):
+    r = train_baseline(cfg(hopper_data, tmp_path / algo, algo=algo))
+    assert r["method"] == algo and r["steps"] == 8 and r["score_kind"] == "normalized"
+    # D4RL's normalised score with the suite's references, from the same evaluator as DT runs
+    assert r["score"] == pytest.approx((r["return_mean"] + 20.3) / (3234.3 + 20.3), rel=1e-6)
+    assert json.loads((tmp_path / algo / "result.json").read_text())["score"] == r["score"]
+    assert (tmp_path / algo / "d3rlpy" / algo).is_dir()  # d3rlpy's own logs in the run folder
+    assert json.loads((tmp_path / algo / "config.json").read_text())["kind"] == "baseline"
+
+
+def test_resume_continues_exactly(hopper_data, tmp_path):
+    from safetensors.torch import load_file
+
+    train_baseline(cfg(hopper_data, tmp_path / "whole", algo="td3+bc"))
+    train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", steps=4))
+    train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", resume=True))
+    a = load_file(str(tmp_path / "whole" / "checkpoint" / "networks.safetensors"))
+    b = load_file(str(tmp_path / "parts" / "checkpoint" / "networks.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    with pytest.raises(ValueError, match="--resume"):
+        train_baseline(cfg(hopper_data, tmp_path / "parts", algo="iql", resume=True))
+    with pytest.raises(ValueError, match="already holds"):
+        train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc"))
+
+
+def test_dataset_conversion_and_data_ratio(hopper_data):
+    from dtune.data.dataset import TrajectoryData
+
+    ds, info = mdp_dataset(hopper_data, "hopper", "random")
+    # the hopper falls (a termination) before the 40-step limit, else the episode is a timeout
+    assert [bool(e.terminated) for e in ds.episodes] == [len(e.rewards) < 40 for e in ds.episodes]
+    timeouts = sum(not e.terminated for e in ds.episodes)  # d3rlpy drops a timeout's last transition
+    assert info["episodes"] == 6 and ds.transition_count == info["steps"] - timeouts
+    half, hinfo = mdp_dataset(hopper_data, "hopper", "random", data_ratio=0.5, seed=2)
+    dt = TrajectoryData(hopper_data, "hopper", data_ratio=0.5, ratio_seed=2)
+    assert hinfo["episodes"] == 3 and hinfo["steps"] == dt.task_info["hopper"]["steps"]  # the DT run's subset
+    np.testing.assert_array_equal(np.concatenate([e.observations for e in half.episodes]),
+                                  dt.domains[0].tasks[0].obs)
