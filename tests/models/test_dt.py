@@ -18,10 +18,14 @@ def make_batch(b=3, k=5, seed=0):
     }
 
 
-@pytest.fixture(params=["mddt", "dt"])
+LAMO = {"embedding": "mlp", "head": "mlp", "ln_before_timestep": True}  # LaMo's DT options
+
+
+@pytest.fixture(params=["mddt", "dt", "dt-lamo"])
 def model(request):
     torch.manual_seed(0)
-    return build_model(preset("tiny", request.param, state_dim=S, max_timestep=64)).eval()
+    kind, extra = ("dt", LAMO) if request.param == "dt-lamo" else (request.param, {})
+    return build_model(preset("tiny", kind, state_dim=S, max_timestep=64, **extra)).eval()
 
 
 def test_loss_is_finite_and_trains(model):
@@ -99,7 +103,7 @@ def test_policy_matches_training_forward(model):
     if model.cfg.kind == "mddt":
         pred = model.tokenizer.decode(out[:, -1].argmax(-1).masked_fill(~batch["action_mask"], model.tokenizer.pad_token))
     else:
-        pred = out[:, -1] * batch["action_mask"]
+        pred = out[:, -1].clamp(-1, 1) * batch["action_mask"]
     torch.testing.assert_close(pred, batch["actions"][:, -1], atol=1e-5, rtol=1e-5)
 
 
@@ -116,3 +120,20 @@ def test_mddt_autoregression_stops_at_the_largest_action_dim():
     assert pol.forwards == 3 * 4
     acts, _ = rollout(m, [2, 4], 2, True)
     assert torch.all(acts[:, 0, 2:] == 0) and torch.all(acts[:, 1, 4:] == 0)
+
+
+def test_lamo_options_change_only_what_they_name():
+    from dtune.models.dt import MLPEmbedding
+
+    torch.manual_seed(0)
+    classic = build_model(preset("tiny", "dt", state_dim=S))
+    lamo = build_model(preset("tiny", "dt", state_dim=S, **LAMO))
+    assert isinstance(lamo.embed_state, MLPEmbedding) and isinstance(classic.embed_state, torch.nn.Linear)
+    assert not any(isinstance(m, torch.nn.Tanh) for m in lamo.head) and isinstance(classic.head[-1], torch.nn.Tanh)
+    # the backbone (the part a language model initialises) is the same in both
+    assert {k for k in classic.state_dict() if k.startswith("transformer.")} == \
+        {k for k in lamo.state_dict() if k.startswith("transformer.")}
+    with pytest.raises(ValueError, match="for `dt` models"):
+        preset("tiny", "mddt", embedding="mlp")
+    with pytest.raises(ValueError, match="unknown head"):
+        preset("tiny", "dt", head="relu")

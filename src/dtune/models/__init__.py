@@ -29,6 +29,15 @@ class ModelConfig:
     """Action bins per dimension (mddt)."""
     type_embedding: bool = True
     """Add a learned token-type embedding (s, R, a^i, r) to every token."""
+    embedding: str = "linear"
+    """Return, state and action embeddings (`dt`): `linear`, or `mlp` (LaMo: Linear -> GELU ->
+    Linear with the first layer's output added back)."""
+    head: str = "tanh"
+    """Action head (`dt`): `tanh` (Linear -> Tanh, the classic DT) or `mlp` (LaMo: Linear -> GELU
+    -> Linear, no tanh)."""
+    ln_before_timestep: bool = False
+    """Normalise a token's embedding before its timestep embedding is added (LaMo's order) instead
+    of after (the classic DT's)."""
     gpt: GPTConfig = field(default_factory=GPTConfig)
     """Backbone size."""
 
@@ -37,6 +46,11 @@ class ModelConfig:
             self.gpt = GPTConfig(**self.gpt)
         if self.kind not in MODEL_KINDS:
             raise ValueError(f"unknown model kind {self.kind!r}; choose one of {', '.join(MODEL_KINDS)}")
+        for name, allowed in (("embedding", ("linear", "mlp")), ("head", ("tanh", "mlp"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.kind == "mddt" and (self.embedding, self.head) != ("linear", "tanh"):
+            raise ValueError("embedding and head options are for `dt` models (the MDDT embeds discrete action tokens)")
 
     def to_dict(self) -> dict:
         return asdict(self)

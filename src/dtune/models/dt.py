@@ -29,6 +29,23 @@ from dtune.models.backbone import GPT, KVCache
 from dtune.models.tokenizer import ActionTokenizer
 
 
+class MLPEmbedding(nn.Module):
+    """LaMo's embedding: `fc2(gelu(h)) + h` with `h = fc1(x)`."""
+
+    def __init__(self, n_in: int, d: int):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(n_in, d), nn.GELU(), nn.Linear(d, d)
+
+    def forward(self, x):
+        h = self.fc1(x)
+        return self.fc2(self.act(h)) + h
+
+
+def embedding(cfg: ModelConfig, n_in: int) -> nn.Module:
+    """A Linear, or :class:`MLPEmbedding` with `cfg.embedding == "mlp"`."""
+    return MLPEmbedding(n_in, cfg.gpt.n_embd) if cfg.embedding == "mlp" else nn.Linear(n_in, cfg.gpt.n_embd)
+
+
 class _SequenceDT(nn.Module):
     tokens_per_step: int
 
@@ -37,8 +54,8 @@ class _SequenceDT(nn.Module):
         self.cfg = cfg
         d = cfg.gpt.n_embd
         self.embed_timestep = nn.Embedding(cfg.max_timestep, d)
-        self.embed_state = nn.Linear(cfg.state_dim, d)
-        self.embed_return = nn.Linear(1, d)
+        self.embed_state = embedding(cfg, cfg.state_dim)
+        self.embed_return = embedding(cfg, 1)
         self.embed_type = nn.Embedding(self.tokens_per_step, d) if cfg.type_embedding else None
         self.embed_ln = nn.LayerNorm(d)
         self.transformer = GPT(cfg.gpt)
@@ -51,10 +68,16 @@ class _SequenceDT(nn.Module):
     # -- helpers shared by training and inference --------------------------------------------
     def _finish(self, tok: torch.Tensor, timesteps: torch.Tensor, types: torch.Tensor | slice) -> torch.Tensor:
         """Add timestep and type embeddings and normalise: `tok (..., n, D)`, `timesteps (...)`."""
-        tok = tok + self.embed_timestep(timesteps)[..., None, :]
+        return self._combine(tok, self.embed_timestep(timesteps)[..., None, :], types)
+
+    def _combine(self, tok: torch.Tensor, t_emb: torch.Tensor, types) -> torch.Tensor:
+        """A token's input: its embedding plus timestep (and type) embeddings, normalised after
+        (classic DT) or before the timestep is added (`ln_before_timestep`, LaMo)."""
         if self.embed_type is not None:
             tok = tok + self.embed_type.weight[types]
-        return self.embed_ln(tok)
+        if self.cfg.ln_before_timestep:
+            return self.embed_ln(tok) + t_emb
+        return self.embed_ln(tok + t_emb)
 
     def _check_timesteps(self, timesteps: torch.Tensor):
         if int(timesteps.max()) >= self.cfg.max_timestep:
@@ -142,8 +165,11 @@ class DecisionTransformer(_SequenceDT):
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
         d = cfg.gpt.n_embd
-        self.embed_action = nn.Linear(cfg.act_dim, d)
-        self.head = nn.Sequential(nn.Linear(d, cfg.act_dim), nn.Tanh())
+        self.embed_action = embedding(cfg, cfg.act_dim)
+        if cfg.head == "mlp":  # LaMo: no tanh
+            self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.act_dim))
+        else:
+            self.head = nn.Sequential(nn.Linear(d, cfg.act_dim), nn.Tanh())
 
     def embed(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens `(B, K, n, D)` and the state embeddings `(B, K, D)`."""
@@ -199,10 +225,7 @@ class Policy:
 
     def _put(self, j: int, tok: torch.Tensor):
         """Embedding of token `j` of the newest timestep (finished with timestep and type)."""
-        tok = tok + self.t_emb[:, self.steps - 1]
-        if self.model.embed_type is not None:
-            tok = tok + self.model.embed_type.weight[j]
-        self.emb[:, self.steps - 1, j] = self.model.embed_ln(tok)
+        self.emb[:, self.steps - 1, j] = self.model._combine(tok, self.t_emb[:, self.steps - 1], j)
         self.known = j + 1
 
     def _new_step(self, timesteps: torch.Tensor):
@@ -256,7 +279,7 @@ class Policy:
         self._put(0, m.embed_return(rtg))
         self._put(1, self.s_emb[:, self.steps - 1])
         mask = torch.arange(m.cfg.act_dim, device=self.device)[None] < self.act_dims[:, None]
-        action = m.head(self._run()) * mask
+        action = m.head(self._run()).clamp(-1.0, 1.0) * mask  # an MLP head (LaMo) has no tanh
         self._put(2, m.embed_action(action))
         return action.float()
 
