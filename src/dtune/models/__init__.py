@@ -38,6 +38,14 @@ class ModelConfig:
     ln_before_timestep: bool = False
     """Normalise a token's embedding before its timestep embedding is added (LaMo's order) instead
     of after (the classic DT's)."""
+    vocab_size: int = 0
+    """Vocabulary of the language model whose token embedding (`lm_wte`) and head the model keeps
+    for LaMo's auxiliary language loss (`dt`); 0: none."""
+    tie_lm_head: bool = True
+    """The language head shares the token embedding's weight (GPT-2, SmolLM2)."""
+    lm: str | None = None
+    """The pre-trained language model the backbone was initialised from (a record; see
+    `dtune.models.lamo`)."""
     gpt: GPTConfig = field(default_factory=GPTConfig)
     """Backbone size."""
 
@@ -49,8 +57,9 @@ class ModelConfig:
         for name, allowed in (("embedding", ("linear", "mlp")), ("head", ("tanh", "mlp"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
-        if self.kind == "mddt" and (self.embedding, self.head) != ("linear", "tanh"):
-            raise ValueError("embedding and head options are for `dt` models (the MDDT embeds discrete action tokens)")
+        if self.kind == "mddt" and ((self.embedding, self.head) != ("linear", "tanh") or self.vocab_size):
+            raise ValueError("embedding, head and language-model options are for `dt` models (the MDDT embeds "
+                             "discrete action tokens)")
 
     def to_dict(self) -> dict:
         return asdict(self)

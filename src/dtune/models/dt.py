@@ -170,6 +170,17 @@ class DecisionTransformer(_SequenceDT):
             self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.Linear(d, cfg.act_dim))
         else:
             self.head = nn.Sequential(nn.Linear(d, cfg.act_dim), nn.Tanh())
+        if cfg.vocab_size:  # LaMo's language loss: the LM's token embedding and head, on this backbone
+            self.lm_wte = nn.Embedding(cfg.vocab_size, d)
+            self.lm_head = None if cfg.tie_lm_head else nn.Linear(d, cfg.vocab_size, bias=False)
+
+    def language_logits(self, ids: torch.Tensor) -> torch.Tensor:
+        """Next-token logits `(B, T, vocab)` of text `ids (B, T)` through this model's backbone (with
+        whatever adapters are attached, e.g. LoRA) and the language model's embedding and head."""
+        if not self.cfg.vocab_size:
+            raise ValueError("this model keeps no language-model embedding (built without vocab_size)")
+        h = self.transformer(self.lm_wte(ids))
+        return F.linear(h, self.lm_wte.weight if self.lm_head is None else self.lm_head.weight)
 
     def embed(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokens `(B, K, n, D)` and the state embeddings `(B, K, D)`."""
