@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q --upgrade pip
 	# Pinned torch first: an unpinned resolve would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -e ".[dev,baselines]"
+	$(PY) -m pip install -q -e ".[dev,baselines,kitchen]"
 	# d3rlpy pins gymnasium==1.0.0 (Meta-World needs >= 1.1); it works with 1.4 installed without its pins.
 	$(PY) -m pip install -q --no-deps "d3rlpy==2.8.1"
 	touch $(STAMP)

@@ -3,7 +3,7 @@
 Commands:
   tasks      list the registered suites, tasks and task sets
   data       collect, list and inspect datasets (`data collect`, `data sac`, `data rollouts`,
-             `data list`, `data show`, `data report`)
+             `data import`, `data list`, `data show`, `data report`)
   pretrain   pre-train a (multi-domain) Decision Transformer on many tasks
   evaluate   evaluate a checkpoint (with or without an adapter) on tasks
   adapt      adapt a pre-trained checkpoint to a new task with one method
@@ -121,6 +121,22 @@ class DataReportArgs:
 
 
 @dataclass
+class DataImportArgs:
+    """Import a Minari dataset you have on disk (e.g. D4RL's kitchen data) into dtune's store."""
+
+    dataset: Annotated[str, tyro.conf.Positional]
+    """The Minari dataset: its folder, its `data/` folder, or its id under `$MINARI_DATASETS_PATH`."""
+    task: str = "kitchen-complete"
+    """The dtune task it is data of (observation and action sizes are checked against it)."""
+    source: str = "complete"
+    """Name of the dtune dataset written (`dtune/<suite>/<task>/<source>-v0`)."""
+    data_dir: str | None = None
+    """Data root (unset: `$DTUNE_DATA_DIR` or `~/.dtune/datasets`)."""
+    overwrite: bool = False
+    """Replace a dtune dataset of that name."""
+
+
+@dataclass
 class DataShowArgs:
     """Statistics of one dataset."""
 
@@ -140,10 +156,11 @@ def _data(argv):
     from dtune.tasks import get_task
 
     sub = argv[0] if argv else None
-    if sub not in ("collect", "sac", "rollouts", "list", "show", "report"):
-        print("usage: dtune data {collect,sac,rollouts,list,show,report} ...\n\n  collect  collect one Minari dataset per task (and source)\n"
+    if sub not in ("collect", "sac", "rollouts", "import", "list", "show", "report"):
+        print("usage: dtune data {collect,sac,rollouts,import,list,show,report} ...\n\n  collect  collect one Minari dataset per task (and source)\n"
               "  sac      train SAC per task and keep its replay buffer as the dataset (source sac-replay; resumable)\n"
               "  rollouts episodes of the SAC agent stored with a dataset, as a new dataset (D4RL's medium)\n"
+              "  import   a Minari dataset already on disk (e.g. D4RL kitchen) into dtune's store\n"
               "  list     list the datasets under the data root\n  show     statistics of one dataset\n"
               "  report   table and learning curves of the datasets of some tasks",
               file=sys.stderr if sub not in ("-h", "--help") else sys.stdout)
@@ -182,6 +199,16 @@ def _data(argv):
             print(f"{s['task']}: {s['steps']} steps, {s['episodes']} episodes, mean return {s['stats']['return_mean']:.1f}")
         print(f"rollouts of {len(done)} task(s) in {time.perf_counter() - t0:.0f}s, data root {cfg.data_dir}"
               + ("" if done else " (all requested datasets were already complete)"))
+        return
+    if sub == "import":
+        from dtune.data.importer import import_minari
+
+        a = _parse(DataImportArgs, argv[1:], "dtune data import")
+        path = import_minari(a.dataset, a.task, a.source, a.data_dir, a.overwrite)
+        meta = read_metadata(path.parents[3], a.task, a.source)["dtune"]
+        st = meta.get("stats", {})
+        print(f"imported {a.dataset} as {dataset_id(a.task, a.source)} ({path}): {st.get('episodes')} episodes, "
+              f"{st.get('steps')} steps, mean return {st.get('return_mean', float('nan')):.2f}")
         return
     if sub == "report":
         from dtune.report.data import data_report

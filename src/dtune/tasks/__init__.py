@@ -3,8 +3,10 @@
 Names are the suites' own (`hammer-v3`, `walker-walk`, `hopper`); named sets (`mt40`, `cw10`,
 `mt50`, `dmc10`, `dmc6`, `dmc16`, `mujoco3`, `mujoco4`) expand to ordered task lists. A suite is
 added by registering a :class:`~dtune.tasks.base.Suite` instance (see `dtune/tasks/base.py`); the
-built-in ones are `metaworld`, `dmc` and `mujoco`; packages may add more through the
-`dtune.suites` entry-point group (an entry point names a Suite subclass or instance).
+built-in ones are `metaworld`, `dmc`, `mujoco`, `reacher2d` (LaMo's sparse-reward arm) and
+`kitchen` (Franka Kitchen, needs gymnasium-robotics only to make its environment); packages may
+add more through the `dtune.suites` entry-point group (an entry point names a Suite subclass or
+instance).
 """
 
 from __future__ import annotations
@@ -13,9 +15,11 @@ import difflib
 
 from dtune.tasks.base import SCORES, Env, Suite, TaskSpec
 from dtune.tasks.dmc import DMCSuite
+from dtune.tasks.kitchen import KitchenSuite
 from dtune.tasks.layout import InputLayout, legacy_layout
 from dtune.tasks.metaworld import MetaWorldSuite
 from dtune.tasks.mujoco import MujocoSuite
+from dtune.tasks.reacher2d import Reacher2dSuite
 
 SUITES: dict[str, Suite] = {}
 REGISTRY: dict[str, TaskSpec] = {}
@@ -145,6 +149,8 @@ def _load_entry_points() -> None:
 register_suite(MetaWorldSuite())
 register_suite(DMCSuite())
 register_suite(MujocoSuite())
+register_suite(Reacher2dSuite())
+register_suite(KitchenSuite())
 _load_entry_points()
 
 __all__ = ["TaskSpec", "Suite", "Env", "InputLayout", "SUITES", "REGISTRY", "TASK_SETS", "UnknownTaskError",
