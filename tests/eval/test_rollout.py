@@ -93,3 +93,28 @@ def test_normalised_score_on_hand_made_numbers_and_undefined_reasons():
     assert result["scored_tasks"] == 1 and result["mean_score"] == result["tasks"]["reach-v3"]["score"]
     table = eval_table(result)
     assert "n/a*" in table and "**mean** (1 of 2 tasks)" in table and "* score undefined" in table
+
+
+def test_protocol_targets_report_standard_and_best_apart():
+    """D4RL tasks are evaluated at each protocol target; the standard target's score and the best
+    over targets are both reported, labelled (the confusion of LaMo's code users)."""
+    from dtune.eval.rollout import evaluate_protocol
+    from dtune.report import protocol_table
+
+    class TargetEcho(ConstantAgent):
+        """Acts the same whatever the target, but remembers the targets it was started with."""
+
+        seen = []
+
+        def start(self, specs, targets):
+            TargetEcho.seen.append(sorted(set(targets)))
+            super().start(specs, targets)
+
+    res = evaluate_protocol(TargetEcho(0.0), "hopper,reach-v3", episodes=1, horizon=5, progress=False)
+    h = res["tasks"]["hopper"]
+    assert [r["target"] for r in h["by_target"]] == [3600.0, 2600.0, 2200.0, 1800.0]
+    assert h["standard"]["target"] == 3600.0 and h["best"]["score"] == max(r["score"] for r in h["by_target"])
+    assert len(res["tasks"]["reach-v3"]["by_target"]) == 1  # no protocol: its usual target, once
+    assert any(3600.0 in s for s in TargetEcho.seen) and any(1800.0 in s for s in TargetEcho.seen)
+    table = protocol_table(res)
+    assert "score at standard target" in table and "best score over targets" in table and "3600" in table

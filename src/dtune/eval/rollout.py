@@ -92,11 +92,13 @@ def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets:
 
 def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, horizon: int | None = None,
                    task_info: dict | None = None, target_scale: float = 1.0, max_envs: int = 512,
-                   progress: bool = True, desc: str = "evaluate", env_workers: int = 0) -> dict:
+                   progress: bool = True, desc: str = "evaluate", env_workers: int = 0,
+                   targets: dict[str, float] | None = None) -> dict:
     """Score `agent` on `tasks`: per task the suite's score, mean and std of returns; the mean
     score over the tasks whose score is defined (`scored_tasks` of them; the others carry a
     `score_note` saying why) and per suite; env steps and speed. `env_workers` > 0 steps the
-    environments in that many worker processes (same results; see :func:`run_episodes`)."""
+    environments in that many worker processes (same results; see :func:`run_episodes`).
+    `targets` gives raw target returns per task (unset: :func:`dtune.eval.scores.target_return`)."""
     from tqdm import tqdm
 
     task_info = task_info or {}
@@ -106,7 +108,7 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
     jobs = []  # (spec, seed, target)
     for task in tasks:
         spec = get_task(task, horizon)
-        tgt = target_return(spec, task_info.get(task), target_scale)
+        tgt = targets[task] if targets and task in targets else target_return(spec, task_info.get(task), target_scale)
         jobs += [(spec, episode_seed(seed, task, e), tgt) for e in range(episodes)]
     groups: dict[int, list] = {}
     for job in jobs:
@@ -133,7 +135,7 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
             "score_kind": spec.score,
             "success_rate": float(np.mean(per_task[task]["success"])) if spec.score == "success" else None,
             "return_mean": float(rets.mean()), "return_std": float(rets.std()), "episodes": len(rets),
-            "target_return": target_return(spec, task_info.get(task), target_scale),
+            "target_return": jobs[[j[0].name for j in jobs].index(task)][2],
         }
         if results[task]["score"] is None:
             results[task]["score_note"] = undefined_reason(spec, task_info.get(task)) or "undefined score"
@@ -148,3 +150,31 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
         "mean_score_by_domain": by_domain, "tasks": results, "env_steps": env_steps,
         "model_forwards": getattr(agent, "forwards", None), "wall_s": wall, "env_steps_per_s": env_steps / max(wall, 1e-9),
     }
+
+
+def evaluate_protocol(agent: Agent, tasks, **kw) -> dict:
+    """Evaluate at every target return of each task's protocol (`TaskSpec.target_returns`: the
+    DT and LaMo papers evaluate D4RL tasks at 3-4 targets) and report, labelled apart, the score
+    at the standard target (the first) and the best over targets, which is what LaMo's reported
+    numbers are (its authors said so); users of that code mixed the two up. Tasks without a
+    protocol are evaluated at their usual target. `kw` goes to :func:`evaluate_agent`."""
+    tasks = resolve_tasks(tasks)
+    lists = {t: list(get_task(t).target_returns) or [None] for t in tasks}
+    per_task: dict[str, list[dict]] = {t: [] for t in tasks}
+    for i in range(max(len(v) for v in lists.values())):
+        these = [t for t in tasks if i < len(lists[t])]
+        fixed = {t: lists[t][i] for t in these if lists[t][i] is not None}
+        res = evaluate_agent(agent, these, targets=fixed, **kw)
+        for t in these:
+            r = res["tasks"][t]
+            per_task[t].append({"target": r["target_return"], "score": r["score"], "return_mean": r["return_mean"],
+                                "return_std": r["return_std"], "episodes": r["episodes"]})
+    out = {}
+    for t, rows in per_task.items():
+        scored = [r for r in rows if r["score"] is not None]
+        best = max(scored, key=lambda r: r["score"]) if scored else None
+        out[t] = {"standard": rows[0], "best": best, "by_target": rows}
+    std = [v["standard"]["score"] for v in out.values() if v["standard"]["score"] is not None]
+    best = [v["best"]["score"] for v in out.values() if v["best"] is not None]
+    return {"tasks": out, "mean_standard": float(np.mean(std)) if std else None,
+            "mean_best": float(np.mean(best)) if best else None}

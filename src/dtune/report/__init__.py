@@ -36,3 +36,17 @@ def eval_table(result: dict) -> str:
     if notes:
         table += "\n\n* score undefined, compare returns instead: " + "; ".join(notes)
     return table
+
+
+def protocol_table(result: dict) -> str:
+    """The table of :func:`dtune.eval.rollout.evaluate_protocol`: per task the score at the
+    standard target and the best over targets (with the target it was reached at), labelled."""
+    rows = []
+    for task, r in result["tasks"].items():
+        s, b = r["standard"], r["best"]
+        rows.append([task, f"{s['target']:g}", s["score"], s["return_mean"],
+                     None if b is None else b["score"], None if b is None else f"{b['target']:g}",
+                     " / ".join(f"{x['target']:g}: {x['return_mean']:.1f}" for x in r["by_target"])])
+    rows.append(["**mean**", "", result["mean_standard"], None, result["mean_best"], "", ""])
+    return markdown_table(["task", "standard target", "score at standard target", "return", "best score over targets",
+                           "best at target", "return per target"], rows)
