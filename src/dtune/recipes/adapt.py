@@ -25,7 +25,8 @@ import torch
 from dtune import __version__, tuners
 from dtune.data.dataset import WindowSampler
 from dtune.models.io import load_model, weights_digest
-from dtune.recipes.common import abspath, check_resume, fit, resolve_data_dir, resume_config, saved_config, start_fresh
+from dtune.recipes.common import (abspath, check_resume, dataset_statistics, fit, resolve_data_dir, resume_config,
+                                  saved_config, start_fresh)
 from dtune.recipes.tuning import (TuneSettings, cached_eval, evaluate_model, optim_settings, peak_lr,
                                   prepare_method, resumed_method_config, task_data)
 from dtune.runtime.device import resolve_device, resolve_precision
@@ -126,7 +127,9 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
         before_pre = cached_eval(cfg.checkpoint, model, run_config, pre_tasks, cfg.pretrain_episodes, cfg.eval_seed,
                                  cfg.horizon, cfg.progress, cfg.env_workers)
         t_eval += time.perf_counter() - t0
-    eval_config = {**run_config, "task_info": {**run_config.get("task_info", {}), **data.task_info}}
+    # evaluation statistics (target return) of the task's whole dataset, not of the part trained on
+    info = {cfg.task: {**data.task_info[cfg.task], **dataset_statistics(root, cfg.task, data.sources[cfg.task])}}
+    eval_config = {**run_config, "task_info": {**run_config.get("task_info", {}), **info}}
     before_new = None
     if cfg.eval_episodes > 0 and main:
         before_new = evaluate_model(model, eval_config, cfg.task, cfg.eval_episodes, cfg.eval_seed, cfg.horizon,
@@ -173,7 +176,7 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     trainer.log.close()
 
     meta = {"base_checkpoint": cfg.checkpoint, "base_digest": weights_digest(cfg.checkpoint),
-            "tasks": [cfg.task], "task_info": {cfg.task: data.task_info[cfg.task]}, "steps": cfg.steps}
+            "tasks": [cfg.task], "task_info": info, "steps": cfg.steps}
     tuners.save_adapter(out, model, meta)
 
     result = {"method": cfg.method, "task": cfg.task, "steps": cfg.steps, **counts, "base_checkpoint": cfg.checkpoint,

@@ -9,7 +9,8 @@ import shlex
 import shutil
 from pathlib import Path
 
-from dtune.data.storage import data_root
+from dtune.data.storage import (DatasetError, data_root, episode_stats, read_episodes, read_metadata,
+                                resolve_sources)
 from dtune.runtime.runs import COMMANDS, claim_out, run_kind
 from dtune.train.engine import Interrupted, read_state_meta
 
@@ -27,6 +28,41 @@ def resolve_data_dir(data_dir: str | None, run_config: dict | None = None) -> Pa
         if recorded and Path(recorded).is_dir():
             return Path(recorded)
     return data_root(data_dir)
+
+
+def dataset_statistics(root: Path, task: str, source: str) -> dict:
+    """What evaluating `task` needs of its dataset, from the *whole* dataset whatever part of it a
+    run trains on (`--max-episodes`): the best episode return (the task's target return, see
+    :func:`dtune.eval.scores.target_return`), the mean return, the references of a normalised
+    score, the source. Read from the dataset's metadata (computed from its episodes when the
+    metadata has no statistics)."""
+    meta = read_metadata(root, task, source)
+    stats = meta.get("dtune", {}).get("stats") or {}
+    if stats.get("return_max") is None:
+        stats = episode_stats(read_episodes(root, task, source))
+    return {"return_max": float(stats["return_max"]), "return_mean": float(stats["return_mean"]),
+            "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"), "source": source}
+
+
+def task_statistics(root: Path, tasks: list[str], source: str | None = None) -> dict[str, dict]:
+    """:func:`dataset_statistics` of every task (the dataset of `source`, see
+    :func:`dtune.data.storage.resolve_sources`); a missing dataset raises its clear error."""
+    return {t: dataset_statistics(root, t, src) for t, src in resolve_sources(Path(root), list(tasks), source).items()}
+
+
+def with_task_statistics(task_info: dict, tasks: list[str], root: Path, source: str | None = None) -> dict:
+    """`task_info` (what a checkpoint or adapter records) plus the dataset statistics of the
+    `tasks` it does not record, where the data root has their dataset (the others keep their
+    suite's default target)."""
+    info = dict(task_info)
+    for t in tasks:
+        if t in info:
+            continue
+        try:
+            info.update(task_statistics(root, [t], source))
+        except DatasetError:
+            pass  # no (unambiguous) dataset here: the task registry's default target
+    return info
 
 
 def saved_config(out: str | os.PathLike, kind: str) -> dict:

@@ -26,15 +26,14 @@ import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
 
 from dtune import __version__, tuners
 from dtune.data.dataset import WindowSampler
-from dtune.data.storage import read_metadata, resolve_sources
 from dtune.models.io import load_model, weights_digest
-from dtune.recipes.common import abspath, check_resume, fit, resolve_data_dir, resume_config, saved_config, start_fresh
+from dtune.recipes.common import (abspath, check_resume, fit, resolve_data_dir, resume_config, saved_config, start_fresh,
+                                  task_statistics)
 from dtune.recipes.tuning import (TuneSettings, cached_eval, evaluate_model, optim_settings, peak_lr,
                                   prepare_method, resumed_method_config, task_data)
 from dtune.report.metrics import as_matrix, cl_metrics
@@ -90,18 +89,6 @@ def sequence_tasks(sequence: str) -> list[str]:
     return tasks
 
 
-def task_targets(root: Path, tasks: list[str], source: str | None) -> dict[str, dict]:
-    """Evaluation statistics of every task of the sequence from its dataset's metadata (the data
-    itself is loaded only when its task's turn comes)."""
-    info = {}
-    for t, src in resolve_sources(root, tasks, source).items():
-        meta = read_metadata(root, t, src)
-        st = meta["dtune"].get("stats", {})
-        info[t] = {"return_max": st.get("return_max"), "return_mean": st.get("return_mean"),
-                   "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"), "source": src}
-    return info
-
-
 def resume(out: str, **overrides) -> dict:
     """Continue the continual run in `out` with its own settings (method options included)."""
     return continual(resume_config(ContinualConfig, out, "continual", "continual", **overrides))
@@ -144,7 +131,7 @@ class ContinualRun:
         tuners.check_config(model, cfg.method, self.method_config)
         root = resolve_data_dir(cfg.data_dir, run_config)
         cfg.data_dir = abspath(cfg.data_dir)
-        info = task_targets(root, tasks, cfg.source)
+        info = task_statistics(root, tasks, cfg.source)  # whole datasets (targets); the data loads at its task's turn
         eval_config = {**run_config, "task_info": {**run_config.get("task_info", {}), **info}}
         model = model.to(self.device)
         pre_tasks = list(run_config["tasks"])

@@ -8,9 +8,11 @@ from pathlib import Path
 from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_agent
 from dtune.models.io import CheckpointError, run_layout
+from dtune.recipes.common import resolve_data_dir, with_task_statistics
 from dtune.runtime.device import resolve_device
 from dtune.runtime.io import atomic_write_json
 from dtune.runtime.runs import run_kind
+from dtune.tasks import resolve_tasks
 
 
 @dataclass
@@ -33,6 +35,13 @@ class EvalConfig:
     """Episode length (unset: each task's)."""
     target_scale: float = 1.0
     """Multiplies every task's target return."""
+    data_dir: str | None = None
+    """Data root whose datasets give the target returns (and score references) of tasks the
+    checkpoint and adapter do not record (unset: `$DTUNE_DATA_DIR`, else the checkpoint's data
+    root if it still exists, else `~/.dtune/datasets`); a task without a dataset there gets its
+    suite's default target."""
+    source: str | None = None
+    """Dataset source for those tasks (as adapt's `--source`; unset: the one each task has)."""
     use_cache: bool = True
     """Key/value cache during decoding (off = recompute the context at every forward)."""
     max_envs: int = 512
@@ -91,8 +100,12 @@ def evaluate(cfg: EvalConfig) -> dict:
     checkpoint, adapter = resolve_checkpoint(cfg.checkpoint, cfg.adapter)
     model, config, doc = load_adapted(checkpoint, adapter, device)
     tasks = cfg.tasks or list(doc["tasks"] if doc else config["tasks"])
+    task_info = config.get("task_info", {})
+    names = resolve_tasks(tasks)
+    if any(t not in task_info for t in names):  # the same target as `dtune adapt` gives them
+        task_info = with_task_statistics(task_info, names, resolve_data_dir(cfg.data_dir, config), cfg.source)
     agent = DTAgent(model, run_layout(config), cfg.use_cache)
-    res = evaluate_agent(agent, tasks, cfg.episodes, cfg.seed, cfg.horizon, config.get("task_info", {}),
+    res = evaluate_agent(agent, tasks, cfg.episodes, cfg.seed, cfg.horizon, task_info,
                          cfg.target_scale, cfg.max_envs, cfg.progress, env_workers=cfg.env_workers)
     out = {"checkpoint": str(checkpoint), "adapter": adapter, "use_cache": cfg.use_cache, **res}
     if cfg.json:

@@ -22,8 +22,8 @@ from dtune import __version__
 from dtune.data.dataset import TrajectoryData, WindowSampler
 from dtune.models import build_model, preset
 from dtune.models.io import WEIGHTS, load_model, read_config, run_layout, save_weights
-from dtune.recipes.common import (abspath, check_resume, fit, resolve_data_dir, resume_command, resume_config,
-                                  start_fresh)
+from dtune.recipes.common import (abspath, check_resume, dataset_statistics, fit, resolve_data_dir, resume_command,
+                                  resume_config, start_fresh)
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import init_distributed, shutdown
 from dtune.runtime.io import atomic_write_json
@@ -201,6 +201,8 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
         trainer.load(out, weights_file=WEIGHTS)
     start_step = trainer.step
     n_params = sum(p.numel() for p in model.parameters())
+    # evaluation statistics (target returns) of each task's whole dataset, not of the part trained on
+    task_info = {t: {**data.task_info[t], **dataset_statistics(root, t, data.sources[t])} for t in data.tasks}
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", {
@@ -208,7 +210,7 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
             "layout": layout.to_dict(),
             "resolved": {"device": str(device), "precision": precision, "lr": peak_lr(cfg), "data_dir": str(root),
                          "n_params": n_params, "processes": 1 if dist is None else dist.world},
-            "tasks": data.tasks, "task_info": data.task_info,
+            "tasks": data.tasks, "task_info": task_info,
         })
         trainer.log = MetricsLog(out, (lambda r: r["step"] <= start_step) if cfg.resume else None, cfg.tensorboard)
 

@@ -5,6 +5,7 @@ adapted model."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from dataclasses import dataclass
@@ -14,6 +15,7 @@ from typing import Literal
 import numpy as np
 import torch
 
+from dtune import __version__
 from dtune.data.dataset import TrajectoryData, WindowSampler
 from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_agent
@@ -157,20 +159,64 @@ def evaluate_model(model, run_config: dict, tasks, episodes: int, seed: int, hor
                           desc=desc, env_workers=env_workers)
 
 
+EVAL_CODE = ("eval", "models", "tasks")
+"""The packages of dtune whose sources decide an evaluation's result (the evaluator, the model,
+the environments)."""
+EVAL_LIBRARIES = ("torch", "numpy", "gymnasium", "metaworld", "dm_control", "mujoco")
+"""Libraries whose versions decide it too."""
+
+
+@functools.lru_cache(maxsize=1)
+def eval_code_digest() -> str:
+    """sha256 of the sources of the packages in :data:`EVAL_CODE` and of the versions of
+    :data:`EVAL_LIBRARIES`: what a cached evaluation was computed with."""
+    from importlib import metadata
+
+    import dtune
+
+    h = hashlib.sha256()
+    src = Path(dtune.__file__).parent
+    for package in EVAL_CODE:
+        for path in sorted((src / package).rglob("*.py")):
+            h.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes() + b"\0")
+    for lib in EVAL_LIBRARIES:
+        try:
+            version = metadata.version(lib)
+        except metadata.PackageNotFoundError:
+            version = "-"
+        h.update(f"{lib}={version}\0".encode())
+    return h.hexdigest()
+
+
 def cached_eval(checkpoint: str, model, run_config: dict, tasks: list[str], episodes: int, seed: int,
                 horizon: int | None, progress: bool, env_workers: int = 0) -> dict:
-    """Evaluation of the *unadapted* checkpoint, cached by weights digest and settings."""
+    """Evaluation of the *unadapted* checkpoint, cached in `CHECKPOINT/eval_cache/` under a key of
+    everything that decides it: the weights, the evaluation settings (tasks, episodes, seed,
+    horizon, the tasks' targets and score references, the input layout, the device type), the
+    dtune version and the digest of the evaluation code (:func:`eval_code_digest`). A cache made
+    by other code or settings is not read; it is recomputed."""
     from dtune.models.io import weights_digest
 
-    key = hashlib.sha256(json.dumps([weights_digest(checkpoint), sorted(tasks), episodes, seed, horizon]).encode()).hexdigest()[:16]
-    path = Path(checkpoint) / "eval_cache" / f"{key}.json"
+    task_info = run_config.get("task_info", {})
+    key = json.loads(json.dumps({
+        "dtune_version": __version__, "code": eval_code_digest(), "weights": weights_digest(checkpoint),
+        "tasks": sorted(tasks), "episodes": episodes, "seed": seed, "horizon": horizon,
+        "task_info": {t: task_info.get(t) for t in sorted(tasks)}, "layout": run_config.get("layout"),
+        "device": next(model.parameters()).device.type}, sort_keys=True))
+    name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    path = Path(checkpoint) / "eval_cache" / f"{name}.json"
     if path.exists():
-        return json.loads(path.read_text())
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            doc = {}
+        if isinstance(doc, dict) and doc.get("key") == key and "result" in doc:
+            return doc["result"]
     res = evaluate_model(model, run_config, tasks, episodes, seed, horizon, progress,
                          desc=f"evaluate {len(tasks)} pre-training task(s), unadapted", env_workers=env_workers)
     try:
         path.parent.mkdir(exist_ok=True)
-        atomic_write_json(path, res)
+        atomic_write_json(path, {"key": key, "result": res})
     except OSError:
         pass  # a read-only checkpoint directory: no cache, same result
     return res

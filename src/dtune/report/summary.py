@@ -76,7 +76,10 @@ def adapt_summary(runs: list[dict]) -> tuple[str, list[dict]]:
     rows, table = [], []
     for m in _order(list(by_method)):
         rs = by_method[m]
-        per_task = {r["task"]: r.get("new_task_score") for r in rs}
+        by_task: dict[str, list] = {}
+        for r in rs:  # several seeds of a task: their mean
+            by_task.setdefault(r["task"], []).append(r.get("new_task_score"))
+        per_task = {t: _stats(v)[0] for t, v in by_task.items()}
         row = {"method": m, "runs": len(rs),
                "new_task": _stats([r.get("new_task_score") for r in rs]),
                "pretrain_after": _stats([r.get("pretrain_after") for r in rs]),

@@ -22,14 +22,18 @@ def cosine_lr(step: int, total: int, peak: float, warmup_steps: int, min_lr: flo
 
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
     """AdamW over the trainable parameters: weight decay on weight matrices only (not on
-    embeddings, not on L2P/L2M keys); an attached tuner's learning-rate multipliers become each
-    group's `lr_scale` (applied by :func:`set_lr`). Decayed groups come first."""
+    embeddings, not on the parameters of a pool, `Tuner.pooled_parameters`: L2P/L2M keys,
+    prompts and modulators, whose entries not selected in a step would otherwise shrink); an
+    attached tuner's learning-rate multipliers become each group's `lr_scale` (applied by
+    :func:`set_lr`). Decayed groups come first."""
     tuner = getattr(model, "tuner", None)
     scales = tuner.lr_scales() if tuner is not None else {}
+    pooled = tuple(f"tuner.{p}" for p in tuner.pooled_parameters()) if tuner is not None else ()
     groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
         if p.requires_grad:
-            decay = p.dim() >= 2 and "embed_" not in name and not name.endswith("keys")
+            decay = (p.dim() >= 2 and "embed_" not in name and not name.endswith("keys")
+                     and not (pooled and name.startswith(pooled)))
             scale = next((v for k, v in scales.items() if name.endswith(k)), 1.0)
             groups.setdefault((decay, scale), []).append(p)
     if not groups:

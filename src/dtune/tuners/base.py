@@ -36,8 +36,9 @@ class TunerConfig:
     """Weight of the L2 penalty `lambda/2 * sum (w - w0)^2` pulling trained weights to their
     starting values (0 = off)."""
     ewc_lambda: float = 0.0
-    """Weight of the EWC penalty `lambda/2 * sum F (w - w0)^2` (0 = off). F is the diagonal
-    Fisher of the earlier tasks (the pre-training tasks when adapting a pre-trained model)."""
+    """Weight of the EWC penalty `lambda * sum F (w - w0)^2` (0 = off; the L2M reference code's
+    form, without 1/2, so lambda means what it means there). F is the diagonal Fisher of the
+    earlier tasks (the pre-training tasks when adapting a pre-trained model)."""
     ewc_batches: int = 10
     """Batches of earlier-task data the Fisher is estimated from."""
     modules_to_save: list[str] | None = None
@@ -215,6 +216,13 @@ class Tuner(nn.Module):
         """Learning-rate multipliers: parameter-name suffix -> scale (keys of L2P/L2M)."""
         scale = getattr(self.config, "key_lr_scale", None)
         return {"pool.keys": scale} if scale is not None else {}
+
+    def pooled_parameters(self) -> tuple[str, ...]:
+        """Name prefixes (within the tuner) of parameters that hold one entry per pool slot (keys,
+        and the prompts or modulators they select). They get no weight decay: AdamW decays a
+        parameter whose gradient is zero, so it would shrink the entries of earlier tasks while a
+        later task trains."""
+        return ()
 
     def aux_loss(self) -> torch.Tensor | None:
         """A loss term of the last forward added to the training loss (key-pull losses)."""

@@ -92,7 +92,8 @@ class EWCConfig(TunerConfig):
     """Full fine-tuning with elastic weight consolidation (Fisher-weighted L2 penalty)."""
 
     ewc_lambda: float = 400.0
-    """Weight of `lambda/2 * sum F (w - w0)^2` (the reference code's 400)."""
+    """Weight of `lambda * sum F (w - w0)^2`: the reference code's penalty and its 400 (dtune 0.1
+    had `lambda/2`, half the reference's strength at the same lambda)."""
 
 
 @register

@@ -11,7 +11,8 @@ Variants:
   (:meth:`L2M.fit_pretrain_keys`), that select *no modulation*. While training they never
   compete; at inference an input closest to one of them runs the unmodulated model.
 
-Entry `-1` in :meth:`selection` means "no modulation".
+Entry `-1` in :meth:`selection` means "no modulation". Routing (the same while training and
+at evaluation, fp32 queries) is described in :mod:`dtune.tuners.pool`.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from dtune.tuners.base import (Tuner, TunerConfig, default_feedforward_modules, match, module_key, query_from,
-                               register, target_modules)
-from dtune.tuners.pool import KeyPool
+from dtune.tuners.base import TunerConfig, default_feedforward_modules, match, module_key, register, target_modules
+from dtune.tuners.pool import KeyPool, PoolTuner, vote
 
 MODULATIONS = ("lora", "ia3")
 
@@ -58,9 +58,13 @@ class L2MConfig(TunerConfig):
     would otherwise barely turn towards their queries)."""
     count_penalty: float = 1.0
     """Penalty on keys chosen during earlier tasks (continual learning)."""
-    batchwise: bool = True
-    """While training, the whole batch uses the entries its samples choose most often (L2P's
-    batch-wise selection), so a task trains its own entry; inference chooses per sample."""
+    batchwise: bool = False
+    """Route groups of windows by majority vote (L2P's batch-wise selection) instead of every
+    window on its own: while training the group is the batch (one task's windows, so a task
+    trains one entry), at evaluation the windows of one task, so evaluation then uses the task
+    names (not task-agnostic). Default off, the same in training and evaluation: every window
+    chooses its own entry, as the L2M reference code does in both (dtune 0.1 voted while training
+    only and chose per window at evaluation)."""
     oracle: bool = False
     """Choose the entry by task id instead of by key matching."""
     pretrain_keys: bool = False
@@ -102,11 +106,10 @@ class PoolIA3(nn.Module):
 
 
 @register
-class L2M(Tuner):
+class L2M(PoolTuner):
     name = "l2m"
     config_class = L2MConfig
     identity_at_init = True
-    routes = True
 
     def resolve_config(self, model, config):
         if config.modulation not in MODULATIONS:
@@ -137,6 +140,7 @@ class L2M(Tuner):
             else:
                 self.mods[key] = PoolIA3(mod.out_features, c.pool_size)
                 self.hook(mod, self._scale_output, key)
+        self.watch_state_embedding(model)
         self._idx = None
         self._aux = None
 
@@ -167,18 +171,23 @@ class L2M(Tuner):
         if self.training and self.current_task is None:
             raise RuntimeError("l2m: call begin_task(name) before training")
         if c.oracle:
+            self._state_fp32 = None  # no query
             self._idx = self._oracle_index(tasks, state_emb.shape[0], state_emb.device)
             self._aux = None
             return {}
-        q = query_from(state_emb, valid)
-        idx = self.pool.select(q, 1, c.count_penalty, c.batchwise)
-        self._aux = self.pool.pull_loss(q, idx, c.key_loss) if self.training else None
-        idx = idx[:, 0]
+        q = self.query(state_emb, valid)
+        idx = self.pool.choose(q, 1, c.count_penalty)
         if not self.training and self.pre_keys.shape[0]:
             best = self.pool.scores(q).max(-1).values
-            pre = (F.normalize(q, dim=-1) @ F.normalize(self.pre_keys, dim=-1).T).max(-1).values
-            idx = torch.where(pre > best, torch.full_like(idx, -1), idx)
-        self._idx = idx
+            with torch.autocast(q.device.type, enabled=False):
+                pre = (F.normalize(q, dim=-1) @ F.normalize(self.pre_keys.float(), dim=-1).T).max(-1).values
+            idx = torch.where((pre > best)[:, None], torch.full_like(idx, -1), idx)
+        if c.batchwise:  # the windows of a group (batch, or task at evaluation) vote, "no modulation" too
+            idx = vote(idx, 1, c.pool_size, self.groups(tasks, q.device))
+        if self.training:
+            self.pool.count(idx)
+        self._aux = self.pool.pull_loss(q, idx, c.key_loss) if self.training else None
+        self._idx = idx[:, 0]
         return {}
 
     @torch.no_grad()
@@ -200,6 +209,9 @@ class L2M(Tuner):
 
     def selection(self):
         return self._idx
+
+    def pooled_parameters(self):
+        return ("pool.", "mods.")
 
     def aux_loss(self):
         return self._aux

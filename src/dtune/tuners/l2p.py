@@ -1,5 +1,6 @@
 """L2P, Learning to Prompt (Wang et al. 2022): a pool of prompts chosen per sample by key-query
-matching; the `top_k` chosen prompts are concatenated and prepended to the input."""
+matching; the `top_k` chosen prompts are concatenated and prepended to the input. Routing (the
+same while training and at evaluation) is described in :mod:`dtune.tuners.pool`."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from dtune.tuners.base import Tuner, TunerConfig, query_from, register
-from dtune.tuners.pool import KeyPool
+from dtune.tuners.base import TunerConfig, register
+from dtune.tuners.pool import KeyPool, PoolTuner
 
 
 @dataclass
@@ -28,18 +29,21 @@ class L2PConfig(TunerConfig):
     """Learning rate of the keys relative to the rest (as for l2m)."""
     count_penalty: float = 1.0
     """Penalty on keys chosen during earlier tasks (continual learning)."""
-    batchwise: bool = True
-    """While training, the whole batch uses the entries its samples choose most often (L2P's
-    batch-wise selection), so a task trains its own entry; inference chooses per sample."""
+    batchwise: bool = False
+    """Route groups of windows by majority vote (L2P's batch-wise selection) instead of every
+    window on its own: while training the group is the batch (one task's windows), at evaluation
+    the windows of one task, so evaluation then uses the task names, as the original L2P's
+    per-task test batches do. Default off, the same in training and evaluation: every window
+    chooses its own prompts, as in the L2M reference code's L2P (dtune 0.1 voted while training
+    only)."""
     init_std: float = 0.02
     """Standard deviation of the prompts' initialisation."""
 
 
 @register
-class L2P(Tuner):
+class L2P(PoolTuner):
     name = "l2p"
     config_class = L2PConfig
-    routes = True
 
     def build(self, model):
         c = self.config
@@ -48,13 +52,14 @@ class L2P(Tuner):
             raise ValueError(f"l2p: length must be positive, got {c.length}")
         self.pool = KeyPool(c.pool_size, d)
         self.prompts = nn.Parameter(torch.randn(c.pool_size, c.length, d) * c.init_std)
+        self.watch_state_embedding(model)
         self._idx = None
         self._aux = None
 
     def context(self, state_emb, valid, tasks=None):
         c = self.config
-        q = query_from(state_emb, valid)
-        idx = self.pool.select(q, c.top_k, c.count_penalty, c.batchwise)
+        q = self.query(state_emb, valid)
+        idx = self.pool.select(q, c.top_k, c.count_penalty, c.batchwise, self.groups(tasks, q.device))
         self._idx = idx
         self._aux = self.pool.pull_loss(q, idx, c.key_loss) if self.training else None
         return {"prompt": self.prompts[idx].flatten(1, 2)}
@@ -65,6 +70,9 @@ class L2P(Tuner):
 
     def selection(self):
         return self._idx
+
+    def pooled_parameters(self):
+        return ("pool.", "prompts")
 
     def aux_loss(self):
         return self._aux

@@ -1,8 +1,9 @@
 """Penalties that keep trained weights near an anchor: L2 and EWC (Kirkpatrick et al. 2017).
 
-Both are `lambda/2 * sum_i w_i (theta_i - anchor_i)^2` over the trainable parameters, with
-`w = 1` (L2) or `w = F` (EWC), the diagonal empirical Fisher: the mean over `ewc_batches`
-batches of the squared gradient of the loss. The anchor is taken, and the Fisher estimated, at
+Over the trainable parameters, L2 is `l2_lambda/2 * sum_i (theta_i - anchor_i)^2` and EWC is
+`ewc_lambda * sum_i F_i (theta_i - anchor_i)^2` (no 1/2: the L2M reference code's EWC, so its
+lambda 400 has the reference's strength), with F the diagonal empirical Fisher: the mean over
+`ewc_batches` batches of the squared gradient of the loss. The anchor is taken, and the Fisher estimated, at
 each task switch (:meth:`Anchor.consolidate`); Fishers of successive tasks add up.
 """
 
@@ -67,7 +68,7 @@ class Anchor:
             if self.l2_lambda > 0:
                 total = total + 0.5 * self.l2_lambda * d2.sum()
             if self.ewc_lambda > 0 and n in self.fisher:
-                total = total + 0.5 * self.ewc_lambda * (self.fisher[n] * d2).sum()
+                total = total + self.ewc_lambda * (self.fisher[n] * d2).sum()  # the reference's: no 1/2
         return total
 
     def tensors(self) -> dict[str, torch.Tensor]:
