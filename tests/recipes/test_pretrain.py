@@ -132,3 +132,18 @@ def test_compiled_loss_trains_like_eager(tiny_data, tmp_path):
     pretrain(cfg(tiny_data, tmp_path / "eager", steps=3))
     pretrain(cfg(tiny_data, tmp_path / "compiled", steps=3, compile=True))
     np.testing.assert_allclose(losses(tmp_path / "compiled"), losses(tmp_path / "eager"), rtol=1e-4)
+
+
+def test_data_ratio_is_recorded_and_trains_on_the_seeded_subset(tiny_data, tmp_path):
+    """LaMo's low-data regime: a seeded subset of whole trajectories, recorded in config.json;
+    the task's evaluation target still comes from its whole dataset."""
+    pretrain(cfg(tiny_data, tmp_path / "r", steps=2, data_ratio=0.5, seed=4))
+    config = json.loads((tmp_path / "r" / "config.json").read_text())
+    assert config["train"]["data_ratio"] == 0.5
+    from dtune.data.dataset import TrajectoryData
+
+    same = TrajectoryData(tiny_data, TASKS, data_ratio=0.5, ratio_seed=4)
+    whole = TrajectoryData(tiny_data, TASKS)
+    for t in TASKS.split(","):
+        assert config["task_info"][t]["episodes"] == same.task_info[t]["episodes"] < whole.task_info[t]["episodes"]
+        assert config["task_info"][t]["return_max"] == pytest.approx(whole.task_info[t]["return_max"], rel=1e-6)

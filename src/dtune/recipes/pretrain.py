@@ -87,6 +87,9 @@ class PretrainConfig:
     """Gradient-norm clip."""
     max_episodes: int | None = None
     """Use only the first N episodes of each task's dataset."""
+    data_ratio: float = 1.0
+    """Keep this fraction of each task's whole trajectories, a random subset seeded by `seed`
+    (LaMo's low-data regime: 0.005, 0.01, 0.1, 1); the same seed gives the same subset in every run."""
     seed: int = 0
     """Seed of initialisation, sampling and dropout."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -111,7 +114,7 @@ class PretrainConfig:
 
 
 RESUME_KEYS = ("tasks", "model", "kind", "context_len", "batch_size", "lr", "min_lr", "warmup_steps",
-               "weight_decay", "grad_clip", "max_episodes", "seed")
+               "weight_decay", "grad_clip", "max_episodes", "data_ratio", "seed")
 
 
 def peak_lr(cfg: PretrainConfig) -> float:
@@ -182,7 +185,8 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
     if saved is not None and saved["model"] != model_cfg.to_dict():
         raise ValueError(f"--resume with a model config that differs from the run in {out}")
 
-    data = TrajectoryData(root, cfg.tasks, cfg.max_episodes, layout=layout, source=cfg.source)
+    data = TrajectoryData(root, cfg.tasks, cfg.max_episodes, layout=layout, source=cfg.source,
+                          data_ratio=cfg.data_ratio, ratio_seed=cfg.seed)
     if data.max_timestep > model_cfg.max_timestep:
         raise ValueError(f"episodes of {data.max_timestep} steps exceed the model's timestep table ({model_cfg.max_timestep})")
 

@@ -21,6 +21,7 @@ from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_agent
 from dtune.models.io import run_layout
 from dtune.runtime.io import atomic_write_json
+from dtune.tasks import resolve_tasks
 from dtune.train.engine import OptimSettings, to_torch
 from dtune.train.optim import PRESET_LR
 
@@ -49,6 +50,9 @@ class TuneSettings:
     """Gradient-norm clip."""
     max_episodes: int | None = None
     """Use only the first N episodes of each task's dataset."""
+    data_ratio: float = 1.0
+    """Keep this fraction of each new task's whole trajectories, a random subset seeded by `seed`
+    (the same seed gives the same subset in every run)."""
     source: str | None = None
     """Dataset source of the new tasks (a comma-separated list takes per task the first it has;
     unset: the one each task has)."""
@@ -100,10 +104,11 @@ def model_stats(model) -> tuple[np.ndarray, np.ndarray]:
     return model.state_mean.cpu().numpy(), model.state_std.cpu().numpy()
 
 
-def task_data(model, run_config: dict, root: Path, tasks, max_episodes, source=None) -> TrajectoryData:
+def task_data(model, run_config: dict, root: Path, tasks, max_episodes, source=None, data_ratio: float = 1.0,
+              seed: int = 0) -> TrajectoryData:
     """New-task data in the base model's layout, z-scored with its statistics."""
     data = TrajectoryData(root, tasks, max_episodes, state_stats=model_stats(model), layout=run_layout(run_config),
-                          source=source)
+                          source=source, data_ratio=data_ratio, ratio_seed=seed)
     if data.max_timestep > model.cfg.max_timestep:
         raise ValueError(f"episodes of {', '.join(data.tasks)} are longer than the model's timestep table "
                          f"({model.cfg.max_timestep})")
@@ -113,9 +118,12 @@ def task_data(model, run_config: dict, root: Path, tasks, max_episodes, source=N
 def pretrain_batches(model, run_config: dict, root: Path, n: int, batch_size: int, seed: int):
     """`n` batches of the checkpoint's own pre-training data (for EWC's Fisher, L2M's pre-training keys)."""
     sources = {t: i.get("source") for t, i in run_config.get("task_info", {}).items()}
-    source = next(iter(set(sources.values()))) if len(set(sources.values())) == 1 else None
-    data = TrajectoryData(root, run_config["tasks"], run_config["train"].get("max_episodes"),
-                          state_stats=model_stats(model), layout=run_layout(run_config), source=source)
+    tasks = run_config["tasks"]
+    source = sources if all(sources.get(t) for t in resolve_tasks(tasks)) else None  # each task's recorded dataset
+    train = run_config["train"]
+    data = TrajectoryData(root, tasks, train.get("max_episodes"), state_stats=model_stats(model),
+                          layout=run_layout(run_config), source=source, data_ratio=train.get("data_ratio", 1.0),
+                          ratio_seed=train.get("seed", 0))
     sampler = WindowSampler(data, model.cfg.context_len, batch_size, seed=seed + 7919)
     return data, [sampler.sample() for _ in range(n)]
 
