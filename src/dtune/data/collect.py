@@ -37,7 +37,7 @@ import numpy as np
 from dtune import __version__
 from dtune.data.storage import DatasetError, Episode, dataset_dir, episode_stats, read_metadata, write_dataset
 from dtune.runtime.seeds import episode_seed
-from dtune.tasks import get_suite, get_task, make_env, resolve_tasks
+from dtune.tasks import ensure_registered, get_suite, get_task, make_env, resolve_tasks
 
 BUILTIN_SOURCES = ("expert-noise", "random")
 
@@ -162,10 +162,7 @@ def _status(cfg: CollectConfig, task: str) -> str:
 
 def _collect_one(item, progress):
     cfg, task, suite = item
-    from dtune.tasks import SUITES, register_suite
-
-    if suite.name not in SUITES:  # a suite registered at run time in the parent (not an installed plug-in)
-        register_suite(suite)
+    ensure_registered(suite)
     return str(collect_task(cfg, task, progress))
 
 

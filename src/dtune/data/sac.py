@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import time
 from dataclasses import dataclass
@@ -44,8 +43,8 @@ import numpy as np
 from dtune import __version__
 from dtune.data.storage import DatasetError, Episode, dataset_dir, episode_stats, read_metadata, write_dataset
 from dtune.runtime.io import atomic_write_text
-from dtune.runtime.seeds import episode_seed
-from dtune.tasks import get_suite, get_task, make_env, resolve_tasks
+from dtune.runtime.seeds import episode_seed, global_rng_state, set_global_rng_state
+from dtune.tasks import ensure_registered, get_suite, get_task, make_env, resolve_tasks
 
 SOURCE = "sac-replay"
 WORK = ".work"
@@ -244,15 +243,13 @@ def _save_checkpoint(wd: Path, model, episodes: list[Episode], settings: dict, w
     _atomic_npz(wd / "buffer.npz", {k: getattr(rb, k)[:n] for k in
                                     ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")})
     _save_episodes(wd / "episodes.npz", episodes)
-    np_state = np.random.get_state()
     state = {
         "settings": settings, "dtune_version": __version__,
         "num_timesteps": int(model.num_timesteps), "n_updates": int(model._n_updates),
         "episode_num": int(model._episode_num), "episodes": len(episodes), "wall_s": wall_s,
         "evaluations": evals or [],
         "buffer_pos": int(rb.pos), "buffer_full": bool(rb.full),
-        "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]],
+        **global_rng_state(),
         "action_space_rng": model.action_space.np_random.bit_generator.state,
     }
     atomic_write_text(wd / "state.json", json.dumps(state))  # written last: it marks a whole checkpoint
@@ -274,10 +271,7 @@ def _load_checkpoint(wd: Path, model) -> tuple[list[Episode], float, list]:
     rb.pos, rb.full = state["buffer_pos"], state["buffer_full"]
     model.num_timesteps, model._n_updates = state["num_timesteps"], state["n_updates"]
     model._episode_num = state["episode_num"]
-    n = state["numpy_rng"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
-    p = state["python_rng"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
+    set_global_rng_state(state)
     model.action_space.np_random.bit_generator.state = state["action_space_rng"]
     torch.set_rng_state(opt["torch_rng"])
     episodes = _load_episodes(wd / "episodes.npz")
@@ -496,10 +490,7 @@ def _status(cfg: SACConfig, task: str) -> str:
 
 def _train_one(item, progress):
     cfg, task, suite = item
-    from dtune.tasks import SUITES, register_suite
-
-    if suite.name not in SUITES:
-        register_suite(suite)
+    ensure_registered(suite)
     return train_task(cfg, task, progress)
 
 
@@ -643,10 +634,7 @@ def rollout_task(cfg: RolloutConfig, task: str, progress=None) -> dict:
 
 def _rollout_one(item, progress):
     cfg, task, suite = item
-    from dtune.tasks import SUITES, register_suite
-
-    if suite.name not in SUITES:
-        register_suite(suite)
+    ensure_registered(suite)
     return rollout_task(cfg, task, progress)
 
 

@@ -17,7 +17,6 @@ states are saved, so `--resume` continues an interrupted run (d3rlpy has no resu
 from __future__ import annotations
 
 import json
-import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Literal
 import numpy as np
 
 from dtune.runtime.io import atomic_write_json
+from dtune.runtime.seeds import global_rng_state, set_global_rng_state
 
 ALGOS = ("bc", "cql", "iql", "td3+bc")
 
@@ -159,11 +159,8 @@ def _save(run: Path, algo, step: int) -> None:
     (ck / "networks.safetensors.tmp").replace(ck / "networks.safetensors")
     torch.save({"optimizers": optims, "torch_rng": torch.get_rng_state()}, ck / "optim.pt.tmp")
     (ck / "optim.pt.tmp").replace(ck / "optim.pt")
-    np_state = np.random.get_state()
-    atomic_write_text(ck / "state.json", json.dumps({
-        "step": step, "grad_step": int(algo.grad_step),
-        "numpy_rng": [np_state[0], np_state[1].tolist(), *np_state[2:]],
-        "python_rng": [random.getstate()[0], list(random.getstate()[1]), random.getstate()[2]]}))
+    atomic_write_text(ck / "state.json", json.dumps({"step": step, "grad_step": int(algo.grad_step),
+                                                     **global_rng_state()}))
 
 
 def _load(run: Path, algo) -> int:
@@ -180,10 +177,7 @@ def _load(run: Path, algo) -> int:
             m.load_state_dict(rest["optimizers"][name])
     state = json.loads((ck / "state.json").read_text())
     algo._grad_step = state["grad_step"]
-    n = state["numpy_rng"]
-    np.random.set_state((n[0], np.asarray(n[1], dtype=np.uint32), *n[2:]))
-    p = state["python_rng"]
-    random.setstate((p[0], tuple(p[1]), p[2]))
+    set_global_rng_state(state)
     torch.set_rng_state(rest["torch_rng"])
     return int(state["step"])
 

@@ -66,6 +66,13 @@ def register_suite(suite: Suite, replace: bool = False) -> Suite:
     return suite
 
 
+def ensure_registered(suite: Suite) -> None:
+    """Register `suite` unless a suite of its name is known: what a spawned worker process does
+    with a suite its parent registered at run time (not an installed plug-in)."""
+    if suite.name not in SUITES:
+        register_suite(suite)
+
+
 def unregister_suite(name: str) -> None:
     suite = SUITES.pop(name)
     for t in [t for t, s in REGISTRY.items() if s.suite == name]:
