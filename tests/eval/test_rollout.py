@@ -85,6 +85,10 @@ def test_normalised_score_on_hand_made_numbers_and_undefined_reasons():
     random_data = {"ref_min_score": 40.0, "ref_max_score": 40.0, "source": "random"}
     assert "random-policy data" in undefined_reason(spec, random_data)
     assert "dtune data sac" in undefined_reason(spec, random_data)
+    # nearly equal references (a behaviour policy that never beat random) give no score either
+    flat = {"ref_min_score": 100.0, "ref_max_score": 100.5, "source": "sac-replay"}
+    assert task_score(spec, np.array([300.0]), np.zeros(1, bool), flat) is None
+    assert "no better than random" in undefined_reason(spec, flat)
     assert "no reference returns" in undefined_reason(spec, {})
     result = evaluate_agent(ConstantAgent(0.0), "reach-v3,cartpole-balance", episodes=1, horizon=5, progress=False,
                             task_info={"cartpole-balance": {"ref_min_score": 1.0, "ref_max_score": 1.0, "source": "random"}})

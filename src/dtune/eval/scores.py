@@ -21,6 +21,12 @@ def target_return(spec: TaskSpec, task_info: dict | None, scale: float = 1.0) ->
     return base * scale
 
 
+def _degenerate(lo: float, hi: float) -> bool:
+    """References too close for a score: within 1% of their scale (random-policy data, or a
+    behaviour policy that never beat random), where scores would be noise divided by ~0."""
+    return abs(hi - lo) < 0.01 * max(1.0, abs(hi), abs(lo))
+
+
 def references(spec: TaskSpec, info: dict | None) -> tuple[float, float] | None:
     lo = spec.ref_min_score if spec.ref_min_score is not None else (info or {}).get("ref_min_score")
     hi = spec.ref_max_score if spec.ref_max_score is not None else (info or {}).get("ref_max_score")
@@ -37,7 +43,7 @@ def normalized_score(ret: float, info: dict | None, spec: TaskSpec | None = None
     if refs is None:
         return None
     lo, hi = refs
-    if abs(hi - lo) < 1e-6 * max(1.0, abs(hi)):
+    if _degenerate(lo, hi):
         return None
     return (ret - lo) / (hi - lo)
 
@@ -52,10 +58,12 @@ def undefined_reason(spec: TaskSpec, info: dict | None) -> str | None:
         return (f"no reference returns for {spec.name}: neither its suite nor the checkpoint's record of its "
                 "training data gives them")
     lo, hi = refs
-    if abs(hi - lo) < 1e-6 * max(1.0, abs(hi)):
+    if _degenerate(lo, hi):
         source = (info or {}).get("source")
-        return (f"the random reference of {spec.name} equals its training data's mean return ({lo:.1f})"
-                + (f": its data (`{source}`) is random-policy data" if source else "")
+        return (f"the random reference of {spec.name} ({lo:.1f}) is within 1% of its training data's mean return "
+                f"({hi:.1f})"
+                + (": its data is random-policy data" if source == "random" else
+                   f": its data (`{source}`) is no better than random" if source else "")
                 + "; train on data better than random (e.g. `dtune data sac`, source sac-replay) for a defined score")
     return None
 
