@@ -292,8 +292,11 @@ def _pretrain(argv):
 
 
 def _print_eval(result: dict):
-    from dtune.report import eval_table
+    from dtune.report import eval_table, protocol_table
 
+    if "protocol" in result:
+        print(protocol_table(result["protocol"]))
+        return
     print(eval_table(result))
     print(f"\n{result['env_steps']} env steps in {result['wall_s']:.1f}s ({result['env_steps_per_s']:.0f} steps/s)")
 

@@ -89,3 +89,15 @@ def test_the_cached_unadapted_evaluation_is_keyed_by_the_code_that_made_it(run, 
     monkeypatch.setattr(tuning, "__version__", "99.0", raising=False)
     tuning.cached_eval(*args)
     assert len(calls) == 3
+
+
+def test_protocol_targets_through_evaluate_and_the_command_line(run, capsys):
+    from dtune.cli import main
+
+    res = evaluate(EvalConfig(checkpoint=str(run), tasks="reach-v3", episodes=1, horizon=8, targets="protocol",
+                              progress=False))
+    r = res["protocol"]["tasks"]["reach-v3"]
+    assert len(r["by_target"]) == 1 and r["standard"] == r["best"]  # no protocol: the usual target, once
+    assert main(["evaluate", "--checkpoint", str(run), "--tasks", "reach-v3", "--episodes", "1", "--horizon", "8",
+                 "--targets", "protocol", "--no-progress"]) == 0
+    assert "score at standard target" in capsys.readouterr().out

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from dtune.eval.agents import DTAgent
-from dtune.eval.rollout import evaluate_agent
+from dtune.eval.rollout import evaluate_agent, evaluate_protocol
 from dtune.models.io import CheckpointError, run_layout
 from dtune.recipes.common import resolve_data_dir, with_task_statistics
 from dtune.runtime.device import resolve_device
@@ -35,6 +36,10 @@ class EvalConfig:
     """Episode length (unset: each task's)."""
     target_scale: float = 1.0
     """Multiplies every task's target return."""
+    targets: Literal["data", "protocol"] = "data"
+    """`data`: each task's best dataset return (times `target_scale`). `protocol`: every target
+    return of the task's evaluation protocol (D4RL-style suites: the DT/LaMo papers' 3-4 targets),
+    reporting the score at the standard target and the best over targets apart."""
     data_dir: str | None = None
     """Data root whose datasets give the target returns (and score references) of tasks the
     checkpoint and adapter do not record (unset: `$DTUNE_DATA_DIR`, else the checkpoint's data
@@ -105,8 +110,13 @@ def evaluate(cfg: EvalConfig) -> dict:
     if any(t not in task_info for t in names):  # the same target as `dtune adapt` gives them
         task_info = with_task_statistics(task_info, names, resolve_data_dir(cfg.data_dir, config), cfg.source)
     agent = DTAgent(model, run_layout(config), cfg.use_cache)
-    res = evaluate_agent(agent, tasks, cfg.episodes, cfg.seed, cfg.horizon, task_info,
-                         cfg.target_scale, cfg.max_envs, cfg.progress, env_workers=cfg.env_workers)
+    if cfg.targets == "protocol":
+        res = {"protocol": evaluate_protocol(agent, tasks, episodes=cfg.episodes, seed=cfg.seed, horizon=cfg.horizon,
+                                             task_info=task_info, max_envs=cfg.max_envs, progress=cfg.progress,
+                                             env_workers=cfg.env_workers)}
+    else:
+        res = evaluate_agent(agent, tasks, cfg.episodes, cfg.seed, cfg.horizon, task_info,
+                             cfg.target_scale, cfg.max_envs, cfg.progress, env_workers=cfg.env_workers)
     out = {"checkpoint": str(checkpoint), "adapter": adapter, "use_cache": cfg.use_cache, **res}
     if cfg.json:
         path = Path(cfg.json)
