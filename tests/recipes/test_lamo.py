@@ -1,0 +1,99 @@
+"""`dtune lamo`: LaMo on a (tiny) language model and the classic DT, trained, evaluated at the
+protocol targets, resumed exactly; the LM's perplexity measured before and after."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dtune.recipes.lamo import LamoConfig, lamo
+from tests.data.test_text import CharTokenizer
+
+
+class SmallCharTokenizer(CharTokenizer):
+    """Character ids within the tiny GPT-2's vocabulary of 50."""
+
+    def __call__(self, text, add_special_tokens=False):
+        return {"input_ids": [1 + (ord(c) % 49) for c in text]}
+from tests.models.test_lm import saved, tiny_gpt2
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    from tests.conftest import collect_tiny
+
+    root = tmp_path_factory.mktemp("lamo")
+    collect_tiny(root / "data", tasks="hopper", episodes=6, horizon=40, source="random")
+    lm = saved(tiny_gpt2(), root / "gpt2")
+    text = root / "text.txt"
+    text.write_text("\n\n".join(f"document {i}: " + "some words about robots and walking. " * 6 for i in range(12)))
+    return root, lm, text
+
+
+@pytest.fixture(autouse=True)
+def char_tokenizer(monkeypatch):
+    # the tiny GPT-2 has no tokenizer files; its vocabulary (50) takes the char stand-in's ids
+    monkeypatch.setattr("dtune.models.lm.load_tokenizer", lambda path: SmallCharTokenizer())
+
+
+def cfg(setup, out, **kw) -> LamoConfig:
+    root, lm, text = setup
+    return LamoConfig(**{"task": "hopper", "lm": str(lm), "text_file": str(text), "text_block": 16, "heldout_blocks": 2,
+                         "context_len": 4, "steps": 6, "batch_size": 8, "warmup_steps": 2, "eval_episodes": 1,
+                         "ckpt_every": 3, "log_every": 1, "out": str(out), "data_dir": str(root / "data"),
+                         "device": "cpu", "precision": "fp32", "progress": False, **kw})
+
+
+def test_lamo_trains_lora_and_embeddings_and_reports_protocol_and_perplexity(setup, tmp_path):
+    r = lamo(cfg(setup, tmp_path / "run"))
+    assert r["method"] == "lamo" and r["tuning"] == "lora"
+    assert [t["target"] for t in r["protocol"]["tasks"]["hopper"]["by_target"]] == [3600.0, 2600.0, 2200.0, 1800.0]
+    assert r["target_standard"] == 3600.0 and r["score_best"] >= r["score_standard"]
+    assert r["perplexity_before"] > 1 and r["perplexity_after"] > 1
+    assert 0 < r["lora_share_of_transformer"] < 0.5
+    doc = json.loads((tmp_path / "run" / "adapter.json").read_text())
+    assert doc["method"] == "lora" and doc["config"]["target_modules"] == ["q", "k", "v"]
+    saved_tensors = doc["tensors"]
+    assert any(k.startswith("tuner.") for k in saved_tensors) and not any("lm_wte" in k for k in saved_tensors)
+    assert any("embed_state" in k for k in saved_tensors)  # modules_to_save
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert "lm_loss" in rows[0] and len(rows) == 7
+    # the trained model evaluates through the adapter machinery, like any adaptation run
+    from dtune.recipes.evaluate import EvalConfig, evaluate
+
+    res = evaluate(EvalConfig(adapter=str(tmp_path / "run"), episodes=1, targets="protocol", progress=False))
+    assert res["protocol"]["tasks"]["hopper"]["standard"]["target"] == 3600.0
+
+
+def test_resume_equals_uninterrupted(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    from tests.conftest import die_after_save
+
+    lamo(cfg(setup, tmp_path / "whole", eval_episodes=1))
+    mp = pytest.MonkeyPatch()
+    die_after_save(mp, lambda step, extra: step == 3)
+    with pytest.raises(KeyboardInterrupt):
+        lamo(cfg(setup, tmp_path / "cut"))
+    mp.undo()
+    lamo(cfg(setup, tmp_path / "cut", resume=True))
+    a = load_file(str(tmp_path / "whole" / "adapter.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "adapter.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    with pytest.raises(ValueError, match="--resume with other"):
+        lamo(cfg(setup, tmp_path / "cut", resume=True, r=4))
+
+
+def test_classic_dt_and_ablations(setup, tmp_path):
+    dt = lamo(cfg(setup, tmp_path / "dt", lm=None))
+    assert dt["method"] == "dt" and dt["tuning"] == "full" and dt["perplexity_before"] is None
+    base = json.loads((tmp_path / "dt" / "base" / "config.json").read_text())["model"]
+    assert base["gpt"]["n_layer"] == 3 and base["gpt"]["n_head"] == 1 and base["embedding"] == "linear"
+    ab = lamo(cfg(setup, tmp_path / "ab", pretrained=False, mlp_embeddings=False, tuning="full", language_weight=0.0))
+    assert ab["perplexity_before"] is None and ab["tuning"] == "full"
+    m = json.loads((tmp_path / "ab" / "base" / "config.json").read_text())["model"]
+    assert m["embedding"] == "linear" and m["head"] == "tanh" and m["vocab_size"] == 0
+    assert np.isfinite(ab["score_standard"])
