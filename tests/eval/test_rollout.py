@@ -89,6 +89,8 @@ def test_normalised_score_on_hand_made_numbers_and_undefined_reasons():
     flat = {"ref_min_score": 100.0, "ref_max_score": 100.5, "source": "sac-replay"}
     assert task_score(spec, np.array([300.0]), np.zeros(1, bool), flat) is None
     assert "no better than random" in undefined_reason(spec, flat)
+    worse = {"ref_min_score": 300.0, "ref_max_score": 30.0, "source": "sac-replay"}  # data below random
+    assert task_score(spec, np.array([300.0]), np.zeros(1, bool), worse) is None
     assert "no reference returns" in undefined_reason(spec, {})
     result = evaluate_agent(ConstantAgent(0.0), "reach-v3,cartpole-balance", episodes=1, horizon=5, progress=False,
                             task_info={"cartpole-balance": {"ref_min_score": 1.0, "ref_max_score": 1.0, "source": "random"}})

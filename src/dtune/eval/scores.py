@@ -22,9 +22,10 @@ def target_return(spec: TaskSpec, task_info: dict | None, scale: float = 1.0) ->
 
 
 def _degenerate(lo: float, hi: float) -> bool:
-    """References too close for a score: within 1% of their scale (random-policy data, or a
-    behaviour policy that never beat random), where scores would be noise divided by ~0."""
-    return abs(hi - lo) < 0.01 * max(1.0, abs(hi), abs(lo))
+    """References that define no score: the upper one not above the lower by 1% of their scale
+    (random-policy data, or a behaviour policy whose data is no better than random: scores would
+    be noise divided by ~0, or flip sign, rating the better agent lower)."""
+    return hi - lo < 0.01 * max(1.0, abs(hi), abs(lo))
 
 
 def references(spec: TaskSpec, info: dict | None) -> tuple[float, float] | None:
@@ -60,8 +61,8 @@ def undefined_reason(spec: TaskSpec, info: dict | None) -> str | None:
     lo, hi = refs
     if _degenerate(lo, hi):
         source = (info or {}).get("source")
-        return (f"the random reference of {spec.name} ({lo:.1f}) is within 1% of its training data's mean return "
-                f"({hi:.1f})"
+        return (f"the training data's mean return of {spec.name} ({hi:.1f}) is not above its random reference "
+                f"({lo:.1f}) by 1%"
                 + (": its data is random-policy data" if source == "random" else
                    f": its data (`{source}`) is no better than random" if source else "")
                 + "; train on data better than random (e.g. `dtune data sac`, source sac-replay) for a defined score")
