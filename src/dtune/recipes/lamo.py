@@ -195,8 +195,11 @@ def lamo(cfg: LamoConfig) -> dict:
             raise ValueError(f"--resume with other {', '.join(changed)} than the run in {out}; drop those options")
         if (out / "result.json").exists():
             return json.loads((out / "result.json").read_text())
+        if not (out / STATE_J).exists():
+            raise ValueError(f"--resume: the run in {out} has no checkpoint yet; run the same command without "
+                             "--resume to start it over")
     else:
-        start_fresh(out, "lamo", (tuners.ADAPTER_CONFIG, "result.json", STATE_J, "base"))
+        start_fresh(out, "lamo", (tuners.ADAPTER_CONFIG, "result.json", STATE_J))
     source = resolve_sources(root, [cfg.task], cfg.source)[cfg.task]
     layout = layout_for([cfg.task], scope="tasks")
     data = TrajectoryData(root, cfg.task, layout=layout, source=source, data_ratio=cfg.data_ratio, ratio_seed=cfg.seed)
