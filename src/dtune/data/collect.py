@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 
 from dtune import __version__
-from dtune.data.storage import DatasetError, Episode, dataset_dir, episode_stats, read_metadata, write_dataset
+from dtune.data.storage import DatasetError, Episode, dataset_status, episode_stats, write_dataset
 from dtune.runtime.seeds import episode_seed
 from dtune.tasks import ensure_registered, get_suite, get_task, make_env, resolve_tasks
 
@@ -148,16 +148,7 @@ def collect_task(cfg: CollectConfig, task: str, progress=None) -> Path:
 
 def _status(cfg: CollectConfig, task: str) -> str:
     """`todo`, `done` (same settings) or `conflict` (exists with other settings)."""
-    source = task_source(cfg, task)
-    if not dataset_dir(Path(cfg.data_dir), task, source).exists():
-        return "todo"
-    try:
-        meta = read_metadata(Path(cfg.data_dir), task, source)["dtune"]
-    except DatasetError:
-        return "conflict"
-    meta = {**meta, "source": source}  # datasets of dtune 0.1 stored the policy, not the source
-    same = all(meta.get(k) == v for k, v in _settings(cfg, task).items())
-    return "done" if same else "conflict"
+    return dataset_status(Path(cfg.data_dir), task, task_source(cfg, task), _settings(cfg, task))
 
 
 def _collect_one(item, progress):

@@ -41,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from dtune import __version__
-from dtune.data.storage import DatasetError, Episode, dataset_dir, episode_stats, read_metadata, write_dataset
+from dtune.data.storage import (DatasetError, Episode, dataset_dir, dataset_status, episode_stats, read_metadata,
+                                write_dataset)
 from dtune.runtime.io import atomic_write_text
 from dtune.runtime.seeds import episode_seed, global_rng_state, set_global_rng_state
 from dtune.tasks import ensure_registered, get_suite, get_task, make_env, resolve_tasks
@@ -476,12 +477,9 @@ def _status(cfg: SACConfig, task: str) -> str:
     settings) or `conflict` (a dataset or run with other settings)."""
     root = Path(cfg.data_dir)
     want = _settings(cfg, task)
-    if dataset_dir(root, task, cfg.source).exists():
-        try:
-            meta = read_metadata(root, task, cfg.source)["dtune"]
-        except DatasetError:
-            return "conflict"
-        return "done" if all(meta.get(k) == v for k, v in want.items()) else "conflict"
+    status = dataset_status(root, task, cfg.source, want)
+    if status != "todo":
+        return status
     state = work_dir(root, task, cfg.source) / "state.json"
     if state.exists() and json.loads(state.read_text()).get("settings") != want:
         return "conflict"
@@ -652,13 +650,12 @@ def collect_rollouts(cfg: RolloutConfig) -> list[dict]:
         raise ValueError(f"--source {cfg.source!r} would replace the dataset that holds the agent; name it otherwise")
     todo = []
     for t in resolve_tasks(cfg.tasks):
-        if dataset_dir(Path(cfg.data_dir), t, cfg.source).exists():
-            meta = read_metadata(Path(cfg.data_dir), t, cfg.source)["dtune"]
-            if all(meta.get(k) == v for k, v in _rollout_settings(cfg, t).items()):
-                continue
-            if not cfg.overwrite:
-                raise DatasetError(f"a {cfg.source} dataset for {t} exists under {cfg.data_dir} with other settings; "
-                                   "pass --overwrite to replace it")
+        status = dataset_status(Path(cfg.data_dir), t, cfg.source, _rollout_settings(cfg, t))
+        if status == "done":
+            continue
+        if status == "conflict" and not cfg.overwrite:
+            raise DatasetError(f"a {cfg.source} dataset for {t} exists under {cfg.data_dir} with other settings; "
+                               "pass --overwrite to replace it")
         todo.append(t)
     if not todo:
         return []

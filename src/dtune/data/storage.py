@@ -231,6 +231,20 @@ def read_metadata(root: Path, task: str, source: str) -> dict:
     return meta
 
 
+def dataset_status(root: Path, task: str, source: str, settings: dict) -> str:
+    """`todo` (no such dataset), `done` (it exists and its metadata has every one of `settings`)
+    or `conflict` (it exists with other settings, or its metadata is unreadable): what the
+    collectors check before making a dataset again."""
+    if not dataset_dir(root, task, source).exists():
+        return "todo"
+    try:
+        meta = read_metadata(root, task, source)["dtune"]
+    except DatasetError:
+        return "conflict"
+    meta = {**meta, "source": source}  # datasets of dtune 0.1 stored the policy, not the source
+    return "done" if all(meta.get(k) == v for k, v in settings.items()) else "conflict"
+
+
 def read_episodes(root: Path, task: str, source: str) -> dict[str, np.ndarray]:
     """All episodes of a dataset as flat arrays (final observations dropped).
 

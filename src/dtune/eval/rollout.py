@@ -105,10 +105,11 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
     tasks = resolve_tasks(tasks)
     if episodes <= 0:
         raise ValueError(f"--episodes must be positive, got {episodes}")
-    jobs = []  # (spec, seed, target)
+    jobs, task_targets = [], {}  # jobs: (spec, seed, target)
     for task in tasks:
         spec = get_task(task, horizon)
         tgt = targets[task] if targets and task in targets else target_return(spec, task_info.get(task), target_scale)
+        task_targets[task] = tgt
         jobs += [(spec, episode_seed(seed, task, e), tgt) for e in range(episodes)]
     groups: dict[int, list] = {}
     for job in jobs:
@@ -135,7 +136,7 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
             "score_kind": spec.score,
             "success_rate": float(np.mean(per_task[task]["success"])) if spec.score == "success" else None,
             "return_mean": float(rets.mean()), "return_std": float(rets.std()), "episodes": len(rets),
-            "target_return": jobs[[j[0].name for j in jobs].index(task)][2],
+            "target_return": task_targets[task],
         }
         if results[task]["score"] is None:
             results[task]["score_note"] = undefined_reason(spec, task_info.get(task)) or "undefined score"
