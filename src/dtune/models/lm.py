@@ -78,7 +78,7 @@ def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Caus
         path: a Hugging Face checkpoint directory (GPT-2 or Llama family) or a `.gguf` file.
         dtype: dtype of the parameters (GGUF weights are dequantised first).
     """
-    path = Path(path)
+    path = _resolve(path)
     if path.is_file() and _is_gguf(path):
         hf_config, weights = _read_gguf(path)
     elif path.is_dir():
@@ -109,7 +109,7 @@ def load_tokenizer(path: str | os.PathLike):
     """The tokenizer of a checkpoint directory or GGUF file (needs `transformers`)."""
     from transformers import AutoTokenizer
 
-    path = Path(path)
+    path = _resolve(path)
     if path.is_file():
         return AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     if not path.is_dir():
@@ -117,7 +117,67 @@ def load_tokenizer(path: str | os.PathLike):
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def new_lm(gpt: GPTConfig, vocab_size: int, seed: int = 0) -> CausalLM:
+    """A randomly initialised causal LM (GPT-2's initialisation: N(0, 0.02) token embedding,
+    head tied to it), to be pre-trained by `dtune lm pretrain`."""
+    torch.manual_seed(seed)
+    model = CausalLM(LMConfig(gpt=gpt, vocab_size=vocab_size, tie_word_embeddings=True, source="gpt2"))
+    nn.init.normal_(model.wte.weight, mean=0.0, std=0.02)
+    return model
+
+
+def save_gpt2(model: CausalLM, path: str | os.PathLike, eos_token_id: int | None = None) -> None:
+    """Write `model` as a Hugging Face GPT-2 checkpoint directory (`config.json` +
+    `model.safetensors`, GPT-2's own tensor names and `Conv1D` layout), which :func:`load_lm` and
+    transformers' `GPT2LMHeadModel` both read. The model must have GPT-2's architecture;
+    `eos_token_id` (its tokenizer's end-of-text id) becomes the config's bos/eos token."""
+    from safetensors.torch import save_file
+
+    g = model.config.gpt
+    act = {"gelu_tanh": "gelu_new", "gelu": "gelu"}.get(g.activation)
+    if (g.norm, g.mlp, g.positions, g.bias) != ("layernorm", "gelu", "learned", True) or act is None or \
+            g.n_kv_head not in (None, g.n_head) or not model.config.tie_word_embeddings:
+        raise ValueError("only a GPT-2-shaped model (LayerNorm, GELU MLP, learned positions, biases, one key/value "
+                         "head per head, tied head) can be written as a GPT-2 checkpoint")
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    sd = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    out = {"transformer.wte.weight": sd["wte.weight"], "transformer.wpe.weight": sd["transformer.wpe.weight"],
+           "transformer.ln_f.weight": sd["transformer.ln_f.weight"], "transformer.ln_f.bias": sd["transformer.ln_f.bias"]}
+    for i in range(g.n_layer):
+        p = f"transformer.h.{i}."
+        out[p + "attn.c_attn.weight"] = torch.cat([sd[p + f"attn.{n}.weight"] for n in "qkv"], 0).t()
+        out[p + "attn.c_attn.bias"] = torch.cat([sd[p + f"attn.{n}.bias"] for n in "qkv"], 0)
+        for theirs, ours in (("attn.c_proj", "attn.out"), ("mlp.c_fc", "mlp.fc"), ("mlp.c_proj", "mlp.proj")):
+            out[p + theirs + ".weight"] = sd[p + ours + ".weight"].t()
+            out[p + theirs + ".bias"] = sd[p + ours + ".bias"]
+        for ln in ("ln_1", "ln_2"):
+            out[p + ln + ".weight"], out[p + ln + ".bias"] = sd[p + ln + ".weight"], sd[p + ln + ".bias"]
+    config = {"model_type": "gpt2", "architectures": ["GPT2LMHeadModel"], "vocab_size": model.config.vocab_size,
+              "n_positions": g.n_positions, "n_embd": g.n_embd, "n_layer": g.n_layer, "n_head": g.n_head,
+              "n_inner": g.mlp_hidden or g.mlp_ratio * g.n_embd, "activation_function": act, "resid_pdrop": g.dropout, "embd_pdrop": g.dropout,
+              "attn_pdrop": g.dropout, "layer_norm_epsilon": g.ln_eps, "initializer_range": 0.02,
+              "scale_attn_weights": True, "tie_word_embeddings": True, "torch_dtype": "float32",
+              "bos_token_id": eos_token_id, "eos_token_id": eos_token_id}
+    tmp = path / ".model.safetensors.tmp"
+    save_file({k: v.contiguous() for k, v in out.items()}, str(tmp), metadata={"format": "pt"})
+    os.replace(tmp, path / "model.safetensors")
+    (path / "config.json").write_text(json.dumps(config, indent=1))
+
+
 # --- reading checkpoints ---------------------------------------------------------------------
+
+def _resolve(path: str | os.PathLike) -> Path:
+    """`path`, or the checkpoint inside it when it is a `dtune lm pretrain` run folder."""
+    path = Path(path)
+    if (path / "model" / "config.json").exists() and (path / "config.json").exists():
+        try:
+            if json.loads((path / "config.json").read_text()).get("kind") == "lm":
+                return path / "model"
+        except json.JSONDecodeError:
+            pass
+    return path
+
 
 def _is_gguf(path: Path) -> bool:
     with open(path, "rb") as f:
@@ -283,4 +343,4 @@ CONVERTERS = {"gpt2": _from_gpt2, "llama": _from_llama}
 """Hugging Face `model_type` -> converter of its config and weights."""
 
 
-__all__ = ["CausalLM", "LMConfig", "load_lm", "load_tokenizer"]
+__all__ = ["CausalLM", "LMConfig", "load_lm", "load_tokenizer", "new_lm", "save_gpt2"]

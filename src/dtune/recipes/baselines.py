@@ -25,6 +25,7 @@ from typing import Literal
 import numpy as np
 
 from dtune.runtime.io import atomic_write_json
+from dtune.runtime.optional import quiet_legacy_gym
 from dtune.runtime.seeds import global_rng_state, set_global_rng_state
 
 ALGOS = ("bc", "cql", "iql", "td3+bc")
@@ -66,6 +67,7 @@ class BaselineConfig:
 
 def _algo_config(name: str, batch_size: int):
     """d3rlpy's config of `name` with the hyperparameters of its D4RL reproduction scripts."""
+    quiet_legacy_gym()
     import d3rlpy
     from d3rlpy.models.encoders import VectorEncoderFactory
     from d3rlpy.preprocessing import ReturnBasedRewardScaler, StandardObservationScaler
@@ -94,6 +96,7 @@ def _algo_config(name: str, batch_size: int):
 def mdp_dataset(root: Path, task: str, source: str, data_ratio: float = 1.0, seed: int = 0):
     """The dataset as a d3rlpy `MDPDataset` (terminations and truncations apart) and the task's
     data statistics (`task_info` like a DT run's)."""
+    quiet_legacy_gym()
     import d3rlpy
 
     from dtune.data.dataset import trajectory_subset
@@ -193,6 +196,7 @@ def _quiet_d3rlpy() -> None:
 
 def train_baseline(cfg: BaselineConfig) -> dict:
     """Train, checkpoint every epoch, evaluate; returns the result (also `out/result.json`)."""
+    quiet_legacy_gym()
     import d3rlpy
     import torch
 

@@ -10,9 +10,9 @@ import json
 import os
 from pathlib import Path
 
-KINDS = ("pretrain", "adapt", "continual", "demo", "baseline", "lamo")
+KINDS = ("pretrain", "adapt", "continual", "demo", "baseline", "lamo", "lm")
 COMMANDS = {"pretrain": "dtune pretrain", "adapt": "dtune adapt", "continual": "dtune continual", "demo": "dtune demo",
-            "baseline": "dtune baselines", "lamo": "dtune lamo"}
+            "baseline": "dtune baselines", "lamo": "dtune lamo", "lm": "dtune lm pretrain"}
 
 
 def run_kind(path: str | os.PathLike) -> str | None:

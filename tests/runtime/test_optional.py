@@ -1,0 +1,16 @@
+import importlib.util
+import subprocess
+import sys
+
+import pytest
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gym") is None, reason="legacy gym not installed (the `baselines` extra)")
+def test_legacy_gym_notice_is_kept_out_of_stderr():
+    code = "import gym"
+    loud = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    quiet = subprocess.run([sys.executable, "-c", "from dtune.runtime.optional import quiet_legacy_gym;"
+                            "quiet_legacy_gym(); import gym; import sys; assert 'gym' in sys.modules"],
+                           capture_output=True, text=True, check=True)
+    assert "Gymnasium" in loud.stderr  # the notice this helper exists for (gym 0.26)
+    assert quiet.stderr == ""
