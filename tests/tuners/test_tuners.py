@@ -644,3 +644,30 @@ def test_ewc_penalty_has_the_reference_codes_strength():
     l2 = Anchor(model, l2_lambda=2.0)
     l2.anchor = start
     assert float(l2.penalty(model)) == pytest.approx(0.5 * 2.0 * float(((params["head.weight"] - start["head.weight"]) ** 2).sum()), rel=1e-5)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_every_method_trains_on_a_grouped_query_rotary_backbone(name):
+    """LaMo's Llama-family backbones (SmolLM2: 9 query / 3 key-value heads, rotary positions)
+    take every method: it trains, and cached decoding gives the recompute's actions."""
+    import dataclasses
+
+    cfg = preset("tiny")
+    cfg = dataclasses.replace(cfg, gpt=dataclasses.replace(cfg.gpt, n_kv_head=cfg.gpt.n_head // 2, positions="rotary",
+                                                           norm="rmsnorm", mlp="swiglu", bias=False))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    tuners.attach(model, name)
+    before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+    train_steps(model, [make_batch(seed=s) for s in range(2)])
+    assert any(not torch.equal(before[n], p) for n, p in model.named_parameters() if n in before)
+    states = torch.randn(7, 2, 154, generator=torch.Generator().manual_seed(3))
+    runs = []
+    for use_cache in (True, False):
+        pol = model.policy([4, 6], use_cache=use_cache, tasks=["reach-v3", "door-open-v3"])
+        acts = []
+        for t in range(7):
+            acts.append(pol.act(states[t], torch.full((2,), 1.0 - 0.1 * t), torch.full((2,), t)))
+            pol.observe(torch.full((2,), 0.1))
+        runs.append(torch.stack(acts))
+    assert torch.allclose(runs[0], runs[1], atol=1e-5)

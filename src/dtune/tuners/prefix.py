@@ -87,7 +87,8 @@ class PTuningV2(Tuner):
         g = model.cfg.gpt
         if c.num_virtual_tokens <= 0:
             raise ValueError(f"num_virtual_tokens must be positive, got {c.num_virtual_tokens}")
-        self.n_head = g.n_head
+        self.n_kv = g.n_kv_head or g.n_head  # grouped-query attention: fewer key/value heads
+        self.n_rep = g.n_head // self.n_kv
         self.prompts = nn.Parameter(torch.randn(g.n_layer, c.num_virtual_tokens, g.n_embd) * c.init_std)
         self.__dict__["_blocks"] = list(model.transformer.h)  # not submodules: the base model owns them
 
@@ -95,5 +96,8 @@ class PTuningV2(Tuner):
         out = []
         for block, p in zip(self._blocks, self.prompts):
             x = block.ln_1(p)
-            out.append((_split_heads(block.attn.k(x), self.n_head), _split_heads(block.attn.v(x), self.n_head)))
+            k, v = _split_heads(block.attn.k(x), self.n_kv), _split_heads(block.attn.v(x), self.n_kv)
+            if self.n_rep > 1:  # the backbone takes prefixes with one key/value per query head
+                k, v = k.repeat_interleave(self.n_rep, dim=1), v.repeat_interleave(self.n_rep, dim=1)
+            out.append((k, v))
         return {"prefix": out}
