@@ -11,7 +11,7 @@ Commands:
   lamo       a Decision Transformer from a pre-trained language model (LaMo), or the classic DT
   lm         pre-train a small language model on a text corpus (`lm pretrain`), for `lamo --lm`
   baselines  train an offline-RL baseline (d3rlpy: BC, CQL, IQL, TD3+BC) and score it
-  report     put adaptation or continual runs side by side (tables, plots)
+  report     put adaptation, continual or offline-RL runs side by side (tables, plots)
   demo       a small end-to-end study (collect, pre-train, evaluate)
 
 `dtune COMMAND --help` lists a command's options; `dtune adapt METHOD --help` (or
@@ -442,7 +442,8 @@ class ReportArgs:
     CSV and PNG plots."""
 
     runs: Annotated[tuple[str, ...], tyro.conf.Positional]
-    """Run directories of `dtune adapt` or `dtune continual` (a pre-training run among them is skipped)."""
+    """Run directories of `dtune adapt`, `dtune continual`, `dtune lamo` or `dtune baselines` (a pre-training
+    run among them is skipped)."""
     out: str | None = None
     """Also write report.md/json, CSV and PNG plots into this directory."""
     reference: str | None = None

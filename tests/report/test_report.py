@@ -123,3 +123,50 @@ def test_per_task_scores_average_the_seeds_of_a_task(tmp_path):
     assert row["per_task_scores"]["hammer-v3"] == pytest.approx(0.6)
     assert row["per_task_scores"]["reach-v3"] == pytest.approx(1.0)
     assert "| lora | 60.0 | 100.0 |" in " ".join(text.split())
+
+
+def offline_run(path, kind, method, seed, score, task="hopper", ratio=0.01, best=None, **kw):
+    path.mkdir(parents=True)
+    r = {"kind": kind, "method": method, "task": task, "source": "medium", "data_ratio": ratio, "seed": seed,
+         "train_s": 2.0, **kw}
+    if kind == "baseline":
+        r["score"] = score
+    else:
+        r.update(score_standard=score, score_best=score if best is None else best, lm=kw.get("lm"))
+    (path / "result.json").write_text(json.dumps(r))
+    return path
+
+
+def test_offline_runs_get_seed_statistics_and_rliable_iqm(tmp_path):
+    from scipy.stats import trim_mean
+
+    from dtune.report.metrics import iqm
+
+    runs = [offline_run(tmp_path / f"cql{s}", "baseline", "cql", s, 0.40 + 0.02 * s) for s in range(3)]
+    runs += [offline_run(tmp_path / f"cqlw{s}", "baseline", "cql", s, 0.70, task="walker2d") for s in range(3)]
+    runs += [offline_run(tmp_path / f"dt{s}", "lamo", "dt", s, 0.30, best=0.50) for s in range(3)]
+    runs += [offline_run(tmp_path / f"lamo{s}", "lamo", "lamo", s, 0.55, lm="/x/lm-brown", pretrained=True,
+                         mlp_embeddings=True, language_weight=0.1, tuning="lora") for s in range(2)]
+    runs += [offline_run(tmp_path / "rand", "lamo", "lamo", 0, 0.2, lm="/x/lm-brown", pretrained=False,
+                         mlp_embeddings=True, language_weight=0.1, tuning="lora")]
+    md = report([str(r) for r in runs], str(tmp_path / "out"))
+    data = json.loads((tmp_path / "out" / "report.json").read_text())["offline"]
+    cql = next(r for r in data if not r.get("aggregate") and r["method"] == "cql" and r["task"] == "hopper")
+    assert cql["seeds"] == [0, 1, 2] and cql["standard"][0] == pytest.approx(0.42)
+    agg = {r["method"]: r for r in data if r.get("aggregate")}
+    assert set(agg) == {"cql", "dt", "lamo [lm-brown]", "lamo, random init [lm-brown]"}
+    scores = [0.40, 0.42, 0.44, 0.70, 0.70, 0.70]
+    assert agg["cql"]["iqm"] == pytest.approx(trim_mean(scores, 0.25)) == pytest.approx(iqm(scores))
+    assert agg["cql"]["mean_of_tasks"] == pytest.approx((0.42 + 0.70) / 2)
+    assert agg["dt"]["iqm_best"] == pytest.approx(0.5) and agg["dt"]["iqm"] == pytest.approx(0.3)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| hopper")]
+    assert ["hopper", "medium", "0.01", "dt", "3", "30.0", "50.0", "2"] in rows
+    assert ["hopper", "medium", "0.01", "cql", "3", "42.0 ± 1.6", "(same)", "2"] in rows
+    assert (tmp_path / "out" / "offline_runs.csv").exists()
+
+
+def test_iqm_drops_a_quarter_at_each_end():
+    from dtune.report.metrics import iqm
+
+    assert iqm([]) is None and iqm([None, 2.0]) == 2.0
+    assert iqm([0, 1, 2, 3, 100, -100, 1.5, 2.5]) == pytest.approx(np.mean([1, 1.5, 2, 2.5]))

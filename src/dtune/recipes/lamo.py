@@ -271,6 +271,7 @@ def lamo(cfg: LamoConfig) -> dict:
     transformer = sum(p.numel() for n, p in model.named_parameters() if n.startswith("transformer."))
     result = {"kind": "lamo", "method": "lamo" if cfg.lm else "dt", "task": cfg.task, "source": source,
               "data_ratio": cfg.data_ratio, "seed": cfg.seed, "steps": cfg.steps, "lm": cfg.lm, "tuning": cfg.tuning,
+              "pretrained": cfg.pretrained, "mlp_embeddings": cfg.mlp_embeddings, "language_weight": cfg.language_weight,
               "score_standard": r["standard"]["score"], "target_standard": r["standard"]["target"],
               "score_best": None if r["best"] is None else r["best"]["score"],
               "target_best": None if r["best"] is None else r["best"]["target"],

@@ -60,3 +60,14 @@ def cl_metrics(matrix: np.ndarray, reference: dict[int, float] | None = None,
     if pretrain_before and pretrain_after is not None:
         out["retention"] = pretrain_after / pretrain_before
     return out
+
+
+def iqm(values) -> float | None:
+    """Interquartile mean as rliable computes it (Agarwal et al. 2021;
+    `scipy.stats.trim_mean(values, 0.25)`): the mean after dropping `floor(n / 4)` values at each
+    end; None for no values (None entries are skipped)."""
+    x = np.sort(np.asarray([v for v in values if v is not None], dtype=np.float64))
+    if x.size == 0:
+        return None
+    cut = x.size // 4
+    return float(x[cut: x.size - cut].mean())

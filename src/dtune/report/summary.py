@@ -1,7 +1,9 @@
-"""`dtune report`: several adaptation or continual runs side by side (tables, JSON, CSV, PNG).
+"""`dtune report`: several adaptation, continual or offline-RL runs side by side (tables, JSON,
+CSV, PNG).
 
-Run directories are recognised by their files: ``result.json`` (``dtune adapt``) or
-``metrics.json`` with a score matrix (``dtune continual``). Runs of one method (several seeds,
+Run directories are recognised by their files: ``result.json`` (``dtune adapt``, or of kind
+``lamo``/``baseline``: ``dtune lamo`` and ``dtune baselines``) or ``metrics.json`` with a score
+matrix (``dtune continual``). Runs of one method (several seeds,
 or several tasks for single-task adaptation) are aggregated: mean and spread (standard deviation
 over seeds; min..max band in the plot).
 """
@@ -18,12 +20,13 @@ from dtune.report import markdown_table
 from dtune.report.continual import reference_scores, run_base_digest
 
 
-def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[str]]:
-    """Adaptation runs, continual runs, and notes on the arguments skipped (duplicates, runs of
-    other kinds). A folder given twice, under any spelling, counts once."""
+def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str]]:
+    """Adaptation runs, continual runs, offline-RL runs (`dtune lamo`, `dtune baselines`), and
+    notes on the arguments skipped (duplicates, runs of other kinds). A folder given twice, under
+    any spelling, counts once."""
     from dtune.runtime.runs import run_kind
 
-    adapt, cont, notes, seen = [], [], [], set()
+    adapt, cont, offline, notes, seen = [], [], [], [], set()
     for d in dirs:
         p = Path(d)
         real = p.resolve()
@@ -35,15 +38,20 @@ def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[str]]:
             cont.append({**m, "dir": str(p), "base_digest": m.get("base_digest") or run_base_digest(p)})
         elif (p / "result.json").exists():
             r = json.loads((p / "result.json").read_text())
+            if r.get("kind") in OFFLINE_KINDS:
+                offline.append({**r, "dir": str(p), "label": offline_label(r, p)})
+                continue
             adapt.append({**r, "dir": str(p), "base_digest": r.get("base_digest") or run_base_digest(p)})
         else:
             kind = run_kind(p)
             why = {"pretrain": "a pre-training run", "continual": "an unfinished continual run",
-                   "adapt": "an unfinished adaptation run", "demo": "a demo folder"}.get(kind, "not a run folder")
-            notes.append(f"skipped {d}: {why}, not a finished adaptation or continual run")
-    if not adapt and not cont:
-        raise ValueError("no finished `dtune adapt` or `dtune continual` run among the arguments (" + "; ".join(notes) + ")")
-    return adapt, cont, notes
+                   "adapt": "an unfinished adaptation run", "demo": "a demo folder", "lm": "a language-model run",
+                   "lamo": "an unfinished lamo run", "baseline": "an unfinished baseline run"}.get(kind, "not a run folder")
+            notes.append(f"skipped {d}: {why}, not a finished run to report")
+    if not adapt and not cont and not offline:
+        raise ValueError("no finished `dtune adapt`, `dtune continual`, `dtune lamo` or `dtune baselines` run among the "
+                         "arguments (" + "; ".join(notes) + ")")
+    return adapt, cont, offline, notes
 
 
 def _stats(vals) -> tuple[float | None, float | None]:
@@ -133,6 +141,92 @@ def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
     return markdown_table(headers, table), rows
 
 
+OFFLINE_KINDS = ("lamo", "baseline")
+"""Kinds of `result.json` reported as offline-RL runs (a score per task, several seeds)."""
+
+
+def offline_label(r: dict, run_dir: Path) -> str:
+    """The row name of an offline-RL run: the algorithm (`bc`, `cql`, ..., `dt`) or, for LaMo,
+    `lamo` with its ablations and the LM it started from (`lamo, random init [lm-brown]`)."""
+    if r.get("kind") != "lamo" or r.get("method") != "lamo":
+        return r["method"]
+    c = dict(r)
+    cfg_file = Path(run_dir) / "config.json"
+    if any(k not in c for k in ("pretrained", "mlp_embeddings", "language_weight")) and cfg_file.exists():
+        c = {**json.loads(cfg_file.read_text()).get("lamo", {}), **c}
+    parts = ["lamo"]
+    if c.get("pretrained") is False:
+        parts.append("random init")
+    if c.get("tuning") == "full":
+        parts.append("full fine-tuning")
+    if c.get("mlp_embeddings") is False:
+        parts.append("linear embeddings")
+    if c.get("language_weight") == 0:
+        parts.append("no language loss")
+    lm = Path(c["lm"]).name if c.get("lm") else "?"
+    return ", ".join(parts) + f" [{lm}]"
+
+
+def _offline_order(labels: list[str]) -> list[str]:
+    first = ["bc", "cql", "iql", "td3+bc", "dt"]
+    return sorted(labels, key=lambda m: (first.index(m) if m in first else len(first), m))
+
+
+def offline_summary(runs: list[dict]) -> tuple[str, list[dict]]:
+    """Offline-RL runs: per dataset (task, source, data ratio) and method, the score over seeds
+    (mean ± sd) at the standard target and, for return-conditioned models, the best over the
+    protocol's targets; then per method and data ratio over tasks: the mean of the task means and
+    the IQM over every run (tasks x seeds), rliable's aggregate."""
+    from dtune.report.metrics import iqm
+
+    def std(r):
+        return r["score"] if r["kind"] == "baseline" else r.get("score_standard")
+
+    def best(r):
+        return r["score"] if r["kind"] == "baseline" else r.get("score_best")
+
+    groups: dict[tuple, list[dict]] = {}
+    for r in runs:
+        groups.setdefault((r["task"], r.get("source"), r.get("data_ratio", 1.0), r["label"]), []).append(r)
+    order = _offline_order(sorted({r["label"] for r in runs}))
+    rows, table = [], []
+    for key in sorted(groups, key=lambda k: (k[0], str(k[1]), k[2], order.index(k[3]))):
+        rs = groups[key]
+        row = {"task": key[0], "source": key[1], "data_ratio": key[2], "method": key[3],
+               "seeds": sorted(r.get("seed") for r in rs), "standard": _stats([std(r) for r in rs]),
+               "best": _stats([best(r) for r in rs]), "train_s": _stats([r.get("train_s") for r in rs])}
+        rows.append(row)
+        conditioned = rs[0]["kind"] == "lamo"
+        table.append([key[0], key[1], f"{key[2]:g}", key[3], len(rs), _pm(*row["standard"]),
+                      _pm(*row["best"]) if conditioned else "(same)",
+                      "n/a" if row["train_s"][0] is None else f"{row['train_s'][0]:.0f}"])
+    per_dataset = markdown_table(["task", "source", "data ratio", "method", "seeds", "score at standard target",
+                                  "best over targets", "train s"], table)
+    agg: dict[tuple, list[dict]] = {}
+    for r in runs:
+        agg.setdefault((r["label"], r.get("data_ratio", 1.0)), []).append(r)
+    summary_rows, table = [], []
+    for label, ratio in sorted(agg, key=lambda k: (order.index(k[0]), k[1])):
+        rs = agg[(label, ratio)]
+        by_task: dict[str, list] = {}
+        for r in rs:
+            by_task.setdefault(r["task"], []).append(std(r))
+        means = [m for m in (_stats(v)[0] for v in by_task.values()) if m is not None]
+        row = {"method": label, "data_ratio": ratio, "tasks": sorted(by_task), "runs": len(rs),
+               "mean_of_tasks": float(np.mean(means)) if means else None, "iqm": iqm([std(r) for r in rs]),
+               "iqm_best": iqm([best(r) for r in rs])}
+        summary_rows.append(row)
+        table.append([label, f"{ratio:g}", len(by_task), len(rs), _pm(row["mean_of_tasks"], None), _pm(row["iqm"], None),
+                      _pm(row["iqm_best"], None) if rs[0]["kind"] == "lamo" else "(same)"])
+    overall = markdown_table(["method", "data ratio", "tasks", "runs", "mean over tasks", "IQM (tasks x seeds)",
+                              "IQM, best over targets"], table)
+    note = ("Scores x100 (normalised: 100 = the task's expert reference; success tasks: % of episodes). "
+            "\"standard target\": the score at the suite's standard target return; \"best over targets\": the best of "
+            "the protocol's targets, chosen on the evaluation episodes themselves, as the LaMo code reports it "
+            "(optimistic). Baselines are not return-conditioned: one score.")
+    return per_dataset + "\n\n" + overall + "\n\n" + note, rows + [{"aggregate": True, **r} for r in summary_rows]
+
+
 def report(dirs: list[str], out: str | None = None, reference: str | None = None) -> str:
     """The Markdown report of ``dirs``; with ``out`` also JSON, CSV and PNG files there; with
     ``reference`` (single-task ``dtune adapt`` runs) continual runs get their forward transfer."""
@@ -140,7 +234,7 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
 
     if not dirs:
         raise ValueError("dtune report needs at least one run directory")
-    adapt, cont, notes = _load(dirs)
+    adapt, cont, offline, notes = _load(dirs)
     if reference:
         cont = [with_reference(r, reference) for r in cont]
     parts, data = [f"Note: {n}." for n in notes] + ([""] if notes else []), {}
@@ -168,6 +262,13 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
             plot_methods_curve({m: curves[m] for m in _order(list(curves))}, cont[0]["tasks"], outp / "continual.png",
                                title=f"{cont[0]['sequence']}: average score of the tasks seen so far")
             _csv(outp / "continual_runs.csv", [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in cont])
+    if offline:
+        text, rows = offline_summary(offline)
+        parts += ([""] if parts else []) + ["## Offline RL", "", text]
+        data["offline"] = rows
+        if outp:
+            _csv(outp / "offline_runs.csv", [{k: v for k, v in r.items() if not isinstance(v, (list, dict))}
+                                             for r in offline])
     md = "\n".join(parts)
     if outp:
         (outp / "report.md").write_text(md + "\n")
