@@ -46,8 +46,14 @@ def test_methods_that_need_pretraining_data_or_pools(base, tiny_data, tmp_path, 
     res = adapt(cfg(base, tiny_data, tmp_path / method, method=method, pretrain_eval=False, eval_episodes=1))
     if method == "ewc":
         assert res["trainable_pct"] == 100.0
+        assert "routing" not in res and not (tmp_path / method / "routing.json").exists()
     else:
         assert res["pool_entries_used"] and res["per_task"] < res["trainable"]
+        counts = json.loads((tmp_path / method / "eval_task.json").read_text())["routing"]["door-open-v3"]
+        top_k = 1 if method.startswith("l2m") else tuners.read_adapter_config(tmp_path / method)["config"]["top_k"]
+        horizon = json.loads((tmp_path / method / "eval_task.json").read_text())["env_steps"]
+        assert sum(counts.values()) == horizon * top_k  # every step of the episode, each chosen entry
+        assert res["routing"] == "routing.md" and (tmp_path / method / "routing.png").exists()
     doc = tuners.read_adapter_config(tmp_path / method)
     assert doc["tasks"] == ["door-open-v3"] and doc["base_digest"] == tuners.base_digest(base)
 

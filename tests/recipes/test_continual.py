@@ -130,6 +130,14 @@ def test_cli_continual_resume_and_report(base, tiny_data, tmp_path, capsys):
     assert "| l2m" in out and "| 2 " in out  # two seeds aggregated
     for name in ("report.md", "report.json", "continual.png", "continual_runs.csv"):
         assert (tmp_path / "rep" / name).exists()
+    # the routing diagnostic: every evaluated step of every task counted once (1 episode of 5 steps)
+    last = sorted((tmp_path / "s0" / "evals").glob("after_01_*.json"))[0]
+    routing = json.loads(last.read_text())["routing"]
+    assert set(routing) == set(SEQ.split(",")) and all(sum(c.values()) == 5 for c in routing.values())
+    doc = json.loads((tmp_path / "s0" / "routing.json").read_text())
+    assert set(SEQ.split(",")) <= set(doc["tasks"]) and np.allclose(np.sum(doc["shares"], 1), 1)
+    assert (tmp_path / "s0" / "routing.png").exists() and "top entry" in (tmp_path / "s0" / "routing.md").read_text()
+    assert "## Routing of the pool methods" in out and "consistency" in out
     assert main(["report", str(tmp_path)]) == 2
     # forward transfer against single-task results of the same method
     ref = tmp_path / "ref" / "door-open"

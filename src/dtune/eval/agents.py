@@ -5,6 +5,7 @@ An agent acts for a batch of environments at once, in lock-step::
     agent.start(specs, targets)          # a new episode in each of n environments
     actions = agent.act(obs, t)          # obs: n observations -> (n, >= act_dim) actions in [-1, 1]
     agent.observe(rewards)               # the rewards of that step (0 for finished episodes)
+    agent.finished(done)                 # optional: which episodes have ended (a bool mask)
 
 Everything model-specific (state layout and normalisation, return-to-go, key/value cache) stays
 inside the agent, so a baseline policy (BC, CQL, IQL ...) is scored by exactly the same code.
@@ -39,6 +40,11 @@ class DTAgent:
                              f"{model.cfg.state_dim}/{model.cfg.act_dim}")
         self.model, self.layout, self.use_cache = model, layout, use_cache
         self.forwards = 0
+        self.routing: dict[str, dict[int, int]] = {}
+        """Routing methods (L2M, L2P): per task, how many timesteps chose each pool entry (-1: L2M's
+        "no modulation" route of pre-training inputs); cleared by :meth:`reset_routing`."""
+        tuner = getattr(model, "tuner", None)
+        self._routes = tuner is not None and getattr(tuner, "routes", False)
 
     def start(self, specs: list[TaskSpec], targets: list[float]) -> None:
         n = len(specs)
@@ -51,13 +57,33 @@ class DTAgent:
         self.cols = [self.layout.columns(s) for s in specs]
         mean, std = self.model.state_mean.cpu().numpy(), self.model.state_std.cpu().numpy()
         self.norm = [(mean[c], std[c]) for c in self.cols]
+        self.active = np.ones(n, bool)
 
     def act(self, obs: list[np.ndarray], t: int) -> np.ndarray:
         n = len(self.specs)
         for i in range(n):
             self.states[i, self.cols[i]] = (obs[i] - self.norm[i][0]) / self.norm[i][1]
-        return self.policy.act(torch.from_numpy(self.states), torch.from_numpy(self.rtg),
-                               torch.full((n,), t)).cpu().numpy()
+        actions = self.policy.act(torch.from_numpy(self.states), torch.from_numpy(self.rtg),
+                                  torch.full((n,), t)).cpu().numpy()
+        if self._routes:
+            self._record(self.model.tuner.selection())
+        return actions
+
+    def _record(self, selection: torch.Tensor | None) -> None:
+        if selection is None:
+            return
+        chosen = selection.reshape(len(self.specs), -1).cpu().numpy()
+        for i in np.flatnonzero(self.active):
+            counts = self.routing.setdefault(self.specs[i].name, {})
+            for e in chosen[i]:
+                counts[int(e)] = counts.get(int(e), 0) + 1
+
+    def finished(self, done: np.ndarray) -> None:
+        """Episodes that have ended: their steps no longer count in :attr:`routing`."""
+        self.active &= ~np.asarray(done, bool)
+
+    def reset_routing(self) -> None:
+        self.routing = {}
 
     def observe(self, rewards: np.ndarray) -> None:
         self.rtg = self.rtg - rewards / self.scale

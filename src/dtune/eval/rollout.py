@@ -83,6 +83,8 @@ def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets:
                 if term or trunc:
                     alive[i] = False
         agent.observe(rewards)
+        if hasattr(agent, "finished"):
+            agent.finished(~alive)
         if bar is not None:
             bar.update(1)
         if not alive.any():
@@ -118,6 +120,8 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
     bar = tqdm(total=sum(c[0][0].horizon for c in chunks), desc=desc, unit="step", disable=not progress)
     per_task: dict[str, dict[str, list]] = {t: {"returns": [], "success": []} for t in tasks}
     env_steps, t0 = 0, time.perf_counter()
+    if hasattr(agent, "reset_routing"):
+        agent.reset_routing()
     for chunk in chunks:
         res = run_episodes(agent, [j[0] for j in chunk], [j[1] for j in chunk], [j[2] for j in chunk], bar,
                            env_workers)
@@ -145,7 +149,11 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
     for dom in sorted({r["domain"] for r in results.values()}):
         vals = [r["score"] for r in results.values() if r["domain"] == dom and r["score"] is not None]
         by_domain[dom] = float(np.mean(vals)) if vals else None
+    routing = getattr(agent, "routing", None)
+    extra = {"routing": {t: {str(e): c for e, c in sorted(routing[t].items())} for t in tasks if t in routing}} \
+        if routing else {}
     return {
+        **extra,
         "episodes_per_task": episodes, "seed": seed, "mean_score": float(np.mean(scored)) if scored else None,
         "scored_tasks": len(scored),
         "mean_score_by_domain": by_domain, "tasks": results, "env_steps": env_steps,

@@ -29,6 +29,7 @@ from dtune.recipes.common import (abspath, check_resume, dataset_statistics, fit
                                   saved_config, start_fresh)
 from dtune.recipes.tuning import (TuneSettings, cached_eval, evaluate_model, optim_settings, peak_lr,
                                   prepare_method, resumed_method_config, task_data)
+from dtune.report.routing import write_routing
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import init_distributed, shutdown
 from dtune.runtime.io import atomic_write_json, atomic_write_text
@@ -203,6 +204,9 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     t_eval += time.perf_counter() - t0
     result["eval_s"] = t_eval
     result["wall_s"] = train_s + t_eval
+    if write_routing(out, [after_pre if cfg.pretrain_eval else None, after_new if cfg.eval_episodes > 0 else None],
+                     f"{cfg.method} adapted to {cfg.task}: pool entry chosen per task") is not None:
+        result["routing"] = "routing.md"
     atomic_write_json(out / "result.json", result)
     atomic_write_text(out / "result.md", result_table([result]) + "\n")
     return result

@@ -37,6 +37,7 @@ from dtune.recipes.common import (abspath, check_resume, fit, resolve_data_dir, 
 from dtune.recipes.tuning import (TuneSettings, cached_eval, evaluate_model, optim_settings, peak_lr,
                                   prepare_method, resumed_method_config, task_data)
 from dtune.report.metrics import as_matrix, cl_metrics
+from dtune.report.routing import write_routing
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.io import atomic_write_json, atomic_write_text
 from dtune.runtime.runs import claim_out
@@ -242,6 +243,11 @@ class ContinualRun:
                             for i, row in enumerate(progress["rows"])]
         atomic_write_text(self.out / "matrix.csv", "\n".join(lines) + "\n")
         atomic_write_text(self.out / "summary.md", summary_markdown(summary) + "\n")
+        last = len(tasks) - 1
+        finals = [self.out / "evals" / f"pretrain_after_{last:02d}_{tasks[-1]}.json",
+                  self.out / "evals" / f"after_{last:02d}_{tasks[-1]}.json"]
+        write_routing(self.out, [json.loads(f.read_text()) for f in finals if f.exists()],
+                      f"{cfg.method}, seed {cfg.seed}, after the sequence: pool entry chosen per task")
         plot_matrix(matrix, tasks, self.out / "matrix.png", title=f"{cfg.method}, seed {cfg.seed}")
         plot_curves(matrix, tasks, self.out / "curves.png", title=f"{cfg.method}, seed {cfg.seed}")
         return summary

@@ -141,6 +141,28 @@ def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
     return markdown_table(headers, table), rows
 
 
+def routing_section(routed: list[tuple[dict, list[str]]]) -> tuple[str, list[dict]]:
+    """One row per run of a routing method (L2M, L2P): :func:`dtune.report.routing.routing_summary`
+    of its final evaluation, and where its task x entry table and heatmap are."""
+    from dtune.report.routing import read_routing, routing_summary
+
+    rows, table = [], []
+    for r, new in sorted(routed, key=lambda x: (_order([x[0]["method"]])[0], x[0].get("seed", 0), x[0]["dir"])):
+        s = routing_summary(*read_routing(r["dir"]), new)
+        rows.append({"method": r["method"], "seed": r.get("seed"), "dir": r["dir"], **s})
+        table.append([r["method"], r.get("seed", "-"), ", ".join(t.removesuffix("-v3") for t in new) if len(new) == 1
+                      else f"{len(new)} tasks", _pm(s["consistency"], None), _pm(s["separation"], None),
+                      _pm(s["pretrain_on_new"], None), _pm(s["pretrain_no_mod"], None),
+                      f"{r['dir']}/routing.md, .png"])
+    note = ("consistency: mean share of a new task's steps that took its most chosen entry; separation: distinct "
+            "top entries / new tasks (100 = no two tasks share an entry); pre-training on new entries: share of the "
+            "pre-training tasks' steps that took a new task's entry (the forgetting a router causes); no modulation: "
+            "share routed to L2M's pre-training keys.")
+    return markdown_table(["method", "seed", "new task(s)", "consistency %", "separation %",
+                           "pre-training on new entries %", "no modulation %", "task x entry table"], table) + \
+        "\n\n" + note, rows
+
+
 OFFLINE_KINDS = ("lamo", "baseline")
 """Kinds of `result.json` reported as offline-RL runs (a score per task, several seeds)."""
 
@@ -262,6 +284,12 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
             plot_methods_curve({m: curves[m] for m in _order(list(curves))}, cont[0]["tasks"], outp / "continual.png",
                                title=f"{cont[0]['sequence']}: average score of the tasks seen so far")
             _csv(outp / "continual_runs.csv", [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in cont])
+    routed = [(r, new) for r, new in [(r, [r["task"]]) for r in adapt] + [(r, r["tasks"]) for r in cont]
+              if (Path(r["dir"]) / "routing.json").exists()]
+    if routed:
+        text, rows = routing_section(routed)
+        parts += ([""] if parts else []) + ["## Routing of the pool methods", "", text]
+        data["routing"] = rows
     if offline:
         text, rows = offline_summary(offline)
         parts += ([""] if parts else []) + ["## Offline RL", "", text]
