@@ -170,3 +170,34 @@ def test_iqm_drops_a_quarter_at_each_end():
 
     assert iqm([]) is None and iqm([None, 2.0]) == 2.0
     assert iqm([0, 1, 2, 3, 100, -100, 1.5, 2.5]) == pytest.approx(np.mean([1, 1.5, 2, 2.5]))
+
+
+def test_stratified_bootstrap_is_seeded_resamples_within_tasks_and_covers():
+    from dtune.report.metrics import stratified_bootstrap
+
+    per_task = {"a": [0.1, 0.2, 0.3], "b": [0.9, 0.8, 1.0]}
+    assert stratified_bootstrap(per_task) == stratified_bootstrap(per_task)
+    point, lo, hi = stratified_bootstrap(per_task, "mean")
+    assert point == pytest.approx(0.55) and lo < point < hi
+    # stratified: every replicate keeps 3 runs of each task, so the mean never leaves the band
+    # that mixing tasks would allow (an unstratified resample could draw six runs of task a)
+    assert lo >= (0.1 + 0.8) / 2 - 1e-9 and hi <= (0.3 + 1.0) / 2 + 1e-9
+    assert stratified_bootstrap({"a": [0.5, 0.5]}) == (0.5, 0.5, 0.5) and stratified_bootstrap({"a": [None]}) is None
+    # coverage: the 95% interval of the mean holds the true mean about 95% of the time
+    rng = np.random.default_rng(0)
+    hits = 0
+    for _ in range(200):
+        data = {f"t{j}": list(rng.normal(0.5, 0.2, 5)) for j in range(4)}
+        _, lo, hi = stratified_bootstrap(data, "mean", reps=400, seed=int(rng.integers(1 << 30)))
+        hits += lo <= 0.5 <= hi
+    assert 0.85 <= hits / 200 <= 0.99
+
+
+def test_report_intervals_in_tables_and_plot(tmp_path):
+    runs = [adapt_run(tmp_path / f"{m}{t}{s}", method=m, task=t, score=0.2 * s + (0.3 if m == "full" else 0.0), seed=s)
+            for m in ("lora", "full") for t in ("hammer-v3", "reach-v3") for s in range(3)]
+    md = report([str(r) for r in runs], str(tmp_path / "out"))
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["adapt"]
+    full = next(r for r in rows if r["method"] == "full")
+    assert full["new_task_iqm_ci"][1] <= full["new_task_iqm_ci"][0] <= full["new_task_iqm_ci"][2]
+    assert "IQM [95% CI]" in md and (tmp_path / "out" / "adapt_intervals.png").stat().st_size > 10_000

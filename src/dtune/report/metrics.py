@@ -71,3 +71,33 @@ def iqm(values) -> float | None:
         return None
     cut = x.size // 4
     return float(x[cut: x.size - cut].mean())
+
+
+def _iqm_rows(x: np.ndarray) -> np.ndarray:
+    """IQM of every row of `x` (R, N)."""
+    x = np.sort(x, axis=1)
+    cut = x.shape[1] // 4
+    return x[:, cut: x.shape[1] - cut].mean(1)
+
+
+AGGREGATES = {"mean": lambda x: x.mean(1), "iqm": _iqm_rows}
+"""Aggregates over runs x tasks that :func:`stratified_bootstrap` supports (rows of resamples)."""
+
+
+def stratified_bootstrap(per_task: dict[str, list], aggregate: str = "iqm", reps: int = 2000, seed: int = 0,
+                         alpha: float = 0.05) -> tuple[float, float, float] | None:
+    """Point estimate and `1 - alpha` percentile interval of an aggregate score, by rliable's
+    stratified bootstrap (Agarwal et al. 2021): each replicate resamples, with replacement and
+    independently per task, as many runs (seeds) as that task has, and aggregates all of them.
+    `per_task`: task -> its runs' scores (None skipped; tasks left empty are dropped). Seeded:
+    the same inputs give the same interval. None when there are no scores."""
+    cols = [np.asarray([v for v in vals if v is not None], dtype=np.float64) for vals in per_task.values()]
+    cols = [c for c in cols if c.size]
+    if not cols:
+        return None
+    stat = AGGREGATES[aggregate]
+    point = float(stat(np.concatenate(cols)[None])[0])
+    rng = np.random.default_rng(seed)
+    resampled = np.concatenate([c[rng.integers(0, c.size, (reps, c.size))] for c in cols], axis=1)
+    lo, hi = np.percentile(stat(resampled), [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return point, float(lo), float(hi)

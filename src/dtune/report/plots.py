@@ -212,3 +212,32 @@ def plot_learning_curves(curves: dict[str, dict], path: Path, title: str = "") -
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
+
+
+def plot_intervals(panels: dict[str, dict[str, list | None]], path: Path, title: str = "", pct: bool = True) -> None:
+    """rliable-style interval plot: one panel per aggregate (`panel -> {method: [point, low,
+    high]}`), a horizontal bar from low to high and a tick at the point for every method."""
+    plt = _plt()
+    methods = list(dict.fromkeys(m for p in panels.values() for m in p))
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6.0, 3.2 * len(panels)), 1.2 + 0.35 * len(methods)),
+                             squeeze=False, sharey=True)
+    scale = 100 if pct else 1
+    colors = plt.get_cmap("tab20")
+    for ax, (name, cis) in zip(axes[0], panels.items()):
+        for i, m in enumerate(methods):
+            ci = cis.get(m)
+            if ci is None:
+                continue
+            point, lo, hi = (scale * v for v in ci)
+            ax.barh(i, hi - lo, left=lo, height=0.6, color=colors(i % 20), alpha=0.75)
+            ax.plot([point, point], [i - 0.3, i + 0.3], color="black", lw=1.5)
+        ax.set_title(name, fontsize=9)
+        ax.grid(axis="x", alpha=0.3)
+        ax.set_xlabel("score %" if pct else "score")
+    axes[0][0].set_yticks(range(len(methods)), methods, fontsize=8)
+    axes[0][0].invert_yaxis()
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

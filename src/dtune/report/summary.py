@@ -69,6 +69,20 @@ def _pm(mean, std, pct=True) -> str:
     return f"{mean:.3g}" + (f" ± {std:.2g}" if std else "")
 
 
+def _ci(per_task: dict[str, list], aggregate: str) -> list | None:
+    """`[point, low, high]` of rliable's stratified bootstrap (95%), or None."""
+    from dtune.report.metrics import stratified_bootstrap
+
+    r = stratified_bootstrap(per_task, aggregate)
+    return None if r is None else list(r)
+
+
+def _fmt_ci(ci) -> str:
+    if ci is None:
+        return "n/a"
+    return f"{100 * ci[0]:.1f} [{100 * ci[1]:.1f}, {100 * ci[2]:.1f}]"
+
+
 def _order(methods: list[str]) -> list[str]:
     from dtune import tuners
 
@@ -94,18 +108,23 @@ def adapt_summary(runs: list[dict]) -> tuple[str, list[dict]]:
                "pretrain_before": _stats([r.get("pretrain_before") for r in rs]),
                "retention": _stats([r.get("retention") for r in rs]),
                "trainable_pct": rs[0]["trainable_pct"], "per_task_pct": rs[0]["per_task_pct"],
-               "train_s": _stats([r["train_s"] for r in rs]), "per_task_scores": per_task}
+               "train_s": _stats([r["train_s"] for r in rs]), "per_task_scores": per_task,
+               "new_task_iqm_ci": _ci(by_task, "iqm"),
+               "retention_iqm_ci": _ci({t: [r.get("retention") for r in rs if r["task"] == t] for t in by_task}, "iqm")}
         rows.append(row)
         table.append([m] + [_pm(per_task.get(t), None) for t in tasks] +
-                     [_pm(*row["new_task"]), _pm(*row["pretrain_after"]), _pm(*row["retention"]),
+                     [_pm(*row["new_task"]), _fmt_ci(row["new_task_iqm_ci"]), _pm(*row["pretrain_after"]),
+                      _pm(*row["retention"]),
                       f"{row['trainable_pct']:.2f}", f"{row['per_task_pct']:.2f}", f"{row['train_s'][0]:.0f}"])
     headers = (["method"] + [f"{t.removesuffix('-v3')} %" for t in tasks] +
-               ["new task % (mean ± sd over tasks)", "pre-train after %", "retention %", "trains % of base",
+               ["new task % (mean ± sd over tasks)", "new task IQM [95% CI]", "pre-train after %", "retention %",
+                "trains % of base",
                 "one task trains % of base", "train s"])
     before = _stats([r.get("pretrain_before") for r in runs])[0]
     note = f"Pre-training score of the unadapted model: {_pm(before, None)}%." if before is not None else ""
     note += (" \"trains % of base\": parameters the method trains over the base model's (a pool method's whole "
-             "pool, which can exceed 100%); \"one task trains\": what a single task adds.")
+             "pool, which can exceed 100%); \"one task trains\": what a single task adds. IQM [95% CI]: interquartile "
+             "mean over tasks x seeds with rliable's stratified-bootstrap interval (seeds resampled within each task).")
     return markdown_table(headers, table) + ("\n\n" + note if note else ""), rows
 
 
@@ -132,13 +151,18 @@ def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
                "pretrain_after": _stats([r.get("pretrain_after") for r in rs]),
                "retention": _stats([r.get("retention") for r in rs]),
                "trainable_pct": rs[0]["trainable_pct"], "per_task_pct": rs[0]["per_task_pct"]}
+        final = {t: [r["matrix"][-1][j] for r in rs] for j, t in enumerate(rs[0]["tasks"])}  # last row per seed
+        row["average_score_ci"], row["iqm_ci"] = _ci(final, "mean"), _ci(final, "iqm")
         rows.append(row)
-        table.append([m, len(rs), _pm(*row["average_score"]), _pm(*row["forgetting"]), _pm(*row["forward_transfer"]),
+        table.append([m, len(rs), _pm(*row["average_score"]), _fmt_ci(row["average_score_ci"]), _fmt_ci(row["iqm_ci"]),
+                      _pm(*row["forgetting"]), _pm(*row["forward_transfer"]),
                       _pm(*row["pretrain_after"]), _pm(*row["retention"]), f"{row['trainable_pct']:.2f}",
                       f"{row['per_task_pct']:.2f}"])
-    headers = ["method", "seeds", "average score %", "forgetting %", "forward transfer %", "pre-train after %",
-               "retention %", "trains % of base", "one task trains % of base"]
-    return markdown_table(headers, table), rows
+    headers = ["method", "seeds", "average score %", "average [95% CI]", "IQM [95% CI]", "forgetting %",
+               "forward transfer %", "pre-train after %", "retention %", "trains % of base", "one task trains % of base"]
+    note = ("Intervals: rliable's stratified bootstrap over the final scores (tasks x seeds, seeds resampled within "
+            "each task), 2,000 replicates, percentile 95%.")
+    return markdown_table(headers, table) + "\n\n" + note, rows
 
 
 def routing_section(routed: list[tuple[dict, list[str]]]) -> tuple[str, list[dict]]:
@@ -236,11 +260,11 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict]]:
         means = [m for m in (_stats(v)[0] for v in by_task.values()) if m is not None]
         row = {"method": label, "data_ratio": ratio, "tasks": sorted(by_task), "runs": len(rs),
                "mean_of_tasks": float(np.mean(means)) if means else None, "iqm": iqm([std(r) for r in rs]),
-               "iqm_best": iqm([best(r) for r in rs])}
+               "iqm_best": iqm([best(r) for r in rs]), "iqm_ci": _ci(by_task, "iqm")}
         summary_rows.append(row)
-        table.append([label, f"{ratio:g}", len(by_task), len(rs), _pm(row["mean_of_tasks"], None), _pm(row["iqm"], None),
-                      _pm(row["iqm_best"], None) if rs[0]["kind"] == "lamo" else "(same)"])
-    overall = markdown_table(["method", "data ratio", "tasks", "runs", "mean over tasks", "IQM (tasks x seeds)",
+        table.append([label, f"{ratio:g}", len(by_task), len(rs), _pm(row["mean_of_tasks"], None),
+                      _fmt_ci(row["iqm_ci"]), _pm(row["iqm_best"], None) if rs[0]["kind"] == "lamo" else "(same)"])
+    overall = markdown_table(["method", "data ratio", "tasks", "runs", "mean over tasks", "IQM [95% CI] (tasks x seeds)",
                               "IQM, best over targets"], table)
     note = ("Scores x100 (normalised: 100 = the task's expert reference; success tasks: % of episodes). "
             "\"standard target\": the score at the suite's standard target return; \"best over targets\": the best of "
@@ -252,7 +276,7 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict]]:
 def report(dirs: list[str], out: str | None = None, reference: str | None = None) -> str:
     """The Markdown report of ``dirs``; with ``out`` also JSON, CSV and PNG files there; with
     ``reference`` (single-task ``dtune adapt`` runs) continual runs get their forward transfer."""
-    from dtune.report.plots import plot_methods_curve, plot_tradeoff
+    from dtune.report.plots import plot_intervals, plot_methods_curve, plot_tradeoff
 
     if not dirs:
         raise ValueError("dtune report needs at least one run directory")
@@ -272,6 +296,9 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
             plot_tradeoff({r["method"]: (r["new_task"][0], r["pretrain_after"][0]) for r in rows},
                           outp / "adapt_tradeoff.png", title="new task vs pre-training tasks (means over tasks)",
                           unadapted=unadapted)
+            plot_intervals({"new task, IQM": {r["method"]: r["new_task_iqm_ci"] for r in rows},
+                            "pre-training retention, IQM": {r["method"]: r["retention_iqm_ci"] for r in rows}},
+                           outp / "adapt_intervals.png", "95% stratified-bootstrap intervals (tasks x seeds)")
             _csv(outp / "adapt_runs.csv", [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in adapt])
     if cont:
         text, rows = continual_summary(cont)
@@ -283,6 +310,9 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
                 curves.setdefault(r["method"], []).append(np.array([np.nan if v is None else v for v in r["average_so_far"]]))
             plot_methods_curve({m: curves[m] for m in _order(list(curves))}, cont[0]["tasks"], outp / "continual.png",
                                title=f"{cont[0]['sequence']}: average score of the tasks seen so far")
+            plot_intervals({"average score": {r["method"]: r["average_score_ci"] for r in rows},
+                            "IQM": {r["method"]: r["iqm_ci"] for r in rows}},
+                           outp / "continual_intervals.png", "final scores: 95% stratified-bootstrap intervals (tasks x seeds)")
             _csv(outp / "continual_runs.csv", [{k: v for k, v in r.items() if not isinstance(v, (list, dict))} for r in cont])
     routed = [(r, new) for r, new in [(r, [r["task"]]) for r in adapt] + [(r, r["tasks"]) for r in cont]
               if (Path(r["dir"]) / "routing.json").exists()]
@@ -295,6 +325,11 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
         parts += ([""] if parts else []) + ["## Offline RL", "", text]
         data["offline"] = rows
         if outp:
+            panels: dict[str, dict] = {}
+            for r in rows:
+                if r.get("aggregate"):
+                    panels.setdefault(f"data ratio {r['data_ratio']:g}, IQM", {})[r["method"]] = r["iqm_ci"]
+            plot_intervals(panels, outp / "offline_intervals.png", "95% stratified-bootstrap intervals (tasks x seeds)")
             _csv(outp / "offline_runs.csv", [{k: v for k, v in r.items() if not isinstance(v, (list, dict))}
                                              for r in offline])
     md = "\n".join(parts)
