@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from dtune import tuners
@@ -131,3 +132,16 @@ def test_a_task_gets_the_same_target_however_it_is_evaluated(base, tiny_data, tm
                               progress=False, device="cpu"))
     targets["continual"] = json.loads((tmp_path / "c" / "evals" / f"after_00_{task}.json").read_text())["tasks"][task]["target_return"]
     assert targets == {k: pytest.approx(whole, rel=1e-6) for k in targets}
+
+
+def test_cli_l2m_with_the_routing_options(base, tiny_data, tmp_path):
+    out = tmp_path / "routed"
+    rc = main(["adapt", "--checkpoint", str(base), "--task", "door-open-v3", "--method", "l2m", "--pool-size", "4",
+               "--query-whitening", "--pretrain-keys", "--query-span", "8", "--steps", "2", "--batch-size", "4",
+               "--no-pretrain-eval", "--eval-episodes", "1", "--horizon", "10", "--data-dir", str(tiny_data),
+               "--no-progress", "--device", "cpu", "--out", str(out)])
+    assert rc == 0
+    conf = json.loads((out / "config.json").read_text())
+    assert conf["method_config"]["query_whitening"] and conf["method_config"]["query_span"] == 8
+    tensors = load_file(str(out / "adapter.safetensors"))
+    assert "tuner.query_whiten" in tensors and not torch.equal(tensors["tuner.query_whiten"], torch.eye(32))

@@ -671,3 +671,52 @@ def test_every_method_trains_on_a_grouped_query_rotary_backbone(name):
             pol.observe(torch.full((2,), 0.1))
         runs.append(torch.stack(acts))
     assert torch.allclose(runs[0], runs[1], atol=1e-5)
+
+
+def test_l2m_query_whitening_fits_the_pretraining_queries_and_travels_in_the_adapter(tmp_path):
+    model = tiny_model()
+    tuners.attach(model, "l2m", tuners.make_config("l2m", query_whitening=True, pretrain_keys=True, pool_size=4))
+    tuner = model.tuner
+    d = model.cfg.gpt.n_embd
+    g = torch.Generator().manual_seed(0)
+    rot, _ = torch.linalg.qr(torch.randn(d, d, generator=g))
+    raw = torch.randn(4000, d, generator=g) * torch.linspace(0.05, 0.5, d) @ rot + 3.0  # correlated, offset
+    tuner.fit_whitening(raw)
+    w = tuner.transform_query(raw)
+    assert w.mean(0).abs().max() < 1e-3 and torch.allclose(torch.cov(w.T), torch.eye(d), atol=0.05)
+    tuner.fit_pretrain_keys([raw[:2000], raw[2000:]])  # keys of whitened queries
+    expected = torch.nn.functional.normalize(torch.nn.functional.normalize(w[:2000], dim=-1).mean(0), dim=0)
+    assert torch.allclose(tuner.pre_keys[0], expected, atol=1e-5)
+    base = write_base_run(tmp_path / "base", tiny_model())
+    tuners.save_adapter(tmp_path / "a", model, {"base_digest": tuners.base_digest(base), "tasks": ["reach-v3"]})
+    loaded, _, _ = tuners.load_adapted(base, tmp_path / "a")
+    assert torch.equal(loaded.tuner.query_whiten, tuner.query_whiten) and torch.equal(loaded.tuner.query_mean, tuner.query_mean)
+    with pytest.raises(ValueError, match="oracle"):
+        tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", oracle=True, query_whitening=True))
+
+
+@pytest.mark.parametrize("span", [None, 3, 8])
+def test_l2m_query_span_averages_the_episode_so_far_at_evaluation(span, monkeypatch):
+    model = tiny_model()
+    tuners.attach(model, "l2m", tuners.make_config("l2m", query_span=span, pool_size=4))
+    model.eval()
+    seen = []
+    real = type(model.tuner).context
+
+    def spy(self, state_emb, valid, tasks=None):
+        seen.append(state_emb.clone())
+        return real(self, state_emb, valid, tasks)
+
+    monkeypatch.setattr(type(model.tuner), "context", spy)
+    states = torch.randn(12, 2, 154, generator=torch.Generator().manual_seed(3))
+    pol = model.policy([4, 6], use_cache=True, tasks=["reach-v3", "door-open-v3"])
+    with torch.no_grad():
+        emb = model.embed_state(states)  # (T, n, D)
+    for t in range(12):
+        seen.clear()
+        pol.act(states[t], torch.full((2,), 1.0), torch.full((2,), t))
+        pol.observe(torch.full((2,), 0.1))
+        k = model.cfg.context_len
+        width = min(t + 1, max(span or k, k))
+        assert all(s.shape[1] == width for s in seen)
+        assert torch.allclose(seen[-1], emb[t + 1 - width: t + 1].transpose(0, 1), atol=1e-6)

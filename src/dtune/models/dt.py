@@ -228,6 +228,11 @@ class Policy:
         self.t_emb = torch.zeros(n, self.k, cfg.gpt.n_embd, device=self.device, dtype=self.dtype)
         self.s_emb = torch.zeros(n, self.k, cfg.gpt.n_embd, device=self.device, dtype=self.dtype)
         self.selection = None  # the tuner's choice the cache was built with
+        span = getattr(model.tuner, "query_span", None) if model.tuner is not None else None
+        self.span = span if span is not None and span > self.k else None  # a routing query over more than K
+        if self.span is not None:
+            self.s_long = torch.zeros(n, self.span, cfg.gpt.n_embd, device=self.device, dtype=self.dtype)
+            self.long_steps = 0
         self.steps = 0  # timesteps in the window
         self.known = 0  # known tokens of the newest timestep
         self.cache: KVCache | None = None
@@ -254,7 +259,8 @@ class Policy:
     def _run(self) -> torch.Tensor:
         """Run the tokens not yet run; hidden state of the last known token `(n, D)`."""
         upto = (self.steps - 1) * self.per_step + self.known
-        kw = self.model.tuner_inputs(self.s_emb[:, : self.steps], None, self.tasks)
+        query_states = self.s_emb[:, : self.steps] if self.span is None else self.s_long[:, : self.long_steps]
+        kw = self.model.tuner_inputs(query_states, None, self.tasks)
         selection = None if self.model.tuner is None else self.model.tuner.selection()
         if selection is not None and self.selection is not None and not torch.equal(selection, self.selection):
             self.cache = None  # the tuner now modulates the window differently: recompute it
@@ -276,6 +282,12 @@ class Policy:
         rtg = rtg.to(self.device, self.dtype)[:, None]
         self._new_step(timesteps)
         self.s_emb[:, self.steps - 1] = m.embed_state(states)
+        if self.span is not None:  # the episode's last `span` state embeddings, for the tuner's query
+            if self.long_steps == self.span:
+                self.s_long = torch.roll(self.s_long, -1, dims=1)
+                self.long_steps -= 1
+            self.s_long[:, self.long_steps] = self.s_emb[:, self.steps - 1]
+            self.long_steps += 1
         if isinstance(m, MultiDomainDT):
             self._put(0, self.s_emb[:, self.steps - 1])
             self._put(1, m.embed_return(rtg))

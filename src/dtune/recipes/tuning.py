@@ -128,8 +128,9 @@ def pretrain_batches(model, run_config: dict, root: Path, n: int, batch_size: in
     return data, [sampler.sample() for _ in range(n)]
 
 
-def fit_pretrain_keys(model, tuner, run_config: dict, root: Path, device, seed: int, batches: int = 40) -> dict:
-    """One "no modulation" key per pre-training task from the queries of its windows."""
+def pretrain_queries(model, run_config: dict, root: Path, device, seed: int, batches: int = 40):
+    """Raw L2P/L2M queries of windows of the checkpoint's pre-training data, per task id, and
+    the number of windows."""
     from dtune.tuners.base import query_from
 
     _, raw = pretrain_batches(model, run_config, root, batches, 64, seed)
@@ -140,15 +141,28 @@ def fit_pretrain_keys(model, tuner, run_config: dict, root: Path, device, seed: 
             q = query_from(model.embed_state(bt["states"]), bt["valid"])
             for t in bt["task_id"].unique().tolist():
                 by_task.setdefault(t, []).append(q[bt["task_id"] == t])
-    tuner.fit_pretrain_keys([torch.cat(v) for _, v in sorted(by_task.items())])
-    return {"pretrain_keys": len(by_task), "from_windows": sum(len(b["task_id"]) for b in raw)}
+    return [torch.cat(v) for _, v in sorted(by_task.items())], sum(len(b["task_id"]) for b in raw)
+
+
+def fit_pretrain_keys(model, tuner, run_config: dict, root: Path, device, seed: int, batches: int = 40) -> dict:
+    """L2M's routing fits from the pre-training data: the query whitening (`query_whitening`),
+    then one "no modulation" key per pre-training task (`pretrain_keys`)."""
+    queries, windows = pretrain_queries(model, run_config, root, device, seed, batches)
+    out = {"from_windows": windows}
+    if getattr(tuner.config, "query_whitening", False):
+        tuner.fit_whitening(torch.cat(queries))
+        out["query_whitening"] = True
+    if getattr(tuner.config, "pretrain_keys", False):
+        tuner.fit_pretrain_keys(queries)
+        out["pretrain_keys"] = len(queries)
+    return out
 
 
 def prepare_method(model, tuner, method_config, anchor, run_config: dict, root: Path, device, cfg: TuneSettings) -> dict:
     """Before the first task: L2M's pre-training keys and the L2/EWC anchor at the pre-trained
     model (EWC: with the Fisher of its pre-training data). Returns facts for the run's config."""
     extra = {}
-    if getattr(method_config, "pretrain_keys", False):
+    if getattr(method_config, "pretrain_keys", False) or getattr(method_config, "query_whitening", False):
         extra = fit_pretrain_keys(model, tuner, run_config, root, device, cfg.seed)
     if anchor.active:
         batches = None

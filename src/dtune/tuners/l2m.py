@@ -69,6 +69,17 @@ class L2MConfig(TunerConfig):
     """Choose the entry by task id instead of by key matching."""
     pretrain_keys: bool = False
     """Fit one extra key per pre-training task that selects no modulation."""
+    query_whitening: bool = False
+    """Route in the whitened query space of the pre-training data: the query minus the mean of
+    the pre-training windows' queries, times the inverse square root of their covariance (fit
+    once before the first task, from the checkpoint's own data, like `pretrain_keys`). Off (the
+    paper): the raw mean state embedding. On the small MT40 checkpoint it raises nearest-key
+    routing among the CW10 tasks from 84% to 91% of windows (`results/l2m_routing`)."""
+    query_span: int | None = None
+    """At evaluation, the query is the mean state embedding of the last `query_span` timesteps of
+    the episode instead of the context window's K (training windows keep K). Unset (the paper):
+    the window. 200 (a whole Meta-World episode) raises nearest-key routing among the CW10
+    tasks from 84% to 92% of steps (`results/l2m_routing`)."""
 
 
 class PoolLora(nn.Module):
@@ -123,11 +134,17 @@ class L2M(PoolTuner):
 
     def build(self, model):
         c = self.config
-        if c.oracle and c.pretrain_keys:
-            raise ValueError("l2m: oracle routes by task id, so pretrain_keys has no use with it; drop one of them")
+        if c.oracle and (c.pretrain_keys or c.query_whitening or c.query_span):
+            raise ValueError("l2m: oracle routes by task id, so pretrain_keys, query_whitening and query_span have no "
+                             "use with it; drop one of them")
+        if c.query_span is not None and c.query_span < 1:
+            raise ValueError(f"l2m: query_span must be a positive number of timesteps, got {c.query_span}")
         d = model.cfg.gpt.n_embd
         self.pool = KeyPool(c.pool_size, d)
         self.register_buffer("pre_keys", torch.zeros(0, d))
+        if c.query_whitening:  # fit by fit_whitening before the first task; identity until then
+            self.register_buffer("query_mean", torch.zeros(d))
+            self.register_buffer("query_whiten", torch.eye(d))
         self.mods = nn.ModuleDict()
         for name, mod in target_modules(model, c.target_modules):
             key = module_key(name)
@@ -190,11 +207,36 @@ class L2M(PoolTuner):
         self._idx = idx[:, 0]
         return {}
 
+    @property
+    def query_span(self) -> int | None:
+        """Timesteps of the episode the evaluation query spans (None: the context window)."""
+        return self.config.query_span
+
+    def transform_query(self, q: torch.Tensor) -> torch.Tensor:
+        if self.config.query_whitening:
+            return (q - self.query_mean) @ self.query_whiten
+        return q
+
+    @torch.no_grad()
+    def fit_whitening(self, queries: torch.Tensor, eps: float = 1e-3) -> None:
+        """The whitening of `query_whitening` from raw queries `(N, D)` of the pre-training data:
+        their mean and the inverse square root of their covariance, shrunk towards the identity by
+        `eps` times the mean variance (directions with next to no variance are not blown up)."""
+        q = queries.float()
+        mean = q.mean(0)
+        cov = torch.cov((q - mean).T)
+        cov = cov + eps * cov.diagonal().mean() * torch.eye(q.shape[1], device=q.device)
+        e, v = torch.linalg.eigh(cov)
+        self.query_mean.copy_(mean)
+        self.query_whiten.copy_(v @ torch.diag(e.clamp_min(1e-12) ** -0.5) @ v.T)
+
     @torch.no_grad()
     def fit_pretrain_keys(self, queries: list[torch.Tensor]) -> None:
         """One key per pre-training task: the mean direction of that task's queries `(N_i, D)`
-        (the minimiser of the key-pull loss for that task)."""
-        keys = torch.stack([F.normalize(F.normalize(q.float(), dim=-1).mean(0), dim=0) for q in queries])
+        (raw queries; whitened here when `query_whitening` is on), the minimiser of the key-pull
+        loss for that task."""
+        keys = torch.stack([F.normalize(F.normalize(self.transform_query(q.float()), dim=-1).mean(0), dim=0)
+                            for q in queries])
         self.pre_keys = keys.to(self.pool.keys.device)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):

@@ -141,7 +141,16 @@ class PoolTuner(Tuner):
         if kept is not None and kept.shape == state_emb.shape and state_emb.dtype != torch.float32:
             state_emb = kept
         with _fp32(state_emb.device):
-            return query_from(state_emb, valid)
+            return self.transform_query(query_from(state_emb, valid))
+
+    def transform_query(self, q: torch.Tensor) -> torch.Tensor:
+        """A method's own map of the raw query (L2M's whitening); the identity by default."""
+        return q
+
+    @property
+    def query_span(self) -> int | None:
+        """Timesteps of the episode the evaluation query spans (None: the context window)."""
+        return None
 
     @staticmethod
     def groups(tasks, device) -> torch.Tensor | None:
