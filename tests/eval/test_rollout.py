@@ -99,6 +99,17 @@ def test_normalised_score_on_hand_made_numbers_and_undefined_reasons():
     assert result["scored_tasks"] == 1 and result["mean_score"] == result["tasks"]["reach-v3"]["score"]
     table = eval_table(result)
     assert "n/a*" in table and "**mean** (1 of 2 tasks)" in table and "* score undefined" in table
+    # a defined score on the data of an agent that did not learn is flagged, and a mean without it given
+    weak = {"ref_min_score": 0.0, "ref_max_score": 2.0, "source": "sac-replay", "behaviour_learned": False}
+    result = evaluate_agent(ConstantAgent(0.0), "reach-v3,cartpole-balance,walker-stand", episodes=1, horizon=5,
+                            progress=False, task_info={"cartpole-balance": weak,
+                                                       "walker-stand": {**weak, "behaviour_learned": True}})
+    assert "did not learn" in result["tasks"]["cartpole-balance"]["score_caveat"]
+    assert "score_caveat" not in result["tasks"]["walker-stand"] and result["learned_tasks"] == 2
+    assert result["mean_score_learned"] == pytest.approx(
+        (result["tasks"]["reach-v3"]["score"] + result["tasks"]["walker-stand"]["score"]) / 2)
+    table = eval_table(result)
+    assert "†" in table and "tasks whose data learned** (2 of 3)" in table
 
 
 def test_protocol_targets_report_standard_and_best_apart():

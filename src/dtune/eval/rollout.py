@@ -131,7 +131,7 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
             per_task[spec.name]["success"].append(bool(suc))
     bar.close()
     wall = time.perf_counter() - t0
-    results = {}
+    results, extra = {}, {}
     for task in tasks:
         spec = get_task(task, horizon)
         rets = np.array(per_task[task]["returns"])
@@ -144,14 +144,21 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
         }
         if results[task]["score"] is None:
             results[task]["score_note"] = undefined_reason(spec, task_info.get(task)) or "undefined score"
+        elif spec.score == "normalized" and (task_info.get(task) or {}).get("behaviour_learned") is False:
+            results[task]["score_caveat"] = ("the agent that made its data did not learn the task, so the data mean is "
+                                             "close to the random reference and the score divides by a small gap")
     scored = [r["score"] for r in results.values() if r["score"] is not None]
+    learned = [r["score"] for r in results.values() if r["score"] is not None and "score_caveat" not in r]
+    if len(learned) < len(scored):
+        extra["mean_score_learned"] = float(np.mean(learned)) if learned else None
+        extra["learned_tasks"] = len(learned)
     by_domain = {}
     for dom in sorted({r["domain"] for r in results.values()}):
         vals = [r["score"] for r in results.values() if r["domain"] == dom and r["score"] is not None]
         by_domain[dom] = float(np.mean(vals)) if vals else None
     routing = getattr(agent, "routing", None)
-    extra = {"routing": {t: {str(e): c for e, c in sorted(routing[t].items())} for t in tasks if t in routing}} \
-        if routing else {}
+    if routing:
+        extra["routing"] = {t: {str(e): c for e, c in sorted(routing[t].items())} for t in tasks if t in routing}
     return {
         **extra,
         "episodes_per_task": episodes, "seed": seed, "mean_score": float(np.mean(scored)) if scored else None,

@@ -34,14 +34,18 @@ def dataset_statistics(root: Path, task: str, source: str) -> dict:
     """What evaluating `task` needs of its dataset, from the *whole* dataset whatever part of it a
     run trains on (`--max-episodes`): the best episode return (the task's target return, see
     :func:`dtune.eval.scores.target_return`), the mean return, the references of a normalised
-    score, the source. Read from the dataset's metadata (computed from its episodes when the
-    metadata has no statistics)."""
+    score, the source, and for SAC data whether its agent learned (`behaviour_learned`). Read from
+    the dataset's metadata (computed from its episodes when the metadata has no statistics)."""
     meta = read_metadata(root, task, source)
     stats = meta.get("dtune", {}).get("stats") or {}
     if stats.get("return_max") is None:
         stats = episode_stats(read_episodes(root, task, source))
-    return {"return_max": float(stats["return_max"]), "return_mean": float(stats["return_mean"]),
-            "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"), "source": source}
+    out = {"return_max": float(stats["return_max"]), "return_mean": float(stats["return_mean"]),
+           "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"), "source": source}
+    learned = meta.get("dtune", {}).get("sac_learned")
+    if learned is not None:  # SAC data: whether its agent learned (else the data is near random)
+        out["behaviour_learned"] = bool(learned)
+    return out
 
 
 def task_statistics(root: Path, tasks: list[str], source: str | None = None) -> dict[str, dict]:

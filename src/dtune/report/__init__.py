@@ -24,7 +24,13 @@ def eval_table(result: dict) -> str:
     score is undefined the table says why below it (the returns are still in the table)."""
     tasks = result["tasks"]
     notes = sorted({r["score_note"] for r in tasks.values() if r.get("score") is None and r.get("score_note")})
-    mark = lambda r: "n/a*" if r.get("score") is None and r.get("score_note") else r["score"]  # noqa: E731
+    caveats = sorted({r["score_caveat"] for r in tasks.values() if r.get("score_caveat")})
+
+    def mark(r):
+        if r.get("score") is None and r.get("score_note"):
+            return "n/a*"
+        return f"{r['score']:.2f}†" if r.get("score_caveat") else r["score"]
+
     rows = [[task, r["domain"], mark(r), r["return_mean"], r["return_std"], r["episodes"]] for task, r in tasks.items()]
     by_dom = result.get("mean_score_by_domain", {})
     if len(by_dom) > 1:
@@ -32,9 +38,14 @@ def eval_table(result: dict) -> str:
     scored = sum(r.get("score") is not None for r in tasks.values())
     label = "**mean**" if scored == len(tasks) else f"**mean** ({scored} of {len(tasks)} tasks)"
     rows.append([label, "", result["mean_score"], None, None, None])
+    if "mean_score_learned" in result:
+        rows.append([f"**mean, tasks whose data learned** ({result['learned_tasks']} of {len(tasks)})", "",
+                     result["mean_score_learned"], None, None, None])
     table = markdown_table(["task", "domain", "score", "return", "return std", "episodes"], rows)
     if notes:
         table += "\n\n* score undefined, compare returns instead: " + "; ".join(notes)
+    if caveats:
+        table += "\n\n† " + "; ".join(caveats) + ": the score is unreliable (large for small return gains)."
     return table
 
 
