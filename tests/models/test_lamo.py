@@ -79,3 +79,13 @@ def test_dropout_defaults_to_the_lms_own(gpt2_dir, tmp_path):
     llama = saved(tiny_llama(tie=True), tmp_path / "llama")
     assert lamo_model(llama, S, A).cfg.gpt.dropout == 0.0
     assert lamo_model(llama, S, A, dropout=0.05).cfg.gpt.dropout == 0.05
+
+
+def test_only_the_first_blocks_of_the_lm(gpt2_dir):
+    model = lamo_model(gpt2_dir, S, A, context_len=4, max_timestep=50, n_layer=1)
+    lm = load_lm(gpt2_dir)
+    assert model.cfg.gpt.n_layer == 1 and len(model.transformer.h) == 1
+    for k, v in model.transformer.state_dict().items():
+        assert torch.equal(v, lm.transformer.state_dict()[k]), k  # block 0 and the final norm, as the LM's
+    with pytest.raises(ValueError, match="lm_layers must lie in 1..2"):
+        lamo_model(gpt2_dir, S, A, n_layer=3)

@@ -29,11 +29,16 @@ from dtune.models import ModelConfig, build_model
 
 def lamo_config(lm_config, state_dim: int, act_dim: int, context_len: int = 20, max_timestep: int = 1000,
                 mlp_embeddings: bool = True, language: bool = True, dropout: float | None = None,
-                keep_rotary: bool = True, lm_path: str | None = None) -> ModelConfig:
+                keep_rotary: bool = True, lm_path: str | None = None, n_layer: int | None = None) -> ModelConfig:
     """The DT's config around a converted LM's config (`dtune.models.lm.LMConfig`). `dropout`
     unset keeps the LM's own (GPT-2: 0.1, as LaMo; SmolLM2 and other Llama-family models: 0, as
-    they were trained: dropout 0.1 through SmolLM2's 30 blocks doubles its text loss, CE 4.2 to 8.5)."""
+    they were trained: dropout 0.1 through SmolLM2's 30 blocks doubles its text loss, CE 4.2 to 8.5).
+    `n_layer` keeps only the LM's first blocks (unset: all)."""
     g = lm_config.gpt
+    if n_layer is not None:
+        if not 1 <= n_layer <= g.n_layer:
+            raise ValueError(f"lm_layers must lie in 1..{g.n_layer} (the LM's blocks), got {n_layer}")
+        g = replace(g, n_layer=n_layer)
     positions = g.positions if (g.positions == "rotary" and keep_rotary) else "none"
     gpt = replace(g, positions=positions, dropout=g.dropout if dropout is None else dropout)
     return ModelConfig(kind="dt", state_dim=state_dim, act_dim=act_dim, context_len=context_len,
@@ -56,7 +61,9 @@ def lamo_model(lm_path: str | os.PathLike, state_dim: int, act_dim: int, pretrai
     model = build_model(cfg)
     if not pretrained:
         return model
-    blocks = {k: v for k, v in lm.transformer.state_dict().items() if not k.startswith("wpe.")}
+    n = cfg.gpt.n_layer
+    blocks = {k: v for k, v in lm.transformer.state_dict().items()
+              if not k.startswith("wpe.") and not (k.startswith("h.") and int(k.split(".")[1]) >= n)}
     model.transformer.load_state_dict(blocks)
     if cfg.vocab_size:
         with torch.no_grad():

@@ -66,6 +66,8 @@ class LamoConfig:
     128, random init, linear embeddings, tanh head, every weight trained)."""
     pretrained: bool = True
     """Load the LM's weights (off: its architecture, randomly initialised; the paper's ablation)."""
+    lm_layers: int | None = None
+    """Keep only the LM's first N blocks (unset: all); a CPU budget for a deep LM (SmolLM2 has 30)."""
     tuning: Literal["lora", "full"] = "lora"
     """`lora`: the blocks frozen, LoRA on q, k, v plus the embeddings, LayerNorm and head trained
     (LaMo); `full`: every weight but the LM's token embedding trains."""
@@ -128,7 +130,7 @@ class LamoConfig:
     """Show progress bars."""
 
 
-RESUME_KEYS = ("task", "source", "data_ratio", "lm", "pretrained", "tuning", "r", "lora_alpha", "lora_dropout",
+RESUME_KEYS = ("task", "source", "data_ratio", "lm", "pretrained", "lm_layers", "tuning", "r", "lora_alpha", "lora_dropout",
                "mlp_embeddings", "dropout", "language_weight", "text_file", "text_block", "text_batch", "context_len", "steps",
                "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip", "seed")
 
@@ -145,7 +147,7 @@ def _base_model(cfg: LamoConfig, state_dim: int, act_dim: int, horizon: int):
 
     return lamo_model(cfg.lm, state_dim, act_dim, pretrained=cfg.pretrained, context_len=cfg.context_len,
                       max_timestep=horizon, mlp_embeddings=cfg.mlp_embeddings, language=cfg.language_weight > 0,
-                      dropout=cfg.dropout)
+                      dropout=cfg.dropout, n_layer=cfg.lm_layers)
 
 
 def _text(cfg: LamoConfig, seed: int, vocab: int):
@@ -271,7 +273,8 @@ def lamo(cfg: LamoConfig) -> dict:
     transformer = sum(p.numel() for n, p in model.named_parameters() if n.startswith("transformer."))
     result = {"kind": "lamo", "method": "lamo" if cfg.lm else "dt", "task": cfg.task, "source": source,
               "data_ratio": cfg.data_ratio, "seed": cfg.seed, "steps": cfg.steps, "lm": cfg.lm, "tuning": cfg.tuning,
-              "pretrained": cfg.pretrained, "mlp_embeddings": cfg.mlp_embeddings, "language_weight": cfg.language_weight,
+              "pretrained": cfg.pretrained, "lm_layers": cfg.lm_layers, "mlp_embeddings": cfg.mlp_embeddings,
+              "language_weight": cfg.language_weight,
               "score_standard": r["standard"]["score"], "target_standard": r["standard"]["target"],
               "score_best": None if r["best"] is None else r["best"]["score"],
               "target_best": None if r["best"] is None else r["best"]["target"],
