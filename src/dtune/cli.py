@@ -11,6 +11,7 @@ Commands:
   lamo       a Decision Transformer from a pre-trained language model (LaMo), or the classic DT
   lm         pre-train a small language model on a text corpus (`lm pretrain`), for `lamo --lm`
   baselines  train an offline-RL baseline (d3rlpy: BC, CQL, IQL, TD3+BC) and score it
+  export     fold an adapter (LoRA, (IA)3, fine-tuning) into its base: a checkpoint to adapt again
   report     put adaptation, continual or offline-RL runs side by side (tables, plots)
   demo       a small end-to-end study (collect, pre-train, evaluate)
 
@@ -483,6 +484,16 @@ def _lm(argv):
     print(f"checkpoint: {r['model']} (use it with `dtune lamo --lm {Path(cfg.out)}`)")
 
 
+def _export(argv):
+    from dtune.recipes.export import ExportConfig, export
+
+    cfg = _parse(ExportConfig, argv, "dtune export")
+    c = export(cfg)
+    e = c["exported"]
+    print(f"{e['method']} adapter {e['adapter']} folded into {e['base_checkpoint']}: checkpoint in {cfg.out} "
+          f"(tasks: {len(c['tasks'])}); use it with `dtune evaluate --checkpoint` or `dtune adapt --checkpoint`")
+
+
 def _baselines(argv):
     from dtune.recipes.baselines import BaselineConfig, train_baseline
 
@@ -514,7 +525,7 @@ def _demo(argv):
 
 
 COMMANDS = {"tasks": _tasks, "data": _data, "pretrain": _pretrain, "evaluate": _evaluate, "adapt": _adapt,
-            "continual": _continual, "lamo": _lamo, "lm": _lm, "baselines": _baselines, "report": _report, "demo": _demo}
+            "continual": _continual, "lamo": _lamo, "lm": _lm, "export": _export, "baselines": _baselines, "report": _report, "demo": _demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -97,3 +97,34 @@ def test_classic_dt_and_ablations(setup, tmp_path):
     m = json.loads((tmp_path / "ab" / "base" / "config.json").read_text())["model"]
     assert m["embedding"] == "linear" and m["head"] == "tanh" and m["vocab_size"] == 0
     assert np.isfinite(ab["score_standard"])
+
+
+def test_a_lamo_run_exports_to_a_checkpoint_that_evaluates_alike_and_adapts_with_l2m(setup, tmp_path):
+    """One API for both papers: LaMo's LoRA folds into its base, the result is a checkpoint that
+    `dtune evaluate` scores as the adapter did and `dtune adapt` adapts with L2M."""
+    from dtune.recipes.adapt import AdaptConfig, adapt
+    from dtune.recipes.evaluate import EvalConfig, evaluate
+    from dtune.recipes.export import ExportConfig, export
+
+    root = setup[0]
+    lamo(cfg(setup, tmp_path / "run"))
+    conf = export(ExportConfig(adapter=str(tmp_path / "run"), out=str(tmp_path / "model")))
+    assert conf["exported"]["method"] == "lora" and conf["tasks"] == ["hopper"]
+    kw = dict(episodes=2, horizon=20, targets="protocol", progress=False)
+    a = evaluate(EvalConfig(adapter=str(tmp_path / "run"), **kw))
+    b = evaluate(EvalConfig(checkpoint=str(tmp_path / "model"), **kw))
+    for t in a["protocol"]["tasks"]["hopper"]["by_target"]:
+        u = next(x for x in b["protocol"]["tasks"]["hopper"]["by_target"] if x["target"] == t["target"])
+        assert u["return_mean"] == pytest.approx(t["return_mean"], rel=1e-4)
+    r = adapt(AdaptConfig(checkpoint=str(tmp_path / "model"), task="hopper", method="l2m", steps=2, batch_size=4,
+                          eval_episodes=1, horizon=10, pretrain_eval=False, data_dir=str(root / "data"), device="cpu",
+                          progress=False, out=str(tmp_path / "l2m")))
+    assert r["method"] == "l2m" and r["new_task_score"] is not None
+    with pytest.raises(ValueError, match="already holds a checkpoint"):
+        export(ExportConfig(adapter=str(tmp_path / "run"), out=str(tmp_path / "model")))
+    adapt(AdaptConfig(checkpoint=str(tmp_path / "model"), task="hopper", method="prompt", steps=1, batch_size=4,
+                      eval_episodes=1, horizon=5, pretrain_eval=False, data_dir=str(root / "data"), device="cpu",
+                      progress=False, out=str(tmp_path / "prompt")))
+    with pytest.raises(ValueError, match="cannot be folded"):
+        export(ExportConfig(adapter=str(tmp_path / "prompt"), out=str(tmp_path / "p2")))
+    assert not (tmp_path / "p2" / "model.safetensors").exists()

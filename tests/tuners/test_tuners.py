@@ -720,3 +720,27 @@ def test_l2m_query_span_averages_the_episode_so_far_at_evaluation(span, monkeypa
         width = min(t + 1, max(span or k, k))
         assert all(s.shape[1] == width for s in seen)
         assert torch.allclose(seen[-1], emb[t + 1 - width: t + 1].transpose(0, 1), atol=1e-6)
+
+
+FOLDABLE = {"full", "head", "last-k", "l2", "ewc", "lora", "ia3"}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_merge_folds_the_method_into_the_weights_or_says_why_not(name):
+    model = tiny_model()
+    tuners.attach(model, name)
+    train_steps(model, [make_batch(seed=s) for s in range(2)])
+    batch = make_batch(seed=9, valid_from=1)
+    with torch.no_grad():
+        before = model(batch)
+    if tuners.resolve_method(name)[0] not in FOLDABLE:
+        with pytest.raises(ValueError, match="cannot be folded"):
+            tuners.merge(model)
+        return
+    tuners.merge(model)
+    assert model.tuner is None and not any(k.startswith("tuner.") for k in model.state_dict())
+    with torch.no_grad():
+        assert torch.allclose(model(batch), before, atol=1e-5)
+    plain = tiny_model()
+    if name in ("lora", "ia3"):  # the change is in the base weights now
+        assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))

@@ -119,6 +119,19 @@ def detach(model: nn.Module) -> None:
         p.requires_grad_(True)
 
 
+def merge(model: nn.Module) -> nn.Module:
+    """Fold the attached method into the base weights and detach it (peft's `merge_and_unload`):
+    the returned model (the same object) computes what the adapted one did, with no tuner. For
+    full fine-tuning and its variants, LoRA and (IA)3; methods that add inputs or modules
+    (prompts, prefixes, adapters, pools) raise a ValueError that says so."""
+    tuner = getattr(model, "tuner", None)
+    if tuner is None:
+        return model
+    tuner.fold(model)
+    detach(model)
+    return model
+
+
 def trainable_names(model: nn.Module) -> list[str]:
     return [n for n, p in model.named_parameters() if p.requires_grad]
 
@@ -225,5 +238,5 @@ def load_adapted(run_dir: str | os.PathLike, adapter_dir: str | os.PathLike | No
 
 
 __all__ = ["METHODS", "PRESETS", "REGISTRY", "Tuner", "TunerConfig", "AdapterError", "attach", "detach",
-           "make_config", "config_class", "check_config", "resolve_method", "trainable_names", "parameter_counts",
+           "make_config", "config_class", "check_config", "resolve_method", "merge", "trainable_names", "parameter_counts",
            "adapter_state", "save_adapter", "apply_adapter", "load_adapted", "read_adapter_config", "base_digest"]

@@ -179,6 +179,17 @@ class Tuner(nn.Module):
         """Names of the base parameters of `config.modules_to_save` (they train with the method)."""
         return saved_modules(model, self.config.modules_to_save)
 
+    def fold(self, model: nn.Module) -> None:
+        """Fold what the method learned into `model`'s base weights, in place, so the model without
+        the tuner computes what the model with it computes (:func:`dtune.tuners.merge`). Methods that
+        train base weights have nothing to fold; methods that add inputs or modules (prompts,
+        prefixes, adapters, pools) cannot be folded and raise."""
+        if self.trains_base or not any(True for _ in self.parameters()):
+            return
+        raise ValueError(f"{self.name} cannot be folded into the model's weights: it adds inputs or modules of its "
+                         "own (prompts, prefixes, adapter layers or a routed pool); keep it as an adapter "
+                         "(`--adapter`) instead")
+
     def hook(self, module: nn.Module, fn, *args, pre: bool = False) -> None:
         """Run `fn(*args, module, inputs)` before (`pre`) or `fn(*args, module, inputs, output)`
         after `module`'s forward. `fn` must be a method of this tuner, and `args` plain keys

@@ -42,13 +42,27 @@ class IA3(Tuner):
     def build(self, model):
         c = self.config
         self.ia3_l = nn.ParameterDict()
+        self.targets: dict[str, tuple[str, bool]] = {}  # module key -> (module name, scales its input)
         for name, mod in target_modules(model, c.target_modules):
             ff = match(name, c.feedforward_modules)
             self.ia3_l[module_key(name)] = nn.Parameter(torch.ones(mod.in_features if ff else mod.out_features))
+            self.targets[module_key(name)] = (name, ff)
             if ff:
                 self.hook(mod, self._scale_input, module_key(name), pre=True)
             else:
                 self.hook(mod, self._scale_output, module_key(name))
+
+    @torch.no_grad()
+    def fold(self, model):
+        """Output scaling: rows of W and the bias times l; input scaling: columns of W times l."""
+        for key, (name, ff) in self.targets.items():
+            mod, scale = model.get_submodule(name), self.ia3_l[key].float()
+            if ff:
+                mod.weight.copy_((mod.weight.float() * scale[None, :]).to(mod.weight.dtype))
+            else:
+                mod.weight.copy_((mod.weight.float() * scale[:, None]).to(mod.weight.dtype))
+                if mod.bias is not None:
+                    mod.bias.copy_((mod.bias.float() * scale).to(mod.bias.dtype))
 
     def _scale_input(self, key, module, args):
         return (args[0] * self.ia3_l[key].to(args[0].dtype),) + args[1:]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import torch
 import torch.nn as nn
 
 from dtune.tuners.base import Tuner, TunerConfig, module_key, register, target_modules
@@ -55,10 +56,20 @@ class Lora(Tuner):
     def build(self, model):
         c = self.config
         self.layers = nn.ModuleDict()
+        self.targets: dict[str, str] = {}  # module key -> the model's module name
         for name, mod in target_modules(model, c.target_modules):
             layer = LoraLayer(mod, c.r, c.lora_alpha, c.lora_dropout)
             self.layers[module_key(name)] = layer
+            self.targets[module_key(name)] = name
             self.hook(mod, self._update, module_key(name))
+
+    @torch.no_grad()
+    def fold(self, model):
+        """`W += (lora_alpha / r) B A` in every targeted layer (peft's `merge_and_unload`)."""
+        for key, name in self.targets.items():
+            layer, mod = self.layers[key], model.get_submodule(name)
+            delta = layer.lora_B.weight.float() @ layer.lora_A.weight.float() * layer.scaling
+            mod.weight.copy_((mod.weight.float() + delta).to(mod.weight.dtype))
 
     def _update(self, key, module, args, out):
         return out + self.layers[key](args[0]).to(out.dtype)
