@@ -106,9 +106,21 @@ def test_data_report_and_list_show_the_references(whole, tmp_path, capsys):
 
     root, summary = whole
     md = data_report(TASK, "sac-replay", str(root), str(tmp_path / "rep"))
-    assert TASK in md and "random ref" in md
+    assert TASK in md and "ref min (random)" in md
     rows = json.loads((tmp_path / "rep" / "datasets.json").read_text())
     assert rows[0]["random_reference"] == pytest.approx(summary[0]["ref_min_score"])
+    assert rows[0]["reference"].startswith("data")
+    # a suite with D4RL-style references: the data's normalised score uses them
+    from dtune.tasks import get_task
+    from tests.conftest import collect_tiny
+
+    collect_tiny(tmp_path / "hop", tasks="hopper", episodes=3, horizon=20, source="random")
+    spec = get_task("hopper")
+    assert "hopper" in data_report("hopper", "random", str(tmp_path / "hop"), str(tmp_path / "rep2"))
+    row = json.loads((tmp_path / "rep2" / "datasets.json").read_text())[0]
+    assert row["random_reference"] == spec.ref_min_score and row["ref_max_score"] == spec.ref_max_score
+    assert row["normalized_data_score"] == pytest.approx(
+        100 * (row["return_mean"] - spec.ref_min_score) / (spec.ref_max_score - spec.ref_min_score))
     assert rows[0]["steps"] == 100 and (tmp_path / "rep" / "learning_curves.png").stat().st_size > 10_000
     main(["data", "list", "--data-dir", str(root)])
     out = capsys.readouterr().out
