@@ -47,7 +47,7 @@ def test_tiny_budget_writes_a_valid_minari_dataset(whole):
     assert meta["ref_min_score"] == pytest.approx(d["ref_min_score"])  # Minari's field, for its users
     assert isinstance(d["sac_learned"], bool) and "random_reference" in d
     assert (path / "agent" / "policy.safetensors").exists()
-    assert not (root / ".work").exists()  # the work folder is removed when done
+    assert (root / ".work" / "sac-replay" / TASK / "state.json").exists()  # kept: a larger --steps continues it
 
 
 def test_the_stored_agent_loads_and_acts(whole):
@@ -164,3 +164,29 @@ def test_stop_at_a_return_evaluates_and_stops_early(tmp_path):
     from dtune.data.sac import stop_return
 
     assert stop_return("medium", "hopper") == 1400.0
+
+
+def test_a_finished_run_extends_to_a_larger_budget_exactly(whole, tmp_path):
+    """`--steps` beyond a finished run continues it from its kept checkpoint: 60 steps, then 100,
+    give the dataset and agent of one 100-step run; other settings still conflict."""
+    from safetensors.torch import load_file
+
+    root, _ = whole
+    assert collect_sac(tiny(tmp_path, steps=60))[0]["steps"] == 60
+    assert read_metadata(tmp_path, TASK, "sac-replay")["dtune"]["steps"] == 60
+    with pytest.raises(DatasetError, match="other settings"):
+        collect_sac(tiny(tmp_path, steps=100, hidden=16))
+    assert collect_sac(tiny(tmp_path, steps=100))[0]["steps"] == 100
+    a, b = read_episodes(root, TASK, "sac-replay"), read_episodes(tmp_path, TASK, "sac-replay")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    wa = load_file(str(dataset_dir(root, TASK, "sac-replay") / "agent" / "policy.safetensors"))
+    wb = load_file(str(dataset_dir(tmp_path, TASK, "sac-replay") / "agent" / "policy.safetensors"))
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    assert read_metadata(tmp_path, TASK, "sac-replay")["dtune"]["steps"] == 100
+    # without a kept checkpoint there is nothing to continue: a larger budget conflicts
+    other = tmp_path / "other"
+    collect_sac(tiny(other, steps=60, keep_checkpoint=False))
+    assert not (other / ".work").exists()
+    with pytest.raises(DatasetError, match="other settings"):
+        collect_sac(tiny(other, steps=100))

@@ -101,8 +101,18 @@ class SACConfig:
     """Data root (unset: `$DTUNE_DATA_DIR` or `~/.dtune/datasets`)."""
     overwrite: bool = False
     """Replace a finished dataset, or an unfinished run, that has other settings."""
+    keep_checkpoint: bool = True
+    """Keep the finished run's last checkpoint (agent, optimisers, replay state: about the
+    dataset's size, in `.work/<source>/<task>` of the data root), so that a later call with a
+    larger `--steps` (or another `--stop-at`) continues the run exactly instead of starting
+    over, and rewrites the dataset. Delete the folder, or pass `--no-keep-checkpoint`, to save
+    the space."""
     progress: bool = True
     """Show a progress bar (with the latest episode return)."""
+
+
+EXTENDABLE = ("steps", "stop_at_return", "eval_episodes")
+"""Settings a finished run can be continued with other values of (a larger budget, another stop)."""
 
 
 def _settings(cfg: SACConfig, task: str) -> dict:
@@ -420,14 +430,36 @@ def train_task(cfg: SACConfig, task: str, progress=None) -> dict:
         summary["evaluations"] = evals
     agent_dir = wd / "agent"
     _export_agent(model, agent_dir, cfg, task)
-    write_dataset(root, task, cfg.source, episodes, meta, overwrite=cfg.overwrite, attach={"agent": agent_dir})
+    extending = dataset_dir(root, task, cfg.source).exists() and _extends(root, task, cfg)
+    write_dataset(root, task, cfg.source, episodes, meta, overwrite=cfg.overwrite or extending,
+                  attach={"agent": agent_dir})
+    shutil.rmtree(agent_dir, ignore_errors=True)
+    if not cfg.keep_checkpoint:
+        remove_checkpoint(root, task, cfg.source)
+    return {**summary, "stats": stats, "ref_min_score": r_mean, "sac_learned": ok, "sac_gain": gain}
+
+
+def remove_checkpoint(root: Path, task: str, source: str = SOURCE) -> None:
+    """Delete a task's SAC checkpoint (and `.work/<source>`, `.work` once empty)."""
+    wd = work_dir(root, task, source)
     shutil.rmtree(wd, ignore_errors=True)
-    for parent in (wd.parent, wd.parent.parent):  # .work/sac-replay, .work: removed once empty
+    for parent in (wd.parent, wd.parent.parent):
         try:
             parent.rmdir()
         except OSError:
             break
-    return {**summary, "stats": stats, "ref_min_score": r_mean, "sac_learned": ok, "sac_gain": gain}
+
+
+def _extends(root: Path, task: str, cfg: SACConfig) -> bool:
+    """Whether the kept checkpoint of a finished run continues into the run `cfg` asks for: the
+    same settings but for the budget and stop rule (`EXTENDABLE`), no further than the new budget."""
+    state = work_dir(root, task, cfg.source) / "state.json"
+    if not state.exists():
+        return False
+    doc = json.loads(state.read_text())
+    have, want = doc.get("settings", {}), _settings(cfg, task)
+    same = all(have.get(k) == want.get(k) for k in set(have) | set(want) if k not in EXTENDABLE)
+    return same and doc["num_timesteps"] <= cfg.steps
 
 
 def _callback(report):
@@ -480,10 +512,12 @@ def _status(cfg: SACConfig, task: str) -> str:
     root = Path(cfg.data_dir)
     want = _settings(cfg, task)
     status = dataset_status(root, task, cfg.source, want)
-    if status != "todo":
+    if status == "done":
         return status
+    if status == "conflict":  # a finished run with its checkpoint kept may continue into this one
+        return "todo" if _extends(root, task, cfg) else "conflict"
     state = work_dir(root, task, cfg.source) / "state.json"
-    if state.exists() and json.loads(state.read_text()).get("settings") != want:
+    if state.exists() and json.loads(state.read_text()).get("settings") != want and not _extends(root, task, cfg):
         return "conflict"
     return "todo"
 
