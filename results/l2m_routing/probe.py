@@ -80,3 +80,24 @@ for span in (5, 20, 50, 200):
         mt_to_mt = ((b @ both.T).argmax(-1) >= len(cw)).float().mean().item()
         print(f"| {name} | {span} | {right.mean():.3f} | {cw[worst].removesuffix('-v3')} {per[worst]:.2f} | "
               f"{right_both:.3f} | {mt_to_mt:.3f} |")
+
+# The calibrated "no modulation" route (L2M's --calibrate-margin q): an input goes unmodulated only
+# when its best MT40 key beats its best CW10 key by more than the margin at which a fraction q of
+# the CW10 windows keep their own key.
+print()
+print("| query | span H | q | margin | CW10 windows on their own key | MT40 windows unmodulated |")
+print("|---|---|---|---|---|---|")
+for span in (5, 200):
+    qc, ic = queries(args.cw10_data, "cw10", span)
+    qm, im = queries(args.mt40_data, "mt40", span)
+    mean, w = whitening(qm)
+    for name, f in (("raw (paper)", lambda q: q), ("whitened", lambda q: (q - mean) @ w)):
+        a, b = F.normalize(f(qc), dim=-1), F.normalize(f(qm), dim=-1)
+        kc, km = keys_of(a, ic, len(cw)), keys_of(b, im, len(mt))
+        gap_c = (a @ km.T).max(-1).values - (a @ kc.T).max(-1).values
+        gap_m = (b @ km.T).max(-1).values - (b @ kc.T).max(-1).values
+        for q in (0.0, 0.9, 0.95, 0.99):
+            margin = 0.0 if q == 0 else float(torch.quantile(gap_c, q))
+            own = ((gap_c <= margin) & ((a @ kc.T).argmax(-1) == ic)).float().mean().item()
+            print(f"| {name} | {span} | {'- (margin 0)' if q == 0 else q} | {margin:.3f} | {own:.3f} | "
+                  f"{(gap_m > margin).float().mean().item():.3f} |")

@@ -137,7 +137,8 @@ def test_a_task_gets_the_same_target_however_it_is_evaluated(base, tiny_data, tm
 def test_cli_l2m_with_the_routing_options(base, tiny_data, tmp_path):
     out = tmp_path / "routed"
     rc = main(["adapt", "--checkpoint", str(base), "--task", "door-open-v3", "--method", "l2m", "--pool-size", "4",
-               "--query-whitening", "--pretrain-keys", "--query-span", "8", "--steps", "2", "--batch-size", "4",
+               "--query-whitening", "--pretrain-keys", "--query-span", "8", "--calibrate-margin", "0.9",
+               "--steps", "2", "--batch-size", "4",
                "--no-pretrain-eval", "--eval-episodes", "1", "--horizon", "10", "--data-dir", str(tiny_data),
                "--no-progress", "--device", "cpu", "--out", str(out)])
     assert rc == 0
@@ -145,3 +146,5 @@ def test_cli_l2m_with_the_routing_options(base, tiny_data, tmp_path):
     assert conf["method_config"]["query_whitening"] and conf["method_config"]["query_span"] == 8
     tensors = load_file(str(out / "adapter.safetensors"))
     assert "tuner.query_whiten" in tensors and not torch.equal(tensors["tuner.query_whiten"], torch.eye(32))
+    result = json.loads((out / "result.json").read_text())
+    assert result["routing_margin"] == pytest.approx(float(tensors["tuner.margin"])) and bool(tensors["tuner.calibrated"])

@@ -744,3 +744,28 @@ def test_merge_folds_the_method_into_the_weights_or_says_why_not(name):
     plain = tiny_model()
     if name in ("lora", "ia3"):  # the change is in the base weights now
         assert any(not torch.equal(a, b) for a, b in zip(model.state_dict().values(), plain.state_dict().values()))
+
+
+def test_l2m_calibrated_margin_keeps_the_tasks_windows_on_their_entry():
+    model = tiny_model()
+    tuners.attach(model, "l2m", tuners.make_config("l2m", pretrain_keys=True, calibrate_margin=0.9, pool_size=4))
+    tuner = model.tuner
+    d = model.cfg.gpt.n_embd
+    g = torch.Generator().manual_seed(0)
+    base = torch.nn.functional.normalize(torch.randn(d, generator=g), dim=0)
+    task_q = base + 0.3 * torch.randn(500, d, generator=g)  # the new task's queries
+    pre_q = base + 0.3 * torch.randn(500, d, generator=g) + 0.2 * torch.randn(d, generator=g)  # nearby pre-training task
+    tuner.fit_pretrain_keys([pre_q])
+    with torch.no_grad():
+        tuner.pool.keys[0] = base  # the entry the task trained
+    gap = tuner._pre_scores(task_q) - tuner.pool.scores(task_q).max(-1).values
+    before = (gap > 0).float().mean()
+    margin = tuner.calibrate(task_q)
+    assert margin == pytest.approx(float(torch.quantile(gap, 0.9)), abs=1e-6) and float(tuner.margin) == margin
+    assert (gap > tuner.margin).float().mean() == pytest.approx(0.1, abs=0.01)  # 90% keep their entry
+    assert before < 0.1  # uncalibrated (margin 0) even fewer fell to no modulation
+    assert margin < 0  # most of the task's windows prefer its entry: more pre-training inputs go unmodulated
+    assert tuner.calibrate(task_q[:10] * 0 + base) == pytest.approx(margin)  # after the first task, never lowered
+    assert tuner.calibrate(pre_q) > margin  # a task near the pre-training one raises it
+    with pytest.raises(ValueError, match="turn pretrain_keys on"):
+        tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", calibrate_margin=0.9))

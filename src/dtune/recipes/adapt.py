@@ -27,8 +27,8 @@ from dtune.data.dataset import WindowSampler
 from dtune.models.io import load_model, weights_digest
 from dtune.recipes.common import (abspath, check_resume, dataset_statistics, fit, resolve_data_dir, resume_config,
                                   saved_config, start_fresh)
-from dtune.recipes.tuning import (TuneSettings, cached_eval, evaluate_model, optim_settings, peak_lr,
-                                  prepare_method, resumed_method_config, task_data)
+from dtune.recipes.tuning import (TuneSettings, cached_eval, calibrate_routing, evaluate_model, optim_settings,
+                                  peak_lr, prepare_method, resumed_method_config, task_data)
 from dtune.report.routing import write_routing
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import init_distributed, shutdown
@@ -172,6 +172,7 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "adapt", out, f"step {{step}} of {cfg.steps}")
     train_s = time.perf_counter() - t_start
     tuner.end_task()
+    margin = calibrate_routing(model, tuner, sampler.data, device, cfg.seed)
     if not main:
         return {"rank": dist.rank, "train_s": train_s}
     trainer.log.close()
@@ -184,6 +185,8 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
               "base_digest": meta["base_digest"], "train_s": train_s, "steps_per_s": (cfg.steps - start) / max(train_s, 1e-9)}
     if (pool := getattr(tuner, "pool", None)) is not None:  # L2P / L2M: the keys this task chose
         result["pool_entries_used"] = torch.nonzero(pool.prev_counts).flatten().tolist()
+    if margin is not None:
+        result["routing_margin"] = margin
     t0 = time.perf_counter()
     if cfg.eval_episodes > 0:
         after_new = evaluate_model(model, eval_config, cfg.task, cfg.eval_episodes, cfg.eval_seed, cfg.horizon,

@@ -198,7 +198,6 @@ def train_baseline(cfg: BaselineConfig) -> dict:
     """Train, checkpoint every epoch, evaluate; returns the result (also `out/result.json`)."""
     quiet_legacy_gym()
     import d3rlpy
-    import torch
 
     from dtune.data.storage import data_root, resolve_sources
     from dtune.eval.rollout import evaluate_agent

@@ -34,8 +34,8 @@ from dtune.data.dataset import WindowSampler
 from dtune.models.io import load_model, weights_digest
 from dtune.recipes.common import (abspath, check_resume, fit, resolve_data_dir, resume_config, saved_config, start_fresh,
                                   task_statistics)
-from dtune.recipes.tuning import (TuneSettings, cached_eval, evaluate_model, optim_settings, peak_lr,
-                                  prepare_method, resumed_method_config, task_data)
+from dtune.recipes.tuning import (TuneSettings, cached_eval, calibrate_routing, evaluate_model, optim_settings,
+                                  peak_lr, prepare_method, resumed_method_config, task_data)
 from dtune.report.metrics import as_matrix, cl_metrics
 from dtune.report.routing import write_routing
 from dtune.runtime.device import resolve_device, resolve_precision
@@ -195,6 +195,7 @@ class ContinualRun:
                 f"task {i + 1}/{len(tasks)} ({task}), step {{step}}")
             train_s = time.perf_counter() - t0
             tuner.end_task()
+            calibrate_routing(model, tuner, sampler.data, self.device, cfg.seed + i)
             if anchor.active and i < len(tasks) - 1:  # the task switch: anchor here, EWC adds this task's Fisher
                 batches = [to_torch(sampler.sample(), self.device) for _ in range(self.method_config.ewc_batches)] \
                     if anchor.ewc_lambda > 0 else None

@@ -27,7 +27,6 @@ import dataclasses
 import json
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch

@@ -158,6 +158,24 @@ def fit_pretrain_keys(model, tuner, run_config: dict, root: Path, device, seed: 
     return out
 
 
+def calibrate_routing(model, tuner, data, device, seed: int, batches: int = 20) -> float | None:
+    """After a task: L2M's `calibrate_margin` from windows of that task's data (its own sampler,
+    seeded apart, so the training sampler's stream is untouched). Returns the margin, or None for
+    methods without it."""
+    from dtune.data.dataset import WindowSampler
+    from dtune.tuners.base import query_from
+
+    if getattr(tuner.config, "calibrate_margin", None) is None:
+        return None
+    sampler = WindowSampler(data, model.cfg.context_len, 64, seed=seed + 104729)
+    queries = []
+    with torch.no_grad():
+        for _ in range(batches):
+            b = to_torch(sampler.sample(), device)
+            queries.append(query_from(model.embed_state(b["states"]), b["valid"]))
+    return tuner.calibrate(torch.cat(queries))
+
+
 def prepare_method(model, tuner, method_config, anchor, run_config: dict, root: Path, device, cfg: TuneSettings) -> dict:
     """Before the first task: L2M's pre-training keys and the L2/EWC anchor at the pre-trained
     model (EWC: with the Fisher of its pre-training data). Returns facts for the run's config."""

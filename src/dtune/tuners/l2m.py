@@ -69,6 +69,15 @@ class L2MConfig(TunerConfig):
     """Choose the entry by task id instead of by key matching."""
     pretrain_keys: bool = False
     """Fit one extra key per pre-training task that selects no modulation."""
+    pretrain_margin: float = 0.0
+    """With `pretrain_keys`: an input takes the "no modulation" route only when its best
+    pre-training key beats its best pool key by more than this cosine margin (the paper: 0)."""
+    calibrate_margin: float | None = None
+    """With `pretrain_keys`: after the first task, set the margin (replacing `pretrain_margin`) so
+    that this fraction of the task's own training windows (e.g. 0.95) keeps its pool entry
+    instead of falling to "no modulation" (a negative margin sends more pre-training inputs there);
+    after later tasks it only grows, so earlier tasks keep theirs. Unset: the margin stays fixed. On the MT40 checkpoint (whitened, 200-step query) 0.95 keeps 91% of CW10 windows on
+    their own entry and still sends 90% of MT40 windows to no modulation (`results/l2m_routing`)."""
     query_whitening: bool = False
     """Route in the whitened query space of the pre-training data: the query minus the mean of
     the pre-training windows' queries, times the inverse square root of their covariance (fit
@@ -137,11 +146,18 @@ class L2M(PoolTuner):
         if c.oracle and (c.pretrain_keys or c.query_whitening or c.query_span):
             raise ValueError("l2m: oracle routes by task id, so pretrain_keys, query_whitening and query_span have no "
                              "use with it; drop one of them")
+        if (c.pretrain_margin or c.calibrate_margin is not None) and not c.pretrain_keys:
+            raise ValueError("l2m: pretrain_margin and calibrate_margin shape the no-modulation route of "
+                             "pretrain_keys; turn pretrain_keys on")
+        if c.calibrate_margin is not None and not 0 < c.calibrate_margin < 1:
+            raise ValueError(f"l2m: calibrate_margin is a fraction of windows in (0, 1), got {c.calibrate_margin}")
         if c.query_span is not None and c.query_span < 1:
             raise ValueError(f"l2m: query_span must be a positive number of timesteps, got {c.query_span}")
         d = model.cfg.gpt.n_embd
         self.pool = KeyPool(c.pool_size, d)
         self.register_buffer("pre_keys", torch.zeros(0, d))
+        self.register_buffer("margin", torch.tensor(float(c.pretrain_margin)))  # of the no-modulation route
+        self.register_buffer("calibrated", torch.tensor(False))  # calibrate() has set the margin
         if c.query_whitening:  # fit by fit_whitening before the first task; identity until then
             self.register_buffer("query_mean", torch.zeros(d))
             self.register_buffer("query_whiten", torch.eye(d))
@@ -196,9 +212,8 @@ class L2M(PoolTuner):
         idx = self.pool.choose(q, 1, c.count_penalty)
         if not self.training and self.pre_keys.shape[0]:
             best = self.pool.scores(q).max(-1).values
-            with torch.autocast(q.device.type, enabled=False):
-                pre = (F.normalize(q, dim=-1) @ F.normalize(self.pre_keys.float(), dim=-1).T).max(-1).values
-            idx = torch.where((pre > best)[:, None], torch.full_like(idx, -1), idx)
+            pre = self._pre_scores(q)
+            idx = torch.where((pre > best + self.margin)[:, None], torch.full_like(idx, -1), idx)
         if c.batchwise:  # the windows of a group (batch, or task at evaluation) vote, "no modulation" too
             idx = vote(idx, 1, c.pool_size, self.groups(tasks, q.device))
         if self.training:
@@ -206,6 +221,23 @@ class L2M(PoolTuner):
         self._aux = self.pool.pull_loss(q, idx, c.key_loss) if self.training else None
         self._idx = idx[:, 0]
         return {}
+
+    def _pre_scores(self, q: torch.Tensor) -> torch.Tensor:
+        """Best cosine of (transformed) queries with the pre-training keys."""
+        with torch.autocast(q.device.type, enabled=False):
+            return (F.normalize(q.float(), dim=-1) @ F.normalize(self.pre_keys.float(), dim=-1).T).max(-1).values
+
+    @torch.no_grad()
+    def calibrate(self, queries: torch.Tensor) -> float:
+        """`calibrate_margin`: the margin at which that fraction of `queries` (raw queries of the
+        task just trained) keeps a pool entry; after the first task it only grows, so every task
+        calibrated so far keeps at least that fraction. Returns the margin."""
+        q = self.transform_query(queries.float())
+        gap = self._pre_scores(q) - self.pool.scores(q).max(-1).values
+        need = float(torch.quantile(gap, self.config.calibrate_margin))
+        self.margin.fill_(max(float(self.margin), need) if bool(self.calibrated) else need)
+        self.calibrated.fill_(True)
+        return float(self.margin)
 
     @property
     def query_span(self) -> int | None:
