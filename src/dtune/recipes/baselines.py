@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 
+from dtune.runtime.dist import single_process
 from dtune.runtime.io import atomic_write_json
 from dtune.runtime.optional import quiet_legacy_gym
 from dtune.runtime.seeds import global_rng_state, set_global_rng_state
@@ -196,6 +197,7 @@ def _quiet_d3rlpy() -> None:
 
 def train_baseline(cfg: BaselineConfig) -> dict:
     """Train, checkpoint every epoch, evaluate; returns the result (also `out/result.json`)."""
+    single_process("dtune baselines")
     quiet_legacy_gym()
     import d3rlpy
 

@@ -39,6 +39,7 @@ from dtune.recipes.tuning import (TuneSettings, cached_eval, calibrate_routing, 
 from dtune.report.metrics import as_matrix, cl_metrics
 from dtune.report.routing import write_routing
 from dtune.runtime.device import resolve_device, resolve_precision
+from dtune.runtime.dist import single_process
 from dtune.runtime.io import atomic_write_json, atomic_write_text
 from dtune.runtime.runs import claim_out
 from dtune.tasks import get_task, resolve_tasks
@@ -255,6 +256,7 @@ class ContinualRun:
 
 
 def continual(cfg: ContinualConfig, method_config=None) -> dict:
+    single_process("dtune continual")
     return ContinualRun(cfg, method_config).run()
 
 

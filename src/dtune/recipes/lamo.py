@@ -39,6 +39,7 @@ from dtune.models import GPTConfig, ModelConfig, build_model
 from dtune.models.io import load_model, save_weights, weights_digest
 from dtune.recipes.common import abspath, claim_out, dataset_statistics, fit, saved_config, start_fresh
 from dtune.runtime.device import resolve_device, resolve_precision
+from dtune.runtime.dist import single_process
 from dtune.runtime.io import atomic_write_json
 from dtune.tasks import get_task, layout_for
 from dtune.train.engine import STATE_J, ActionLoss, OptimSettings, Trainer
@@ -179,6 +180,7 @@ def lamo(cfg: LamoConfig) -> dict:
     from dtune.data.storage import data_root, resolve_sources
     from dtune.train.language import LanguageLoss
 
+    single_process("dtune lamo")
     out = claim_out(cfg.out, "lamo", cfg.resume)
     cfg.out, cfg.lm = str(out), abspath(cfg.lm)
     spec = get_task(cfg.task)

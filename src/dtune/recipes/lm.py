@@ -32,6 +32,7 @@ from dtune import __version__
 from dtune.models import GPTConfig
 from dtune.recipes.common import abspath, check_resume, claim_out, fit, saved_config, start_fresh
 from dtune.runtime.device import resolve_device, resolve_precision
+from dtune.runtime.dist import single_process
 from dtune.runtime.io import atomic_write_json
 from dtune.train.engine import STATE_J, Objective, OptimSettings, Trainer
 from dtune.train.log import MetricsLog
@@ -156,6 +157,7 @@ def lm_pretrain(cfg: LMPretrainConfig) -> dict:
     from dtune.data.text import BlockSampler, split_heldout, text_documents, tokenize
     from dtune.models.lm import load_tokenizer, new_lm, save_gpt2
 
+    single_process("dtune lm pretrain")
     out = claim_out(cfg.out, "lm", cfg.resume)
     cfg.out, cfg.text_file = str(out), abspath(cfg.text_file)
     if cfg.tokenizer not in ("bpe", "gpt2"):

@@ -52,6 +52,15 @@ class Dist:
         return out
 
 
+def single_process(command: str) -> None:
+    """Refuse to run `command` under `torchrun` with several processes: it has no distributed
+    path, so every process would train the same run and write the same folder."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        raise ValueError(f"{command} runs in one process, but torchrun started {world}; launch it without torchrun "
+                         "(`dtune pretrain` and `dtune adapt` are the commands that train across processes)")
+
+
 def init_distributed(device: str = "auto") -> Dist | None:
     """Join the process group `torchrun` set up (NCCL on CUDA, gloo on CPU); None when not under
     `torchrun` or with one process. Idempotent."""
