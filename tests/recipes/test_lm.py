@@ -124,3 +124,19 @@ def test_save_gpt2_refuses_other_architectures():
 
     with pytest.raises(ValueError, match="GPT-2-shaped"):
         save_gpt2(new_lm(GPTConfig(n_layer=1, n_head=2, n_embd=8, norm="rmsnorm", positions="learned"), 20), "/nonexistent")
+
+
+def test_cli_lm_pretrain_and_its_usage(text, tmp_path, capsys):
+    from dtune.cli import main
+
+    args = ["lm", "pretrain", "--text-file", str(text), "--out", str(tmp_path / "cli"), "--vocab-size", "280",
+            "--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block", "16", "--batch-size", "2", "--steps", "3",
+            "--heldout-blocks", "2", "--device", "cpu", "--no-progress"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "held-out perplexity" in out and "dtune lamo --lm" in out
+    assert main(["lm", "pretrain", "--out", str(tmp_path / "cli"), "--resume", "--steps", "5", "--no-progress"]) == 0
+    assert json.loads((tmp_path / "cli" / "result.json").read_text())["steps"] == 5  # extended
+    with pytest.raises(SystemExit) as e:
+        main(["lm"])
+    assert e.value.code == 2 and "usage: dtune lm pretrain" in capsys.readouterr().err
