@@ -184,6 +184,15 @@ def test_a_finished_run_extends_to_a_larger_budget_exactly(whole, tmp_path):
     wb = load_file(str(dataset_dir(tmp_path, TASK, "sac-replay") / "agent" / "policy.safetensors"))
     assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
     assert read_metadata(tmp_path, TASK, "sac-replay")["dtune"]["steps"] == 100
+    # budgets that are not whole episodes: 50 ends at 60, then 70 at 80, as one run asked for 70
+    odd, direct = tmp_path / "odd", tmp_path / "direct"
+    assert collect_sac(tiny(odd, steps=50))[0]["steps"] == 60
+    assert collect_sac(tiny(odd, steps=70))[0]["steps"] == 80
+    collect_sac(tiny(direct, steps=70))
+    a, b = read_episodes(direct, TASK, "sac-replay"), read_episodes(odd, TASK, "sac-replay")
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+    collect_sac(tiny(odd, steps=70, keep_checkpoint=False))  # done: only its checkpoint goes
+    assert not (odd / ".work").exists() and read_episodes(odd, TASK, "sac-replay")["lengths"].sum() == 80
     # without a kept checkpoint there is nothing to continue: a larger budget conflicts
     other = tmp_path / "other"
     collect_sac(tiny(other, steps=60, keep_checkpoint=False))

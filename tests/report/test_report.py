@@ -149,15 +149,26 @@ def test_offline_runs_get_seed_statistics_and_rliable_iqm(tmp_path):
                          mlp_embeddings=True, language_weight=0.1, tuning="lora") for s in range(2)]
     runs += [offline_run(tmp_path / "rand", "lamo", "lamo", 0, 0.2, lm="/x/lm-brown", pretrained=False,
                          mlp_embeddings=True, language_weight=0.1, tuning="lora")]
+    runs += [offline_run(tmp_path / "short", "lamo", "lamo", 0, 0.3, lm="/x/lm-brown", pretrained=True, lm_layers=2,
+                         mlp_embeddings=True, language_weight=0.1, tuning="lora")]
+    # the same task from another dataset is another stratum, not more seeds of hopper-medium
+    runs += [offline_run(tmp_path / f"cqlr{s}", "baseline", "cql", s, 0.1, source="medium-replay") for s in range(3)]
+    lm = tmp_path / "lmrun"  # a language-model run has a result.json too: skipped with a note
+    lm.mkdir()
+    (lm / "result.json").write_text(json.dumps({"kind": "lm", "steps": 3}))
+    runs.append(lm)
     md = report([str(r) for r in runs], str(tmp_path / "out"))
     data = json.loads((tmp_path / "out" / "report.json").read_text())["offline"]
     cql = next(r for r in data if not r.get("aggregate") and r["method"] == "cql" and r["task"] == "hopper")
     assert cql["seeds"] == [0, 1, 2] and cql["standard"][0] == pytest.approx(0.42)
     agg = {r["method"]: r for r in data if r.get("aggregate")}
-    assert set(agg) == {"cql", "dt", "lamo [lm-brown]", "lamo, random init [lm-brown]"}
-    scores = [0.40, 0.42, 0.44, 0.70, 0.70, 0.70]
+    assert set(agg) == {"cql", "dt", "lamo [lm-brown]", "lamo, random init [lm-brown]",
+                        "lamo, first 2 blocks [lm-brown]"}
+    assert agg["cql"]["datasets"] == ["hopper medium", "hopper medium-replay", "walker2d medium"]
+    scores = [0.40, 0.42, 0.44, 0.70, 0.70, 0.70, 0.1, 0.1, 0.1]
     assert agg["cql"]["iqm"] == pytest.approx(trim_mean(scores, 0.25)) == pytest.approx(iqm(scores))
-    assert agg["cql"]["mean_of_tasks"] == pytest.approx((0.42 + 0.70) / 2)
+    assert agg["cql"]["mean_of_datasets"] == pytest.approx((0.42 + 0.70 + 0.1) / 3)
+    assert "skipped" in md and "a lm run" in md
     assert agg["dt"]["iqm_best"] == pytest.approx(0.5) and agg["dt"]["iqm"] == pytest.approx(0.3)
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| hopper")]
     assert ["hopper", "medium", "0.01", "dt", "3", "30.0", "50.0", "2"] in rows
@@ -201,3 +212,11 @@ def test_report_intervals_in_tables_and_plot(tmp_path):
     full = next(r for r in rows if r["method"] == "full")
     assert full["new_task_iqm_ci"][1] <= full["new_task_iqm_ci"][0] <= full["new_task_iqm_ci"][2]
     assert "IQM [95% CI]" in md and (tmp_path / "out" / "adapt_intervals.png").stat().st_size > 10_000
+
+
+def test_one_seed_per_task_gives_no_interval(tmp_path):
+    runs = [adapt_run(tmp_path / f"{t}", method="lora", task=t, score=0.5) for t in ("hammer-v3", "reach-v3")]
+    md = report([str(r) for r in runs], str(tmp_path / "out"))
+    assert "50.0 (one seed: no interval)" in md
+    row = json.loads((tmp_path / "out" / "report.json").read_text())["adapt"][0]
+    assert row["new_task_iqm_ci"] == [0.5, None, None] and (tmp_path / "out" / "adapt_intervals.png").exists()

@@ -470,7 +470,8 @@ def test_committed_adapter_configs_give_the_tensors_they_list():
         doc = json.loads(path.read_text())
         model = copy.deepcopy(base_model)
         tuners.attach(model, doc["method"], tuners.config_from_dict(doc["method"], doc["config"]))
-        assert sorted(tuners.adapter_state(model)) == doc["tensors"], path
+        newer = {f"tuner.{k}" for k in model.tuner.state_defaults()}  # state added since (defaults fill it)
+        assert sorted(set(tuners.adapter_state(model)) - newer) == doc["tensors"], path
 
 
 @pytest.mark.skipif(not COMMITTED or not MT40.exists(), reason="no committed adapters / base checkpoint")
@@ -489,7 +490,8 @@ def test_committed_adapters_load_onto_the_committed_checkpoint(run, tmp_path):
     out = tmp_path / "adapter"
     out.mkdir()
     (out / tuners.ADAPTER_CONFIG).write_text((source / tuners.ADAPTER_CONFIG).read_text())
-    tensors = {k: v.detach().contiguous() for k, v in tuners.adapter_state(model).items()}
+    newer = {f"tuner.{k}" for k in model.tuner.state_defaults()}  # not in adapters of that time: filled in
+    tensors = {k: v.detach().contiguous() for k, v in tuners.adapter_state(model).items() if k not in newer}
     assert sorted(tensors) == doc["tensors"]
     save_file(tensors, str(out / tuners.ADAPTER_WEIGHTS))
     loaded, config, loaded_doc = tuners.load_adapted(MT40, out)
@@ -695,7 +697,7 @@ def test_l2m_query_whitening_fits_the_pretraining_queries_and_travels_in_the_ada
         tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", oracle=True, query_whitening=True))
 
 
-@pytest.mark.parametrize("span", [None, 3, 8])
+@pytest.mark.parametrize("span", [None, 3, 5, 8])
 def test_l2m_query_span_averages_the_episode_so_far_at_evaluation(span, monkeypatch):
     model = tiny_model()
     tuners.attach(model, "l2m", tuners.make_config("l2m", query_span=span, pool_size=4))
@@ -717,7 +719,7 @@ def test_l2m_query_span_averages_the_episode_so_far_at_evaluation(span, monkeypa
         pol.act(states[t], torch.full((2,), 1.0), torch.full((2,), t))
         pol.observe(torch.full((2,), 0.1))
         k = model.cfg.context_len
-        width = min(t + 1, max(span or k, k))
+        width = min(t + 1, span or k)
         assert all(s.shape[1] == width for s in seen)
         assert torch.allclose(seen[-1], emb[t + 1 - width: t + 1].transpose(0, 1), atol=1e-6)
 

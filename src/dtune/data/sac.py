@@ -370,6 +370,9 @@ def train_task(cfg: SACConfig, task: str, progress=None) -> dict:
     wd = work_dir(root, task, cfg.source)
     settings = _settings(cfg, task)
     goal = settings.get("stop_at_return")
+    # a finished run continued to a larger budget replaces its own dataset (decided before training:
+    # afterwards its step count may pass the new budget, since runs end on whole episodes)
+    extending = dataset_dir(root, task, cfg.source).exists() and _extends(root, task, cfg)
     episodes: list[Episode] = []
     env, _ = _gym_env(task, cfg.seed, cfg.horizon, episodes)
     model = _new_agent(cfg, env, spec.horizon)
@@ -430,7 +433,6 @@ def train_task(cfg: SACConfig, task: str, progress=None) -> dict:
         summary["evaluations"] = evals
     agent_dir = wd / "agent"
     _export_agent(model, agent_dir, cfg, task)
-    extending = dataset_dir(root, task, cfg.source).exists() and _extends(root, task, cfg)
     write_dataset(root, task, cfg.source, episodes, meta, overwrite=cfg.overwrite or extending,
                   attach={"agent": agent_dir})
     shutil.rmtree(agent_dir, ignore_errors=True)
@@ -560,6 +562,8 @@ def collect_sac(cfg: SACConfig) -> list[dict]:
             shutil.rmtree(work_dir(Path(cfg.data_dir), t, cfg.source), ignore_errors=True)
         if status != "done":
             todo.append(t)
+        elif not cfg.keep_checkpoint:
+            remove_checkpoint(Path(cfg.data_dir), t, cfg.source)
     if not todo:
         return []
     done_before = 0

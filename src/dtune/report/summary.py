@@ -41,6 +41,9 @@ def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str
             if r.get("kind") in OFFLINE_KINDS:
                 offline.append({**r, "dir": str(p), "label": offline_label(r, p)})
                 continue
+            if r.get("kind", "adapt") != "adapt":
+                notes.append(f"skipped {d}: a {r['kind']} run, not an adaptation, continual or offline-RL run")
+                continue
             adapt.append({**r, "dir": str(p), "base_digest": r.get("base_digest") or run_base_digest(p)})
         else:
             kind = run_kind(p)
@@ -74,12 +77,18 @@ def _ci(per_task: dict[str, list], aggregate: str) -> list | None:
     from dtune.report.metrics import stratified_bootstrap
 
     r = stratified_bootstrap(per_task, aggregate)
-    return None if r is None else list(r)
+    if r is None:
+        return None
+    if all(len([v for v in vals if v is not None]) < 2 for vals in per_task.values()):
+        return [r[0], None, None]  # one run per task: resampling within tasks has nothing to vary
+    return list(r)
 
 
 def _fmt_ci(ci) -> str:
     if ci is None:
         return "n/a"
+    if ci[1] is None:
+        return f"{100 * ci[0]:.1f} (one seed: no interval)"
     return f"{100 * ci[0]:.1f} [{100 * ci[1]:.1f}, {100 * ci[2]:.1f}]"
 
 
@@ -171,7 +180,8 @@ def routing_section(routed: list[tuple[dict, list[str]]]) -> tuple[str, list[dic
     from dtune.report.routing import read_routing, routing_summary
 
     rows, table = [], []
-    for r, new in sorted(routed, key=lambda x: (_order([x[0]["method"]])[0], x[0].get("seed", 0), x[0]["dir"])):
+    order = _order(sorted({r["method"] for r, _ in routed}))
+    for r, new in sorted(routed, key=lambda x: (order.index(x[0]["method"]), x[0].get("seed", 0), x[0]["dir"])):
         s = routing_summary(*read_routing(r["dir"]), new)
         rows.append({"method": r["method"], "seed": r.get("seed"), "dir": r["dir"], **s})
         table.append([r["method"], r.get("seed", "-"), ", ".join(t.removesuffix("-v3") for t in new) if len(new) == 1
@@ -198,11 +208,13 @@ def offline_label(r: dict, run_dir: Path) -> str:
         return r["method"]
     c = dict(r)
     cfg_file = Path(run_dir) / "config.json"
-    if any(k not in c for k in ("pretrained", "mlp_embeddings", "language_weight")) and cfg_file.exists():
+    if any(k not in c for k in ("pretrained", "lm_layers", "mlp_embeddings", "language_weight")) and cfg_file.exists():
         c = {**json.loads(cfg_file.read_text()).get("lamo", {}), **c}
     parts = ["lamo"]
     if c.get("pretrained") is False:
         parts.append("random init")
+    if c.get("lm_layers"):
+        parts.append(f"first {c['lm_layers']} blocks")
     if c.get("tuning") == "full":
         parts.append("full fine-tuning")
     if c.get("mlp_embeddings") is False:
@@ -221,8 +233,8 @@ def _offline_order(labels: list[str]) -> list[str]:
 def offline_summary(runs: list[dict]) -> tuple[str, list[dict]]:
     """Offline-RL runs: per dataset (task, source, data ratio) and method, the score over seeds
     (mean ± sd) at the standard target and, for return-conditioned models, the best over the
-    protocol's targets; then per method and data ratio over tasks: the mean of the task means and
-    the IQM over every run (tasks x seeds), rliable's aggregate."""
+    protocol's targets; then per method and data ratio over datasets (task and source): the mean
+    of the dataset means and the IQM over every run (datasets x seeds), rliable's aggregate."""
     from dtune.report.metrics import iqm
 
     def std(r):
@@ -254,18 +266,18 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict]]:
     summary_rows, table = [], []
     for label, ratio in sorted(agg, key=lambda k: (order.index(k[0]), k[1])):
         rs = agg[(label, ratio)]
-        by_task: dict[str, list] = {}
+        by_task: dict[str, list] = {}  # per dataset (task and source: hopper medium and medium-replay apart)
         for r in rs:
-            by_task.setdefault(r["task"], []).append(std(r))
+            by_task.setdefault(f"{r['task']} {r.get('source')}", []).append(std(r))
         means = [m for m in (_stats(v)[0] for v in by_task.values()) if m is not None]
-        row = {"method": label, "data_ratio": ratio, "tasks": sorted(by_task), "runs": len(rs),
-               "mean_of_tasks": float(np.mean(means)) if means else None, "iqm": iqm([std(r) for r in rs]),
+        row = {"method": label, "data_ratio": ratio, "datasets": sorted(by_task), "runs": len(rs),
+               "mean_of_datasets": float(np.mean(means)) if means else None, "iqm": iqm([std(r) for r in rs]),
                "iqm_best": iqm([best(r) for r in rs]), "iqm_ci": _ci(by_task, "iqm")}
         summary_rows.append(row)
-        table.append([label, f"{ratio:g}", len(by_task), len(rs), _pm(row["mean_of_tasks"], None),
+        table.append([label, f"{ratio:g}", len(by_task), len(rs), _pm(row["mean_of_datasets"], None),
                       _fmt_ci(row["iqm_ci"]), _pm(row["iqm_best"], None) if rs[0]["kind"] == "lamo" else "(same)"])
-    overall = markdown_table(["method", "data ratio", "tasks", "runs", "mean over tasks", "IQM [95% CI] (tasks x seeds)",
-                              "IQM, best over targets"], table)
+    overall = markdown_table(["method", "data ratio", "datasets", "runs", "mean over datasets",
+                              "IQM [95% CI] (datasets x seeds)", "IQM, best over targets"], table)
     note = ("Scores x100 (normalised: 100 = the task's expert reference; success tasks: % of episodes). "
             "\"standard target\": the score at the suite's standard target return; \"best over targets\": the best of "
             "the protocol's targets, chosen on the evaluation episodes themselves, as the LaMo code reports it "

@@ -211,6 +211,7 @@ def apply_adapter(model: nn.Module, adapter_dir: str | os.PathLike, base_dir: st
         raise AdapterError(f"cannot read {Path(adapter_dir) / ADAPTER_WEIGHTS}: {e}") from e
     tuner = attach(model, doc["method"], config_from_dict(doc["method"], doc["config"]))
     tuner.load_extra_state(doc.get("state", {}))
+    tensors.update({f"tuner.{k}": v for k, v in tuner.state_defaults().items() if f"tuner.{k}" not in tensors})
     expected = set(adapter_state(model))
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)

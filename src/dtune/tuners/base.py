@@ -248,6 +248,11 @@ class Tuner(nn.Module):
     def end_task(self) -> None:
         """Training on the current task is over."""
 
+    def state_defaults(self) -> dict[str, torch.Tensor]:
+        """Tensors (names under `tuner.`) that adapters saved by older dtune versions lack, with
+        the value that reproduces their behaviour; :func:`dtune.tuners.apply_adapter` fills them in."""
+        return {}
+
     def extra_state(self) -> dict:
         """JSON-serialisable state saved with the adapter (beyond tensors)."""
         return {"task_slots": self.task_slots, "current_task": self.current_task}

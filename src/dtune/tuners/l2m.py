@@ -271,6 +271,10 @@ class L2M(PoolTuner):
                             for q in queries])
         self.pre_keys = keys.to(self.pool.keys.device)
 
+    def state_defaults(self):
+        # before the calibrated margin existed: margin 0, never calibrated (the paper's route)
+        return {"margin": torch.tensor(0.0), "calibrated": torch.tensor(False)}
+
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "pre_keys"
         if key in state_dict:  # sized by the number of pre-training tasks, unknown until loaded
