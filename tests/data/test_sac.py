@@ -150,6 +150,15 @@ def test_rollouts_of_the_stored_agent(whole, tmp_path):
         collect_rollouts(cfg(source="sac-replay"))
     with pytest.raises(DatasetError, match="no stored agent"):
         collect_rollouts(cfg(agent="random", source="x"))
+    # LaMo's filter: only episodes above a return; the budget counts kept steps
+    returns = np.add.reduceat(first["rewards"], np.cumsum(np.r_[0, first["lengths"][:-1]]))
+    cut = float(np.sort(returns)[0])  # drops at least the worse of the first two episodes
+    kept = collect_rollouts(cfg(source="filtered", min_return=cut))[0]
+    ep = read_episodes(tmp_path, TASK, "filtered")
+    assert kept["steps"] >= 30 and np.all(np.add.reduceat(ep["rewards"], np.cumsum(np.r_[0, ep["lengths"][:-1]])) > cut)
+    assert read_metadata(tmp_path, TASK, "filtered")["dtune"]["episodes_rolled_out"] > kept["episodes"]
+    with pytest.raises(DatasetError, match="min-return"):
+        collect_rollouts(cfg(source="none", min_return=1e9))
 
 
 def test_stop_at_a_return_evaluates_and_stops_early(tmp_path):

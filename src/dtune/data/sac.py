@@ -603,6 +603,9 @@ class RolloutConfig:
     """Environment steps per task, rounded up to whole episodes (D4RL: 1,000,000)."""
     deterministic: bool = False
     """Act with the policy's mean instead of sampling it (D4RL sampled)."""
+    min_return: float | None = None
+    """Keep only episodes whose return exceeds this (LaMo's Reacher2d data kept returns > 20);
+    `steps` then counts the kept episodes' steps. Unset: keep every episode (D4RL)."""
     seed: int = 0
     """Seed of the episodes' environments and of the action sampling."""
     horizon: int | None = None
@@ -619,7 +622,8 @@ class RolloutConfig:
 
 def _rollout_settings(cfg: RolloutConfig, task: str) -> dict:
     return {"task": task, "source": cfg.source, "agent": cfg.agent, "steps": cfg.steps,
-            "deterministic": cfg.deterministic, "seed": cfg.seed, "horizon": get_task(task, cfg.horizon).horizon}
+            "deterministic": cfg.deterministic, "seed": cfg.seed, "horizon": get_task(task, cfg.horizon).horizon,
+            "min_return": cfg.min_return}
 
 
 def rollout_task(cfg: RolloutConfig, task: str, progress=None) -> dict:
@@ -638,8 +642,13 @@ def rollout_task(cfg: RolloutConfig, task: str, progress=None) -> dict:
     model = load_agent(agent_dir)
     env = make_env(task, seed=cfg.seed, horizon=spec.horizon)
     episodes, steps, t0 = [], 0, time.perf_counter()
+    tried, tried_steps = 0, 0
     while steps < cfg.steps:
-        eseed = episode_seed(cfg.seed, f"{task}/rollouts", len(episodes))
+        if cfg.min_return is not None and tried_steps >= 20 * cfg.steps:
+            raise DatasetError(f"{task}: only {len(episodes)} of {tried} rolled-out episodes had a return above "
+                               f"--min-return {cfg.min_return}; lower it or use a better agent")
+        eseed = episode_seed(cfg.seed, f"{task}/rollouts", tried)
+        tried += 1
         torch.manual_seed(eseed)
         obs = [env.reset(eseed)]
         acts, rews, succ = [], [], []
@@ -651,6 +660,9 @@ def rollout_task(cfg: RolloutConfig, task: str, progress=None) -> dict:
             obs.append(o), acts.append(a), rews.append(r), succ.append(s)
             if term or trunc:
                 break
+        tried_steps += len(rews)
+        if cfg.min_return is not None and not float(np.sum(rews)) > cfg.min_return:
+            continue  # filtered out, as LaMo's Reacher2d data
         episodes.append(Episode(np.asarray(obs), np.asarray(acts), np.asarray(rews), np.asarray(succ, bool), eseed,
                                 terminated=bool(term), truncated=not term))
         steps += len(rews)
@@ -665,7 +677,8 @@ def rollout_task(cfg: RolloutConfig, task: str, progress=None) -> dict:
     meta = {**_rollout_settings(cfg, task), "dtune_version": __version__, "stats": stats,
             "ref_min_score": agent_meta.get("ref_min_score"), "ref_max_score": stats["return_mean"],
             "rollouts_of": f"the agent stored with {dataset_dir(root, task, cfg.agent).name} "
-                           f"({agent_meta.get('steps')} steps of SAC)", "wall_s": time.perf_counter() - t0}
+                           f"({agent_meta.get('steps')} steps of SAC)", "wall_s": time.perf_counter() - t0,
+            "episodes_rolled_out": tried}
     write_dataset(root, task, cfg.source, episodes, meta, overwrite=cfg.overwrite, attach={"agent": agent_dir})
     return {"task": task, "steps": steps, "episodes": len(episodes), "stats": stats}
 
