@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Single-task adaptation on DMC6 (issue 9): the small MT40 + DMC10 MDDT
-# (results/mt40_dmc10_small/checkpoint) adapted to each DMC6 task with every method and variant,
+# Single-task adaptation on DMC6 (issue 9): the small MT40 + DMC10 model
+# (results/mt40_dmc10_dt_small/checkpoint, continuous actions) adapted to each DMC6 task with every method and variant,
 # on its SAC replay buffer (results/dmc_data); retention measured on MT40 + DMC10.
 # Budget (estimate, to be replaced by the measured wall time): per run 500 updates (~100 s at one
 # thread) + evaluation (10 episodes of 1,000 steps of the new task; 2 episodes per pre-training
@@ -10,7 +10,7 @@
 set -euo pipefail
 DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs/adapt_dmc6}
-CKPT=${CKPT:-results/mt40_dmc10_small/checkpoint}
+CKPT=${CKPT:-results/mt40_dmc10_dt_small/checkpoint}  # continuous actions: the MDDT (results/mt40_dmc10_small) barely controls DMC
 STEPS=${STEPS:-500}
 SEEDS=${SEEDS:-"0"}
 METHODS=${METHODS:-"full head last-k l2 ewc lora ia3 adapter prompt prefix ptuning-v2 l2p l2m l2m-ia3 l2m-oracle l2m-pretrain-keys"}

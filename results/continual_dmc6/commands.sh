@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# DMC6 continual learning (issue 9): the small MT40 + DMC10 MDDT adapts to the six DMC6 tasks one
+# DMC6 continual learning (issue 9): the small MT40 + DMC10 model (continuous actions) adapts to the six DMC6 tasks one
 # after the other (SAC replay data), for L2M, full fine-tuning, EWC, LoRA, prompt tuning and L2P,
 # 3 seeds; after every task 5 episodes of each DMC6 task; MT40 + DMC10 before and at the end
 # (2 episodes per task). Two runs at a time, one thread each; interrupted runs resume.
 set -euo pipefail
 DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs/continual_dmc6}
-CKPT=${CKPT:-results/mt40_dmc10_small/checkpoint}
+CKPT=${CKPT:-results/mt40_dmc10_dt_small/checkpoint}  # continuous actions: the MDDT (results/mt40_dmc10_small) barely controls DMC
 STEPS=${STEPS:-500}
 SEEDS=${SEEDS:-"0 1 2"}
 cl() {  # method seed
