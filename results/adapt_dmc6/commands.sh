@@ -2,10 +2,10 @@
 # Single-task adaptation on DMC6 (issue 9): the small MT40 + DMC10 model
 # (results/mt40_dmc10_dt_small/checkpoint, continuous actions) adapted to each DMC6 task with every method and variant,
 # on its SAC replay buffer (results/dmc_data); retention measured on MT40 + DMC10.
-# Budget (estimate, to be replaced by the measured wall time): per run 500 updates (~100 s at one
-# thread) + evaluation (10 episodes of 1,000 steps of the new task; 2 episodes per pre-training
-# task, ~3 min); two runs at a time: 16 methods x 6 tasks = 96 runs, about 5 h per seed. Default
-# one seed; SEEDS="1 2" METHODS="full ewc lora prompt l2p l2m" adds seeds for the main methods.
+# Budget, measured 2026-11-22 from the continuous-action checkpoint: about 100 s per run per lane
+# (500 updates, 10 new-task episodes, 2 episodes per pre-training task), two lanes: the 36
+# main-method runs in about 30 min, all 16 methods x 6 tasks = 96 runs in about 80 min. Default
+one seed; SEEDS="1 2" METHODS="full ewc lora prompt l2p l2m" adds seeds for the main methods.
 # Finished runs are skipped, so the script can be re-run after an interruption.
 set -euo pipefail
 DATA=${DATA:-/work/data/datasets}
