@@ -5,7 +5,7 @@
 # Budget, measured 2026-11-22 from the continuous-action checkpoint: about 100 s per run per lane
 # (500 updates, 10 new-task episodes, 2 episodes per pre-training task), two lanes: the 36
 # main-method runs in about 30 min, all 16 methods x 6 tasks = 96 runs in about 80 min. Default
-one seed; SEEDS="1 2" METHODS="full ewc lora prompt l2p l2m" adds seeds for the main methods.
+# one seed; SEEDS="1 2" METHODS="full ewc lora prompt l2p l2m" adds seeds for the main methods.
 # Finished runs are skipped, so the script can be re-run after an interruption.
 set -euo pipefail
 DATA=${DATA:-/work/data/datasets}
