@@ -9,17 +9,6 @@
 # script continues it exactly (--resume is added when a checkpoint exists).
 # Run from the repository root with .venv/bin on PATH (after `make install`).
 set -euo pipefail
-DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs}
-OUT=results/mt40_dmc10_dt_small
-RUN="$RUNS/mt40_dmc10_dt"
-[ -d "$DATA/dtune/metaworld" ] || dtune data collect --tasks mt40 --episodes 100 --data-dir "$DATA" --workers 2
-[ -d "$DATA/dtune/dmc/walker-run" ] || dtune data sac --tasks dmc10 --data-dir "$DATA" --workers 2
-RESUME=""; [ -f "$RUN/train_state.json" ] && RESUME="--resume"
-dtune pretrain --tasks mt40,dmc10 --source expert-noise,sac-replay --data-dir "$DATA" --model small \
-    --kind dt --context-len 5 --steps 100000 --warmup-steps 1000 --ckpt-every 2000 --out "$RUN" $RESUME
-dtune evaluate --checkpoint "$RUN" --tasks mt40,dmc10 --episodes 10 --data-dir "$DATA" \
-    --json $OUT/eval_100k.json | tee $OUT/eval_100k.md
-cp "$RUN/config.json" $OUT/config.json; cp "$RUN/summary.json" $OUT/summary.json
-cp "$RUN/metrics.csv" $OUT/metrics.csv
-mkdir -p $OUT/checkpoint && cp "$RUN/config.json" "$RUN/model.safetensors" $OUT/checkpoint/
+OUT=results/mt40_dmc10_dt_small RUN="$RUNS/mt40_dmc10_dt" ARCH="--kind dt --context-len 5" \
+    exec bash "$(dirname "$0")/../mt40_dmc10_small/commands.sh"

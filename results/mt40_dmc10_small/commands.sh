@@ -10,14 +10,16 @@
 set -euo pipefail
 DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs}
-OUT=results/mt40_dmc10_small
+OUT=${OUT:-results/mt40_dmc10_small}
+RUN=${RUN:-$RUNS/mt40_dmc10}
+ARCH=${ARCH:-}  # extra model options (results/mt40_dmc10_dt_small/commands.sh: continuous actions)
 [ -d "$DATA/dtune/metaworld" ] || dtune data collect --tasks mt40 --episodes 100 --data-dir "$DATA" --workers 2
 [ -d "$DATA/dtune/dmc/walker-run" ] || dtune data sac --tasks dmc10 --data-dir "$DATA" --workers 2
-RESUME=""; [ -f "$RUNS/mt40_dmc10/train_state.json" ] && RESUME="--resume"
-dtune pretrain --tasks mt40,dmc10 --source expert-noise,sac-replay --data-dir "$DATA" --model small \
-    --steps 100000 --warmup-steps 1000 --ckpt-every 2000 --out "$RUNS/mt40_dmc10" $RESUME
-dtune evaluate --checkpoint "$RUNS/mt40_dmc10" --tasks mt40,dmc10 --episodes 10 --data-dir "$DATA" \
+RESUME=""; [ -f "$RUN/train_state.json" ] && RESUME="--resume"
+dtune pretrain --tasks mt40,dmc10 --source expert-noise,sac-replay --data-dir "$DATA" --model small $ARCH \
+    --steps 100000 --warmup-steps 1000 --ckpt-every 2000 --out "$RUN" $RESUME
+dtune evaluate --checkpoint "$RUN" --tasks mt40,dmc10 --episodes 10 --data-dir "$DATA" \
     --json $OUT/eval_100k.json | tee $OUT/eval_100k.md
-cp "$RUNS/mt40_dmc10/config.json" $OUT/config.json; cp "$RUNS/mt40_dmc10/summary.json" $OUT/summary.json
-cp "$RUNS/mt40_dmc10/metrics.csv" $OUT/metrics.csv
-mkdir -p $OUT/checkpoint && cp "$RUNS/mt40_dmc10/config.json" "$RUNS/mt40_dmc10/model.safetensors" $OUT/checkpoint/
+cp "$RUN/config.json" $OUT/config.json; cp "$RUN/summary.json" $OUT/summary.json
+cp "$RUN/metrics.csv" $OUT/metrics.csv
+mkdir -p $OUT/checkpoint && cp "$RUN/config.json" "$RUN/model.safetensors" $OUT/checkpoint/

@@ -15,7 +15,6 @@ for task in sys.argv[2].split(","):
     with torch.no_grad():
         for _ in range(4):
             b = {k: torch.from_numpy(v) for k, v in s.sample().items()}
-            # task ids must be the run's ids
             loss, m = model.loss(b)
             accs.append(float(m["action_acc"])); losses.append(float(m["loss"]))
     print(f"{task:28s} loss {np.mean(losses):.3f} acc {np.mean(accs):.3f}")

@@ -6,10 +6,10 @@ set -euo pipefail
 DATA=${DATA:-/work/data/datasets}
 OUT=${OUT:-/tmp/diag}
 D=results/mt40_dmc10_small/diagnosis
-one() {  # out steps extra-args...
+one() {  # out steps extra-args... (warm-up: the default, capped at a tenth of the steps)
   local out=$1 steps=$2; shift 2
   dtune pretrain --tasks walker-stand --source sac-replay --data-dir "$DATA" --model small --steps "$steps" \
-      --warmup-steps $((steps / 10 < 1000 ? steps / 10 : 1000)) --out "$OUT/$out" --no-progress "$@"
+      --out "$OUT/$out" --no-progress "$@"
   dtune evaluate --checkpoint "$OUT/$out" --tasks walker-stand --episodes 10 --data-dir "$DATA" --no-progress
 }
 one ws_scratch 4000                                 # MDDT (the paper's model), K = 5
