@@ -133,3 +133,49 @@ def test_metrics_log_keeps_rows_up_to_the_resume_point_and_takes_new_columns(tmp
     log.write({"step": 3, "loss": 0.1, "penalty": 0.5})
     lines = (tmp_path / "metrics.csv").read_text().splitlines()
     assert lines[0] == "step,loss,penalty" and len(lines) == 4 and lines[-1] == "3,0.1,0.5"
+
+
+def test_logged_rows_average_the_updates_read_once_per_row(tmp_path):
+    """Metrics stay on the device between rows; a row holds the mean of its updates' metrics,
+    the same as reading every update (`train_step`) and averaging."""
+    _, stepwise = make()
+    per_update = [stepwise.train_step() for _ in range(4)]
+    _, fitted = make()
+    fitted.log, fitted.log_every = MetricsLog(tmp_path), 4
+    fitted.fit(4)
+    import csv
+    row = list(csv.DictReader(open(tmp_path / "metrics.csv")))[-1]
+    for key in ("loss", "action_acc", "l1", "grad_norm"):
+        assert float(row[key]) == pytest.approx(np.mean([m[key] for m in per_update]), rel=1e-6), key
+    assert float(row["lr"]) == per_update[-1]["lr"]
+
+
+@pytest.mark.parametrize("pad", [False, True])
+def test_padding_flag_read_on_the_host_gives_the_same_loss(pad):
+    """`to_torch` reads `all_valid` from the numpy batch, so the model does not ask the device;
+    the loss is the same as when the model reads it from `valid` itself."""
+    from dtune.train.engine import to_torch
+
+    model, _ = make()
+    raw = RandomBatches(3).sample()
+    if pad:
+        raw["valid"][0, :2] = False
+    batch = to_torch(raw, torch.device("cpu"))
+    assert batch["all_valid"] is (not pad)
+    model.eval()
+    with_flag, _ = model.loss(batch)
+    without = {k: v for k, v in batch.items() if k != "all_valid"}
+    torch.testing.assert_close(with_flag, model.loss(without)[0], atol=0, rtol=0)
+
+
+def test_fused_adamw_only_on_gpus_unless_asked():
+    from dtune.train.optim import make_optimizer
+
+    model, _ = make()
+    assert not make_optimizer(model, 1e-3, 0.01).defaults["fused"]  # CPU parameters: torch's default
+    opt = make_optimizer(model, 1e-3, 0.01, fused=True)  # torch has fused AdamW on CPUs too
+    assert opt.defaults["fused"]
+    before = [p.detach().clone() for p in model.parameters()]
+    model.loss({k: torch.from_numpy(v) for k, v in RandomBatches(0).sample().items()})[0].backward()
+    opt.step()
+    assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))

@@ -93,12 +93,15 @@ class _SequenceDT(nn.Module):
         return {} if self.tuner is None else self.tuner.context(state_emb, valid, tasks)
 
     def backbone(self, tokens: torch.Tensor, valid: torch.Tensor, state_emb: torch.Tensor | None = None,
-                 **kw) -> torch.Tensor:
-        """`tokens (B, K, n, D)` -> hidden `(B, K, n, D)`."""
+                 all_valid: bool | None = None, **kw) -> torch.Tensor:
+        """`tokens (B, K, n, D)` -> hidden `(B, K, n, D)`. `all_valid`: whether `valid` is all
+        True, when the caller knows it (unset: read from `valid`, a GPU synchronisation)."""
         b, k, n, d = tokens.shape
         if self.tuner is not None:
             kw = {**self.tuner_inputs(state_emb, valid), **kw}
-        v = None if bool(valid.all()) else valid.repeat_interleave(n, dim=1)
+        if all_valid is None:
+            all_valid = bool(valid.all())
+        v = None if all_valid else valid.repeat_interleave(n, dim=1)
         h = self.transformer(tokens.reshape(b, k * n, d), valid=v, **kw)
         return h.reshape(b, k, n, d)
 
@@ -145,7 +148,7 @@ class MultiDomainDT(_SequenceDT):
         """Action logits `(B, K, A, n_bins)`; logit `i` is read at token `1 + i` (R, a^1 ..)."""
         act_tok = self.action_tokens(batch["actions"], batch["action_mask"])
         tokens, s = self.embed(batch, act_tok)
-        h = self.backbone(tokens, batch["valid"], s, **kw)
+        h = self.backbone(tokens, batch["valid"], s, batch.get("all_valid"), **kw)
         return self.head(h[:, :, 1: 1 + self.cfg.act_dim])
 
     def loss(self, batch: dict, **kw) -> tuple[torch.Tensor, dict]:
@@ -192,7 +195,7 @@ class DecisionTransformer(_SequenceDT):
     def forward(self, batch: dict, **kw) -> torch.Tensor:
         """Predicted actions `(B, K, A)` (read at the state tokens)."""
         tokens, s = self.embed(batch)
-        h = self.backbone(tokens, batch["valid"], s, **kw)
+        h = self.backbone(tokens, batch["valid"], s, batch.get("all_valid"), **kw)
         return self.head(h[:, :, 1])
 
     def loss(self, batch: dict, **kw) -> tuple[torch.Tensor, dict]:

@@ -125,8 +125,15 @@ class AnchorPenalty(Objective):
 
 
 # -- the engine -----------------------------------------------------------------------------------
-def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict:
+    """A sampled batch as tensors on `device`, plus `all_valid` (a Python bool: no padding in the
+    batch), read here on the host so that the model need not ask the GPU for it (a wait).
+    (Pinned memory for asynchronous copies was tried: no faster on an H100, see
+    `benchmarks/bench_train_gpu.py`.)"""
+    out: dict = {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in batch.items()}
+    if "valid" in batch:
+        out["all_valid"] = bool(np.all(batch["valid"]))
+    return out
 
 
 class _InterruptFlag:
@@ -227,7 +234,16 @@ class Trainer:
         return batch
 
     def train_step(self) -> dict[str, float]:
-        """One optimiser update; returns its metrics."""
+        """One optimiser update; returns its metrics (averaged over the processes)."""
+        metrics, lr = self._update()
+        metrics = {k: float(v) for k, v in metrics.items()}
+        if self.dist is not None:
+            metrics = self.dist.mean(metrics)
+        return {**metrics, "lr": lr}
+
+    def _update(self) -> tuple[dict[str, torch.Tensor], float]:
+        """One optimiser update: its metrics as detached tensors, still on the device (reading
+        them would wait for the GPU), and the learning rate."""
         lr = cosine_lr(self.step, self.total, self.optim.lr, self.optim.warmup_steps, self.optim.min_lr)
         set_lr(self.optimizer, lr)
         batch = self._batch()
@@ -246,10 +262,7 @@ class Trainer:
         gnorm = torch.nn.utils.clip_grad_norm_(self.params, self.optim.grad_clip)
         self.optimizer.step()
         self.step += 1
-        metrics = {k: float(v) for k, v in metrics.items()}
-        if self.dist is not None:
-            metrics = self.dist.mean(metrics)
-        return {**metrics, "grad_norm": float(gnorm), "lr": lr}
+        return {**metrics, "grad_norm": gnorm.detach()}, lr
 
     def fit(self, stop: int, checkpoint: Callable[[int], None] | None = None, ckpt_every: int | None = None) -> None:
         """Updates until step `stop`. `checkpoint(step)` runs every `ckpt_every` steps and
@@ -257,22 +270,28 @@ class Trainer:
         from tqdm import tqdm
 
         self.model.train()
-        acc: dict[str, float] = {}
+        # Metrics are summed on the device and read once per logged row: reading them every
+        # update would make the host wait for the GPU, which then idles while the next batch
+        # is sampled.
+        acc: dict[str, torch.Tensor] = {}
         n_acc, t_log, t0 = 0, time.perf_counter(), time.perf_counter()
         last_saved = self.step
         bar = tqdm(total=stop, initial=self.step, desc=self.desc, disable=not self.progress, unit="step")
         try:
             with _InterruptFlag() as flag:
                 while self.step < stop:
-                    m = self.train_step()
+                    m, lr = self._update()
                     for k, v in m.items():
-                        acc[k] = acc.get(k, 0.0) + v
+                        v = torch.as_tensor(v.detach() if torch.is_tensor(v) else v, dtype=torch.float64)
+                        acc[k] = acc[k] + v if k in acc else v
                     n_acc += 1
                     bar.update(1)
                     if self.step % self.log_every == 0 or self.step == stop:
+                        means = {k: float(v) / n_acc for k, v in acc.items()}
+                        if self.dist is not None:
+                            means = self.dist.mean(means)
                         now = time.perf_counter()
-                        row = {**self.row_extra, "step": self.step,
-                               **{k: v / n_acc for k, v in acc.items() if k != "lr"}, "lr": m["lr"],
+                        row = {**self.row_extra, "step": self.step, **means, "lr": lr,
                                "steps_per_s": n_acc / max(now - t_log, 1e-9), "elapsed_s": now - t0}
                         if self.tokens_per_batch:
                             row["tokens_per_s"] = row["steps_per_s"] * self.tokens_per_batch

@@ -20,12 +20,15 @@ def cosine_lr(step: int, total: int, peak: float, warmup_steps: int, min_lr: flo
     return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * progress))
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
+                   fused: bool | None = None) -> torch.optim.AdamW:
     """AdamW over the trainable parameters: weight decay on weight matrices only (not on
     embeddings, not on the parameters of a pool, `Tuner.pooled_parameters`: L2P/L2M keys,
     prompts and modulators, whose entries not selected in a step would otherwise shrink); an
     attached tuner's learning-rate multipliers become each group's `lr_scale` (applied by
-    :func:`set_lr`). Decayed groups come first."""
+    :func:`set_lr`). Decayed groups come first. `fused` (unset: when every parameter is on a
+    GPU) uses torch's fused AdamW kernels: a few launches per step instead of several per
+    parameter tensor."""
     tuner = getattr(model, "tuner", None)
     scales = tuner.lr_scales() if tuner is not None else {}
     pooled = tuple(f"tuner.{p}" for p in tuner.pooled_parameters()) if tuner is not None else ()
@@ -39,8 +42,10 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float) -> to
     if not groups:
         raise ValueError("nothing to train: every parameter is frozen")
     ordered = sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
+    if fused is None:
+        fused = all(p.is_cuda for ps in groups.values() for p in ps)
     return torch.optim.AdamW([{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
-                              for (decay, scale), ps in ordered], lr=lr, betas=(0.9, 0.95))
+                              for (decay, scale), ps in ordered], lr=lr, betas=(0.9, 0.95), fused=fused or None)
 
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
