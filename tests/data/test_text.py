@@ -81,3 +81,19 @@ def test_perplexity_of_uniform_and_perfect_predictions():
         return logits
 
     assert math.isclose(perplexity(oracle, tokens, block=16), 1.0, rel_tol=1e-6)
+
+
+def test_perplexity_runs_a_given_model_in_eval_mode_and_restores_its_mode():
+    import torch
+
+    model = torch.nn.Sequential(torch.nn.Embedding(7, 7), torch.nn.Dropout(0.5)).train()
+    seen = []
+
+    def logits(ids):
+        seen.append((model.training, ids.device))
+        return model(ids)
+
+    tokens = np.random.default_rng(0).integers(0, 7, 32)
+    a = perplexity(logits, tokens, block=16, model=model)
+    assert seen == [(False, torch.device("cpu"))] * 2 and model.training
+    assert a == perplexity(logits, tokens, block=16, model=model)  # no dropout: deterministic

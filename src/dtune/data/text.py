@@ -130,9 +130,11 @@ class BlockSampler:
         self._order = self._shuffle()
 
 
-def perplexity(logits_fn, tokens: np.ndarray, block: int = 1024, max_blocks: int | None = None) -> float:
+def perplexity(logits_fn, tokens: np.ndarray, block: int = 1024, max_blocks: int | None = None,
+               model=None) -> float:
     """Perplexity of a language model on a token stream cut into blocks: `exp` of the mean
-    next-token cross-entropy. `logits_fn(ids (1, T)) -> (1, T, vocab)`."""
+    next-token cross-entropy. `logits_fn(ids (1, T)) -> (1, T, vocab)`; `model` (a module):
+    the ids go to its device and it is in eval mode meanwhile (its mode restored after)."""
     import torch
     import torch.nn.functional as F
 
@@ -141,13 +143,22 @@ def perplexity(logits_fn, tokens: np.ndarray, block: int = 1024, max_blocks: int
         n = min(n, max_blocks)
     if n == 0:
         raise ValueError(f"held-out text of {len(tokens)} tokens is shorter than one block of {block}")
+    device = next(model.parameters()).device if model is not None else None
+    was = model.training if model is not None else None
+    if model is not None:
+        model.eval()
     total, count = 0.0, 0
-    with torch.no_grad():
-        for i in range(n):
-            ids = torch.as_tensor(np.asarray(tokens[i * block: (i + 1) * block], dtype=np.int64))[None]
-            logits = logits_fn(ids).float()
-            total += F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
-            count += block - 1
+    try:
+        with torch.no_grad():
+            for i in range(n):
+                ids = torch.as_tensor(np.asarray(tokens[i * block: (i + 1) * block], dtype=np.int64))[None]
+                ids = ids.to(device) if device is not None else ids
+                logits = logits_fn(ids).float()
+                total += F.cross_entropy(logits[0, :-1], ids[0, 1:], reduction="sum").item()
+                count += block - 1
+    finally:
+        if model is not None:
+            model.train(was)
     return float(np.exp(total / count))
 
 

@@ -33,6 +33,7 @@ import torch
 
 from dtune import __version__, tuners
 from dtune.data.dataset import TrajectoryData, WindowSampler
+from dtune.data.text import perplexity
 from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_protocol
 from dtune.models import GPTConfig, ModelConfig, build_model
@@ -164,17 +165,6 @@ def _text(cfg: LamoConfig, seed: int, vocab: int):
     return BlockSampler(train_ids, cfg.text_block, cfg.text_batch, seed=seed), held_ids
 
 
-def _perplexity(model, held, cfg: LamoConfig) -> float:
-    from dtune.data.text import perplexity
-
-    was = model.training
-    model.eval()
-    try:
-        return perplexity(model.language_logits, held, cfg.text_block, cfg.heldout_blocks)
-    finally:
-        model.train(was)
-
-
 def lamo(cfg: LamoConfig) -> dict:
     """Initialise, train, evaluate; returns the result (also `out/result.json`)."""
     from dtune.data.storage import data_root, resolve_sources
@@ -238,7 +228,7 @@ def lamo(cfg: LamoConfig) -> dict:
     if cfg.lm is not None and cfg.language_weight > 0:
         text, held = _text(cfg, cfg.seed, model.cfg.vocab_size)
         objectives.append(LanguageLoss(text, cfg.language_weight, device))
-        ppl_before = _perplexity(model, held, cfg)
+        ppl_before = perplexity(model.language_logits, held, cfg.text_block, cfg.heldout_blocks, model)
     sampler = WindowSampler(data, cfg.context_len, cfg.batch_size, seed=cfg.seed)
     optim = OptimSettings(lr=cfg.lr, min_lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
                           grad_clip=cfg.grad_clip)
@@ -266,7 +256,8 @@ def lamo(cfg: LamoConfig) -> dict:
     tuner.end_task()
     tuners.save_adapter(out, model, {"base_checkpoint": str(base_dir), "base_digest": weights_digest(base_dir),
                                      "tasks": [cfg.task], "task_info": info, "steps": cfg.steps})
-    ppl_after = _perplexity(model, held, cfg) if held is not None else None
+    ppl_after = (perplexity(model.language_logits, held, cfg.text_block, cfg.heldout_blocks, model)
+                 if held is not None else None)
     model.eval()
     res = evaluate_protocol(DTAgent(model, layout), cfg.task, episodes=cfg.eval_episodes, seed=cfg.eval_seed,
                             task_info=info, progress=cfg.progress)

@@ -27,10 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from dtune import __version__
+from dtune.data.text import perplexity
 from dtune.models import GPTConfig
 from dtune.recipes.common import abspath, check_resume, claim_out, fit, saved_config, start_fresh
 from dtune.runtime.device import resolve_device, resolve_precision
@@ -142,18 +142,6 @@ def _tokenizer(cfg: LMPretrainConfig, train_docs: list[str]):
     return load_tokenizer(cfg.tokenizer)
 
 
-def lm_perplexity(model, tokens: np.ndarray, block: int, max_blocks: int, device: torch.device) -> float:
-    """Held-out perplexity of a :class:`~dtune.models.lm.CausalLM` (eval mode, fp32)."""
-    from dtune.data.text import perplexity
-
-    was = model.training
-    model.eval()
-    try:
-        return perplexity(lambda ids: model(ids.to(device)), tokens, block, max_blocks)
-    finally:
-        model.train(was)
-
-
 def lm_pretrain(cfg: LMPretrainConfig) -> dict:
     """Tokenise, pre-train, save `out/model`; returns the result (also `out/result.json`)."""
     from dtune.data.text import BlockSampler, split_heldout, text_documents, tokenize
@@ -207,7 +195,7 @@ def lm_pretrain(cfg: LMPretrainConfig) -> dict:
     else:
         model_dir.mkdir(parents=True, exist_ok=True)
         tok.save_pretrained(str(model_dir))
-        ppl_before = lm_perplexity(model, held_ids, cfg.block, cfg.heldout_blocks, device)
+        ppl_before = perplexity(model, held_ids, cfg.block, cfg.heldout_blocks, model)
     start = trainer.step
     n_params = sum(p.numel() for p in model.parameters())
     atomic_write_json(out / "config.json", {
@@ -226,7 +214,7 @@ def lm_pretrain(cfg: LMPretrainConfig) -> dict:
     train_s = train_s_before + time.perf_counter() - t0
     checkpoint(cfg.steps)
     save_gpt2(model.cpu(), model_dir, tok.eos_token_id)
-    ppl_after = lm_perplexity(model, held_ids, cfg.block, cfg.heldout_blocks, torch.device("cpu"))
+    ppl_after = perplexity(model, held_ids, cfg.block, cfg.heldout_blocks, model)
     result = {"kind": "lm", "steps": cfg.steps, "parameters": n_params, "vocab_size": vocab,
               "train_tokens": int(len(train_ids)), "tokens_seen": cfg.steps * cfg.batch_size * cfg.block,
               "epochs": cfg.steps * cfg.batch_size / blocks.n_blocks, "perplexity_before": ppl_before,
@@ -235,4 +223,4 @@ def lm_pretrain(cfg: LMPretrainConfig) -> dict:
     return result
 
 
-__all__ = ["LMPretrainConfig", "lm_pretrain", "NextTokenLoss", "TextBatches", "lm_perplexity"]
+__all__ = ["LMPretrainConfig", "lm_pretrain", "NextTokenLoss", "TextBatches"]
