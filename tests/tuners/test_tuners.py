@@ -771,3 +771,12 @@ def test_l2m_calibrated_margin_keeps_the_tasks_windows_on_their_entry():
     assert tuner.calibrate(pre_q) > margin  # a task near the pre-training one raises it
     with pytest.raises(ValueError, match="turn pretrain_keys on"):
         tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", calibrate_margin=0.9))
+
+
+@pytest.mark.parametrize("name", sorted(tuners.REGISTRY))
+def test_attach_puts_the_tuner_where_the_model_is(name):
+    """A tuner attached to a model already on a device (a GPU in `dtune lamo`) builds its weights
+    there; the meta device stands in for a GPU here."""
+    model = build_model(preset("tiny", state_dim=10, act_dim=2)).to("meta")
+    tuners.attach(model, name)
+    assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}

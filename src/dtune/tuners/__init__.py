@@ -95,6 +95,9 @@ def attach(model: nn.Module, name: str, config: TunerConfig | None = None) -> Tu
     except BaseException:
         tuner.remove_hooks()  # a failed attach leaves the model as it was
         raise
+    device = next((p.device for p in model.parameters()), None)
+    if device is not None:
+        tuner.to(device)  # its new weights where the model's are (it may already be on a GPU)
     for n, p in model.named_parameters():
         p.requires_grad_(n in base)
     model.tuner = tuner
