@@ -6,7 +6,8 @@ bf16 matmul peak.
 The measures: no waiting (metrics stay on the GPU until a row is logged, and the padding flag
 is read on the host; before, the host read them from the GPU at every update and so waited for
 it), fused AdamW (a few kernels per update instead of several per parameter tensor), and one
-tried and left out of the engine: pinned batches (asynchronous copies). Variants are timed in turn, `--rounds` times, best kept.
+tried and left out of the engine: pinned batches (asynchronous copies). Variants are timed in
+turn, `--rounds` times, best kept.
 
 Batches are made up (the Meta-World + DMC layout: 154-dim states, 6 action dims, every tenth
 window left-padded) and cycled, so the figures are the engine's and the model's, not the
@@ -25,7 +26,7 @@ from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import race
+from _common import race, timed
 from dtune.models import build_model, preset
 from dtune.runtime.device import autocast
 from dtune.train.engine import ActionLoss, OptimSettings, Trainer, to_torch
@@ -163,7 +164,7 @@ def main():
             sync()
             print(f"{name}: compile warm-up {time.perf_counter() - t0:.0f} s")
             go = timer(compiled, n)
-            rows["the engine now, --compile"] = min(_seconds(go) for _ in range(args.rounds)) / n
+            rows["the engine now, --compile"] = min(timed(go) for _ in range(args.rounds)) / n
         batch = to_torch(sampler.sample(), dev)
         with FlopCounterMode(display=False) as fc:
             with autocast(dev, "bf16"):
@@ -190,12 +191,6 @@ def main():
         print(f"\nUnder the profiler, per update ({NOW}): GPU kernels {gpu_us / 20 / 1e3:.2f} ms, host operators "
               f"{cpu_us / 20 / 1e3:.2f} ms, update {rows[NOW] * 1e3:.2f} ms unprofiled. Top operators by GPU time:")
         print(prof.key_averages().table(sort_by="self_device_time_total", row_limit=10, max_name_column_width=50))
-
-
-def _seconds(fn):
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 if __name__ == "__main__":

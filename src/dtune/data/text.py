@@ -143,9 +143,9 @@ def perplexity(logits_fn, tokens: np.ndarray, block: int = 1024, max_blocks: int
         n = min(n, max_blocks)
     if n == 0:
         raise ValueError(f"held-out text of {len(tokens)} tokens is shorter than one block of {block}")
-    device = next(model.parameters()).device if model is not None else None
-    was = model.training if model is not None else None
+    device = None
     if model is not None:
+        device, was = next(model.parameters()).device, model.training
         model.eval()
     total, count = 0.0, 0
     try:
