@@ -171,9 +171,44 @@ def test_offline_runs_get_seed_statistics_and_rliable_iqm(tmp_path):
     assert "skipped" in md and "a lm run" in md
     assert agg["dt"]["iqm_best"] == pytest.approx(0.5) and agg["dt"]["iqm"] == pytest.approx(0.3)
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| hopper")]
-    assert ["hopper", "medium", "0.01", "dt", "3", "30.0", "50.0", "2"] in rows
-    assert ["hopper", "medium", "0.01", "cql", "3", "42.0 ± 1.6", "(same)", "2"] in rows
+    # LaMo's table has DT (and LaMo) at ratio 0.01 on hopper-medium, CORL only full datasets
+    assert ["hopper", "medium", "0.01", "dt", "3", "30.0", "50.0", "", "41.9", "2"] in rows
+    assert ["hopper", "medium", "0.01", "cql", "3", "42.0 ± 1.6", "(same)", "", "", "2"] in rows
     assert (tmp_path / "out" / "offline_runs.csv").exists()
+
+
+def test_ordering_agreement_counts_pairs_and_respects_the_spread():
+    from dtune.report.published import ordering_agreement
+
+    ours = {"bc": 50.0, "cql": 70.0, "dt": 65.0, "iql": 60.0, "extra": 1.0}
+    corl = {"bc": 53.5, "cql": 59.1, "dt": 65.1, "iql": 67.5}  # CORL, hopper-medium
+    a = ordering_agreement(ours, corl)
+    assert a["methods"] == ["bc", "cql", "dt", "iql"]
+    assert sorted(a["agree"]) == [("bc", "cql"), ("bc", "dt"), ("bc", "iql")]
+    assert sorted(a["disagree"]) == [("cql", "dt"), ("cql", "iql"), ("dt", "iql")]  # (better here, better there)
+    assert a["ties"] == []
+    # a pair within the larger sd over seeds is not separated, whichever way its means lie
+    b = ordering_agreement(ours, corl, spread={"dt": 6.0})
+    assert ("cql", "dt") in b["ties"] and ("dt", "iql") in b["ties"] and ("cql", "iql") in b["disagree"]
+    assert len(b["agree"]) + len(b["disagree"]) + len(b["ties"]) == 6
+
+
+def test_offline_report_puts_published_scores_beside_runs_and_compares_orderings(tmp_path):
+    runs = [offline_run(tmp_path / m, "baseline", m, 0, v, ratio=1.0) for m, v in
+            (("bc", 0.50), ("cql", 0.70), ("iql", 0.60), ("td3+bc", 0.40))]
+    runs += [offline_run(tmp_path / "dt", "lamo", "dt", 0, 0.65, best=0.8, ratio=1.0)]
+    runs += [offline_run(tmp_path / "iql-r", "baseline", "iql", 0, 0.3, ratio=1.0, task="reacher2d")]
+    md = report([str(r) for r in runs], str(tmp_path / "out"))
+    data = json.loads((tmp_path / "out" / "report.json").read_text())
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| hopper")]
+    assert ["hopper", "medium", "1", "cql", "1", "70.0", "(same)", "59.1", "61.6", "2"] in rows
+    assert ["hopper", "medium", "1", "td3+bc", "1", "40.0", "(same)", "", "58.7", "2"] in rows  # not in CORL's table
+    orderings = {o["publication"]: o for o in data["offline_orderings"]}
+    assert set(orderings) == {"corl", "lamo"}  # reacher2d has one method here: nothing to order
+    assert orderings["corl"]["methods"] == ["bc", "cql", "dt", "iql"]
+    assert sorted(map(tuple, orderings["corl"]["disagree"])) == [("cql", "dt"), ("cql", "iql"), ("dt", "iql")]
+    assert orderings["lamo"]["methods"] == ["bc", "cql", "dt", "iql", "td3+bc"]
+    assert ["hopper", "medium", "1", "CORL", "4", "3", "3", "0", "cql > dt, cql > iql, dt > iql"] in rows
 
 
 def test_iqm_drops_a_quarter_at_each_end():

@@ -18,6 +18,7 @@ import numpy as np
 
 from dtune.report import markdown_table
 from dtune.report.continual import reference_scores, run_base_digest
+from dtune.report.published import SOURCES, ordering_agreement, published_method, published_scores
 
 
 def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str]]:
@@ -230,11 +231,13 @@ def _offline_order(labels: list[str]) -> list[str]:
     return sorted(labels, key=lambda m: (first.index(m) if m in first else len(first), m))
 
 
-def offline_summary(runs: list[dict]) -> tuple[str, list[dict]]:
+def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict]]:
     """Offline-RL runs: per dataset (task, source, data ratio) and method, the score over seeds
     (mean ± sd) at the standard target and, for return-conditioned models, the best over the
-    protocol's targets; then per method and data ratio over datasets (task and source): the mean
-    of the dataset means and the IQM over every run (datasets x seeds), rliable's aggregate."""
+    protocol's targets, beside the published scores of the method on D4RL's dataset of that name;
+    then per method and data ratio over datasets (task and source): the mean of the dataset means
+    and the IQM over every run (datasets x seeds), rliable's aggregate; then, per dataset, how the
+    methods' ordering agrees with each publication's. Returns the text, the rows and the orderings."""
     from dtune.report.metrics import iqm
 
     def std(r):
@@ -254,12 +257,16 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict]]:
                "seeds": sorted(r.get("seed") for r in rs), "standard": _stats([std(r) for r in rs]),
                "best": _stats([best(r) for r in rs]), "train_s": _stats([r.get("train_s") for r in rs])}
         rows.append(row)
+        method = published_method(key[3])
+        row["published"] = published_scores(key[0], key[1], key[2], method) if method else {}
         conditioned = rs[0]["kind"] == "lamo"
         table.append([key[0], key[1], f"{key[2]:g}", key[3], len(rs), _pm(*row["standard"]),
                       _pm(*row["best"]) if conditioned else "(same)",
+                      *(f"{row['published'][p]:.1f}" if p in row["published"] else "" for p in SOURCES),
                       "n/a" if row["train_s"][0] is None else f"{row['train_s'][0]:.0f}"])
     per_dataset = markdown_table(["task", "source", "data ratio", "method", "seeds", "score at standard target",
-                                  "best over targets", "train s"], table)
+                                  "best over targets", *(f"{v} *" for v in SOURCES.values()), "train s"], table)
+    orderings = _offline_orderings(rows)
     agg: dict[tuple, list[dict]] = {}
     for r in runs:
         agg.setdefault((r["label"], r.get("data_ratio", 1.0)), []).append(r)
@@ -281,8 +288,42 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict]]:
     note = ("Scores x100 (normalised: 100 = the task's expert reference; success tasks: % of episodes). "
             "\"standard target\": the score at the suite's standard target return; \"best over targets\": the best of "
             "the protocol's targets, chosen on the evaluation episodes themselves, as the LaMo code reports it "
-            "(optimistic). Baselines are not return-conditioned: one score.")
-    return per_dataset + "\n\n" + overall + "\n\n" + note, rows + [{"aggregate": True, **r} for r in summary_rows]
+            "(optimistic). Baselines are not return-conditioned: one score. * Published scores on D4RL's own "
+            "datasets (dtune.report.published), beside runs on whatever data these runs used: compare orderings, "
+            "not values.")
+    parts = [per_dataset, overall, note]
+    if orderings[0]:
+        parts += ["Method orderings against the publications, per dataset (scores at the standard target; a pair "
+                  "is not separated when our means differ by no more than the larger sd over seeds):", orderings[0]]
+    return "\n\n".join(parts), rows + [{"aggregate": True, **r} for r in summary_rows], orderings[1]
+
+
+def _offline_orderings(rows: list[dict]) -> tuple[str, list[dict]]:
+    """Per dataset and publication, the method pairs ordered as published, the other way, or not
+    separated (:func:`dtune.report.published.ordering_agreement`)."""
+    by_dataset: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["published"]:
+            by_dataset.setdefault((r["task"], r["source"], r["data_ratio"]), []).append(r)
+    table, out = [], []
+    for key, rs in by_dataset.items():
+        for pub in SOURCES:
+            theirs = {published_method(r["method"]): r["published"][pub] for r in rs if pub in r["published"]}
+            ours = {published_method(r["method"]): 100 * r["standard"][0] for r in rs
+                    if pub in r["published"] and r["standard"][0] is not None}
+            spread = {published_method(r["method"]): 100 * (r["standard"][1] or 0.0) for r in rs
+                      if pub in r["published"]}
+            if len(set(ours) & set(theirs)) < 2:
+                continue
+            a = ordering_agreement(ours, theirs, spread)
+            out.append({"task": key[0], "source": key[1], "data_ratio": key[2], "publication": pub, **a})
+            table.append([key[0], key[1], f"{key[2]:g}", SOURCES[pub].split(" (")[0], len(a["methods"]), len(a["agree"]),
+                          len(a["disagree"]), len(a["ties"]),
+                          ", ".join(f"{x} > {y}" for x, y in a["disagree"]) or "-"])
+    if not table:
+        return "", []
+    return markdown_table(["task", "source", "data ratio", "publication", "methods", "pairs agree", "disagree",
+                           "not separated", "ordered the other way here"], table), out
 
 
 def report(dirs: list[str], out: str | None = None, reference: str | None = None) -> str:
@@ -333,9 +374,11 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
         parts += ([""] if parts else []) + ["## Routing of the pool methods", "", text]
         data["routing"] = rows
     if offline:
-        text, rows = offline_summary(offline)
+        text, rows, orderings = offline_summary(offline)
         parts += ([""] if parts else []) + ["## Offline RL", "", text]
         data["offline"] = rows
+        if orderings:
+            data["offline_orderings"] = orderings
         if outp:
             panels: dict[str, dict] = {}
             for r in rows:
