@@ -2,17 +2,20 @@
 # D4RL-style MuJoCo datasets (issue 10), D4RL's recipe at a CPU budget: SAC per task (stable-baselines3,
 # one torch thread per process, two tasks at a time) early-stopped once its deterministic evaluation
 # reaches D4RL's medium level (Hopper 1,400, HalfCheetah 4,800, Walker2d 3,000); its replay buffer up to
-# then is `medium-replay`, and 200K steps of the stopped agent's (stochastic) rollouts are `medium`.
+# then is `medium-replay`, and 1M steps of the stopped agent's (stochastic) rollouts are `medium` (D4RL's
+# size: rollouts are cheap, about 10 min per task, and LaMo's 0.5% / 1% subsets then hold as many
+# trajectories as D4RL's do; MEDIUM_STEPS=200000 for a smaller one).
 # Resumable: SAC checkpoints every 10K steps; re-running continues where it stopped. SESSION=N stops each
 # task after N steps of this invocation (a clean checkpoint before a session ends).
 set -euo pipefail
 DATA=${DATA:-/work/data/datasets}
 SESSION=${SESSION:-}
+MEDIUM_STEPS=${MEDIUM_STEPS:-1000000}
 dtune data sac --tasks mujoco3 --source medium-replay --stop-at medium --steps 1000000 --workers 2 \
     --data-dir "$DATA" --no-progress ${SESSION:+--session-steps $SESSION}
 # A chunk (SESSION set) may leave tasks unfinished: re-run the script without SESSION to finish them first.
 [ -n "$SESSION" ] && { echo "chunk done; re-run (without SESSION to finish) to continue"; exit 0; }
-dtune data rollouts --tasks mujoco3 --agent medium-replay --source medium --steps 200000 --workers 2 --data-dir "$DATA"
+dtune data rollouts --tasks mujoco3 --agent medium-replay --source medium --steps $MEDIUM_STEPS --workers 2 --no-progress --data-dir "$DATA"
 for src in medium-replay medium; do
   dtune data report --tasks mujoco3 --source $src --data-dir "$DATA" --out results/mujoco_data/$src
 done
