@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# LaMo on the D4RL-style data (issue 11), a CPU protocol. Steps:
+# 1. A small GPT-2-shaped LM pre-trained on the Brown corpus (`make corpus`): 3 blocks, 4 heads, width 128,
+#    the classic DT's size, so a LaMo update costs about what a DT update does (a 124M GPT-2 takes seconds
+#    per update on 2 cores).
+# 2. Per dataset (task:source:ratio) and seed: LaMo on that LM (LoRA r 16 on q/k/v, MLP embeddings, language
+#    loss 0.1 on 256-token Brown blocks), the same model randomly initialised (`--no-pretrained`), the
+#    classic DT, and d3rlpy's CQL / IQL / BC on the same seeded subset of whole trajectories.
+#    Default grid: LaMo's headline cells, hopper/halfcheetah/walker2d medium at 0.5% and 1% data and
+#    reacher2d medium at 10%; DATASETS adds e.g. "hopper:medium:0.1 reacher2d:medium:1".
+# 3. ABLATIONS=1: at 1% data, LaMo without MLP embeddings, without the language loss, with full fine-tuning.
+# Budget: STEPS updates per transformer run (default 3K, warm-up 500; LaMo: 100K, warm-up 2.5K), BASE_STEPS
+# for the baselines (CQL: CQL_STEPS); one torch thread per run, two runs at a time. Resumable: finished runs
+# are skipped, interrupted ones continue from their last checkpoint (every 500 updates).
+set -euo pipefail
+DATA=${DATA:-/work/data/datasets}
+RUNS=${RUNS:-runs/lamo}
+OUT=${OUT:-results/lamo}
+LM=${LM:-runs/lm-brown}
+SEEDS=${SEEDS:-"0 1 2"}
+STEPS=${STEPS:-3000}
+BASE_STEPS=${BASE_STEPS:-10000}
+CQL_STEPS=${CQL_STEPS:-5000}
+LM_STEPS=${LM_STEPS:-3000}
+DATASETS=${DATASETS:-"hopper:medium:0.005 halfcheetah:medium:0.005 walker2d:medium:0.005 hopper:medium:0.01 halfcheetah:medium:0.01 walker2d:medium:0.01 reacher2d:medium:0.1"}
+METHODS=${METHODS:-"lamo lamo-random dt cql iql bc"}
+ABLATIONS=${ABLATIONS:-0}
+
+if [ ! -f "$LM/result.json" ]; then
+  resume=""; [ -f "$LM/train_state.json" ] && resume="--resume"
+  OMP_NUM_THREADS=2 dtune lm pretrain --out "$LM" --n-layer 3 --n-head 4 --n-embd 128 --steps "$LM_STEPS" \
+    --no-progress $resume >> "$LM.log" 2>&1
+fi
+
+run() {  # task:source:ratio method seed
+  IFS=: read -r task src ratio <<< "$1"
+  local out="$RUNS/$task-$src-$ratio/$2/s$3" resume=""
+  [ -f "$out/result.json" ] && return 0
+  { [ -f "$out/train_state.json" ] || [ -d "$out/checkpoint" ]; } && resume="--resume"
+  mkdir -p "$(dirname "$out")"
+  local k=20; [ "$task" = reacher2d ] && k=5
+  local dt=(dtune lamo --task "$task" --source "$src" --data-ratio "$ratio" --seed "$3" --steps "$STEPS"
+            --warmup-steps 500 --context-len $k --eval-episodes 10 --ckpt-every 500 --data-dir "$DATA"
+            --no-progress --out "$out" $resume)
+  local lamo=("${dt[@]}" --lm "$LM" --text-block 256)
+  case "$2" in
+    lamo)             OMP_NUM_THREADS=1 "${lamo[@]}" ;;
+    lamo-random)      OMP_NUM_THREADS=1 "${lamo[@]}" --no-pretrained ;;
+    lamo-linear)      OMP_NUM_THREADS=1 "${lamo[@]}" --no-mlp-embeddings ;;
+    lamo-no-language) OMP_NUM_THREADS=1 "${lamo[@]}" --language-weight 0 ;;
+    lamo-full)        OMP_NUM_THREADS=1 "${lamo[@]}" --tuning full ;;
+    dt)               OMP_NUM_THREADS=1 "${dt[@]}" ;;
+    *) local n=$BASE_STEPS; [ "$2" = cql ] && n=$CQL_STEPS
+       OMP_NUM_THREADS=1 dtune baselines --algo "$2" --task "$task" --source "$src" --data-ratio "$ratio" \
+         --seed "$3" --steps $n --steps-per-epoch 1000 --eval-episodes 10 --data-dir "$DATA" --no-progress \
+         --out "$out" $resume ;;
+  esac >> "$out.log" 2>&1
+}
+export -f run; export DATA RUNS LM STEPS BASE_STEPS CQL_STEPS
+mkdir -p "$RUNS"
+{
+  for s in $SEEDS; do for d in $DATASETS; do for m in $METHODS; do echo "$d $m $s"; done; done; done
+  if [ "$ABLATIONS" = 1 ]; then
+    for s in $SEEDS; do for t in hopper halfcheetah walker2d; do for m in lamo-linear lamo-no-language lamo-full; do
+      echo "$t:medium:0.01 $m $s"; done; done; done
+  fi
+} | xargs -P 2 -n 3 bash -c 'run "$0" "$1" "$2"'
+dtune report "$RUNS"/*/*/*/ --out "$OUT"
