@@ -64,5 +64,5 @@ mkdir -p "$RUNS"
     for s in $SEEDS; do for t in hopper halfcheetah walker2d; do for m in lamo-linear lamo-no-language lamo-full; do
       echo "$t:medium:0.01 $m $s"; done; done; done
   fi
-} | xargs -P 2 -n 3 bash -c 'run "$0" "$1" "$2"'
+} | xargs -P "${LANES:-2}" -n 3 bash -c 'run "$0" "$1" "$2"'
 dtune report "$RUNS"/*/*/*/ --out "$OUT"

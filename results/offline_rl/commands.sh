@@ -8,7 +8,7 @@
 # at every target of the task's protocol (10 episodes each: score at the standard target and best over
 # targets, labelled), the others on 10 episodes; the same evaluation seeds everywhere.
 # Resumable: finished runs (result.json) are skipped, interrupted ones continue with --resume from their
-# last checkpoint (every 1K updates). SEEDS="1 2" adds seeds; DATASETS/METHODS narrow it.
+# last checkpoint (every 1K updates). SEEDS="1 2" adds seeds; DATASETS/METHODS narrow it; LANES=1 runs one at a time.
 set -euo pipefail
 DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs/offline_rl}
@@ -37,5 +37,5 @@ run() {  # task:source method seed
 export -f run; export DATA RUNS STEPS STEPS_DT STEPS_CQL
 mkdir -p "$RUNS"
 for s in $SEEDS; do for d in $DATASETS; do for m in $METHODS; do echo "$d $m $s"; done; done; done |
-    xargs -P 2 -n 3 bash -c 'run "$0" "$1" "$2"'
+    xargs -P "${LANES:-2}" -n 3 bash -c 'run "$0" "$1" "$2"'
 dtune report "$RUNS"/*/*/*/ --out "$OUT"
