@@ -44,6 +44,9 @@ _LAMO_LOW_DATA = {  # MuJoCo medium at data ratios 0.005 / 0.01 / 0.1: (LaMo, DT
     "walker2d": ((66.9, 16.7), (74.5, 38.9), (70.4, 70.2)),
 }
 
+PUBLISHED_METHODS = ("bc", "cql", "iql", "td3+bc", "dt")
+"""Report labels that are published methods as they stand (LaMo's label carries its LM's name)."""
+
 SOURCES = {"corl": "CORL (D4RL v2, last score)", "lamo": "LaMo paper (D4RL, mean of 3 seeds)"}
 """The publications, as the report's column headers name them."""
 
@@ -68,7 +71,7 @@ PUBLISHED = _table()
 def published_method(label: str) -> str | None:
     """The published method a report row stands for: `bc`, `cql`, `iql`, `td3+bc`, `dt`, or
     `lamo` for LaMo with none of its ablations (`lamo [model]`); None for anything else."""
-    if label in ("bc", "cql", "iql", "td3+bc", "dt"):
+    if label in PUBLISHED_METHODS:
         return label
     if label.startswith("lamo [") and label.endswith("]"):
         return "lamo"
@@ -101,4 +104,4 @@ def ordering_agreement(ours: dict[str, float], theirs: dict[str, float],
     return {"methods": common, "agree": agree, "disagree": disagree, "ties": ties}
 
 
-__all__ = ["PUBLISHED", "SOURCES", "ordering_agreement", "published_method", "published_scores"]
+__all__ = ["PUBLISHED", "PUBLISHED_METHODS", "SOURCES", "ordering_agreement", "published_method", "published_scores"]

@@ -18,7 +18,7 @@ import numpy as np
 
 from dtune.report import markdown_table
 from dtune.report.continual import reference_scores, run_base_digest
-from dtune.report.published import SOURCES, ordering_agreement, published_method, published_scores
+from dtune.report.published import PUBLISHED_METHODS, SOURCES, ordering_agreement, published_method, published_scores
 
 
 def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str]]:
@@ -227,7 +227,7 @@ def offline_label(r: dict, run_dir: Path) -> str:
 
 
 def _offline_order(labels: list[str]) -> list[str]:
-    first = ["bc", "cql", "iql", "td3+bc", "dt"]
+    first = PUBLISHED_METHODS
     return sorted(labels, key=lambda m: (first.index(m) if m in first else len(first), m))
 
 
@@ -266,7 +266,7 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict]]:
                       "n/a" if row["train_s"][0] is None else f"{row['train_s'][0]:.0f}"])
     per_dataset = markdown_table(["task", "source", "data ratio", "method", "seeds", "score at standard target",
                                   "best over targets", *(f"{v} *" for v in SOURCES.values()), "train s"], table)
-    orderings = _offline_orderings(rows)
+    orderings_md, orderings = _offline_orderings(rows)
     agg: dict[tuple, list[dict]] = {}
     for r in runs:
         agg.setdefault((r["label"], r.get("data_ratio", 1.0)), []).append(r)
@@ -292,10 +292,10 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict]]:
             "datasets (dtune.report.published), beside runs on whatever data these runs used: compare orderings, "
             "not values.")
     parts = [per_dataset, overall, note]
-    if orderings[0]:
+    if orderings_md:
         parts += ["Method orderings against the publications, per dataset (scores at the standard target; a pair "
-                  "is not separated when our means differ by no more than the larger sd over seeds):", orderings[0]]
-    return "\n\n".join(parts), rows + [{"aggregate": True, **r} for r in summary_rows], orderings[1]
+                  "is not separated when our means differ by no more than the larger sd over seeds):", orderings_md]
+    return "\n\n".join(parts), rows + [{"aggregate": True, **r} for r in summary_rows], orderings
 
 
 def _offline_orderings(rows: list[dict]) -> tuple[str, list[dict]]:
@@ -308,12 +308,13 @@ def _offline_orderings(rows: list[dict]) -> tuple[str, list[dict]]:
     table, out = [], []
     for key, rs in by_dataset.items():
         for pub in SOURCES:
-            theirs = {published_method(r["method"]): r["published"][pub] for r in rs if pub in r["published"]}
-            ours = {published_method(r["method"]): 100 * r["standard"][0] for r in rs
-                    if pub in r["published"] and r["standard"][0] is not None}
-            spread = {published_method(r["method"]): 100 * (r["standard"][1] or 0.0) for r in rs
-                      if pub in r["published"]}
-            if len(set(ours) & set(theirs)) < 2:
+            theirs, ours, spread = {}, {}, {}
+            for r in rs:
+                if pub not in r["published"] or r["standard"][0] is None:
+                    continue
+                m = published_method(r["method"])
+                theirs[m], ours[m], spread[m] = r["published"][pub], 100 * r["standard"][0], 100 * (r["standard"][1] or 0.0)
+            if len(ours) < 2:
                 continue
             a = ordering_agreement(ours, theirs, spread)
             out.append({"task": key[0], "source": key[1], "data_ratio": key[2], "publication": pub, **a})
