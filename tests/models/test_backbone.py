@@ -94,8 +94,14 @@ def test_fast_dropout_rate_scale_and_gradient():
     y.sum().backward()
     assert torch.equal(x.grad != 0, y != 0)  # gradient flows through kept entries only
     assert dropout(x, 0.1, False) is x and dropout(x, 0.0, True) is x
+    for lane in range(4):  # each 16-bit quarter of a 64-bit draw is uniform (a signed draw's top bit too)
+        assert abs(1 - kept[lane::4].mean().item() - 0.1) < 0.01
     odd = torch.ones(3, 5, 7, dtype=torch.bfloat16)  # odd sizes, bf16
     assert dropout(odd, 0.5, True).shape == odd.shape
+    half = dropout(torch.ones(4_000_000, dtype=torch.bfloat16), 0.1, True)  # bf16 cannot hold 1/0.9:
+    assert half.dtype == torch.bfloat16 and set(half.unique().tolist()) == {0.0, 1.109375}
+    assert abs(half.float().mean().item() - 1) < 8e-4  # the keep rate makes up for the rounded scale (bias 1.6e-3)
+    assert torch.equal(dropout(x, 1.0, True), torch.zeros_like(x))
     m = Dropout(0.3).eval()
     assert m(x) is x and "p=0.3" in repr(m)
 
