@@ -248,3 +248,36 @@ def test_learned_positions_table_limit():
     gpt(torch.randn(1, 12, 16))
     with pytest.raises(ValueError, match="longer than the position table"):
         gpt(torch.randn(1, 13, 16))
+
+
+@pytest.mark.parametrize("layout", ["gpt", "llama", "gpt2"])
+@pytest.mark.parametrize("case", ["plain", "padding", "cache", "prompt", "prefix"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_last_token_output_equals_full_forward(layout, case, bf16):
+    """`last=True` (what the evaluator asks for) gives the full forward's last hidden state, fills
+    the cache the same way, and later tokens see the same keys and values."""
+    kw = {"gpt": dict(n_layer=2, n_head=2, n_embd=16, dropout=0.0), "llama": LLAMA_LIKE, "gpt2": GPT2_LIKE}[layout]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**kw)).eval()
+    x = torch.randn(3, 7, 16)
+    args = {}
+    if case == "padding":
+        args["valid"] = torch.tensor([[False, True, True, True, True, True, True]] * 3)
+    if case == "prompt":
+        args["prompt"] = torch.randn(1, 2, 16)
+    if case == "prefix":
+        h = model.cfg.n_head
+        args["prefix"] = [(torch.randn(1, h, 3, 16 // h), torch.randn(1, h, 3, 16 // h)) for _ in range(2)]
+    tol = dict(atol=3e-2, rtol=3e-2) if bf16 else {}
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        if case == "cache":
+            full_cache, last_cache = KVCache(2), KVCache(2)
+            model(x[:, :3], cache=full_cache), model(x[:, :3], cache=last_cache, last=True)
+            full, last = model(x[:, 3:6], cache=full_cache), model(x[:, 3:6], cache=last_cache, last=True)
+            for a, b in zip(full_cache.k + full_cache.v, last_cache.k + last_cache.v):
+                torch.testing.assert_close(a, b, **tol)
+            full, last = model(x[:, 6:], cache=full_cache), model(x[:, 6:], cache=last_cache)
+        else:
+            full, last = model(x, **args), model(x, **args, last=True)
+    assert last.shape == (3, 1, 16)
+    torch.testing.assert_close(last.float(), full[:, -1:].float(), **tol)

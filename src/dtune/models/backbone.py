@@ -220,13 +220,17 @@ class Attention(nn.Module):
         b, t, _ = x.shape
         return x.view(b, t, -1, self.head_dim).transpose(1, 2)
 
-    def forward(self, x, mask, layer: int, cache: KVCache | None = None, prefix=None, rope=None):
-        b, t, d = x.shape
+    def forward(self, x, mask, layer: int, cache: KVCache | None = None, prefix=None, rope=None,
+                last: bool = False):
+        """`last`: queries of the last token only (its output `(B, 1, D)`); keys and values of all."""
         if torch.is_autocast_enabled(x.device.type):  # cast once for q, k and v, not three times
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        q, k, v = self._heads(self.q(x)), self._heads(self.k(x)), self._heads(self.v(x))
+        xq = x[:, -1:] if last else x
+        b, t, d = xq.shape
+        q, k, v = self._heads(self.q(xq)), self._heads(self.k(x)), self._heads(self.v(x))
         if rope is not None:
-            q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
+            cos, sin = rope
+            q, k = apply_rotary(q, cos[-t:], sin[-t:]), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.append(layer, k, v)
         if self.n_rep > 1:  # grouped-query attention: each key/value head serves n_rep query heads
@@ -241,7 +245,7 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
-                is_causal=mask is None,
+                is_causal=mask is None and not last,  # one query after all keys: no mask at all
             )
         return self.resid_dropout(self.out(y.transpose(1, 2).reshape(b, t, d)))
 
@@ -289,8 +293,11 @@ class Block(nn.Module):
         self.ln_2 = norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, mask, layer, cache=None, prefix=None, rope=None):
-        x = x + self.attn(self.ln_1(x), mask, layer, cache, prefix, rope)
+    def forward(self, x, mask, layer, cache=None, prefix=None, rope=None, last: bool = False):
+        """`last`: the output of the last token only `(B, 1, D)` (keys and values of every token
+        still go into the cache)."""
+        a = self.attn(self.ln_1(x), mask, layer, cache, prefix, rope, last)
+        x = (x[:, -1:] if last else x) + a
         return x + self.mlp(self.ln_2(x))
 
 
@@ -341,7 +348,7 @@ class GPT(nn.Module):
         return mask
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, cache: KVCache | None = None,
-                prompt: torch.Tensor | None = None, prefix: list | None = None) -> torch.Tensor:
+                prompt: torch.Tensor | None = None, prefix: list | None = None, last: bool = False) -> torch.Tensor:
         """Run the blocks.
 
         Args:
@@ -353,6 +360,9 @@ class GPT(nn.Module):
                 cache is empty; later calls find it there and ignore `prompt`.
             prefix: per-layer `(k, v)` each `(B|1, H, P, hd)` (H = n_head, also with fewer
                 key/value heads; no rotary positions), attended to by every token.
+            last: return the last token's hidden state only `(B, 1, D)`: the final block then runs
+                attention and MLP for that token alone (its keys and values for all, into the
+                cache), about a fifth less work for a window in a 3-block model (inference).
         """
         n_prompt = 0
         if prompt is not None and (cache is None or cache.length == 0):
@@ -373,6 +383,8 @@ class GPT(nn.Module):
             rope = rotary(self.cfg, t_past, x.shape[1], x.device)
         x = self.drop(x)
         for i, block in enumerate(self.h):
-            x = block(x, mask, i, cache, None if prefix is None else prefix[i], rope)
+            final = last and i == len(self.h) - 1
+            x = block(x, mask[..., -1:, :] if final and mask is not None else mask, i, cache,
+                      None if prefix is None else prefix[i], rope, final)
         x = self.ln_f(x)
-        return x[:, n_prompt:] if n_prompt else x
+        return x[:, n_prompt:] if n_prompt and not last else x

@@ -276,7 +276,7 @@ class Policy:
         if not self.use_cache or self.cache is None:
             self.cache, self.cached = KVCache(self.model.cfg.gpt.n_layer), 0
         seq = self.emb.reshape(self.n, -1, self.emb.shape[-1])[:, self.cached: upto]
-        h = self.model.transformer(seq, cache=self.cache, **kw)
+        h = self.model.transformer(seq, cache=self.cache, last=True, **kw)
         self.cached = upto
         if not self.use_cache:
             self.cache = None
