@@ -1,7 +1,8 @@
 """Evaluation env steps/s: key/value cache against recomputing the context, against raw env
 stepping with random actions (the ceiling: no model at all), and the same with the
 environments in worker processes (`env_workers`, dtune.eval.vecenv) against raw env stepping
-in as many processes; plus a prototype that overlaps the model on one half of the envs with
+in as many processes; the in-process evaluator as issue 13 found it (every window token through
+the final block) as the reference of its 1.6x target; plus a prototype that overlaps the model on one half of the envs with
 stepping the other half (two agents, not in dtune).
 
 Same tasks, episodes, seeds and horizon for all; the model is a freshly initialised MDDT of
@@ -162,6 +163,8 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="torch threads of this process (0: torch's default)")
     p.add_argument("--skip-recompute", action="store_true", help="skip the recompute-context evaluator (slow)")
     p.add_argument("--skip-overlap", action="store_true", help="skip the overlapped-halves prototype")
+    p.add_argument("--skip-reference", action="store_true",
+                   help="skip the in-process evaluator as issue 13 found it (every token through the final block)")
     args = p.parse_args()
 
     # Heavy imports here, not at the top: spawned workers import this file.
@@ -173,7 +176,7 @@ def main():
     from dtune.eval.agents import DTAgent
     from dtune.eval.rollout import pooled_envs, run_episodes
     from dtune.eval.vecenv import close_shared, shared_vecenv
-    from dtune.models import build_model, preset
+    from dtune.models import GPT, build_model, preset
     from dtune.tasks import TASK_SETS, get_task, layout_for
 
     if args.threads:
@@ -196,6 +199,16 @@ def main():
             out[key] = run_episodes(agent(key, key != "recompute"), specs, seeds, targets, **kw)
         res[key] = measure(run, pids)
 
+    def evaluate_reference():
+        """The in-process evaluator as issue 13 measured it: the window's every token runs through
+        the final block (before `GPT.forward(last=True)`)."""
+        forward = GPT.forward
+        GPT.forward = lambda self, *a, **k: forward(self, *a, **{**k, "last": False})
+        try:
+            evaluate("reference")
+        finally:
+            GPT.forward = forward
+
     # Phases, so that only one set of environments is alive at a time (a Meta-World env holds
     # about 22 MB; the full MT40 evaluation has 400 of them).
     # 1. raw stepping in `w` processes (they build their envs, then exit)
@@ -214,6 +227,8 @@ def main():
 
     res["raw"] = measure(raw)
     evaluate("cache")
+    if not args.skip_reference:
+        evaluate_reference()
     if not args.skip_recompute:
         evaluate("recompute")
     envs.clear()  # drop this process's envs before the workers build theirs
@@ -258,10 +273,15 @@ def main():
     if "recompute" in res:
         line("evaluate, recompute context", "recompute")
         vs = f"x{res['recompute'][0] / t_cache:.2f} vs recompute, "
+    if "reference" in res:
+        line("evaluate, as issue 13 found it", "reference",
+             f"  results {'identical' if same('reference') else 'DIFFER'}")
     line("evaluate, key/value cache", "cache", f"  {vs}{t_raw / t_cache:.2f} of raw")
     line(f"evaluate, cache, {w} env workers", "workers",
          f"  x{t_cache / res['workers'][0]:.2f} vs in-process, {t_raw_n / res['workers'][0]:.2f} of raw in {w} "
          f"processes; results {'identical' if same('workers') else 'DIFFER'}")
+    if "reference" in res:
+        print(f"{'':<36}  workers vs issue 13's in-process evaluator: x{res['reference'][0] / res['workers'][0]:.2f}")
     if "overlap" in res:
         line("  halves overlapped (prototype)", "overlap",
              f"  x{t_cache / res['overlap'][0]:.2f} vs in-process, {t_raw_n / res['overlap'][0]:.2f} of raw in {w} "
