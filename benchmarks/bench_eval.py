@@ -2,8 +2,8 @@
 stepping with random actions (the ceiling: no model at all), and the same with the
 environments in worker processes (`env_workers`, dtune.eval.vecenv) against raw env stepping
 in as many processes; the in-process evaluator as issue 13 found it (every window token through
-the final block) as the reference of its 1.6x target; plus a prototype that overlaps the model on one half of the envs with
-stepping the other half (two agents, not in dtune).
+the final block) as the reference of its 1.6x target; plus a prototype that overlaps the model
+on one half of the envs with stepping the other half (two agents, not in dtune).
 
 Same tasks, episodes, seeds and horizon for all; the model is a freshly initialised MDDT of
 the chosen preset (speed does not depend on the weights). Environments (in this process and in
