@@ -11,6 +11,8 @@
 # labelled), the others on 10 episodes; the same evaluation seeds everywhere.
 # Resumable: finished runs (result.json) are skipped, interrupted ones continue with --resume from their
 # last checkpoint (every 1K updates). SEEDS="1 2" adds seeds; DATASETS/METHODS narrow it; LANES=1 runs one at a time.
+# Each finished run is kept without its weights in $OUT/runs/<dataset>/<method>/s<seed> (a run found there is
+# skipped: $RUNS does not outlive a session's machine, $OUT is committed) and the report reads those copies.
 set -euo pipefail
 DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs/offline_rl}
@@ -23,8 +25,9 @@ STEPS=${STEPS:-10000}
 DATASETS=${DATASETS:-"hopper:medium halfcheetah:medium walker2d:medium hopper:medium-replay halfcheetah:medium-replay walker2d:medium-replay reacher2d:medium"}
 METHODS=${METHODS:-"dt cql iql td3+bc bc"}
 run() {  # task:source method seed
-  local task=${1%%:*} src=${1#*:} out="$RUNS/${1/:/-}/$2/s$3" resume=""
-  [ -f "$out/result.json" ] && return 0
+  local task=${1%%:*} src=${1#*:} out="$RUNS/${1/:/-}/$2/s$3" kept="$OUT/runs/${1/:/-}/$2/s$3" resume=""
+  [ -f "$kept/result.json" ] && return 0
+  [ -f "$out/result.json" ] && { keep "$out" "$kept"; return 0; }
   { [ -f "$out/train_state.json" ] || [ -d "$out/checkpoint" ]; } && resume="--resume"  # DT's / d3rlpy's checkpoint
   mkdir -p "$(dirname "$out")"
   if [ "$2" = dt ]; then
@@ -36,9 +39,14 @@ run() {  # task:source method seed
     OMP_NUM_THREADS=1 dtune baselines --algo "$2" --task "$task" --source "$src" --seed "$3" --steps "$n" \
       --steps-per-epoch 1000 --eval-episodes 10 --data-dir "$DATA" --no-progress --out "$out" $resume >> "$out.log" 2>&1
   fi
+  keep "$out" "$kept"
 }
-export -f run; export DATA RUNS STEPS STEPS_DT WARMUP_DT STEPS_CQL
+keep() {  # a finished run without its weights and checkpoints (written whole, then renamed)
+  rm -rf "$2.tmp"; mkdir -p "$2.tmp" && (cd "$1" && tar cf - --exclude=checkpoint --exclude='*.safetensors' --exclude='*.pt' .) | tar xf - -C "$2.tmp"
+  rm -rf "$2"; mv "$2.tmp" "$2"
+}
+export -f run keep; export DATA RUNS OUT STEPS STEPS_DT WARMUP_DT STEPS_CQL
 mkdir -p "$RUNS"
 for s in $SEEDS; do for d in $DATASETS; do for m in $METHODS; do echo "$d $m $s"; done; done; done |
     xargs -P "${LANES:-2}" -n 3 bash -c 'run "$0" "$1" "$2"'
-dtune report "$RUNS"/*/*/*/ --out "$OUT"
+dtune report "$OUT"/runs/*/*/*/ --out "$OUT"
