@@ -3,7 +3,8 @@ stepping with random actions (the ceiling: no model at all), and the same with t
 environments in worker processes (`env_workers`, dtune.eval.vecenv) against raw env stepping
 in as many processes; the in-process evaluator as issue 13 found it (every window token through
 the final block) as the reference of its 1.6x target; plus a prototype that overlaps the model
-on one half of the envs with stepping the other half (two agents, not in dtune).
+on one half of the envs with stepping the other half (two agents, not in dtune), and the worker
+evaluator in bf16 (`dtune evaluate --precision bf16`).
 
 Same tasks, episodes, seeds and horizon for all; the model is a freshly initialised MDDT of
 the chosen preset (speed does not depend on the weights). Environments (in this process and in
@@ -163,6 +164,7 @@ def main():
     p.add_argument("--threads", type=int, default=0, help="torch threads of this process (0: torch's default)")
     p.add_argument("--skip-recompute", action="store_true", help="skip the recompute-context evaluator (slow)")
     p.add_argument("--skip-overlap", action="store_true", help="skip the overlapped-halves prototype")
+    p.add_argument("--skip-bf16", action="store_true", help="skip the bf16 evaluator with env workers")
     p.add_argument("--skip-reference", action="store_true",
                    help="skip the in-process evaluator as issue 13 found it (every token through the final block)")
     args = p.parse_args()
@@ -192,7 +194,8 @@ def main():
     res, out, model_s = {}, {}, {}  # name -> (wall s, cpu s); name -> episodes; name -> [s in the agent]
 
     def agent(key, cache=True):
-        return TimedAgent(DTAgent(model, layout, use_cache=cache), model_s.setdefault(key, [0.0]))
+        precision = "bf16" if key.endswith("bf16") else "fp32"
+        return TimedAgent(DTAgent(model, layout, use_cache=cache, precision=precision), model_s.setdefault(key, [0.0]))
 
     def evaluate(key, pids=(), **kw):
         def run():
@@ -247,6 +250,8 @@ def main():
 
     res["vec_raw"] = measure(vec_raw, pids)
     evaluate("workers", pids, env_workers=w)
+    if not args.skip_bf16:
+        evaluate("workers_bf16", pids, env_workers=w)
     if w == 2 and not args.skip_overlap:
         res["overlap"] = measure(lambda: out.__setitem__("overlap", run_overlapped(
             lambda: agent("overlap"), specs, seeds, targets, venv)), pids)
@@ -282,6 +287,13 @@ def main():
          f"processes; results {'identical' if same('workers') else 'DIFFER'}")
     if "reference" in res:
         print(f"{'':<36}  workers vs issue 13's in-process evaluator: x{res['reference'][0] / res['workers'][0]:.2f}")
+    if "workers_bf16" in res:
+        succ = [out[k]["success"].mean() for k in ("workers", "workers_bf16")]
+        line("  the same in bf16 (--precision bf16)", "workers_bf16",
+             f"  x{t_cache / res['workers_bf16'][0]:.2f} vs in-process, {t_raw_n / res['workers_bf16'][0]:.2f} of raw "
+             f"in {w} processes; success {succ[1]:.3f} against fp32's {succ[0]:.3f}")
+        if "reference" in res:
+            print(f"{'':<36}  vs issue 13's in-process evaluator: x{res['reference'][0] / res['workers_bf16'][0]:.2f}")
     if "overlap" in res:
         line("  halves overlapped (prototype)", "overlap",
              f"  x{t_cache / res['overlap'][0]:.2f} vs in-process, {t_raw_n / res['overlap'][0]:.2f} of raw in {w} "

@@ -51,6 +51,28 @@ def test_dt_agent_needs_the_model_layout():
         evaluate_agent(DTAgent(model, layout_for("mt40")), "cartpole-balance", episodes=1, horizon=5, progress=False)
 
 
+def test_dt_agent_evaluates_in_bf16_on_request():
+    """`precision="bf16"` runs the policy under autocast: actions near fp32's, not equal to them."""
+    import torch
+
+    torch.manual_seed(0)
+    model = build_model(preset("tiny", kind="dt", state_dim=39, act_dim=4)).eval()
+    layout, spec = layout_for("mt40"), get_task("reach-v3")
+    obs = [np.random.default_rng(i).normal(size=39).astype(np.float32) for i in range(3)]
+    actions = {}
+    for precision in ("fp32", "bf16"):
+        agent = DTAgent(model, layout, precision=precision)
+        agent.start([spec] * 3, [1000.0] * 3)
+        actions[precision] = [agent.act(obs, 0)]
+        agent.observe(np.ones(3, np.float32))
+        actions[precision].append(agent.act(obs, 1))
+    for a32, a16 in zip(actions["fp32"], actions["bf16"]):
+        np.testing.assert_allclose(a16, a32, atol=0.05)
+        assert not np.array_equal(a16, a32)
+    with pytest.raises(ValueError, match="precision"):
+        DTAgent(model, layout, precision="fp16")
+
+
 def test_targets_and_normalisation():
     spec = get_task("walker-walk")
     assert target_return(spec, None) == spec.target_return

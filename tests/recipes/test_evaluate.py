@@ -101,3 +101,9 @@ def test_protocol_targets_through_evaluate_and_the_command_line(run, capsys):
     assert main(["evaluate", "--checkpoint", str(run), "--tasks", "reach-v3", "--episodes", "1", "--horizon", "8",
                  "--targets", "protocol", "--no-progress"]) == 0
     assert "score at standard target" in capsys.readouterr().out
+
+
+def test_bf16_evaluation_is_recorded(run):
+    res = evaluate(EvalConfig(checkpoint=str(run), tasks="reach-v3", episodes=2, horizon=8, precision="bf16",
+                              progress=False))
+    assert res["precision"] == "bf16" and res["tasks"]["reach-v3"]["episodes"] == 2
