@@ -64,7 +64,7 @@ class AdaptConfig(TuneSettings):
 
 RESUME_KEYS = ("checkpoint", "task", "method", "steps", "batch_size", "lr", "min_lr", "warmup_steps", "weight_decay",
                "grad_clip", "max_episodes", "data_ratio", "source", "seed", "eval_seed", "horizon", "eval_episodes", "pretrain_eval",
-               "pretrain_episodes")
+               "pretrain_episodes", "eval_precision")
 
 
 def resume(out: str, **overrides) -> dict:
@@ -126,7 +126,7 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     if cfg.pretrain_eval and main:
         t0 = time.perf_counter()
         before_pre = cached_eval(cfg.checkpoint, model, run_config, pre_tasks, cfg.pretrain_episodes, cfg.eval_seed,
-                                 cfg.horizon, cfg.progress, cfg.env_workers)
+                                 cfg.horizon, cfg.progress, cfg.env_workers, cfg.eval_precision)
         t_eval += time.perf_counter() - t0
     # evaluation statistics (target return) of the task's whole dataset, not of the part trained on
     info = {cfg.task: {**data.task_info[cfg.task], **dataset_statistics(root, cfg.task, data.sources[cfg.task])}}
@@ -134,7 +134,7 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     before_new = None
     if cfg.eval_episodes > 0 and main:
         before_new = evaluate_model(model, eval_config, cfg.task, cfg.eval_episodes, cfg.eval_seed, cfg.horizon,
-                                    env_workers=cfg.env_workers)
+                                    env_workers=cfg.env_workers, precision=cfg.eval_precision)
 
     torch.manual_seed(cfg.seed)
     tuner = tuners.attach(model, cfg.method, method_config)
@@ -190,7 +190,7 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     t0 = time.perf_counter()
     if cfg.eval_episodes > 0:
         after_new = evaluate_model(model, eval_config, cfg.task, cfg.eval_episodes, cfg.eval_seed, cfg.horizon,
-                                    env_workers=cfg.env_workers)
+                                    env_workers=cfg.env_workers, precision=cfg.eval_precision)
         result.update(new_task_before=before_new["tasks"][cfg.task]["score"],
                       new_task_score=after_new["tasks"][cfg.task]["score"],
                       new_task_return=after_new["tasks"][cfg.task]["return_mean"])
@@ -198,7 +198,7 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     if cfg.pretrain_eval:
         after_pre = evaluate_model(model, eval_config, pre_tasks, cfg.pretrain_episodes, cfg.eval_seed, cfg.horizon,
                                    cfg.progress, desc=f"evaluate {len(pre_tasks)} pre-training task(s), adapted",
-                                   env_workers=cfg.env_workers)
+                                   env_workers=cfg.env_workers, precision=cfg.eval_precision)
         b, a = before_pre["mean_score"], after_pre["mean_score"]
         result.update(pretrain_before=b, pretrain_after=a,
                       retention=(a / b) if (a is not None and b) else None,

@@ -102,8 +102,11 @@ def _build(cls, values: dict):
 
 
 def check_resume(saved: dict, cfg, keys: tuple[str, ...], out) -> None:
-    """Refuse to resume with settings that would change the run."""
-    diff = [f"{k}: {saved.get(k)!r} -> {getattr(cfg, k)!r}" for k in keys if saved.get(k) != getattr(cfg, k)]
+    """Refuse to resume with settings that would change the run (a setting the saved config lacks,
+    written before the setting existed, had its default)."""
+    defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    diff = [f"{k}: {saved.get(k, defaults.get(k))!r} -> {getattr(cfg, k)!r}" for k in keys
+            if saved.get(k, defaults.get(k)) != getattr(cfg, k)]
     if diff:
         raise ValueError(f"--resume with settings that differ from the run in {out}: {'; '.join(diff)}. "
                          "Resume with the run's own settings (drop these options), or start a new run with another --out.")

@@ -81,7 +81,7 @@ class ContinualConfig(TuneSettings):
 
 RESUME_KEYS = ("checkpoint", "sequence", "method", "steps_per_task", "batch_size", "lr", "min_lr", "warmup_steps",
                "weight_decay", "grad_clip", "max_episodes", "data_ratio", "source", "seed", "eval_episodes", "eval_pretrain",
-               "pretrain_episodes", "eval_pretrain_every", "eval_seed", "horizon")
+               "pretrain_episodes", "eval_pretrain_every", "eval_seed", "horizon", "eval_precision")
 
 
 def sequence_tasks(sequence: str) -> list[str]:
@@ -141,7 +141,7 @@ class ContinualRun:
         if cfg.eval_pretrain and "pretrain_before" not in progress:
             progress["pretrain_before"] = cached_eval(cfg.checkpoint, model, run_config, pre_tasks, cfg.pretrain_episodes,
                                                       cfg.eval_seed, cfg.horizon, cfg.progress,
-                                                      cfg.env_workers)["mean_score"]
+                                                      cfg.env_workers, cfg.eval_precision)["mean_score"]
 
         torch.manual_seed(cfg.seed)
         tuner = tuners.attach(model, cfg.method, self.method_config)
@@ -203,13 +203,13 @@ class ContinualRun:
                 anchor.consolidate(model, batches, lambda b: model.loss(b)[0])
             t0 = time.perf_counter()
             res = evaluate_model(model, eval_config, tasks, cfg.eval_episodes, cfg.eval_seed, cfg.horizon,
-                                 env_workers=cfg.env_workers)
+                                 env_workers=cfg.env_workers, precision=cfg.eval_precision)
             atomic_write_json(self.out / "evals" / f"after_{i:02d}_{task}.json", res)
             progress["rows"].append([res["tasks"][t]["score"] for t in tasks])
             if cfg.eval_pretrain and (cfg.eval_pretrain_every or i == len(tasks) - 1):
                 pre = evaluate_model(model, eval_config, pre_tasks, cfg.pretrain_episodes, cfg.eval_seed, cfg.horizon,
                                      cfg.progress, desc=f"evaluate pre-training tasks after {task}",
-                                     env_workers=cfg.env_workers)
+                                     env_workers=cfg.env_workers, precision=cfg.eval_precision)
                 atomic_write_json(self.out / "evals" / f"pretrain_after_{i:02d}_{task}.json", pre)
                 progress["pretrain_rows"].append({"after": i, "score": pre["mean_score"]})
             progress["task_times"].append({"task": task, "train_s": train_s, "eval_s": time.perf_counter() - t0})

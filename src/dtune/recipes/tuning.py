@@ -73,6 +73,9 @@ class TuneSettings:
     """Steps between metric rows."""
     env_workers: int = 0
     """Worker processes that step the evaluation environments (0 = in this process)."""
+    eval_precision: Literal["fp32", "bf16"] = "fp32"
+    """Precision of the evaluations' forwards: `fp32` (the figures in `results/`), or `bf16`
+    autocast (about 2x less model time on CPUs with native bf16; see `dtune evaluate --precision`)."""
     compile: bool = False
     """Run the loss through `torch.compile` (inductor): faster updates after a warm-up of about a
     minute (CPU needs a C++ compiler); numerically close to, not identical with, eager runs."""
@@ -192,9 +195,10 @@ def prepare_method(model, tuner, method_config, anchor, run_config: dict, root: 
 
 
 def evaluate_model(model, run_config: dict, tasks, episodes: int, seed: int, horizon: int | None,
-                   progress: bool = False, desc: str = "evaluate", env_workers: int = 0) -> dict:
+                   progress: bool = False, desc: str = "evaluate", env_workers: int = 0,
+                   precision: str = "fp32") -> dict:
     """Scores of an already loaded (possibly adapted) model."""
-    agent = DTAgent(model, run_layout(run_config))
+    agent = DTAgent(model, run_layout(run_config), precision=precision)
     return evaluate_agent(agent, tasks, episodes, seed, horizon, run_config.get("task_info", {}), progress=progress,
                           desc=desc, env_workers=env_workers)
 
@@ -229,10 +233,11 @@ def eval_code_digest() -> str:
 
 
 def cached_eval(checkpoint: str, model, run_config: dict, tasks: list[str], episodes: int, seed: int,
-                horizon: int | None, progress: bool, env_workers: int = 0) -> dict:
+                horizon: int | None, progress: bool, env_workers: int = 0, precision: str = "fp32") -> dict:
     """Evaluation of the *unadapted* checkpoint, cached in `CHECKPOINT/eval_cache/` under a key of
     everything that decides it: the weights, the evaluation settings (tasks, episodes, seed,
-    horizon, the tasks' targets and score references, the input layout, the device type), the
+    horizon, the tasks' targets and score references, the input layout, the device type and
+    precision), the
     dtune version and the digest of the evaluation code (:func:`eval_code_digest`). A cache made
     by other code or settings is not read; it is recomputed."""
     from dtune.models.io import weights_digest
@@ -242,7 +247,7 @@ def cached_eval(checkpoint: str, model, run_config: dict, tasks: list[str], epis
         "dtune_version": __version__, "code": eval_code_digest(), "weights": weights_digest(checkpoint),
         "tasks": sorted(tasks), "episodes": episodes, "seed": seed, "horizon": horizon,
         "task_info": {t: task_info.get(t) for t in sorted(tasks)}, "layout": run_config.get("layout"),
-        "device": next(model.parameters()).device.type}, sort_keys=True))
+        "device": next(model.parameters()).device.type, "precision": precision}, sort_keys=True))
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(checkpoint) / "eval_cache" / f"{name}.json"
     if path.exists():
@@ -253,7 +258,8 @@ def cached_eval(checkpoint: str, model, run_config: dict, tasks: list[str], epis
         if isinstance(doc, dict) and doc.get("key") == key and "result" in doc:
             return doc["result"]
     res = evaluate_model(model, run_config, tasks, episodes, seed, horizon, progress,
-                         desc=f"evaluate {len(tasks)} pre-training task(s), unadapted", env_workers=env_workers)
+                         desc=f"evaluate {len(tasks)} pre-training task(s), unadapted", env_workers=env_workers,
+                         precision=precision)
     try:
         path.parent.mkdir(exist_ok=True)
         atomic_write_json(path, {"key": key, "result": res})
