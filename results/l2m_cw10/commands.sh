@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Issue 12: CW10 continual learning, 3 seeds, with the fixes of the issue in the code: the small MT40 MDDT
+# (results/mt40_small/checkpoint) learns the ten CW10 tasks in the paper's order, STEPS updates per task,
+# 10 evaluation episodes per CW10 task after every task, MT40 (3 episodes per task) before and at the end.
+# Variants: L2M with the routing of results/l2m_routing (whitened query, 200-step span at evaluation,
+# pre-training keys with a margin calibrated at q = 0.95: the preset `l2m-routed`), the paper's plain L2M (`l2m`),
+# L2P, prompt tuning, LoRA, EWC and full fine-tuning.
+# Cost, estimated from the 300-step study (results/continual_cw10) and this session's step speed: about
+# 20-25 min per run at STEPS=1000 on one core, so 21 runs are about 4 h of wall time in two lanes.
+# Everything is resumable: a run kept in $OUT/runs is skipped, an interrupted one continues with --resume
+# (checkpoints every 500 updates within a task). Finished runs are kept without their weights in
+# $OUT/runs/<variant>/s<seed> ($RUNS does not outlive a session's machine; $OUT is committed).
+# SEEDS / VARIANTS narrow it; LANES=1 runs one at a time.
+set -euo pipefail
+DATA=${DATA:-/work/data/datasets}
+RUNS=${RUNS:-runs/l2m_cw10}
+OUT=${OUT:-results/l2m_cw10}
+CKPT=${CKPT:-results/mt40_small/checkpoint}
+STEPS=${STEPS:-1000}
+SEEDS=${SEEDS:-"0 1 2"}
+VARIANTS=${VARIANTS:-"l2m-routed l2m full ewc lora prompt l2p"}
+# The data: CW10 for training, MT40 for L2M's pre-training keys, whitening and EWC's Fisher (about 7 min on
+# 2 cores; finished tasks are skipped, so this is free when the data is there).
+dtune data collect --tasks cw10 --episodes 100 --workers 2 --data-dir "$DATA" --no-progress
+dtune data collect --tasks mt40 --episodes 100 --workers 2 --data-dir "$DATA" --no-progress
+run() {  # variant seed
+  local out="$RUNS/$1/s$2" kept="$OUT/runs/$1/s$2" resume=""
+  [ -f "$kept/metrics.json" ] && return 0
+  if [ ! -f "$out/metrics.json" ]; then
+    [ -f "$out/config.json" ] && resume="--resume"
+    mkdir -p "$(dirname "$out")"
+    OMP_NUM_THREADS=1 dtune continual --checkpoint "$CKPT" --data-dir "$DATA" --sequence cw10 --method "$1" \
+      --steps-per-task "$STEPS" --eval-episodes 10 --eval-pretrain --pretrain-episodes 3 --ckpt-every 500 \
+      --seed "$2" --no-progress --out "$out" $resume >> "$out.log" 2>&1
+  fi
+  rm -rf "$kept.tmp"; mkdir -p "$kept.tmp"
+  (cd "$out" && tar cf - --exclude=checkpoint --exclude='*.safetensors' --exclude='*.pt' .) | tar xf - -C "$kept.tmp"
+  rm -rf "$kept"; mv "$kept.tmp" "$kept"
+}
+export -f run; export DATA RUNS OUT CKPT STEPS
+mkdir -p "$RUNS"
+for s in $SEEDS; do for v in $VARIANTS; do echo "$v $s"; done; done | xargs -P "${LANES:-2}" -n 2 bash -c 'run "$0" "$1"'
+dtune report "$OUT"/runs/*/*/ --out "$OUT"
