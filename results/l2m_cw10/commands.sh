@@ -9,9 +9,10 @@
 # 20-25 min per run at STEPS=1000 on one core, so 21 runs are about 4 h of wall time in two lanes.
 # Everything is resumable: a run kept in $OUT/runs is skipped, an interrupted one continues with --resume
 # (checkpoints every 500 updates within a task). Finished runs are kept without their weights in
-# $OUT/runs/<variant>/s<seed> ($RUNS does not outlive a session's machine; $OUT is committed).
+# $OUT/runs/<variant>/s<seed> (results/study.sh).
 # SEEDS / VARIANTS narrow it; LANES=1 runs one at a time.
 set -euo pipefail
+source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs/l2m_cw10}
 OUT=${OUT:-results/l2m_cw10}
@@ -33,11 +34,9 @@ run() {  # variant seed
       --steps-per-task "$STEPS" --eval-episodes 10 --eval-pretrain --pretrain-episodes 3 --ckpt-every 500 \
       --seed "$2" --no-progress --out "$out" $resume >> "$out.log" 2>&1
   fi
-  rm -rf "$kept.tmp"; mkdir -p "$kept.tmp"
-  (cd "$out" && tar cf - --exclude=checkpoint --exclude='*.safetensors' --exclude='*.pt' .) | tar xf - -C "$kept.tmp"
-  rm -rf "$kept"; mv "$kept.tmp" "$kept"
+  keep "$out" "$kept"
 }
-export -f run; export DATA RUNS OUT CKPT STEPS
+export -f run keep; export DATA RUNS OUT CKPT STEPS
 mkdir -p "$RUNS"
 for s in $SEEDS; do for v in $VARIANTS; do echo "$v $s"; done; done | xargs -P "${LANES:-2}" -n 2 bash -c 'run "$0" "$1"'
 dtune report "$OUT"/runs/*/*/ --out "$OUT"

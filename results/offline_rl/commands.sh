@@ -11,9 +11,11 @@
 # labelled), the others on 10 episodes; the same evaluation seeds everywhere.
 # Resumable: finished runs (result.json) are skipped, interrupted ones continue with --resume from their
 # last checkpoint (every 1K updates). SEEDS="1 2" adds seeds; DATASETS/METHODS narrow it; LANES=1 runs one at a time.
-# Each finished run is kept without its weights in $OUT/runs/<dataset>/<method>/s<seed> (a run found there is
-# skipped: $RUNS does not outlive a session's machine, $OUT is committed) and the report reads those copies.
+# Each finished run is kept without its weights in $OUT/runs/<dataset>/<method>/s<seed> (results/study.sh) and
+# the report reads those copies. The data comes from results/mujoco_data/store (copied into $DATA where missing);
+# the `medium` rollouts are made from its agents first (results/mujoco_data/commands.sh).
 set -euo pipefail
+source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs/offline_rl}
 OUT=${OUT:-results/offline_rl}
@@ -41,12 +43,9 @@ run() {  # task:source method seed
   fi
   keep "$out" "$kept"
 }
-keep() {  # a finished run without its weights and checkpoints (written whole, then renamed)
-  rm -rf "$2.tmp"; mkdir -p "$2.tmp" && (cd "$1" && tar cf - --exclude=checkpoint --exclude='*.safetensors' --exclude='*.pt' .) | tar xf - -C "$2.tmp"
-  rm -rf "$2"; mv "$2.tmp" "$2"
-}
 export -f run keep; export DATA RUNS OUT STEPS STEPS_DT WARMUP_DT STEPS_CQL
 mkdir -p "$RUNS"
+restore_mujoco_data "$DATA"
 for s in $SEEDS; do for d in $DATASETS; do for m in $METHODS; do echo "$d $m $s"; done; done; done |
     xargs -P "${LANES:-2}" -n 3 bash -c 'run "$0" "$1" "$2"'
 dtune report "$OUT"/runs/*/*/*/ --out "$OUT"

@@ -1,0 +1,37 @@
+# Shell helpers shared by the study scripts (sourced, not run).
+#
+# A study's runs live in $RUNS, on the session's machine, which does not outlive the session; what is
+# committed is $OUT. So each finished run is kept, without its weights and checkpoints, in $OUT/runs/...,
+# a run found there is skipped, and the report reads those copies.
+
+# keep RUN KEPT: copy a finished run to KEPT without checkpoint/, *.safetensors and *.pt (written to
+# KEPT.tmp, then renamed: never half-written).
+keep() {
+  rm -rf "$2.tmp"; mkdir -p "$2.tmp"
+  (cd "$1" && tar cf - --exclude=checkpoint --exclude='*.safetensors' --exclude='*.pt' .) | tar xf - -C "$2.tmp"
+  rm -rf "$2"; mv "$2.tmp" "$2"
+}
+
+# restore_mujoco_data DATA: the committed D4RL-style MuJoCo and Reacher2d datasets (with their SAC
+# agents; results/mujoco_data/store) copied into the data root DATA, where missing.
+restore_mujoco_data() {
+  local store
+  store="$(dirname "${BASH_SOURCE[0]}")/mujoco_data/store"
+  [ -d "$store/dtune" ] || return 0
+  mkdir -p "$1"; cp -rn "$store/dtune" "$1/"
+}
+
+# store_mujoco_data DATA SUITE/TASK/SOURCE...: put finished datasets of the data root DATA into the
+# committed store (where missing), so that later sessions restore them instead of re-running SAC.
+store_mujoco_data() {
+  local root=$1 store d
+  store="$(dirname "${BASH_SOURCE[0]}")/mujoco_data/store"
+  shift
+  for d in "$@"; do
+    [ -d "$store/dtune/$d-v0" ] && continue
+    [ -f "$root/dtune/$d-v0/data/metadata.json" ] || { echo "no finished dataset $d in $root" >&2; return 1; }
+    mkdir -p "$(dirname "$store/dtune/$d-v0")"
+    rm -rf "$store/dtune/$d-v0.tmp"; cp -r "$root/dtune/$d-v0" "$store/dtune/$d-v0.tmp"
+    mv "$store/dtune/$d-v0.tmp" "$store/dtune/$d-v0"
+  done
+}
