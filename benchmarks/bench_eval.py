@@ -1,10 +1,11 @@
 """Evaluation env steps/s: key/value cache against recomputing the context, against raw env
 stepping with random actions (the ceiling: no model at all), and the same with the
 environments in worker processes (`env_workers`, dtune.eval.vecenv) against raw env stepping
-in as many processes; the in-process evaluator as issue 13 found it (every window token through
-the final block) as the reference of its 1.6x target; plus a prototype that overlaps the model
-on one half of the envs with stepping the other half (two agents, not in dtune), and the worker
-evaluator in bf16 (`dtune evaluate --precision bf16`).
+in as many processes: lock-step (the model waits for the envs and the envs for the model) and
+overlapped (dtune's default: one agent per worker, the model acting for one worker's envs while
+the other's step), and overlapped in bf16 (`dtune evaluate --precision bf16`); the in-process
+evaluator as issue 13 found it (every window token through the final block) is the reference of
+its 1.6x target.
 
 Same tasks, episodes, seeds and horizon for all; the model is a freshly initialised MDDT of
 the chosen preset (speed does not depend on the weights). Environments (in this process and in
@@ -14,7 +15,7 @@ equal the in-process evaluator's. Each line gives wall seconds, CPU seconds (thi
 its env workers; Linux) and the seconds spent in the agent (the model); env worker RSS last.
 
     python benchmarks/bench_eval.py [--model small --tasks 8 --episodes 5 --horizon 100 --workers 2]
-    python benchmarks/bench_eval.py --tasks 40 --episodes 10 --horizon 200 --skip-recompute --skip-overlap  # MT40
+    python benchmarks/bench_eval.py --tasks 40 --episodes 10 --horizon 200 --skip-recompute  # MT40
 """
 
 import argparse
@@ -64,46 +65,6 @@ def raw_processes(specs, seeds, horizon: int, workers: int) -> float:
             p.join(5)
             if p.is_alive():
                 p.kill()
-
-
-def run_overlapped(make_agent, specs, seeds, targets, venv) -> dict:
-    """Prototype (not in dtune): two agents, one per worker's envs, so that the model acts for
-    one half while the other half steps. Same episodes as run_episodes when the agent's actions
-    do not depend on the batch it runs in (true of this MDDT here, not guaranteed in general)."""
-    n, horizon = len(specs), specs[0].horizon
-    halves = [venv.envs_of(k) for k in range(2)]
-    agents = [make_agent() for _ in halves]
-    obs = venv.reset(seeds)
-    for agent, idx in zip(agents, halves):
-        agent.start([specs[i] for i in idx], [targets[i] for i in idx])
-    returns, success, alive = np.zeros(n), np.zeros(n, bool), np.ones(n, bool)
-    actions = np.zeros((n, max(s.act_dim for s in specs)), np.float32)
-    env_steps, pending = 0, None  # the half in flight
-
-    def finish(k):
-        nonlocal env_steps
-        idx = halves[k]
-        o, rew, term, trunc, succ = venv.step_wait()
-        for i in idx:
-            obs[i] = o[i]
-        live = idx[alive[idx]]
-        rewards = np.zeros(n, np.float32)
-        rewards[live] = rew[live]
-        returns[live] += rew[live]
-        success[live] |= succ[live]
-        env_steps += len(live)
-        alive[live[term[live] | trunc[live]]] = False
-        agents[k].observe(rewards[idx])
-
-    for t in range(horizon):
-        for k, idx in enumerate(halves):
-            actions[idx] = agents[k].act([obs[i] for i in idx], t)  # while the other half steps
-            if pending is not None:
-                finish(pending)
-            venv.step_async(actions, alive, workers=[k])
-            pending = k
-    finish(pending)
-    return {"returns": returns, "success": success, "env_steps": env_steps}
 
 
 class TimedAgent:
@@ -163,8 +124,8 @@ def main():
     p.add_argument("--workers", type=int, default=2, help="env worker processes (and raw reference processes)")
     p.add_argument("--threads", type=int, default=0, help="torch threads of this process (0: torch's default)")
     p.add_argument("--skip-recompute", action="store_true", help="skip the recompute-context evaluator (slow)")
-    p.add_argument("--skip-overlap", action="store_true", help="skip the overlapped-halves prototype")
     p.add_argument("--skip-bf16", action="store_true", help="skip the bf16 evaluator with env workers")
+    p.add_argument("--skip-lockstep", action="store_true", help="skip the lock-step evaluator with env workers")
     p.add_argument("--skip-reference", action="store_true",
                    help="skip the in-process evaluator as issue 13 found it (every token through the final block)")
     args = p.parse_args()
@@ -249,12 +210,11 @@ def main():
             venv.step(rng.uniform(-1, 1, (len(specs), 4)))
 
     res["vec_raw"] = measure(vec_raw, pids)
+    if not args.skip_lockstep:
+        evaluate("lockstep", pids, env_workers=w, overlap=False)
     evaluate("workers", pids, env_workers=w)
     if not args.skip_bf16:
         evaluate("workers_bf16", pids, env_workers=w)
-    if w == 2 and not args.skip_overlap:
-        res["overlap"] = measure(lambda: out.__setitem__("overlap", run_overlapped(
-            lambda: agent("overlap"), specs, seeds, targets, venv)), pids)
     rss = [(rss_mb(pid), len(venv.envs_of(i)), venv.cached_envs[i]) for i, pid in enumerate(pids)]
     close_shared()
 
@@ -282,22 +242,19 @@ def main():
         line("evaluate, as issue 13 found it", "reference",
              f"  results {'identical' if same('reference') else 'DIFFER'}")
     line("evaluate, key/value cache", "cache", f"  {vs}{t_raw / t_cache:.2f} of raw")
-    line(f"evaluate, cache, {w} env workers", "workers",
-         f"  x{t_cache / res['workers'][0]:.2f} vs in-process, {t_raw_n / res['workers'][0]:.2f} of raw in {w} "
-         f"processes; results {'identical' if same('workers') else 'DIFFER'}")
-    if "reference" in res:
-        print(f"{'':<36}  workers vs issue 13's in-process evaluator: x{res['reference'][0] / res['workers'][0]:.2f}")
+    def vs_workers(key):
+        return (f"  x{t_cache / res[key][0]:.2f} vs in-process, {t_raw_n / res[key][0]:.2f} of raw in {w} processes"
+                + (f", x{res['reference'][0] / res[key][0]:.2f} vs issue 13's" if "reference" in res else ""))
+
+    if "lockstep" in res:
+        line(f"evaluate, {w} workers, lock-step", "lockstep",
+             f"{vs_workers('lockstep')}; results {'identical' if same('lockstep') else 'DIFFER'}")
+    line(f"evaluate, {w} workers, overlapped", "workers",
+         f"{vs_workers('workers')}; results {'identical' if same('workers') else 'DIFFER'}")
     if "workers_bf16" in res:
         succ = [out[k]["success"].mean() for k in ("workers", "workers_bf16")]
         line("  the same in bf16 (--precision bf16)", "workers_bf16",
-             f"  x{t_cache / res['workers_bf16'][0]:.2f} vs in-process, {t_raw_n / res['workers_bf16'][0]:.2f} of raw "
-             f"in {w} processes; success {succ[1]:.3f} against fp32's {succ[0]:.3f}")
-        if "reference" in res:
-            print(f"{'':<36}  vs issue 13's in-process evaluator: x{res['reference'][0] / res['workers_bf16'][0]:.2f}")
-    if "overlap" in res:
-        line("  halves overlapped (prototype)", "overlap",
-             f"  x{t_cache / res['overlap'][0]:.2f} vs in-process, {t_raw_n / res['overlap'][0]:.2f} of raw in {w} "
-             f"processes; results {'identical' if same('overlap') else 'DIFFER'}")
+             f"{vs_workers('workers_bf16')}; success {succ[1]:.3f} against fp32's {succ[0]:.3f}")
     for i, (mb, used, cached) in enumerate(rss):
         if mb is not None:
             print(f"env worker {i}: {mb:.0f} MB RSS, {used} envs in use, {cached} cached")

@@ -157,3 +157,15 @@ def test_protocol_targets_report_standard_and_best_apart():
     assert any(3600.0 in s for s in TargetEcho.seen) and any(1800.0 in s for s in TargetEcho.seen)
     table = protocol_table(res)
     assert "score at standard target" in table and "best score over targets" in table and "3600" in table
+
+
+def test_dt_agent_forks_share_the_model_and_merge_counts():
+    model = build_model(preset("tiny", state_dim=39, act_dim=4)).eval()
+    agent = DTAgent(model, layout_for("mt40"), use_cache=False, precision="bf16")
+    forks = [agent.fork(), agent.fork()]
+    assert all(f.model is model and f.use_cache is False and f.precision == "bf16" for f in forks)
+    agent.routing = {"reach-v3": {0: 2}}
+    forks[0].routing, forks[0].forwards = {"reach-v3": {0: 1, 3: 4}}, 5
+    forks[1].routing, forks[1].forwards = {"push-v3": {-1: 7}}, 6
+    agent.merge(forks)
+    assert agent.routing == {"reach-v3": {0: 3, 3: 4}, "push-v3": {-1: 7}} and agent.forwards == 11

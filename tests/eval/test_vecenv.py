@@ -51,9 +51,22 @@ class ConstantAgent(WaveAgent):
         return np.full((self.n, self.width), 0.3, np.float32)
 
 
-def _episodes(agent_fn, specs, workers):
+class ObsAgent(WaveAgent):
+    """Actions from each environment's own observation and time (not its place in the batch),
+    and forks: the overlapped evaluator runs one per env worker."""
+
+    def act(self, obs, t):
+        j = np.arange(self.width, dtype=np.float32)
+        return np.stack([np.sin(np.float32(np.sum(o)) * 0.37 + t * 0.91 + j) for o in obs]).astype(np.float32)
+
+    def fork(self):
+        return ObsAgent()
+
+
+def _episodes(agent_fn, specs, workers, overlap=True):
     seeds = [101 + i for i in range(len(specs))]
-    return run_episodes(agent_fn(), specs, seeds, [s.target_return for s in specs], env_workers=workers)
+    return run_episodes(agent_fn(), specs, seeds, [s.target_return for s in specs], env_workers=workers,
+                        overlap=overlap)
 
 
 def _same(a, b):
@@ -62,10 +75,24 @@ def _same(a, b):
     assert a["returns"].tobytes() == b["returns"].tobytes()  # bit for bit
 
 
-@pytest.mark.parametrize("agent", [ConstantAgent, WaveAgent])
+@pytest.mark.parametrize("agent", [ConstantAgent, WaveAgent, ObsAgent])
 def test_same_results_as_in_process(agent):
     specs = [get_task(t, H) for t in TASKS]
     _same(_episodes(agent, specs, 0), _episodes(agent, specs, 2))
+
+
+def test_overlapped_stepping_same_results_and_merged_counts(monkeypatch):
+    """A forkable agent gets one fork per worker, whose steps interleave with the other worker's."""
+    from dtune.eval import rollout
+
+    specs = [get_task(t, H) for t in TASKS]
+    calls = []
+    real = rollout._run_overlapped
+    monkeypatch.setattr(rollout, "_run_overlapped", lambda *a: calls.append(1) or real(*a))
+    _same(_episodes(ObsAgent, specs, 0), _episodes(ObsAgent, specs, 2))
+    assert calls
+    _same(_episodes(ObsAgent, specs, 2, overlap=False), _episodes(ObsAgent, specs, 2))
+    assert len(calls) == 2
 
 
 def test_dt_agent_same_results():
@@ -78,8 +105,10 @@ def test_dt_agent_same_results():
     _same(_episodes(lambda: DTAgent(model, layout), specs, 0), _episodes(lambda: DTAgent(model, layout), specs, 2))
     kw = dict(episodes=2, horizon=H, progress=False)
     a = evaluate_agent(DTAgent(model, layout), "reach-v3,cartpole-balance", **kw)
-    b = evaluate_agent(DTAgent(model, layout), "reach-v3,cartpole-balance", env_workers=2, **kw)
-    assert a["tasks"] == b["tasks"] and a["env_steps"] == b["env_steps"] and a["model_forwards"] == b["model_forwards"]
+    b = evaluate_agent(DTAgent(model, layout), "reach-v3,cartpole-balance", env_workers=2, overlap=False, **kw)
+    c = evaluate_agent(DTAgent(model, layout), "reach-v3,cartpole-balance", env_workers=2, **kw)  # overlapped
+    assert a["tasks"] == b["tasks"] == c["tasks"] and a["env_steps"] == b["env_steps"] == c["env_steps"]
+    assert a["model_forwards"] == b["model_forwards"] and c["model_forwards"] == 2 * a["model_forwards"]  # 2 forks
 
 
 def test_mixed_observation_sizes_and_alive_mask():
@@ -137,6 +166,7 @@ def test_suite_registered_at_run_time_and_early_ends():
         specs = [get_task("toy-count")] * 4 + [get_task("reach-v3", 8)]
         a, b = _episodes(WaveAgent, specs, 0), _episodes(WaveAgent, specs, 2)
         _same(a, b)
+        _same(_episodes(ObsAgent, specs, 0), _episodes(ObsAgent, specs, 2))  # overlapped, early ends
         assert b["env_steps"] == sum(3 + (101 + i) % 3 for i in range(4)) + 8  # finished envs are not stepped
         venv = shared_vecenv(specs, 2)
         assert venv.reset([5] * 5)[0].dtype == np.float32  # the env's own dtype comes back

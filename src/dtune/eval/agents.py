@@ -43,7 +43,7 @@ class DTAgent:
         if layout.state_dim != model.cfg.state_dim or layout.act_dim != model.cfg.act_dim:
             raise ValueError(f"layout {layout.state_dim}/{layout.act_dim} does not match the model's inputs "
                              f"{model.cfg.state_dim}/{model.cfg.act_dim}")
-        self.model, self.layout, self.use_cache = model, layout, use_cache
+        self.model, self.layout, self.use_cache, self.precision = model, layout, use_cache, precision
         self.autocast = lambda: autocast(next(model.parameters()).device, precision)
         self.forwards = 0
         self.routing: dict[str, dict[int, int]] = {}
@@ -84,6 +84,21 @@ class DTAgent:
             counts = self.routing.setdefault(self.specs[i].name, {})
             for e in chosen[i]:
                 counts[int(e)] = counts.get(int(e), 0) + 1
+
+    def fork(self) -> "DTAgent":
+        """A fresh agent of the same model and settings (the evaluator's overlapped stepping gives
+        each env worker's environments their own)."""
+        return DTAgent(self.model, self.layout, self.use_cache, self.precision)
+
+    def merge(self, forks: list["DTAgent"]) -> None:
+        """Take the forks' results as this agent's: their routing counts added to its own, their
+        forwards (of this batch of episodes) as its count."""
+        for fork in forks:
+            for task, counts in fork.routing.items():
+                mine = self.routing.setdefault(task, {})
+                for e, c in counts.items():
+                    mine[e] = mine.get(e, 0) + c
+        self.forwards = sum(fork.forwards for fork in forks)
 
     def finished(self, done: np.ndarray) -> None:
         """Episodes that have ended: their steps no longer count in :attr:`routing`."""

@@ -37,13 +37,16 @@ def pooled_envs(specs: list[TaskSpec]) -> list:
 
 
 def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets: list[float], bar=None,
-                 env_workers: int = 0) -> dict:
+                 env_workers: int = 0, overlap: bool = True) -> dict:
     """Run one episode per (spec, seed, target) in lock-step. Returns per-episode `returns`,
     `success` (any step) and the count of environment steps taken.
 
     `env_workers` > 0 steps the environments in that many worker processes
     (:func:`dtune.eval.vecenv.shared_vecenv`, kept for later calls); the results are identical
-    to the in-process path (0)."""
+    to the in-process path (0). With two or more workers and an agent that can `fork` (a fresh
+    agent of the same policy), `overlap` gives each worker's environments their own agent and
+    runs the policy for one worker's environments while the others step
+    (:func:`_run_overlapped`)."""
     n = len(specs)
     horizon = specs[0].horizon
     if any(s.horizon != horizon for s in specs):
@@ -55,6 +58,8 @@ def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets:
 
         venv = shared_vecenv(specs, env_workers)
         obs = venv.reset(seeds)
+        if overlap and env_workers >= 2 and hasattr(agent, "fork"):
+            return _run_overlapped(agent, venv, obs, specs, targets, bar)
     else:
         envs = pooled_envs(specs)
         obs = [env.reset(sd) for env, sd in zip(envs, seeds)]
@@ -92,15 +97,76 @@ def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets:
     return {"returns": returns, "success": success, "env_steps": env_steps}
 
 
+def _run_overlapped(agent, venv, obs: list, specs: list[TaskSpec], targets: list[float], bar) -> dict:
+    """:func:`run_episodes` with one forked agent per env worker: the policy acts for one worker's
+    environments while the other workers step theirs, so the model and the environments share the
+    cores instead of taking turns. Each environment sees the same observations, actions and
+    rewards as in lock-step, in the same order (the results are identical as long as the policy's
+    actions for an environment do not depend on the batch it is computed in, true of dtune's
+    models, tested). The forks' routing counts and forward counts are merged into `agent`."""
+    n = len(specs)
+    groups = [g for g in (venv.envs_of(w) for w in range(venv.workers)) if len(g)]
+    worker_of = [w for w in range(venv.workers) if len(venv.envs_of(w))]
+    forks = [agent.fork() for _ in groups]
+    for fork, idx in zip(forks, groups):
+        fork.start([specs[i] for i in idx], [targets[i] for i in idx])
+    returns, success, alive = np.zeros(n), np.zeros(n, bool), np.ones(n, bool)
+    actions = np.zeros((n, max(s.act_dim for s in specs)), np.float32)
+    env_steps, pending = 0, None  # pending: the group whose step is in flight
+
+    def finish(g: int) -> None:
+        nonlocal env_steps
+        o, rew, term, trunc, succ = venv.step_wait()
+        idx = groups[g]
+        was = alive[idx]
+        for i in idx:
+            obs[i] = o[i]
+        live = idx[was]
+        rewards = np.zeros(len(idx), np.float32)
+        rewards[was] = rew[live]  # float64 -> float32 as in lock-step
+        returns[live] += rew[live]
+        success[live] |= succ[live]
+        env_steps += len(live)
+        alive[live[term[live] | trunc[live]]] = False
+        forks[g].observe(rewards)
+        if hasattr(forks[g], "finished"):
+            forks[g].finished(~alive[idx])
+
+    for t in range(specs[0].horizon):
+        for g, idx in enumerate(groups):
+            if pending == g:  # no other group in flight to overlap with
+                finish(g)
+                pending = None
+            if not alive[idx].any():
+                continue
+            a = forks[g].act([obs[i] for i in idx], t)
+            w = min(a.shape[1], actions.shape[1])  # at least the act_dim of each of the group's envs
+            actions[idx, :w] = a[:, :w]
+            if pending is not None:
+                finish(pending)
+            venv.step_async(actions, alive, workers=[worker_of[g]])
+            pending = g
+        if bar is not None:
+            bar.update(1)
+        if pending is None and not alive.any():
+            break
+    if pending is not None:
+        finish(pending)
+    if hasattr(agent, "merge"):
+        agent.merge(forks)
+    return {"returns": returns, "success": success, "env_steps": env_steps}
+
+
 def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, horizon: int | None = None,
                    task_info: dict | None = None, target_scale: float = 1.0, max_envs: int = 512,
                    progress: bool = True, desc: str = "evaluate", env_workers: int = 0,
-                   targets: dict[str, float] | None = None) -> dict:
+                   targets: dict[str, float] | None = None, overlap: bool = True) -> dict:
     """Score `agent` on `tasks`: per task the suite's score, mean and std of returns; the mean
     score over the tasks whose score is defined (`scored_tasks` of them; the others carry a
     `score_note` saying why) and per suite; env steps and speed. `env_workers` > 0 steps the
     environments in that many worker processes (same results; see :func:`run_episodes`).
-    `targets` gives raw target returns per task (unset: :func:`dtune.eval.scores.target_return`)."""
+    `targets` gives raw target returns per task (unset: :func:`dtune.eval.scores.target_return`);
+    `overlap`: see :func:`run_episodes`."""
     from tqdm import tqdm
 
     task_info = task_info or {}
@@ -124,7 +190,7 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
         agent.reset_routing()
     for chunk in chunks:
         res = run_episodes(agent, [j[0] for j in chunk], [j[1] for j in chunk], [j[2] for j in chunk], bar,
-                           env_workers)
+                           env_workers, overlap)
         env_steps += res["env_steps"]
         for (spec, _, _), ret, suc in zip(chunk, res["returns"], res["success"]):
             per_task[spec.name]["returns"].append(float(ret))
