@@ -95,6 +95,28 @@ def test_overlapped_stepping_same_results_and_merged_counts(monkeypatch):
     assert len(calls) == 2
 
 
+class FailingAgent(ObsAgent):
+    """Raises on its third call: with overlap the other worker's step is then in flight."""
+
+    calls = 0
+
+    def act(self, obs, t):
+        FailingAgent.calls += 1
+        if FailingAgent.calls == 3:
+            raise KeyboardInterrupt
+        return super().act(obs, t)
+
+    def fork(self):
+        return FailingAgent()
+
+
+def test_an_error_mid_overlap_leaves_the_workers_usable():
+    specs = [get_task(t, H) for t in TASKS]
+    with pytest.raises(KeyboardInterrupt):
+        _episodes(FailingAgent, specs, 2)
+    _same(_episodes(ObsAgent, specs, 0), _episodes(ObsAgent, specs, 2))  # the same shared workers
+
+
 def test_dt_agent_same_results():
     layout = layout_for(",".join(TASKS))
     import torch

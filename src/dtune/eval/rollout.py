@@ -132,26 +132,33 @@ def _run_overlapped(agent, venv, obs: list, specs: list[TaskSpec], targets: list
         if hasattr(forks[g], "finished"):
             forks[g].finished(~alive[idx])
 
-    for t in range(specs[0].horizon):
-        for g, idx in enumerate(groups):
-            if pending == g:  # no other group in flight to overlap with
-                finish(g)
-                pending = None
-            if not alive[idx].any():
-                continue
-            a = forks[g].act([obs[i] for i in idx], t)
-            w = min(a.shape[1], actions.shape[1])  # at least the act_dim of each of the group's envs
-            actions[idx, :w] = a[:, :w]
-            if pending is not None:
-                finish(pending)
-            venv.step_async(actions, alive, workers=[worker_of[g]])
-            pending = g
-        if bar is not None:
-            bar.update(1)
-        if pending is None and not alive.any():
-            break
-    if pending is not None:
-        finish(pending)
+    try:
+        for t in range(specs[0].horizon):
+            for g, idx in enumerate(groups):
+                if pending == g:  # no other group in flight to overlap with
+                    pending = None
+                    finish(g)
+                if not alive[idx].any():
+                    continue
+                a = forks[g].act([obs[i] for i in idx], t)
+                w = min(a.shape[1], actions.shape[1])  # at least the act_dim of each of the group's envs
+                actions[idx, :w] = a[:, :w]
+                if pending is not None:
+                    g_done, pending = pending, None
+                    finish(g_done)
+                venv.step_async(actions, alive, workers=[worker_of[g]])
+                pending = g
+            if bar is not None:
+                bar.update(1)
+            if pending is None and not alive.any():
+                break
+        if pending is not None:
+            g_done, pending = pending, None
+            finish(g_done)
+    except BaseException:
+        if pending is not None:  # a step still in flight: collect it, so the shared workers stay in step
+            venv.step_wait()
+        raise
     if hasattr(agent, "merge"):
         agent.merge(forks)
     return {"returns": returns, "success": success, "env_steps": env_steps}
