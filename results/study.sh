@@ -17,8 +17,22 @@ keep() {
 restore_mujoco_data() {
   local store
   store="$(dirname "${BASH_SOURCE[0]}")/mujoco_data/store"
-  [ -d "$store/dtune" ] || return 0
-  mkdir -p "$1"; cp -rn "$store/dtune" "$1/"
+  mkdir -p "$1"
+  [ -d "$store/dtune" ] && cp -rn "$store/dtune" "$1/"
+  [ -d "$store/.work" ] && cp -rn "$store/.work" "$1/"  # SAC runs a session left unfinished
+  return 0
+}
+
+# store_sac_checkpoint DATA SOURCE TASK: an unfinished SAC run's last checkpoint (`.work/SOURCE/TASK`,
+# about 40 MB) into the store, so that the next session's `dtune data sac` continues it exactly;
+# replaced by the dataset once the run finishes (store_mujoco_data drops it).
+store_sac_checkpoint() {
+  local store
+  store="$(dirname "${BASH_SOURCE[0]}")/mujoco_data/store"
+  [ -f "$1/.work/$2/$3/state.json" ] || { echo "no SAC checkpoint $2/$3 in $1" >&2; return 1; }
+  mkdir -p "$store/.work/$2"
+  rm -rf "$store/.work/$2/$3.tmp"; cp -r "$1/.work/$2/$3" "$store/.work/$2/$3.tmp"
+  rm -rf "$store/.work/$2/$3"; mv "$store/.work/$2/$3.tmp" "$store/.work/$2/$3"
 }
 
 # store_mujoco_data DATA SUITE/TASK/SOURCE...: put finished datasets of the data root DATA into the
@@ -33,5 +47,6 @@ store_mujoco_data() {
     mkdir -p "$(dirname "$store/dtune/$d-v0")"
     rm -rf "$store/dtune/$d-v0.tmp"; cp -r "$root/dtune/$d-v0" "$store/dtune/$d-v0.tmp"
     mv "$store/dtune/$d-v0.tmp" "$store/dtune/$d-v0"
+    rm -rf "$store/.work/${d##*/}/$(basename "$(dirname "$d")")"  # its unfinished run's checkpoint, if stored
   done
 }
