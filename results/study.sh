@@ -17,10 +17,15 @@ keep() {
 restore_mujoco_data() {
   local store
   store="$(dirname "${BASH_SOURCE[0]}")/mujoco_data/store"
+  local gz
   mkdir -p "$1"
-  [ -d "$store/dtune" ] && cp -rn "$store/dtune" "$1/"
   [ -d "$store/.work" ] && cp -rn "$store/.work" "$1/"  # SAC runs a session left unfinished
-  return 0
+  [ -d "$store/dtune" ] || return 0
+  cp -rn "$store/dtune" "$1/"
+  find "$1/dtune" -name '*.hdf5.gz' | while read -r gz; do  # stored gzipped (git's 50 MB warning)
+    [ -f "${gz%.gz}" ] || { gunzip -c "$gz" > "${gz%.gz}.tmp" && mv "${gz%.gz}.tmp" "${gz%.gz}"; }
+    rm -f "$gz"
+  done
 }
 
 # store_sac_checkpoint DATA SOURCE TASK: an unfinished SAC run's last checkpoint (`.work/SOURCE/TASK`,
@@ -46,6 +51,7 @@ store_mujoco_data() {
     [ -f "$root/dtune/$d-v0/data/metadata.json" ] || { echo "no finished dataset $d in $root" >&2; return 1; }
     mkdir -p "$(dirname "$store/dtune/$d-v0")"
     rm -rf "$store/dtune/$d-v0.tmp"; cp -r "$root/dtune/$d-v0" "$store/dtune/$d-v0.tmp"
+    gzip -n "$store/dtune/$d-v0.tmp/data/main_data.hdf5"
     mv "$store/dtune/$d-v0.tmp" "$store/dtune/$d-v0"
     rm -rf "$store/.work/${d##*/}/$(basename "$(dirname "$d")")"  # its unfinished run's checkpoint, if stored
   done
