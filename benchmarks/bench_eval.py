@@ -2,7 +2,7 @@
 stepping with random actions (the ceiling: no model at all), and the same with the
 environments in worker processes (`env_workers`, dtune.eval.vecenv) against raw env stepping
 in as many processes: lock-step (the model waits for the envs and the envs for the model) and
-overlapped (dtune's default: one agent per worker, the model acting for one worker's envs while
+overlapped (`--env-overlap`: one agent per worker, the model acting for one worker's envs while
 the other's step), and overlapped in bf16 (`dtune evaluate --precision bf16`); the in-process
 evaluator as issue 13 found it (every window token through the final block) is the reference of
 its 1.6x target.
@@ -211,10 +211,10 @@ def main():
 
     res["vec_raw"] = measure(vec_raw, pids)
     if not args.skip_lockstep:
-        evaluate("lockstep", pids, env_workers=w, overlap=False)
-    evaluate("workers", pids, env_workers=w)
+        evaluate("lockstep", pids, env_workers=w)
+    evaluate("workers", pids, env_workers=w, overlap=True)
     if not args.skip_bf16:
-        evaluate("workers_bf16", pids, env_workers=w)
+        evaluate("workers_bf16", pids, env_workers=w, overlap=True)
     rss = [(rss_mb(pid), len(venv.envs_of(i)), venv.cached_envs[i]) for i, pid in enumerate(pids)]
     close_shared()
 

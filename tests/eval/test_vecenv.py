@@ -127,8 +127,8 @@ def test_dt_agent_same_results():
     _same(_episodes(lambda: DTAgent(model, layout), specs, 0), _episodes(lambda: DTAgent(model, layout), specs, 2))
     kw = dict(episodes=2, horizon=H, progress=False)
     a = evaluate_agent(DTAgent(model, layout), "reach-v3,cartpole-balance", **kw)
-    b = evaluate_agent(DTAgent(model, layout), "reach-v3,cartpole-balance", env_workers=2, overlap=False, **kw)
-    c = evaluate_agent(DTAgent(model, layout), "reach-v3,cartpole-balance", env_workers=2, **kw)  # overlapped
+    b = evaluate_agent(DTAgent(model, layout), "reach-v3,cartpole-balance", env_workers=2, **kw)  # lock-step
+    c = evaluate_agent(DTAgent(model, layout), "reach-v3,cartpole-balance", env_workers=2, overlap=True, **kw)
     assert a["tasks"] == b["tasks"] == c["tasks"] and a["env_steps"] == b["env_steps"] == c["env_steps"]
     assert a["model_forwards"] == b["model_forwards"] and c["model_forwards"] == 2 * a["model_forwards"]  # 2 forks
 

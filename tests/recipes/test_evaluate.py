@@ -103,6 +103,12 @@ def test_protocol_targets_through_evaluate_and_the_command_line(run, capsys):
     assert "score at standard target" in capsys.readouterr().out
 
 
+def test_env_workers_overlapped_give_the_same_episodes(run):
+    kw = dict(checkpoint=str(run), tasks="reach-v3,door-open-v3", episodes=2, horizon=8, progress=False)
+    a, b = evaluate(EvalConfig(**kw)), evaluate(EvalConfig(env_workers=2, env_overlap=True, **kw))
+    assert a["tasks"] == b["tasks"]
+
+
 def test_bf16_evaluation_is_recorded(run):
     res = evaluate(EvalConfig(checkpoint=str(run), tasks="reach-v3", episodes=2, horizon=8, precision="bf16",
                               progress=False))

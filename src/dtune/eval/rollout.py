@@ -37,7 +37,7 @@ def pooled_envs(specs: list[TaskSpec]) -> list:
 
 
 def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets: list[float], bar=None,
-                 env_workers: int = 0, overlap: bool = True) -> dict:
+                 env_workers: int = 0, overlap: bool = False) -> dict:
     """Run one episode per (spec, seed, target) in lock-step. Returns per-episode `returns`,
     `success` (any step) and the count of environment steps taken.
 
@@ -46,7 +46,8 @@ def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets:
     to the in-process path (0). With two or more workers and an agent that can `fork` (a fresh
     agent of the same policy), `overlap` gives each worker's environments their own agent and
     runs the policy for one worker's environments while the others step
-    (:func:`_run_overlapped`)."""
+    (:func:`_run_overlapped`): for machines with cores to spare beside the workers (on 2 cores it
+    was x1.05 faster than lock-step with one torch thread, x0.96 with two)."""
     n = len(specs)
     horizon = specs[0].horizon
     if any(s.horizon != horizon for s in specs):
@@ -167,7 +168,7 @@ def _run_overlapped(agent, venv, obs: list, specs: list[TaskSpec], targets: list
 def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, horizon: int | None = None,
                    task_info: dict | None = None, target_scale: float = 1.0, max_envs: int = 512,
                    progress: bool = True, desc: str = "evaluate", env_workers: int = 0,
-                   targets: dict[str, float] | None = None, overlap: bool = True) -> dict:
+                   targets: dict[str, float] | None = None, overlap: bool = False) -> dict:
     """Score `agent` on `tasks`: per task the suite's score, mean and std of returns; the mean
     score over the tasks whose score is defined (`scored_tasks` of them; the others carry a
     `score_note` saying why) and per suite; env steps and speed. `env_workers` > 0 steps the
