@@ -242,6 +242,7 @@ def main():
         line("evaluate, as issue 13 found it", "reference",
              f"  results {'identical' if same('reference') else 'DIFFER'}")
     line("evaluate, key/value cache", "cache", f"  {vs}{t_raw / t_cache:.2f} of raw")
+
     def vs_workers(key):
         return (f"  x{t_cache / res[key][0]:.2f} vs in-process, {t_raw_n / res[key][0]:.2f} of raw in {w} processes"
                 + (f", x{res['reference'][0] / res[key][0]:.2f} vs issue 13's" if "reference" in res else ""))

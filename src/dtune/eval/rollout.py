@@ -72,13 +72,10 @@ def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets:
         actions = agent.act(obs, t)
         rewards = np.zeros(n, np.float32)
         if env_workers:
-            obs, rew, term, trunc, succ = venv.step(actions, alive)
+            obs, *step = venv.step(actions, alive)
             live = np.flatnonzero(alive)
-            rewards[live] = rew[live]  # float64 -> float32 as the in-process path's assignment
-            returns[live] += rew[live]
-            success[live] |= succ[live]
-            env_steps += len(live)
-            alive[live[term[live] | trunc[live]]] = False
+            rewards[live] = step[0][live]  # float64 -> float32 as the in-process path's assignment
+            env_steps += _tally(live, *step, returns, success, alive)
         else:
             for i in np.flatnonzero(alive):
                 o, r, term, trunc, succ = envs[i].step(actions[i, : specs[i].act_dim])
@@ -98,6 +95,15 @@ def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets:
     return {"returns": returns, "success": success, "env_steps": env_steps}
 
 
+def _tally(live, rew, term, trunc, succ, returns, success, alive) -> int:
+    """Book one VecEnv step of the envs `live` (those stepped): returns, success, episodes that
+    ended; the count of env steps."""
+    returns[live] += rew[live]
+    success[live] |= succ[live]
+    alive[live[term[live] | trunc[live]]] = False
+    return len(live)
+
+
 def _run_overlapped(agent, venv, obs: list, specs: list[TaskSpec], targets: list[float], bar) -> dict:
     """:func:`run_episodes` with one forked agent per env worker: the policy acts for one worker's
     environments while the other workers step theirs, so the model and the environments share the
@@ -106,8 +112,8 @@ def _run_overlapped(agent, venv, obs: list, specs: list[TaskSpec], targets: list
     actions for an environment do not depend on the batch it is computed in, true of dtune's
     models, tested). The forks' routing counts and forward counts are merged into `agent`."""
     n = len(specs)
-    groups = [g for g in (venv.envs_of(w) for w in range(venv.workers)) if len(g)]
     worker_of = [w for w in range(venv.workers) if len(venv.envs_of(w))]
+    groups = [venv.envs_of(w) for w in worker_of]
     forks = [agent.fork() for _ in groups]
     for fork, idx in zip(forks, groups):
         fork.start([specs[i] for i in idx], [targets[i] for i in idx])
@@ -117,18 +123,15 @@ def _run_overlapped(agent, venv, obs: list, specs: list[TaskSpec], targets: list
 
     def finish(g: int) -> None:
         nonlocal env_steps
-        o, rew, term, trunc, succ = venv.step_wait()
+        o, *step = venv.step_wait()
         idx = groups[g]
         was = alive[idx]
         for i in idx:
             obs[i] = o[i]
         live = idx[was]
         rewards = np.zeros(len(idx), np.float32)
-        rewards[was] = rew[live]  # float64 -> float32 as in lock-step
-        returns[live] += rew[live]
-        success[live] |= succ[live]
-        env_steps += len(live)
-        alive[live[term[live] | trunc[live]]] = False
+        rewards[was] = step[0][live]  # float64 -> float32 as in lock-step
+        env_steps += _tally(live, *step, returns, success, alive)
         forks[g].observe(rewards)
         if hasattr(forks[g], "finished"):
             forks[g].finished(~alive[idx])

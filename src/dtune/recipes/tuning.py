@@ -237,9 +237,8 @@ def cached_eval(checkpoint: str, model, run_config: dict, tasks: list[str], epis
     """Evaluation of the *unadapted* checkpoint, cached in `CHECKPOINT/eval_cache/` under a key of
     everything that decides it: the weights, the evaluation settings (tasks, episodes, seed,
     horizon, the tasks' targets and score references, the input layout, the device type and
-    precision), the
-    dtune version and the digest of the evaluation code (:func:`eval_code_digest`). A cache made
-    by other code or settings is not read; it is recomputed."""
+    precision), the dtune version and the digest of the evaluation code (:func:`eval_code_digest`).
+    A cache made by other code or settings is not read; it is recomputed."""
     from dtune.models.io import weights_digest
 
     task_info = run_config.get("task_info", {})
