@@ -1,4 +1,6 @@
 import os
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -118,6 +120,29 @@ def test_cache_is_reused_and_rebuilt_when_broken(tiny_data):
     os.replace(broken, caches[0] / "observations.npy")
     data = TrajectoryData(tiny_data, "reach-v3")
     assert data.task_info["reach-v3"]["episodes"] == 6
+
+
+def test_a_cache_built_by_a_concurrent_process_is_kept(tiny_data, monkeypatch):
+    """Two ranks of one run build the same cache at once: the loser keeps the winner's, leaves
+    no temporary folder, and loads the same arrays."""
+    from dtune.data import dataset
+
+    shutil.rmtree(tiny_data / ".cache", ignore_errors=True)
+    real, raced = np.save, []
+
+    def save(path, arr):  # the other rank finishes first, while this one is still writing
+        real(path, arr)
+        if not raced and str(path).endswith("lengths.npy"):
+            raced.append(1)
+            winner = Path(path).parent.with_name(Path(path).parent.name.split(".")[1])
+            shutil.copytree(Path(path).parent, winner)
+
+    monkeypatch.setattr(dataset.np, "save", save)
+    data = TrajectoryData(tiny_data, "reach-v3")
+    monkeypatch.undo()
+    assert raced and data.task_info["reach-v3"]["episodes"] == 6
+    assert not list((tiny_data / ".cache").glob(".*tmp"))
+    assert np.array_equal(TrajectoryData(tiny_data, "reach-v3").domains[0].tasks[0].obs, data.domains[0].tasks[0].obs)
 
 
 def test_states_are_z_scored_with_the_training_statistics(data):

@@ -76,7 +76,12 @@ def _cached_episodes(root: Path, task: str, source: str) -> tuple[dict[str, np.n
     tmp.mkdir()
     for k in CACHED:
         np.save(tmp / f"{k}.npy", np.ascontiguousarray(ep[k]))
-    os.replace(tmp, cache)
+    try:
+        os.replace(tmp, cache)
+    except OSError:  # another process (a rank of the same run) built it first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not cache.is_dir():
+            raise
     return _open(cache), meta
 
 
