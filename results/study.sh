@@ -8,7 +8,9 @@
 # KEPT.tmp, then renamed: never half-written).
 keep() {
   rm -rf "$2.tmp"; mkdir -p "$2.tmp"
-  (cd "$1" && tar cf - --exclude=checkpoint --exclude='*.safetensors' --exclude='*.pt' .) | tar xf - -C "$2.tmp"
+  # d3rlpy's per-layer gradient statistics (*_grad.csv, about 100 KB a run) stay in the run directory only
+  (cd "$1" && tar cf - --exclude=checkpoint --exclude='*.safetensors' --exclude='*.pt' --exclude='*_grad.csv' .) |
+    tar xf - -C "$2.tmp"
   rm -rf "$2"; mv "$2.tmp" "$2"
 }
 

@@ -43,6 +43,9 @@ def test_resume_continues_exactly(hopper_data, tmp_path):
 
     train_baseline(cfg(hopper_data, tmp_path / "whole", algo="td3+bc"))
     train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", steps=4))
+    first = json.loads((tmp_path / "parts" / "checkpoint" / "state.json").read_text())["train_s"]
+    again = train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", steps=4, resume=True))
+    assert first > 0 and again["train_s"] >= first  # nothing left to train: the first invocation's time
     train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", resume=True))
     a = load_file(str(tmp_path / "whole" / "checkpoint" / "networks.safetensors"))
     b = load_file(str(tmp_path / "parts" / "checkpoint" / "networks.safetensors"))

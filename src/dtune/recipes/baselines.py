@@ -145,7 +145,7 @@ def _parts(algo) -> dict:
     return algo.impl.modules.create_checkpointer("cpu:0").modules
 
 
-def _save(run: Path, algo, step: int) -> None:
+def _save(run: Path, algo, step: int, train_s: float) -> None:
     import torch
     from safetensors.torch import save_file
 
@@ -163,11 +163,11 @@ def _save(run: Path, algo, step: int) -> None:
     (ck / "networks.safetensors.tmp").replace(ck / "networks.safetensors")
     torch.save({"optimizers": optims, "torch_rng": torch.get_rng_state()}, ck / "optim.pt.tmp")
     (ck / "optim.pt.tmp").replace(ck / "optim.pt")
-    atomic_write_text(ck / "state.json", json.dumps({"step": step, "grad_step": int(algo.grad_step),
+    atomic_write_text(ck / "state.json", json.dumps({"step": step, "grad_step": int(algo.grad_step), "train_s": train_s,
                                                      **global_rng_state()}))
 
 
-def _load(run: Path, algo) -> int:
+def _load(run: Path, algo) -> tuple[int, float]:
     import torch
     from safetensors.torch import load_file
 
@@ -183,7 +183,7 @@ def _load(run: Path, algo) -> int:
     algo._grad_step = state["grad_step"]
     set_global_rng_state(state)
     torch.set_rng_state(rest["torch_rng"])
-    return int(state["step"])
+    return int(state["step"]), float(state.get("train_s", 0.0))
 
 
 def _quiet_d3rlpy() -> None:
@@ -232,7 +232,12 @@ def train_baseline(cfg: BaselineConfig) -> dict:
     dataset, info = mdp_dataset(root, cfg.task, source, cfg.data_ratio, cfg.seed)
     algo = _algo_config(cfg.algo, cfg.batch_size).create(device="cpu:0")
     algo.build_with_dataset(dataset)
-    step = _load(out, algo) if cfg.resume and (out / "checkpoint" / "state.json").exists() else 0
+    # the scalers are fitted here, not in the first fit(): a resumed run with nothing left to
+    # train (stopped while evaluating) must scale observations too
+    from d3rlpy.algos.utility import build_scalers_with_transition_picker
+
+    build_scalers_with_transition_picker(algo, dataset)
+    step, before = _load(out, algo) if cfg.resume and (out / "checkpoint" / "state.json").exists() else (0, 0.0)
     logger = d3rlpy.logging.FileAdapterFactory(root_dir=str(out / "d3rlpy"))
     t0 = time.perf_counter()
     while step < cfg.steps:
@@ -240,8 +245,8 @@ def train_baseline(cfg: BaselineConfig) -> dict:
         algo.fit(dataset, n_steps=n, n_steps_per_epoch=n, experiment_name=cfg.algo, with_timestamp=False,
                  logger_adapter=logger, show_progress=cfg.progress, save_interval=10 ** 9)
         step += n
-        _save(out, algo, step)
-    train_s = time.perf_counter() - t0
+        _save(out, algo, step, before + time.perf_counter() - t0)
+    train_s = before + time.perf_counter() - t0  # over every invocation of a resumed run
     res = evaluate_agent(BaselineAgent(algo), cfg.task, episodes=cfg.eval_episodes, seed=cfg.eval_seed,
                          task_info={cfg.task: info}, progress=cfg.progress)
     task_res = res["tasks"][cfg.task]
