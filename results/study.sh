@@ -14,6 +14,15 @@ keep() {
   rm -rf "$2"; mv "$2.tmp" "$2"
 }
 
+# kept_done KEPT STEPS: true when KEPT holds a finished run (its result.json). A kept run trained for another
+# number of updates than STEPS is still reported as it is, never mixed in silently: a warning says so.
+kept_done() {
+  [ -f "$1/result.json" ] || return 1
+  python -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["steps"] != int(sys.argv[2]))' "$1/result.json" "$2" ||
+    echo "WARNING: $1 was trained for another number of updates than $2; delete it to redo it at this budget" >&2
+  return 0
+}
+
 # restore_mujoco_data DATA: the committed D4RL-style MuJoCo and Reacher2d datasets (with their SAC
 # agents; results/mujoco_data/store) copied into the data root DATA, where missing.
 restore_mujoco_data() {

@@ -38,12 +38,13 @@ fi
 run() {  # task:source:ratio method seed
   IFS=: read -r task src ratio <<< "$1"
   local out="$RUNS/$task-$src-$ratio/$2/s$3" kept="$OUT/runs/$task-$src-$ratio/$2/s$3" resume=""
-  [ -f "$kept/result.json" ] && return 0
+  local n=$STEPS; case "$2" in cql) n=$CQL_STEPS ;; iql|bc|td3+bc) n=$BASE_STEPS ;; esac
+  kept_done "$kept" "$n" && return 0
   [ -f "$out/result.json" ] && { keep "$out" "$kept"; return 0; }
   { [ -f "$out/train_state.json" ] || [ -d "$out/checkpoint" ]; } && resume="--resume"
   mkdir -p "$(dirname "$out")"
   local k=20; [ "$task" = reacher2d ] && k=5
-  local dt=(dtune lamo --task "$task" --source "$src" --data-ratio "$ratio" --seed "$3" --steps "$STEPS"
+  local dt=(dtune lamo --task "$task" --source "$src" --data-ratio "$ratio" --seed "$3" --steps "$n"
             --warmup-steps 500 --context-len $k --eval-episodes 10 --ckpt-every 500 --data-dir "$DATA"
             --no-progress --out "$out" $resume)
   local lamo=("${dt[@]}" --lm "$LM" --text-block 256)
@@ -54,14 +55,13 @@ run() {  # task:source:ratio method seed
     lamo-no-language) OMP_NUM_THREADS=1 "${lamo[@]}" --language-weight 0 ;;
     lamo-full)        OMP_NUM_THREADS=1 "${lamo[@]}" --tuning full ;;
     dt)               OMP_NUM_THREADS=1 "${dt[@]}" ;;
-    *) local n=$BASE_STEPS; [ "$2" = cql ] && n=$CQL_STEPS
-       OMP_NUM_THREADS=1 dtune baselines --algo "$2" --task "$task" --source "$src" --data-ratio "$ratio" \
+    *) OMP_NUM_THREADS=1 dtune baselines --algo "$2" --task "$task" --source "$src" --data-ratio "$ratio" \
          --seed "$3" --steps $n --steps-per-epoch 1000 --eval-episodes 10 --data-dir "$DATA" --no-progress \
          --out "$out" $resume ;;
   esac >> "$out.log" 2>&1
   keep "$out" "$kept"
 }
-export -f run keep; export DATA RUNS OUT LM STEPS BASE_STEPS CQL_STEPS
+export -f run keep kept_done; export DATA RUNS OUT LM STEPS BASE_STEPS CQL_STEPS
 mkdir -p "$RUNS"
 restore_mujoco_data "$DATA"
 {
