@@ -26,6 +26,7 @@ Extension points used by the adaptation methods:
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -102,6 +103,12 @@ MLPS = ("gelu", "swiglu")
 POSITIONS = ("none", "learned", "rotary")
 
 
+@functools.lru_cache(maxsize=64)
+def _held(value: float, dtype: torch.dtype) -> float:
+    """`value` as `dtype` holds it (bf16 rounds 1 / 0.9 to 1.109375)."""
+    return torch.tensor(value, dtype=dtype).item()
+
+
 def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     """Dropout on CPUs from 16-bit random integers, four per 64-bit draw (the keep probability
     exact to 1/65536), where torch's Bernoulli sampling took a quarter of a small model's training
@@ -120,7 +127,7 @@ def dropout(x: torch.Tensor, p: float, training: bool) -> torch.Tensor:
     if p >= 1.0:
         return x * 0
     n = x.numel()
-    scale = torch.tensor(1.0 / (1.0 - p), dtype=x.dtype).item()  # as the dtype holds it
+    scale = _held(1.0 / (1.0 - p), x.dtype)
     # int64 over its whole range: random_() without bounds leaves the top bit 0
     bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_(-2 ** 63, 2 ** 63 - 1).view(torch.int16)[:n]
     keep = bits.view(x.shape) >= round((1.0 - 1.0 / scale) * 65536) - 32768
