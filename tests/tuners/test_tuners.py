@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from dtune import tuners
 from dtune.models import build_model, preset
@@ -214,6 +214,59 @@ def test_l2m_picks_different_keys_for_two_tasks():
     assert sel_a.unique().numel() == 1 and sel_b.unique().numel() == 1
     assert sel_a[0] != sel_b[0]
     assert model.tuner.pool.prev_counts[sel_a[0]] > 0 and model.tuner.pool.prev_counts[sel_b[0]] > 0
+
+
+def test_l2m_lock_share_keeps_an_earlier_tasks_keys_and_entries():
+    """With `lock_share`, the entries task A used are locked at its end: task B, whose states are
+    A's (so without locks it would pull A's key and retrain A's entry), trains other entries, and
+    A's keys and modulators stay bit-identical; at evaluation A's entries still compete."""
+    model = tiny_model()
+    tuners.attach(model, "l2m", tuners.make_config("l2m", pool_size=4, lock_share=0.2, count_penalty=0.0))
+    a = [make_batch(seed=s) for s in range(6)]
+    train_steps(model, a, lr=5e-2, task="task-a")
+    used = model.tuner.pool.counts.clone()
+    model.tuner.end_task()
+    locked = model.tuner.pool.locked.clone()
+    assert locked.any() and torch.equal(locked, used / used.sum() >= 0.2)
+    keys = model.tuner.pool.keys.detach().clone()
+    mods = {n: p.detach().clone() for n, p in model.tuner.mods.named_parameters()}
+    train_steps(model, [make_batch(seed=s) for s in range(6)], lr=5e-2, task="task-b")  # the same states
+    assert model.tuner.pool.counts[locked].sum() == 0 and model.tuner.pool.counts.sum() > 0
+    assert torch.equal(model.tuner.pool.keys[locked], keys[locked])
+    for n, p in model.tuner.mods.named_parameters():
+        assert torch.equal(p[locked], mods[n][locked]), n
+    with torch.no_grad():  # evaluation: every entry competes
+        model(a[0])
+    assert bool(locked[model.tuner.selection()].any())
+
+
+def test_pool_locks_leave_entries_free_and_old_adapters_load(tmp_path):
+    from dtune.tuners.pool import KeyPool
+
+    pool = KeyPool(3, 4)
+    pool.counts.copy_(torch.tensor([5.0, 3.0, 2.0]))
+    pool.end_task(lock_share=0.1, keep_free=1)  # all three qualify; the least used stays free
+    assert pool.locked.tolist() == [True, True, False] and pool.prev_counts.tolist() == [5, 3, 2]
+    pool.counts.copy_(torch.tensor([0.0, 0.0, 4.0]))
+    pool.end_task(lock_share=0.1, keep_free=1)
+    assert pool.locked.tolist() == [True, True, False]
+    pool.train()
+    assert pool.choose(torch.randn(8, 4), 1, 0.0).unique().tolist() == [2]
+    with pytest.raises(ValueError, match="unlocked entries"):
+        pool.choose(torch.randn(8, 4), 2, 0.0)
+    with pytest.raises(ValueError, match="lock_share"):
+        tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", lock_share=1.5))
+    # an adapter saved before pools had locks: nothing locked
+    for method in ("l2m", "l2p"):
+        model = tiny_model()
+        tuners.attach(model, method)
+        tuners.save_adapter(tmp_path / method, model, {})
+        file = tmp_path / method / tuners.ADAPTER_WEIGHTS
+        tensors = {k: v for k, v in load_file(str(file)).items() if not k.endswith("pool.locked")}
+        save_file(tensors, str(file))
+        loaded = tiny_model()
+        tuners.apply_adapter(loaded, tmp_path / method)
+        assert not loaded.tuner.pool.locked.any()
 
 
 def test_l2m_oracle_routes_by_task_and_leaves_unknown_tasks_unmodulated():

@@ -58,6 +58,13 @@ class L2MConfig(TunerConfig):
     would otherwise barely turn towards their queries)."""
     count_penalty: float = 1.0
     """Penalty on keys chosen during earlier tasks (continual learning)."""
+    lock_share: float | None = None
+    """After each task, lock the entries that took at least this share of its training windows
+    (e.g. 0.05): later tasks never choose them while training, so their keys and modulators stay
+    as that task left them; at evaluation every entry competes. Unset (the paper): every entry
+    stays open, and a later task can pull an earlier task's key away and retrain its modulator,
+    which `results/l2m_cw10` saw with the count penalty alone (faucet-close went from 1.0 to 0.0
+    success when shelf-place trained entry 5, one of its two entries)."""
     batchwise: bool = False
     """Route groups of windows by majority vote (L2P's batch-wise selection) instead of every
     window on its own: while training the group is the batch (one task's windows, so a task
@@ -151,6 +158,10 @@ class L2M(PoolTuner):
                              "pretrain_keys; turn pretrain_keys on")
         if c.calibrate_margin is not None and not 0 < c.calibrate_margin < 1:
             raise ValueError(f"l2m: calibrate_margin is a fraction of windows in (0, 1), got {c.calibrate_margin}")
+        if c.lock_share is not None and not 0 < c.lock_share <= 1:
+            raise ValueError(f"l2m: lock_share is a share of a task's windows in (0, 1], got {c.lock_share}")
+        if c.lock_share is not None and c.oracle:
+            raise ValueError("l2m: oracle gives every task its own entry already; drop lock_share")
         if c.query_span is not None and c.query_span < 1:
             raise ValueError(f"l2m: query_span must be a positive number of timesteps, got {c.query_span}")
         d = model.cfg.gpt.n_embd
@@ -273,7 +284,8 @@ class L2M(PoolTuner):
 
     def state_defaults(self):
         # before the calibrated margin existed: margin 0, never calibrated (the paper's route)
-        return {"margin": torch.tensor(0.0), "calibrated": torch.tensor(False)}
+        return {"margin": torch.tensor(0.0), "calibrated": torch.tensor(False),
+                "pool.locked": torch.zeros(self.config.pool_size, dtype=torch.bool)}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "pre_keys"
@@ -295,4 +307,4 @@ class L2M(PoolTuner):
         return self._aux
 
     def end_task(self):
-        self.pool.end_task()
+        self.pool.end_task(self.config.lock_share)

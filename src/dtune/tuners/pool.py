@@ -6,7 +6,9 @@ keys are chosen (hard). The key-pull loss `-weight * mean cos(query, chosen keys
 chosen keys towards the queries that chose them. While training, keys chosen on earlier tasks
 are penalised, `score = cos - count_penalty * n_k / max_k n_k` with `n_k` the earlier
 selections of key `k`, so a new task claims fresh keys instead of overwriting the modulators of
-old ones.
+old ones. With a lock share (L2M's `lock_share`), the entries a task used become locked at its
+end: later tasks never choose them while training, so an earlier task's keys and entries stay as
+it left them; at evaluation every entry competes.
 
 Routing is the same while training and at evaluation:
 
@@ -60,6 +62,7 @@ class KeyPool(nn.Module):
         self.keys = nn.Parameter(torch.empty(size, dim).uniform_(-1.0, 1.0))
         self.register_buffer("counts", torch.zeros(size))  # selections while training the current task
         self.register_buffer("prev_counts", torch.zeros(size))  # selections while training earlier tasks
+        self.register_buffer("locked", torch.zeros(size, dtype=torch.bool))  # closed to later tasks' training
 
     @property
     def size(self) -> int:
@@ -75,10 +78,20 @@ class KeyPool(nn.Module):
         return sim
 
     def choose(self, query: torch.Tensor, top_k: int, count_penalty: float) -> torch.Tensor:
-        """Every window's own `top_k` entries `(B, top_k)` (the count penalty only while training)."""
+        """Every window's own `top_k` entries `(B, top_k)` (the count penalty and the locks only
+        while training)."""
         if top_k > self.size:
             raise ValueError(f"top_k ({top_k}) is larger than the pool ({self.size})")
-        return self.scores(query, count_penalty if self.training else 0.0).topk(top_k, dim=-1).indices
+        if not self.training:
+            return self.scores(query).topk(top_k, dim=-1).indices
+        s = self.scores(query, count_penalty)
+        if bool(self.locked.any()):
+            free = int((~self.locked).sum())
+            if free < top_k:
+                raise ValueError(f"the pool has {free} unlocked entries left, fewer than top_k ({top_k}): earlier "
+                                 f"tasks locked the rest; raise pool_size or lock_share")
+            s = s.masked_fill(self.locked, float("-inf"))
+        return s.topk(top_k, dim=-1).indices
 
     def count(self, idx: torch.Tensor) -> None:
         """Count the selections `idx` of a training step (entries >= 0)."""
@@ -102,7 +115,17 @@ class KeyPool(nn.Module):
             cos = (chosen * F.normalize(query.float(), dim=-1)[:, None]).sum(-1)
             return -weight * cos.mean()
 
-    def end_task(self):
+    def end_task(self, lock_share: float | None = None, keep_free: int = 1):
+        """The current task's selections join the earlier ones. With `lock_share`, the entries
+        that took at least that share of them are locked, most used first, as long as `keep_free`
+        entries stay unlocked (a full pool then lets later tasks share those, as without locks)."""
+        if lock_share is not None and self.counts.sum() > 0:
+            share = self.counts / self.counts.sum()
+            room = int((~self.locked).sum()) - keep_free
+            for i in share.argsort(descending=True).tolist()[:max(room, 0)]:
+                if share[i] < lock_share:
+                    break
+                self.locked[i] = True
         self.prev_counts += self.counts
         self.counts.zero_()
 
