@@ -4,9 +4,11 @@
 # 10 evaluation episodes per CW10 task after every task, MT40 (3 episodes per task) before and at the end.
 # Variants: L2M with the routing of results/l2m_routing (whitened query, 200-step span at evaluation,
 # pre-training keys with a margin calibrated at q = 0.95: the preset `l2m-routed`), the paper's plain L2M (`l2m`),
-# L2P, prompt tuning, LoRA, EWC and full fine-tuning.
+# L2P, prompt tuning, LoRA, EWC and full fine-tuning; and `l2m-routed-locked` (l2m-routed with each task's
+# entries locked once it is learnt, `lock_share` 0.1: results/l2m_cw10/README.md).
 # Cost, estimated from the 300-step study (results/continual_cw10) and this session's step speed: about
-# 20-25 min per run at STEPS=1000 on one core, so 21 runs are about 4 h of wall time in two lanes.
+# 20-25 min per run at STEPS=1000 on one core, so 24 runs are about 4.5 h of wall time in two lanes
+# (measured 2026-12-04, one lane beside another study: 26-29 min a run including the MT40 evaluations).
 # Everything is resumable: a run kept in $OUT/runs is skipped, an interrupted one continues with --resume
 # (checkpoints every 500 updates within a task). Finished runs are kept without their weights in
 # $OUT/runs/<variant>/s<seed> (results/study.sh).
@@ -19,7 +21,7 @@ OUT=${OUT:-results/l2m_cw10}
 CKPT=${CKPT:-results/mt40_small/checkpoint}
 STEPS=${STEPS:-1000}
 SEEDS=${SEEDS:-"0 1 2"}
-VARIANTS=${VARIANTS:-"l2m-routed l2m full ewc lora prompt l2p"}
+VARIANTS=${VARIANTS:-"l2m-routed l2m-routed-locked l2m full ewc lora prompt l2p"}
 # The data: CW10 for training, MT40 for L2M's pre-training keys, whitening and EWC's Fisher (about 7 min on
 # 2 cores; finished tasks are skipped, so this is free when the data is there).
 dtune data collect --tasks cw10 --episodes 100 --workers 2 --data-dir "$DATA" --no-progress
