@@ -60,11 +60,12 @@ class L2MConfig(TunerConfig):
     """Penalty on keys chosen during earlier tasks (continual learning)."""
     lock_share: float | None = None
     """After each task, lock the entries that took at least this share of its training windows
-    (e.g. 0.05): later tasks never choose them while training, so their keys and modulators stay
-    as that task left them; at evaluation every entry competes. Unset (the paper): every entry
-    stays open, and a later task can pull an earlier task's key away and retrain its modulator,
-    which `results/l2m_cw10` saw with the count penalty alone (faucet-close went from 1.0 to 0.0
-    success when shelf-place trained entry 5, one of its two entries)."""
+    (e.g. 0.1): later tasks never choose them while training, so their keys and modulators stay
+    as that task left them; at evaluation every entry competes. At most `pool_size - 1` entries
+    are ever locked. Unset (the paper): every entry stays open, and a later task can pull an
+    earlier task's key away and retrain its modulator, which `results/l2m_cw10` saw with the
+    count penalty alone (faucet-close went from 1.0 to 0.0 success once shelf-place, which also
+    routes to faucet-close's entry 5, was learnt)."""
     batchwise: bool = False
     """Route groups of windows by majority vote (L2P's batch-wise selection) instead of every
     window on its own: while training the group is the batch (one task's windows, so a task
