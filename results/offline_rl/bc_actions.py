@@ -22,24 +22,13 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the rollout's reset")
     args = ap.parse_args()
 
-    from dtune.recipes.baselines import (
-        _algo_config,
-        _load,
-        _quiet_d3rlpy,
-        mdp_dataset,
-        quiet_legacy_gym,
-    )
+    from dtune.recipes.baselines import _load, _quiet_d3rlpy, built_algo, mdp_dataset
     from dtune.tasks import make_env
 
-    quiet_legacy_gym()
     _quiet_d3rlpy()
-    from d3rlpy.algos.utility import build_scalers_with_transition_picker
-
     cfg = json.loads((args.run / "config.json").read_text())["baseline"]
     ds, _ = mdp_dataset(Path(cfg["data_dir"]), cfg["task"], cfg["source"], cfg["data_ratio"], cfg["seed"])
-    algo = _algo_config(cfg["algo"], cfg["batch_size"]).create(device="cpu:0")
-    algo.build_with_dataset(ds)
-    build_scalers_with_transition_picker(algo, ds)
+    algo = built_algo(cfg["algo"], cfg["batch_size"], ds)
     step, _ = _load(args.run, algo)
     obs = np.concatenate([e.observations for e in ds.episodes]).astype(np.float32)
     act = np.concatenate([e.actions for e in ds.episodes])

@@ -31,11 +31,7 @@ METHODS=${METHODS:-"dt cql iql td3+bc bc"}
 run() {  # task:source method seed
   local task=${1%%:*} src=${1#*:} out="$RUNS/${1/:/-}/$2/s$3" kept="$OUT/runs/${1/:/-}/$2/s$3" resume=""
   local n=$STEPS; [ "$2" = cql ] && n=$STEPS_CQL; [ "$2" = dt ] && n=$STEPS_DT
-  if [ -f "$kept/result.json" ]; then  # done; a kept run of another budget is reported, never mixed in silently
-    python -c 'import json,sys; sys.exit(json.load(open(sys.argv[1]))["steps"] != int(sys.argv[2]))' "$kept/result.json" "$n" ||
-      echo "WARNING: $kept was trained for another number of updates than $n; delete it to redo it at this budget" >&2
-    return 0
-  fi
+  kept_done "$kept" "$n" && return 0
   [ -f "$out/result.json" ] && { keep "$out" "$kept"; return 0; }
   { [ -f "$out/train_state.json" ] || [ -d "$out/checkpoint" ]; } && resume="--resume"  # DT's / d3rlpy's checkpoint
   mkdir -p "$(dirname "$out")"
@@ -49,7 +45,7 @@ run() {  # task:source method seed
   fi
   keep "$out" "$kept"
 }
-export -f run keep; export DATA RUNS OUT STEPS STEPS_DT WARMUP_DT STEPS_CQL
+export -f run keep kept_done; export DATA RUNS OUT STEPS STEPS_DT WARMUP_DT STEPS_CQL
 mkdir -p "$RUNS"
 restore_mujoco_data "$DATA"
 for s in $SEEDS; do for d in $DATASETS; do for m in $METHODS; do echo "$d $m $s"; done; done; done |

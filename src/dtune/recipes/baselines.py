@@ -94,6 +94,19 @@ def _algo_config(name: str, batch_size: int):
     raise ValueError(f"unknown baseline {name!r}; choose one of {', '.join(ALGOS)}")
 
 
+def built_algo(name: str, batch_size: int, dataset):
+    """d3rlpy's `name` on the CPU, its networks built for `dataset` and its scalers fitted on it
+    (here, not in the first `fit()`: a resumed run with nothing left to train, stopped while
+    evaluating, must scale observations too)."""
+    quiet_legacy_gym()
+    from d3rlpy.algos.utility import build_scalers_with_transition_picker
+
+    algo = _algo_config(name, batch_size).create(device="cpu:0")
+    algo.build_with_dataset(dataset)
+    build_scalers_with_transition_picker(algo, dataset)
+    return algo
+
+
 def mdp_dataset(root: Path, task: str, source: str, data_ratio: float = 1.0, seed: int = 0):
     """The dataset as a d3rlpy `MDPDataset` (terminations and truncations apart) and the task's
     data statistics (`task_info` like a DT run's)."""
@@ -230,13 +243,7 @@ def train_baseline(cfg: BaselineConfig) -> dict:
     _quiet_d3rlpy()
     d3rlpy.seed(cfg.seed)
     dataset, info = mdp_dataset(root, cfg.task, source, cfg.data_ratio, cfg.seed)
-    algo = _algo_config(cfg.algo, cfg.batch_size).create(device="cpu:0")
-    algo.build_with_dataset(dataset)
-    # the scalers are fitted here, not in the first fit(): a resumed run with nothing left to
-    # train (stopped while evaluating) must scale observations too
-    from d3rlpy.algos.utility import build_scalers_with_transition_picker
-
-    build_scalers_with_transition_picker(algo, dataset)
+    algo = built_algo(cfg.algo, cfg.batch_size, dataset)
     step, before = _load(out, algo) if cfg.resume and (out / "checkpoint" / "state.json").exists() else (0, 0.0)
     logger = d3rlpy.logging.FileAdapterFactory(root_dir=str(out / "d3rlpy"))
     t0 = time.perf_counter()
@@ -258,4 +265,4 @@ def train_baseline(cfg: BaselineConfig) -> dict:
     return result
 
 
-__all__ = ["ALGOS", "BaselineConfig", "BaselineAgent", "mdp_dataset", "train_baseline"]
+__all__ = ["ALGOS", "BaselineConfig", "BaselineAgent", "built_algo", "mdp_dataset", "train_baseline"]

@@ -285,8 +285,7 @@ class L2M(PoolTuner):
 
     def state_defaults(self):
         # before the calibrated margin existed: margin 0, never calibrated (the paper's route)
-        return {"margin": torch.tensor(0.0), "calibrated": torch.tensor(False),
-                "pool.locked": torch.zeros(self.config.pool_size, dtype=torch.bool)}
+        return {**super().state_defaults(), "margin": torch.tensor(0.0), "calibrated": torch.tensor(False)}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         key = prefix + "pre_keys"

@@ -77,8 +77,5 @@ class L2P(PoolTuner):
     def aux_loss(self):
         return self._aux
 
-    def state_defaults(self):
-        return {"pool.locked": torch.zeros(self.config.pool_size, dtype=torch.bool)}  # before pools had locks
-
     def end_task(self):
         self.pool.end_task()

@@ -185,3 +185,6 @@ class PoolTuner(Tuner):
 
     def pooled_parameters(self) -> tuple[str, ...]:
         return ("pool.",)
+
+    def state_defaults(self):
+        return {"pool.locked": torch.zeros(self.pool.size, dtype=torch.bool)}  # before pools had locks
