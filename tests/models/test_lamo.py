@@ -41,6 +41,25 @@ def test_random_init_ablation_and_no_language_head(gpt2_dir):
         scratch.language_logits(torch.zeros(1, 3, dtype=torch.long))
 
 
+@pytest.mark.parametrize("family", ["gpt2", "llama"])
+def test_a_random_lm_starts_its_language_loss_at_chance(gpt2_dir, tmp_path, family):
+    """`--no-pretrained` initialises the language embedding and head as the LM's own random init
+    (std 0.02): its text cross-entropy starts near log(vocabulary), not far above it."""
+    import math
+
+    import torch.nn.functional as F
+
+    d = gpt2_dir if family == "gpt2" else saved(tiny_llama(tie=False), tmp_path / "llama")
+    torch.manual_seed(0)
+    model = lamo_model(d, S, A, pretrained=False).eval()
+    vocab = model.cfg.vocab_size
+    ids = torch.randint(0, vocab, (4, 16))
+    with torch.no_grad():
+        logits = model.language_logits(ids)
+    loss = F.cross_entropy(logits[:, :-1].reshape(-1, vocab), ids[:, 1:].reshape(-1)).item()
+    assert abs(loss - math.log(vocab)) < 0.1, (loss, math.log(vocab))
+
+
 def test_llama_keeps_rotary_positions_and_an_untied_head(tmp_path):
     d = saved(tiny_llama(tie=False), tmp_path / "llama")
     model = lamo_model(d, S, A)

@@ -176,6 +176,12 @@ class DecisionTransformer(_SequenceDT):
         if cfg.vocab_size:  # LaMo's language loss: the LM's token embedding and head, on this backbone
             self.lm_wte = nn.Embedding(cfg.vocab_size, d)
             self.lm_head = None if cfg.tie_lm_head else nn.Linear(d, cfg.vocab_size, bias=False)
+            # initialised as the LM's own random init (GPT-2's and Llama's: normal, std 0.02), which matters only
+            # for `--no-pretrained`: torch's default N(0, 1) embedding made a tied head's logits so large that the
+            # random LM's language loss started at 26 nats (log of the vocabulary: 9) and drowned the action loss
+            self.lm_wte.apply(GPT._init)
+            if self.lm_head is not None:
+                self.lm_head.apply(GPT._init)
 
     def language_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Next-token logits `(B, T, vocab)` of text `ids (B, T)` through this model's backbone (with
