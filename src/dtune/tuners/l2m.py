@@ -25,6 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from dtune.models.backbone import Dropout
 from dtune.tuners.base import TunerConfig, default_feedforward_modules, match, module_key, register, target_modules
 from dtune.tuners.pool import KeyPool, PoolTuner, vote
 
@@ -110,7 +111,7 @@ class PoolLora(nn.Module):
         self.lora_A = nn.Parameter(a)
         self.lora_B = nn.Parameter(torch.zeros(size, base.out_features, r))
         self.scaling = alpha / r
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()  # dtune's: fast masks on CPUs
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         first = int(idx[0])

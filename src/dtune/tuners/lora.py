@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from dtune.models.backbone import Dropout
 from dtune.tuners.base import Tuner, TunerConfig, module_key, register, target_modules
 
 
@@ -41,7 +42,7 @@ class LoraLayer(nn.Module):
         nn.init.kaiming_uniform_(self.lora_A.weight, a=math.sqrt(5))
         nn.init.zeros_(self.lora_B.weight)
         self.scaling = alpha / r
-        self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()  # dtune's: fast masks on CPUs
 
     def forward(self, x):
         return self.lora_B(self.lora_A(self.dropout(x))) * self.scaling
