@@ -211,6 +211,39 @@ def test_offline_report_puts_published_scores_beside_runs_and_compares_orderings
     assert ["hopper", "medium", "1", "CORL", "4", "3", "3", "0", "cql > dt, cql > iql, dt > iql"] in rows
 
 
+def test_lamo_claims_are_paired_differences_per_ratio_and_pooled_over_the_low_data_ratios(tmp_path):
+    lamo = dict(lm="/x/lm-brown", pretrained=True, mlp_embeddings=True, language_weight=0.1, tuning="lora")
+    runs = []
+    for task, ratio, (l, d, rnd) in (("hopper", 0.005, (0.50, 0.30, 0.40)), ("walker2d", 0.005, (0.60, 0.55, None)),
+                                     ("hopper", 0.01, (0.55, 0.50, 0.45)), ("hopper", 0.1, (0.70, 0.75, None))):
+        p = tmp_path / f"{task}{ratio}"
+        runs += [offline_run(p / f"lamo{s}", "lamo", "lamo", s, l + 0.01 * (2 * s - 1), task=task, ratio=ratio,
+                             **lamo) for s in range(2)]  # two seeds: the dataset's mean is l
+        runs.append(offline_run(p / "dt", "lamo", "dt", 0, d, task=task, ratio=ratio))
+        if rnd is not None:
+            runs.append(offline_run(p / "rand", "lamo", "lamo", 0, rnd, task=task, ratio=ratio,
+                                    **{**lamo, "pretrained": False}))
+    runs.append(offline_run(tmp_path / "lin", "lamo", "lamo", 0, 0.35, ratio=0.01, **{**lamo, "mlp_embeddings": False}))
+    runs.append(offline_run(tmp_path / "cql", "baseline", "cql", 0, 0.9, ratio=0.01))  # not part of any claim
+    md = report([str(r) for r in runs], str(tmp_path / "out"))
+    gaps = {(g["method"], g["against"], g["data_ratio"]): g
+            for g in json.loads((tmp_path / "out" / "report.json").read_text())["lamo_gaps"]}
+    vs_dt = gaps[("lamo [lm-brown]", "dt", "0.005")]
+    assert vs_dt["difference"] == pytest.approx((20 + 5) / 2) and vs_dt["better_on"] == 2
+    assert vs_dt["paper_difference"] == pytest.approx(((57.0 - 35.8) + (66.9 - 16.7)) / 2)  # the paper's hopper, walker2d
+    pooled = gaps[("lamo [lm-brown]", "dt", "0.005 and 0.01")]
+    assert pooled["difference"] == pytest.approx((20 + 5 + 5) / 3) and len(pooled["datasets"]) == 3
+    assert gaps[("lamo [lm-brown]", "dt", "0.1")]["difference"] == pytest.approx(-5) and \
+        gaps[("lamo [lm-brown]", "dt", "0.1")]["better_on"] == 0
+    # pre-trained minus random init, only where both ran; an ablation minus LaMo; the paper has neither
+    rand = gaps[("lamo [lm-brown]", "lamo, random init [lm-brown]", "0.005 and 0.01")]
+    assert rand["difference"] == pytest.approx((10 + 10) / 2) and rand["paper_difference"] is None
+    lin = gaps[("lamo, linear embeddings [lm-brown]", "lamo [lm-brown]", "0.01")]
+    assert lin["difference"] == pytest.approx(-20)
+    assert not any("cql" in k for key in gaps for k in key)
+    assert "| lamo [lm-brown] | dt | 0.005 and 0.01 | 3 | +10.0 | 3 of 3 |" in " ".join(md.split())
+
+
 def test_iqm_drops_a_quarter_at_each_end():
     from dtune.report.metrics import iqm
 

@@ -231,13 +231,14 @@ def _offline_order(labels: list[str]) -> list[str]:
     return sorted(labels, key=lambda m: (first.index(m) if m in first else len(first), m))
 
 
-def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict]]:
+def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict], list[dict]]:
     """Offline-RL runs: per dataset (task, source, data ratio) and method, the score over seeds
     (mean ± sd) at the standard target and, for return-conditioned models, the best over the
     protocol's targets, beside the published scores of the method on D4RL's dataset of that name;
     then per method and data ratio over datasets (task and source): the mean of the dataset means
     and the IQM over every run (datasets x seeds), rliable's aggregate; then, per dataset, how the
-    methods' ordering agrees with each publication's. Returns the text, the rows and the orderings."""
+    methods' ordering agrees with each publication's. Returns the text, the rows, the orderings and
+    LaMo's paired differences (:func:`lamo_gaps`)."""
     from dtune.report.metrics import iqm
 
     def std(r):
@@ -295,7 +296,61 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict]]:
     if orderings_md:
         parts += ["Method orderings against the publications, per dataset (scores at the standard target; a pair "
                   "is not separated when our means differ by no more than the larger sd over seeds):", orderings_md]
-    return "\n\n".join(parts), rows + [{"aggregate": True, **r} for r in summary_rows], orderings
+    gaps_md, gaps = lamo_gaps(rows)
+    if gaps_md:
+        parts += ["LaMo's claims, as differences of normalised scores (x100, at the standard target): per dataset the "
+                  "difference of the two methods' means over seeds, then the mean over the datasets both were run on. "
+                  "The LaMo paper's difference is over the same datasets, where it published both methods on all of "
+                  "them.", gaps_md]
+    return "\n\n".join(parts), rows + [{"aggregate": True, **r} for r in summary_rows], orderings, gaps
+
+
+LOW_DATA = (0.005, 0.01)
+"""The data ratios of LaMo's headline claim (LaMo beats DT at 0.5% and 1% of the data), pooled in one row."""
+
+
+def lamo_gaps(rows: list[dict]) -> tuple[str, list[dict]]:
+    """LaMo's claims as paired differences per data ratio (and pooled over :data:`LOW_DATA`): `lamo [LM]`
+    against the classic `dt` and against `lamo, random init [LM]`, and each other ablation of that LM against
+    `lamo [LM]`. `rows` are :func:`offline_summary`'s per-dataset rows. Returns the text and the rows."""
+    means = {(r["task"], r["source"], r["data_ratio"], r["method"]): r["standard"][0] for r in rows
+             if r["standard"][0] is not None}
+    labels = sorted({k[3] for k in means})
+    pairs = []
+    for a in labels:
+        if not (a.startswith("lamo [") and a.endswith("]")):
+            continue
+        lm = a[len("lamo "):]
+        pairs += [(a, "dt")] if "dt" in labels else []
+        pairs += [(b, a) if b != f"lamo, random init {lm}" else (a, b) for b in labels
+                  if b.startswith("lamo, ") and b.endswith(lm)]
+    out, table = [], []
+    ratios = sorted({k[2] for k in means})
+    groups = [((x,), f"{x:g}") for x in ratios]
+    if all(x in ratios for x in LOW_DATA):
+        groups.append((LOW_DATA, " and ".join(f"{x:g}" for x in LOW_DATA)))
+    for a, b in pairs:
+        for group, name in groups:
+            keys = sorted({k[:3] for k in means if k[2] in group and (*k[:3], a) in means and (*k[:3], b) in means})
+            if not keys:
+                continue
+            diffs = [100 * (means[(*k, a)] - means[(*k, b)]) for k in keys]
+            pa, pb = published_method(a), published_method(b)
+            paper = [published_scores(*k, pa).get("lamo") if pa else None for k in keys], \
+                [published_scores(*k, pb).get("lamo") if pb else None for k in keys]
+            theirs = (float(np.mean([x - y for x, y in zip(*paper)]))
+                      if all(v is not None for v in paper[0] + paper[1]) else None)
+            row = {"method": a, "against": b, "data_ratio": name, "datasets": [" ".join(map(str, k)) for k in keys],
+                   "difference": float(np.mean(diffs)), "per_dataset": diffs,
+                   "better_on": sum(d > 0 for d in diffs), "paper_difference": theirs}
+            out.append(row)
+            table.append([a, b, name, len(keys), f"{row['difference']:+.1f}", f"{row['better_on']} of {len(keys)}",
+                          ", ".join(f"{k[0]} {k[2]:g}: {d:+.1f}" for k, d in zip(keys, diffs)),
+                          "" if theirs is None else f"{theirs:+.1f}"])
+    if not table:
+        return "", []
+    return markdown_table(["method", "against", "data ratio", "datasets", "mean difference", "better on",
+                           "per dataset", "LaMo paper's difference"], table), out
 
 
 def _offline_orderings(rows: list[dict]) -> tuple[str, list[dict]]:
@@ -375,11 +430,13 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
         parts += ([""] if parts else []) + ["## Routing of the pool methods", "", text]
         data["routing"] = rows
     if offline:
-        text, rows, orderings = offline_summary(offline)
+        text, rows, orderings, gaps = offline_summary(offline)
         parts += ([""] if parts else []) + ["## Offline RL", "", text]
         data["offline"] = rows
         if orderings:
             data["offline_orderings"] = orderings
+        if gaps:
+            data["lamo_gaps"] = gaps
         if outp:
             panels: dict[str, dict] = {}
             for r in rows:
