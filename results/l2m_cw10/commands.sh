@@ -5,7 +5,8 @@
 # Variants: L2M with the routing of results/l2m_routing (whitened query, 200-step span at evaluation,
 # pre-training keys with a margin calibrated at q = 0.95: the preset `l2m-routed`), the paper's plain L2M (`l2m`),
 # L2P, prompt tuning, LoRA, EWC and full fine-tuning; and `l2m-routed-locked` (l2m-routed with each task's
-# entries locked once it is learnt, `lock_share` 0.1: results/l2m_cw10/README.md).
+# entries locked once it is learnt, `lock_share` 0.1: results/l2m_cw10/README.md) and `l2m-gauss` (each task its
+# own entry while training, task inference by per-task Gaussians of the query at evaluation: density_probe.py).
 # Cost, estimated from the 300-step study (results/continual_cw10) and this session's step speed: about
 # 20-25 min per run at STEPS=1000 on one core, so 24 runs are about 4.5 h of wall time in two lanes
 # (measured 2026-12-04, one lane beside another study: 26-29 min a run including the MT40 evaluations).
@@ -21,7 +22,7 @@ OUT=${OUT:-results/l2m_cw10}
 CKPT=${CKPT:-results/mt40_small/checkpoint}
 STEPS=${STEPS:-1000}
 SEEDS=${SEEDS:-"0 1 2"}
-VARIANTS=${VARIANTS:-"l2m-routed l2m-routed-locked l2m full ewc lora prompt l2p"}
+VARIANTS=${VARIANTS:-"l2m-gauss l2m-routed l2m-routed-locked l2m full ewc lora prompt l2p"}
 # The data: CW10 for training, MT40 for L2M's pre-training keys, whitening and EWC's Fisher (about 7 min on
 # 2 cores; finished tasks are skipped, so this is free when the data is there).
 dtune data collect --tasks cw10 --episodes 100 --workers 2 --data-dir "$DATA" --no-progress

@@ -826,6 +826,57 @@ def test_l2m_calibrated_margin_keeps_the_tasks_windows_on_their_entry():
         tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", calibrate_margin=0.9))
 
 
+def test_l2m_task_gaussians_train_the_tasks_entry_and_route_by_density(tmp_path):
+    model = tiny_model()
+    tuners.attach(model, "l2m-gauss", tuners.make_config("l2m", task_gaussians=True, pool_size=4))
+    tuner = model.tuner
+    d = model.cfg.gpt.n_embd
+    g = torch.Generator().manual_seed(0)
+    centres = 3 * torch.randn(2, d, generator=g)
+    spread = torch.linspace(0.2, 1.0, d)
+    clouds = [c + spread * torch.randn(3000, d, generator=g) for c in centres]
+    batch = make_batch()
+    for i, task in enumerate(("a", "b")):
+        tuner.begin_task(task)
+        model.train()
+        model(batch)
+        assert tuner.selection().tolist() == [i] * 4  # training: the task's own entry, whatever the query
+        assert tuner.aux_loss() is None  # no keys to pull
+        facts = tuner.fit_task_density(task, clouds[i][:2000] * (1 + i))  # task b varies twice as much
+        assert facts["windows"] == 2000
+        # one ridge for every task, from the first task's mean variance: a per-task ridge biases the log-determinants
+        assert facts["ridge"] == pytest.approx(1e-2 * float(torch.cov(clouds[0][:2000].T).diagonal().mean()), rel=1e-4)
+    clouds[1] = clouds[1] * 2
+    held = [c[2000:] for c in clouds]
+    assert (tuner.infer_task(held[0]) == 0).float().mean() > 0.97
+    assert (tuner.infer_task(held[1]) == 1).float().mean() > 0.97
+    own = tuner.task_log_likelihood(clouds[0][:2000])[:, 0]
+    assert (own < tuner.density_threshold[0]).float().mean() == pytest.approx(0.01, abs=0.002)  # density_reject
+    far = centres.mean(0) + 30 * torch.randn(50, d, generator=g)
+    assert (tuner.infer_task(far) == -1).all()  # no task accepts: the unmodulated model
+    model.eval()
+    with torch.no_grad():
+        model(batch)
+        q = tuner.query(model.embed_state(batch["states"]), batch["valid"])
+    assert torch.equal(tuner.selection(), tuner.infer_task(q))  # evaluation routes a window by its query
+    # the densities travel in the adapter (sized by the number of tasks, unknown until loaded)
+    base = write_base_run(tmp_path / "base", tiny_model())
+    tuners.save_adapter(tmp_path / "a", model, {"base_digest": tuners.base_digest(base), "tasks": ["a", "b"]})
+    loaded, _, _ = tuners.load_adapted(base, tmp_path / "a")
+    assert loaded.tuner.density_precision.shape == (2, d, d)
+    assert torch.equal(loaded.tuner.infer_task(held[1]), tuner.infer_task(held[1]))
+    # without rejection every query takes the most likely task
+    open_model = tiny_model()
+    tuners.attach(open_model, "l2m", tuners.make_config("l2m", task_gaussians=True, density_reject=None, pool_size=4))
+    open_model.tuner.begin_task("a")
+    open_model.tuner.fit_task_density("a", clouds[0][:2000])
+    assert (open_model.tuner.infer_task(far) == 0).all()
+    with pytest.raises(ValueError, match="query_span"):
+        tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", task_gaussians=True, query_span=10))
+    with pytest.raises(ValueError, match="density_reject"):
+        tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", task_gaussians=True, density_reject=1.5))
+
+
 @pytest.mark.parametrize("name", sorted(tuners.REGISTRY))
 def test_attach_puts_the_tuner_where_the_model_is(name):
     """A tuner attached to a model already on a device (a GPU in `dtune lamo`) builds its weights

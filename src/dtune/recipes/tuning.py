@@ -162,21 +162,26 @@ def fit_pretrain_keys(model, tuner, run_config: dict, root: Path, device, seed: 
 
 
 def calibrate_routing(model, tuner, data, device, seed: int, batches: int = 20) -> float | None:
-    """After a task: L2M's `calibrate_margin` from windows of that task's data (its own sampler,
-    seeded apart, so the training sampler's stream is untouched). Returns the margin, or None for
-    methods without it."""
+    """After a task, from windows of that task's data (their own sampler, seeded apart, so the
+    training sampler's stream is untouched): L2M's `calibrate_margin` (returned; None for methods
+    without it) and the task's Gaussian of `task_gaussians` (from twice as many windows)."""
     from dtune.data.dataset import WindowSampler
     from dtune.tuners.base import query_from
 
-    if getattr(tuner.config, "calibrate_margin", None) is None:
+    margin = getattr(tuner.config, "calibrate_margin", None) is not None
+    density = getattr(tuner.config, "task_gaussians", False)
+    if not margin and not density:
         return None
     sampler = WindowSampler(data, model.cfg.context_len, 64, seed=seed + 104729)
     queries = []
     with torch.no_grad():
-        for _ in range(batches):
+        for _ in range(2 * batches if density else batches):
             b = to_torch(sampler.sample(), device)
             queries.append(query_from(model.embed_state(b["states"]), b["valid"]))
-    return tuner.calibrate(torch.cat(queries))
+    queries = torch.cat(queries)
+    if density:
+        tuner.fit_task_density(tuner.current_task, queries)
+    return tuner.calibrate(queries) if margin else None
 
 
 def prepare_method(model, tuner, method_config, anchor, run_config: dict, root: Path, device, cfg: TuneSettings) -> dict:

@@ -93,6 +93,21 @@ class L2MConfig(TunerConfig):
     once before the first task, from the checkpoint's own data, like `pretrain_keys`). Off (the
     paper): the raw mean state embedding. On the small MT40 checkpoint it raises nearest-key
     routing among the CW10 tasks from 84% to 91% of windows (`results/l2m_routing`)."""
+    task_gaussians: bool = False
+    """Task inference by query densities instead of keys (beyond the paper). Each new task gets a fresh
+    entry that all of its training windows use (the task is known while training, so entries never
+    mix tasks), and a Gaussian of its queries (mean and full covariance plus a ridge, fitted from windows of
+    its data when it ends, `dtune.recipes.tuning.calibrate_routing`). At evaluation a window takes
+    the entry of the task whose Gaussian gives its query the highest likelihood, among the tasks that
+    accept it (likelihood above the `density_reject` quantile of the task's own windows); a window
+    no task accepts (a pre-training input) runs the unmodulated model. Keys, the key loss and the
+    count penalty are not used. On the small MT40 checkpoint (`results/l2m_cw10/density_probe.py`) it
+    sends 94% of CW10 windows to their own task (nearest ideal key: 86%) and 92% of MT40 windows to no
+    modulation; push is the exception (half its windows go to push-wall)."""
+    density_reject: float | None = 0.01
+    """With `task_gaussians`: the quantile of a task's own windows' log-likelihood below which the
+    task rejects a query (0.01: 1% of its own windows would be rejected). None: never reject (every
+    window takes the most likely task's entry, pre-training inputs included)."""
     query_span: int | None = None
     """At evaluation, the query is the mean state embedding of the last `query_span` timesteps of
     the episode instead of the context window's K (training windows keep K). Unset (the paper):
@@ -166,11 +181,26 @@ class L2M(PoolTuner):
             raise ValueError("l2m: oracle gives every task its own entry already; drop lock_share")
         if c.query_span is not None and c.query_span < 1:
             raise ValueError(f"l2m: query_span must be a positive number of timesteps, got {c.query_span}")
+        if c.task_gaussians:
+            clash = [n for n in ("oracle", "pretrain_keys", "batchwise", "query_span", "lock_share", "calibrate_margin")
+                     if getattr(c, n) not in (None, False)]
+            if clash:
+                raise ValueError(f"l2m: task_gaussians routes by its own task densities, so {', '.join(clash)} "
+                                 "cannot go with it (its densities are fitted on K-step windows: no query_span); "
+                                 "drop them")
+            if c.density_reject is not None and not 0 <= c.density_reject < 1:
+                raise ValueError(f"l2m: density_reject is a quantile in [0, 1), got {c.density_reject}")
         d = model.cfg.gpt.n_embd
         self.pool = KeyPool(c.pool_size, d)
         self.register_buffer("pre_keys", torch.zeros(0, d))
         self.register_buffer("margin", torch.tensor(float(c.pretrain_margin)))  # of the no-modulation route
         self.register_buffer("calibrated", torch.tensor(False))  # calibrate() has set the margin
+        if c.task_gaussians:  # one row per task fitted so far, in slot order (fit_task_density)
+            self.register_buffer("density_mean", torch.zeros(0, d))
+            self.register_buffer("density_precision", torch.zeros(0, d, d))
+            self.register_buffer("density_logdet", torch.zeros(0))
+            self.register_buffer("density_threshold", torch.zeros(0))
+            self.register_buffer("density_ridge", torch.tensor(0.0))  # set by the first task's fit, then shared
         if c.query_whitening:  # fit by fit_whitening before the first task; identity until then
             self.register_buffer("query_mean", torch.zeros(d))
             self.register_buffer("query_whiten", torch.eye(d))
@@ -222,6 +252,19 @@ class L2M(PoolTuner):
             self._aux = None
             return {}
         q = self.query(state_emb, valid)
+        if c.task_gaussians:
+            if self.training:  # the task is known: its own entry
+                if self.task_slots[self.current_task] >= c.pool_size:
+                    raise ValueError(f"l2m task_gaussians: {len(self.task_slots)} tasks trained but the pool has only "
+                                     f"{c.pool_size} entries; raise pool_size")
+                idx = torch.full((q.shape[0], 1), self.task_slots[self.current_task], dtype=torch.long,
+                                 device=q.device)
+                self.pool.count(idx)
+            else:
+                idx = self.infer_task(q)[:, None]
+            self._aux = None
+            self._idx = idx[:, 0]
+            return {}
         idx = self.pool.choose(q, 1, c.count_penalty)
         if not self.training and self.pre_keys.shape[0]:
             best = self.pool.scores(q).max(-1).values
@@ -239,6 +282,61 @@ class L2M(PoolTuner):
         """Best cosine of (transformed) queries with the pre-training keys."""
         with torch.autocast(q.device.type, enabled=False):
             return (F.normalize(q.float(), dim=-1) @ F.normalize(self.pre_keys.float(), dim=-1).T).max(-1).values
+
+    def task_log_likelihood(self, q: torch.Tensor) -> torch.Tensor:
+        """`task_gaussians`: log-density `(B, tasks)` of (transformed) queries under each fitted task's
+        Gaussian, up to the constant every task shares."""
+        with torch.autocast(q.device.type, enabled=False):
+            z = q.float()[:, None] - self.density_mean  # (B, T, D)
+            maha = torch.einsum("btd,tde,bte->bt", z, self.density_precision, z)
+            return -0.5 * (maha + self.density_logdet)
+
+    def infer_task(self, q: torch.Tensor) -> torch.Tensor:
+        """`task_gaussians`: the entry `(B,)` of the most likely task among those that accept the
+        query, -1 (no modulation) where none does. Before any task's density is fitted (during the
+        first task), the entry of the task being trained, as while training."""
+        n = self.density_mean.shape[0]
+        if n == 0:
+            slot = self.task_slots.get(self.current_task, -1) if self.current_task is not None else -1
+            return torch.full((q.shape[0],), slot, dtype=torch.long, device=q.device)
+        ll = self.task_log_likelihood(q)
+        if self.config.density_reject is not None:
+            ll = ll.masked_fill(ll < self.density_threshold, float("-inf"))
+        best = ll.max(-1)
+        return torch.where(torch.isinf(best.values), torch.full_like(best.indices, -1), best.indices)
+
+    @torch.no_grad()
+    def fit_task_density(self, task: str, queries: torch.Tensor, shrink: float = 1e-2) -> dict:
+        """`task_gaussians`: the Gaussian of `task`'s raw queries `(N, D)` (transformed here, e.g.
+        whitened): their mean, their covariance plus a ridge on the diagonal (well-posed with fewer
+        windows than dimensions), and the rejection threshold, the `density_reject` quantile of these
+        queries' own log-likelihood. Rows are in slot order (the task's entry). The ridge is `shrink`
+        times the mean variance of the *first* task's queries, then the same for every task: the
+        queries vary in few directions, so the ridge sets most eigenvalues and thus the log-determinant,
+        and a ridge scaled per task biased the likelihoods (CW10 on the MT40 checkpoint: 89% of
+        windows to their own task with per-task ridges, 95% with one). Returns facts for the records."""
+        slot = self.task_slots[task]
+        if slot > self.density_mean.shape[0]:
+            raise ValueError(f"l2m: fit the densities of the tasks in their order; {task} has slot {slot} but "
+                             f"{self.density_mean.shape[0]} are fitted")
+        q = self.transform_query(queries.float())
+        mean = q.mean(0)
+        cov = torch.cov((q - mean).T).reshape(q.shape[1], q.shape[1])
+        if self.density_mean.shape[0] == 0 or float(self.density_ridge) <= 0:
+            self.density_ridge.fill_(shrink * float(cov.diagonal().mean().clamp_min(1e-12)))
+        cov = cov + self.density_ridge * torch.eye(q.shape[1], device=q.device)
+        rows = {"density_mean": mean, "density_precision": torch.linalg.inv(cov), "density_logdet": torch.logdet(cov),
+                "density_threshold": torch.tensor(0.0)}
+        for name, value in rows.items():
+            old = getattr(self, name)
+            value = value.to(old)
+            setattr(self, name, torch.cat([old[:slot], value[None], old[slot + 1:]]) if slot < old.shape[0]
+                    else torch.cat([old, value[None]]))
+        own = self.task_log_likelihood(q)[:, slot]
+        level = self.config.density_reject
+        self.density_threshold[slot] = float(torch.quantile(own, level)) if level is not None else float("-inf")
+        return {"task": task, "windows": len(q), "threshold": float(self.density_threshold[slot]),
+                "ridge": float(self.density_ridge)}
 
     @torch.no_grad()
     def calibrate(self, queries: torch.Tensor) -> float:
@@ -289,14 +387,18 @@ class L2M(PoolTuner):
         return {**super().state_defaults(), "margin": torch.tensor(0.0), "calibrated": torch.tensor(False)}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        key = prefix + "pre_keys"
-        if key in state_dict:  # sized by the number of pre-training tasks, unknown until loaded
-            self.pre_keys = torch.empty_like(state_dict[key], device=self.pre_keys.device)
+        for name in ("pre_keys", "density_mean", "density_precision", "density_logdet", "density_threshold"):
+            key = prefix + name  # sized by the number of (pre-training) tasks, unknown until loaded
+            if key in state_dict and hasattr(self, name):
+                setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def params_per_task(self):
         entries = sum(p.numel() for p in self.mods.parameters()) // self.config.pool_size
-        return entries + (0 if self.config.oracle else self.pool.keys.shape[1])
+        d = self.pool.keys.shape[1]
+        if self.config.task_gaussians:  # a mean, a precision matrix, its log-determinant and a threshold
+            return entries + d + d * d + 2
+        return entries + (0 if self.config.oracle else d)
 
     def selection(self):
         return self._idx
