@@ -2,12 +2,13 @@
 the L2MConfig docstring and README.md)
 
 For the MT40 checkpoint's frozen state embedding: per CW10 task, the tuner's own `fit_task_density`
-on 2,560 windows of the task's data (what `calibrate_routing` fits after the task), then on other
+on 2,560 windows of the task's data (what `calibrate_routing` fits after the task; `--span 200`:
+queries over 200 timesteps, as `l2m-gauss` fits and evaluates them), then on other
 windows (another seed) the share routed to the task's own entry, against nearest-key routing with
 ideal keys (each task's mean query direction, what the key-pull loss converges to), and the share
 of MT40 windows that no task accepts (they run the unmodulated model).
 
-    python results/l2m_cw10/density_probe.py --data-dir /work/data/datasets
+    python results/l2m_cw10/density_probe.py --data-dir /work/data/datasets [--span 200]
 """
 
 import argparse
@@ -25,7 +26,9 @@ p = argparse.ArgumentParser()
 p.add_argument("--checkpoint", default="results/mt40_small/checkpoint")
 p.add_argument("--data-dir", required=True)
 p.add_argument("--windows", type=int, default=2560, help="windows per task to fit each density")
-p.add_argument("--shrink", type=float, default=1e-2, help="covariance shrinkage (times the mean variance)")
+p.add_argument("--shrink", type=float, default=1e-2, help="ridge, times the first task's mean query variance")
+p.add_argument("--span", type=int, default=None,
+               help="timesteps a query spans (the preset l2m-gauss: 200, fitted and evaluated alike); default: the context K")
 args = p.parse_args()
 torch.manual_seed(0)
 model, config = load_model(args.checkpoint)
@@ -34,7 +37,7 @@ stats = (model.state_mean.numpy(), model.state_std.numpy())
 
 def queries(tasks, n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     data = TrajectoryData(args.data_dir, tasks, state_stats=stats, layout=run_layout(config))
-    sampler = WindowSampler(data, model.cfg.context_len, 64, seed=seed)
+    sampler = WindowSampler(data, args.span or model.cfg.context_len, 64, seed=seed)
     qs, ids = [], []
     with torch.no_grad():
         for _ in range(-(-n // 64)):

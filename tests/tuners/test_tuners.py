@@ -871,8 +871,8 @@ def test_l2m_task_gaussians_train_the_tasks_entry_and_route_by_density(tmp_path)
     open_model.tuner.begin_task("a")
     open_model.tuner.fit_task_density("a", clouds[0][:2000])
     assert (open_model.tuner.infer_task(far) == 0).all()
-    with pytest.raises(ValueError, match="query_span"):
-        tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", task_gaussians=True, query_span=10))
+    with pytest.raises(ValueError, match="oracle"):
+        tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", task_gaussians=True, oracle=True))
     with pytest.raises(ValueError, match="density_reject"):
         tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", task_gaussians=True, density_reject=1.5))
 

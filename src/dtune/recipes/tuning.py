@@ -161,27 +161,32 @@ def fit_pretrain_keys(model, tuner, run_config: dict, root: Path, device, seed: 
     return out
 
 
-def calibrate_routing(model, tuner, data, device, seed: int, batches: int = 20) -> float | None:
-    """After a task, from windows of that task's data (their own sampler, seeded apart, so the
-    training sampler's stream is untouched): L2M's `calibrate_margin` (returned; None for methods
-    without it) and the task's Gaussian of `task_gaussians` (from twice as many windows)."""
+def _task_queries(model, data, context: int, batches: int, seed: int, device) -> torch.Tensor:
+    """Raw L2P/L2M queries of `batches` x 64 windows of `context` timesteps of `data` (their own
+    sampler, seeded apart, so the training sampler's stream is untouched)."""
     from dtune.data.dataset import WindowSampler
     from dtune.tuners.base import query_from
 
-    margin = getattr(tuner.config, "calibrate_margin", None) is not None
-    density = getattr(tuner.config, "task_gaussians", False)
-    if not margin and not density:
-        return None
-    sampler = WindowSampler(data, model.cfg.context_len, 64, seed=seed + 104729)
+    sampler = WindowSampler(data, context, 64, seed=seed + 104729)
     queries = []
     with torch.no_grad():
-        for _ in range(2 * batches if density else batches):
+        for _ in range(batches):
             b = to_torch(sampler.sample(), device)
             queries.append(query_from(model.embed_state(b["states"]), b["valid"]))
-    queries = torch.cat(queries)
-    if density:
-        tuner.fit_task_density(tuner.current_task, queries)
-    return tuner.calibrate(queries) if margin else None
+    return torch.cat(queries)
+
+
+def calibrate_routing(model, tuner, data, device, seed: int, batches: int = 20) -> float | None:
+    """After a task, from windows of that task's data: L2M's `calibrate_margin` (returned; None for
+    methods without it) and the task's Gaussian of `task_gaussians` (from twice as many windows,
+    each as long as the query spans at evaluation: `query_span` timesteps, else the context)."""
+    margin = None
+    if getattr(tuner.config, "calibrate_margin", None) is not None:
+        margin = tuner.calibrate(_task_queries(model, data, model.cfg.context_len, batches, seed, device))
+    if getattr(tuner.config, "task_gaussians", False):
+        span = tuner.config.query_span or model.cfg.context_len
+        tuner.fit_task_density(tuner.current_task, _task_queries(model, data, span, 2 * batches, seed, device))
+    return margin
 
 
 def prepare_method(model, tuner, method_config, anchor, run_config: dict, root: Path, device, cfg: TuneSettings) -> dict:

@@ -41,7 +41,7 @@ PRESETS.update({
     "l2m-routed-locked": ("l2m", {"query_whitening": True, "query_span": 200, "pretrain_keys": True,
                                   "calibrate_margin": 0.95, "lock_share": 0.1}),
     # task inference by per-task Gaussians of the query (beyond the paper; results/l2m_cw10/density_probe.py)
-    "l2m-gauss": ("l2m", {"task_gaussians": True}),
+    "l2m-gauss": ("l2m", {"task_gaussians": True, "query_span": 200}),
     "prefix-direct": ("prefix", {"prefix_projection": False}),
 })
 
