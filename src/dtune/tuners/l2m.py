@@ -10,6 +10,9 @@ Variants:
 * `pretrain_keys`: extra keys, one per pre-training task, fitted on pre-training data
   (:meth:`L2M.fit_pretrain_keys`), that select *no modulation*. While training they never
   compete; at inference an input closest to one of them runs the unmodulated model.
+* `task_gaussians` (beyond the paper): no keys; each task trains its own entry, and at inference
+  the entry is that of the task under whose Gaussian of queries the input is most likely, or none
+  when no task accepts it (:meth:`L2M.infer_task`).
 
 Entry `-1` in :meth:`selection` means "no modulation". Routing (the same while training and
 at evaluation, fp32 queries) is described in :mod:`dtune.tuners.pool`.
