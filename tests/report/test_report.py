@@ -33,6 +33,27 @@ def continual_run(path, method="lora", seed=0, digest="aaa"):
     return path
 
 
+def test_runs_of_one_method_with_other_options_are_other_rows(tmp_path):
+    import dataclasses
+
+    from dtune import tuners
+
+    def with_config(path, method, **overrides):
+        cfg = dataclasses.asdict(tuners.make_config(method, **overrides))
+        (path / "config.json").write_text(json.dumps({"method": "l2m", "method_config": cfg}))
+        return path
+
+    runs = [with_config(continual_run(tmp_path / f"g{s}", "l2m-gauss", seed=s), "l2m-gauss") for s in range(2)]
+    runs.append(with_config(continual_run(tmp_path / "loose", "l2m-gauss"), "l2m-gauss", density_reject=0.001))
+    runs.append(with_config(continual_run(tmp_path / "lora", "lora"), "lora", target_modules=["q", "v"]))
+    runs.append(continual_run(tmp_path / "old", "prompt"))  # no config.json: its method name as it stands
+    text = " ".join(report([str(r) for r in runs]).split())
+    assert "| l2m-gauss | 2 |" in text and "| l2m-gauss (density_reject=0.001) | 1 |" in text
+    assert "| prompt | 1 |" in text
+    # module lists default to the backbone family's own (None): not compared without the model
+    assert "| lora | 1 |" in text
+
+
 def test_the_same_run_twice_counts_once(tmp_path):
     a = continual_run(tmp_path / "a")
     text = report([str(a), str(tmp_path / "." / "a") + "/"])

@@ -11,6 +11,7 @@ over seeds; min..max band in the plot).
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 from pathlib import Path
 
@@ -19,6 +20,33 @@ import numpy as np
 from dtune.report import markdown_table
 from dtune.report.continual import reference_scores, run_base_digest
 from dtune.report.published import PUBLISHED_METHODS, SOURCES, ordering_agreement, published_method, published_scores
+
+
+def method_label(method: str, method_config: dict | None) -> str:
+    """`method` (a method or preset name) plus the options a run set away from that name's defaults,
+    e.g. `l2m-gauss (density_reject=0.001)`: runs of one method with other options are other rows of
+    the report, not more seeds of it. Options a run's config lacks (older dtune) are not compared, nor
+    module lists whose default (None) means the backbone family's own, known only with the model."""
+    from dtune import tuners
+
+    if not method_config:
+        return method
+    try:
+        default = json.loads(json.dumps(dataclasses.asdict(tuners.make_config(method)), default=str))
+    except (KeyError, ValueError, TypeError):  # a method this dtune does not know
+        return method
+    ran = json.loads(json.dumps(method_config, default=str))
+    diffs = [f"{k}={ran[k]}" for k in sorted(ran) if k in default and ran[k] != default[k]
+             and not (k.endswith("_modules") and default[k] is None)]
+    return f"{method} ({', '.join(diffs)})" if diffs else method
+
+
+def _labelled(r: dict, run_dir: Path) -> dict:
+    """The run with its report label as `method` (:func:`method_label`) and the method's own name as
+    `method_name`."""
+    cfg = run_dir / "config.json"
+    label = method_label(r["method"], json.loads(cfg.read_text()).get("method_config") if cfg.exists() else None)
+    return {**r, "method": label, "method_name": r["method"]}
 
 
 def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str]]:
@@ -36,7 +64,7 @@ def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str
             continue
         seen.add(real)
         if (p / "metrics.json").exists() and "matrix" in (m := json.loads((p / "metrics.json").read_text())):
-            cont.append({**m, "dir": str(p), "base_digest": m.get("base_digest") or run_base_digest(p)})
+            cont.append({**_labelled(m, p), "dir": str(p), "base_digest": m.get("base_digest") or run_base_digest(p)})
         elif (p / "result.json").exists():
             r = json.loads((p / "result.json").read_text())
             if r.get("kind") in OFFLINE_KINDS:
@@ -45,7 +73,7 @@ def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str
             if r.get("kind", "adapt") != "adapt":
                 notes.append(f"skipped {d}: a {r['kind']} run, not an adaptation, continual or offline-RL run")
                 continue
-            adapt.append({**r, "dir": str(p), "base_digest": r.get("base_digest") or run_base_digest(p)})
+            adapt.append({**_labelled(r, p), "dir": str(p), "base_digest": r.get("base_digest") or run_base_digest(p)})
         else:
             kind = run_kind(p)
             why = {"pretrain": "a pre-training run", "continual": "an unfinished continual run",
@@ -142,7 +170,7 @@ def with_reference(run: dict, reference: str) -> dict:
     """The run's metrics recomputed with single-task results from ``reference`` (forward transfer)."""
     from dtune.report.metrics import as_matrix, cl_metrics
 
-    ref = reference_scores(reference, run["method"], run["tasks"], run.get("base_digest"))
+    ref = reference_scores(reference, run.get("method_name", run["method"]), run["tasks"], run.get("base_digest"))
     return {**run, **cl_metrics(as_matrix(run["matrix"]), ref, run.get("pretrain_before"), run.get("pretrain_after"))}
 
 
