@@ -13,7 +13,9 @@
 # Everything is resumable: a run kept in $OUT/runs is skipped, an interrupted one continues with --resume
 # (checkpoints every 500 updates within a task). Finished runs are kept without their weights in
 # $OUT/runs/<variant>/s<seed> (results/study.sh).
-# SEEDS / VARIANTS narrow it; LANES=1 runs one at a time.
+# SEEDS / VARIANTS narrow it; LANES=1 runs one at a time. A variant may carry options after a colon, comma-separated
+# (VARIANTS="l2m-gauss:--density-reject=0.001"): its runs go to a folder named after it, and the report gives it its
+# own row.
 set -euo pipefail
 source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}
@@ -27,13 +29,16 @@ VARIANTS=${VARIANTS:-"l2m-gauss l2m-routed l2m-routed-locked l2m full ewc lora p
 # 2 cores; finished tasks are skipped, so this is free when the data is there).
 dtune data collect --tasks cw10 --episodes 100 --workers 2 --data-dir "$DATA" --no-progress
 dtune data collect --tasks mt40 --episodes 100 --workers 2 --data-dir "$DATA" --no-progress
-run() {  # variant seed
-  local out="$RUNS/$1/s$2" kept="$OUT/runs/$1/s$2" resume=""
+run() {  # variant seed; a variant is a method or preset, optionally with options: l2m-gauss:--density-reject=0.001
+  local method=${1%%:*} opts="" name=${1//[:=,]/_}; name=${name//--/}
+  [[ "$1" == *:* ]] && opts=${1#*:} && opts=${opts//,/ }
+  local out="$RUNS/$name/s$2" kept="$OUT/runs/$name/s$2" resume=""
   [ -f "$kept/metrics.json" ] && return 0
   if [ ! -f "$out/metrics.json" ]; then
     [ -f "$out/config.json" ] && resume="--resume"
     mkdir -p "$(dirname "$out")"
-    OMP_NUM_THREADS=1 dtune continual --checkpoint "$CKPT" --data-dir "$DATA" --sequence cw10 --method "$1" \
+    # shellcheck disable=SC2086  # the options split into words
+    OMP_NUM_THREADS=1 dtune continual --checkpoint "$CKPT" --data-dir "$DATA" --sequence cw10 --method "$method" $opts \
       --steps-per-task "$STEPS" --eval-episodes 10 --eval-pretrain --pretrain-episodes 3 --ckpt-every 500 \
       --seed "$2" --no-progress --out "$out" $resume >> "$out.log" 2>&1
   fi
