@@ -79,7 +79,9 @@ def test_resume_equals_uninterrupted(setup, tmp_path):
     with pytest.raises(KeyboardInterrupt):
         lamo(cfg(setup, tmp_path / "cut"))
     mp.undo()
-    lamo(cfg(setup, tmp_path / "cut", resume=True))
+    cut_s = json.loads((tmp_path / "cut" / "train_state.json").read_text())["train_s"]
+    res = lamo(cfg(setup, tmp_path / "cut", resume=True))
+    assert cut_s > 0 and res["train_s"] > cut_s  # training time over both invocations
     a = load_file(str(tmp_path / "whole" / "adapter.safetensors"))
     b = load_file(str(tmp_path / "cut" / "adapter.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -234,10 +234,12 @@ def lamo(cfg: LamoConfig) -> dict:
                           grad_clip=cfg.grad_clip)
     trainer = Trainer(model, sampler, objectives, optim, cfg.steps, device, precision, log_every=cfg.log_every,
                       desc=f"lamo on {cfg.task}", progress=cfg.progress)
+    before = 0.0  # training seconds of the earlier invocations of a resumed run
     if cfg.resume:
         meta, tensors = trainer.load(out)
         model.load_state_dict(tensors, strict=False)
         tuner.load_extra_state(meta["tuner"])
+        before = float(meta.get("train_s", 0.0))
     counts = tuners.parameter_counts(model)
     start = trainer.step
     atomic_write_json(out / "config.json", {
@@ -247,11 +249,12 @@ def lamo(cfg: LamoConfig) -> dict:
     trainer.log = MetricsLog(out, (lambda row: row["step"] <= start) if cfg.resume else None)
 
     def checkpoint(step: int):
-        trainer.save(out, {"tuner": tuner.extra_state()}, tuners.adapter_state(model))
+        trainer.save(out, {"tuner": tuner.extra_state(), "train_s": before + time.perf_counter() - t0},
+                     tuners.adapter_state(model))
 
     t0 = time.perf_counter()
     fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "lamo", out, f"step {{step}} of {cfg.steps}")
-    train_s = time.perf_counter() - t0
+    train_s = before + time.perf_counter() - t0  # over every invocation of a resumed run
     trainer.log.close()
     tuner.end_task()
     tuners.save_adapter(out, model, {"base_checkpoint": str(base_dir), "base_digest": weights_digest(base_dir),
