@@ -242,32 +242,24 @@ class L2M(PoolTuner):
         else:
             slots = [self.task_slots.get(t, -1) for t in tasks]
         if max(slots, default=-1) >= self.config.pool_size:
-            raise ValueError(f"l2m oracle: {len(self.task_slots)} tasks trained but the pool has only "
-                             f"{self.config.pool_size} entries; raise pool_size")
+            raise ValueError(f"l2m: {len(self.task_slots)} tasks trained but the pool has only "
+                             f"{self.config.pool_size} entries, one per task; raise pool_size")
         return torch.tensor(slots, device=device)
 
     def context(self, state_emb, valid, tasks=None):
         c = self.config
         if self.training and self.current_task is None:
             raise RuntimeError("l2m: call begin_task(name) before training")
-        if c.oracle:
+        self._aux = None
+        if c.oracle or (c.task_gaussians and self.training):  # by task id (task_gaussians: the current task's entry)
             self._state_fp32 = None  # no query
-            self._idx = self._oracle_index(tasks, state_emb.shape[0], state_emb.device)
-            self._aux = None
+            self._idx = self._oracle_index(tasks if c.oracle else None, state_emb.shape[0], state_emb.device)
+            if c.task_gaussians:
+                self.pool.count(self._idx[:, None])
             return {}
         q = self.query(state_emb, valid)
         if c.task_gaussians:
-            if self.training:  # the task is known: its own entry
-                if self.task_slots[self.current_task] >= c.pool_size:
-                    raise ValueError(f"l2m task_gaussians: {len(self.task_slots)} tasks trained but the pool has only "
-                                     f"{c.pool_size} entries; raise pool_size")
-                idx = torch.full((q.shape[0], 1), self.task_slots[self.current_task], dtype=torch.long,
-                                 device=q.device)
-                self.pool.count(idx)
-            else:
-                idx = self.infer_task(q)[:, None]
-            self._aux = None
-            self._idx = idx[:, 0]
+            self._idx = self.infer_task(q)
             return {}
         idx = self.pool.choose(q, 1, c.count_penalty)
         if not self.training and self.pre_keys.shape[0]:
@@ -334,8 +326,7 @@ class L2M(PoolTuner):
         for name, value in rows.items():
             old = getattr(self, name)
             value = value.to(old)
-            setattr(self, name, torch.cat([old[:slot], value[None], old[slot + 1:]]) if slot < old.shape[0]
-                    else torch.cat([old, value[None]]))
+            setattr(self, name, torch.cat([old[:slot], value[None], old[slot + 1:]]))  # replaced, or appended
         own = self.task_log_likelihood(q)[:, slot]
         level = self.config.density_reject
         self.density_threshold[slot] = float(torch.quantile(own, level)) if level is not None else float("-inf")
