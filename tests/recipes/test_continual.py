@@ -66,7 +66,7 @@ def test_only_the_current_tasks_data_is_loaded_and_sampled(base, tiny_data, tmp_
         assert (tmp_path / "cl" / name).exists(), name
 
 
-@pytest.mark.parametrize("method", ["ewc", "l2m", "l2m-gauss"])
+@pytest.mark.parametrize("method", ["ewc", "l2m", "l2m-gauss", "l2m-gauss-pre"])
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tiny_data, tmp_path, monkeypatch, method):
     full = continual(cfg(base, tiny_data, tmp_path / "full", method=method))
     die_after_save(monkeypatch, lambda step, extra: (extra.get("task"), step) == (1, 2))
@@ -84,8 +84,12 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tiny_da
     wa = load_file(str(tmp_path / "full" / "adapter" / "adapter.safetensors"))
     wb = load_file(str(tmp_path / "cut" / "adapter" / "adapter.safetensors"))
     assert wa.keys() == wb.keys() and all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
-    if method == "l2m-gauss":  # a density per task, fitted from its data after it (not lost to the interruption)
-        assert wa["tuner.density_mean"].shape[0] == 2 and np.isfinite(wa["tuner.density_threshold"].numpy()).all()
+    if method.startswith("l2m-gauss"):  # a density per task, fitted from its data after it (not lost to the interruption)
+        assert wa["tuner.density_mean"].shape[0] == 2
+        thresholds = wa["tuner.density_threshold"].numpy()  # -inf: no rejection (l2m-gauss-pre)
+        assert np.isfinite(thresholds).all() if method == "l2m-gauss" else (thresholds == -np.inf).all()
+    if method == "l2m-gauss-pre":  # and one per pre-training task, fitted before the first task
+        assert wa["tuner.pre_density_mean"].shape[0] == len(json.loads((base / "config.json").read_text())["tasks"])
     rows = [json.loads(x) for x in (tmp_path / "cut" / "metrics.jsonl").read_text().splitlines()]
     assert [(r["task_index"], r["step"]) for r in rows] == [(0, 2), (0, 4), (1, 2), (1, 4)]
 

@@ -877,6 +877,45 @@ def test_l2m_task_gaussians_train_the_tasks_entry_and_route_by_density(tmp_path)
         tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", task_gaussians=True, density_reject=1.5))
 
 
+def test_l2m_pretrain_gaussians_make_no_modulation_a_class_that_competes_on_likelihood(tmp_path):
+    model = tiny_model()
+    tuners.attach(model, "l2m-gauss-pre")
+    tuner = model.tuner
+    assert tuner.config.pretrain_gaussians and tuner.config.density_reject is None
+    d = model.cfg.gpt.n_embd
+    g = torch.Generator().manual_seed(1)
+    centres = 3 * torch.randn(3, d, generator=g)  # two pre-training tasks, one new task
+    spread = torch.linspace(0.2, 1.0, d)
+    clouds = [c + spread * torch.randn(3000, d, generator=g) for c in centres]
+    with pytest.raises(ValueError, match="task_gaussians"):
+        tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", pretrain_gaussians=True))
+    facts = tuner.fit_pretrain_densities([clouds[0][:2000], clouds[1][:2000]])
+    assert facts["pretrain_gaussians"] == 2
+    # the first fit sets the ridge every later fit shares: here the first pre-training task's
+    assert facts["ridge"] == pytest.approx(1e-2 * float(torch.cov(clouds[0][:2000].T).diagonal().mean()), rel=1e-4)
+    assert tuner.pre_density_precision.shape == (2, d, d)
+    tuner.begin_task("new")
+    assert tuner.fit_task_density("new", clouds[2][:2000])["ridge"] == facts["ridge"]
+    with pytest.raises(ValueError, match="before the first task"):
+        tuner.fit_pretrain_densities([clouds[0][:2000]])
+    held = [c[2000:] for c in clouds]
+    assert (tuner.infer_task(held[2]) == 0).float().mean() > 0.97  # the new task's windows: its entry
+    for pre in held[:2]:
+        assert (tuner.infer_task(pre) == -1).float().mean() > 0.97  # a pre-training task's: no modulation
+    # without pretrain_gaussians the same densities send every pre-training window to the new task
+    alone = tiny_model()
+    tuners.attach(alone, "l2m", tuners.make_config("l2m", task_gaussians=True, density_reject=None))
+    alone.tuner.begin_task("new")
+    alone.tuner.fit_task_density("new", clouds[2][:2000])
+    assert (alone.tuner.infer_task(held[0]) == 0).all()
+    # the pre-training densities travel in the adapter (sized by the number of tasks, unknown until loaded)
+    base = write_base_run(tmp_path / "base", tiny_model())
+    tuners.save_adapter(tmp_path / "a", model, {"base_digest": tuners.base_digest(base), "tasks": ["new"]})
+    loaded, _, _ = tuners.load_adapted(base, tmp_path / "a")
+    assert loaded.tuner.pre_density_mean.shape == (2, d)
+    assert torch.equal(loaded.tuner.infer_task(held[0]), tuner.infer_task(held[0]))
+
+
 @pytest.mark.parametrize("name", sorted(tuners.REGISTRY))
 def test_attach_puts_the_tuner_where_the_model_is(name):
     """A tuner attached to a model already on a device (a GPU in `dtune lamo`) builds its weights

@@ -118,8 +118,9 @@ def task_data(model, run_config: dict, root: Path, tasks, max_episodes, source=N
     return data
 
 
-def pretrain_batches(model, run_config: dict, root: Path, n: int, batch_size: int, seed: int):
-    """`n` batches of the checkpoint's own pre-training data (for EWC's Fisher, L2M's pre-training keys)."""
+def pretrain_batches(model, run_config: dict, root: Path, n: int, batch_size: int, seed: int, span: int | None = None):
+    """`n` batches of the checkpoint's own pre-training data (for EWC's Fisher, L2M's pre-training keys),
+    windows of the model's context (`span`: of that many timesteps)."""
     sources = {t: i.get("source") for t, i in run_config.get("task_info", {}).items()}
     tasks = run_config["tasks"]
     source = sources if all(sources.get(t) for t in resolve_tasks(tasks)) else None  # each task's recorded dataset
@@ -127,16 +128,17 @@ def pretrain_batches(model, run_config: dict, root: Path, n: int, batch_size: in
     data = TrajectoryData(root, tasks, train.get("max_episodes"), state_stats=model_stats(model),
                           layout=run_layout(run_config), source=source, data_ratio=train.get("data_ratio", 1.0),
                           ratio_seed=train.get("seed", 0))
-    sampler = WindowSampler(data, model.cfg.context_len, batch_size, seed=seed + 7919)
+    sampler = WindowSampler(data, span or model.cfg.context_len, batch_size, seed=seed + 7919)
     return data, [sampler.sample() for _ in range(n)]
 
 
-def pretrain_queries(model, run_config: dict, root: Path, device, seed: int, batches: int = 40):
-    """Raw L2P/L2M queries of windows of the checkpoint's pre-training data, per task id, and
-    the number of windows."""
+def pretrain_queries(model, run_config: dict, root: Path, device, seed: int, batches: int = 40,
+                     span: int | None = None):
+    """Raw L2P/L2M queries of windows (of the context, or of `span` timesteps) of the checkpoint's
+    pre-training data, per task id, and the number of windows."""
     from dtune.tuners.base import query_from
 
-    _, raw = pretrain_batches(model, run_config, root, batches, 64, seed)
+    _, raw = pretrain_batches(model, run_config, root, batches, 64, seed, span)
     by_task: dict[int, list[torch.Tensor]] = {}
     with torch.no_grad():
         for b in raw:
@@ -149,15 +151,22 @@ def pretrain_queries(model, run_config: dict, root: Path, device, seed: int, bat
 
 def fit_pretrain_keys(model, tuner, run_config: dict, root: Path, device, seed: int, batches: int = 40) -> dict:
     """L2M's routing fits from the pre-training data: the query whitening (`query_whitening`),
-    then one "no modulation" key per pre-training task (`pretrain_keys`)."""
-    queries, windows = pretrain_queries(model, run_config, root, device, seed, batches)
-    out = {"from_windows": windows}
-    if getattr(tuner.config, "query_whitening", False):
-        tuner.fit_whitening(torch.cat(queries))
-        out["query_whitening"] = True
-    if getattr(tuner.config, "pretrain_keys", False):
-        tuner.fit_pretrain_keys(queries)
-        out["pretrain_keys"] = len(queries)
+    then one "no modulation" key per pre-training task (`pretrain_keys`), or one Gaussian per
+    pre-training task (`pretrain_gaussians`, from 2 x `batches` batches of windows as long as the
+    evaluation query, as `calibrate_routing` fits the new tasks')."""
+    c = tuner.config
+    out = {}
+    if getattr(c, "query_whitening", False) or getattr(c, "pretrain_keys", False):
+        queries, out["from_windows"] = pretrain_queries(model, run_config, root, device, seed, batches)
+        if getattr(c, "query_whitening", False):
+            tuner.fit_whitening(torch.cat(queries))
+            out["query_whitening"] = True
+        if getattr(c, "pretrain_keys", False):
+            tuner.fit_pretrain_keys(queries)
+            out["pretrain_keys"] = len(queries)
+    if getattr(c, "pretrain_gaussians", False):
+        queries, _ = pretrain_queries(model, run_config, root, device, seed, 2 * batches, c.query_span)
+        out["pretrain_densities"] = tuner.fit_pretrain_densities(queries)
     return out
 
 
@@ -193,7 +202,7 @@ def prepare_method(model, tuner, method_config, anchor, run_config: dict, root: 
     """Before the first task: L2M's pre-training keys and the L2/EWC anchor at the pre-trained
     model (EWC: with the Fisher of its pre-training data). Returns facts for the run's config."""
     extra = {}
-    if getattr(method_config, "pretrain_keys", False) or getattr(method_config, "query_whitening", False):
+    if any(getattr(method_config, n, False) for n in ("pretrain_keys", "query_whitening", "pretrain_gaussians")):
         extra = fit_pretrain_keys(model, tuner, run_config, root, device, cfg.seed)
     if anchor.active:
         batches = None

@@ -12,7 +12,8 @@ Variants:
   compete; at inference an input closest to one of them runs the unmodulated model.
 * `task_gaussians` (beyond the paper): no keys; each task trains its own entry, and at inference
   the entry is that of the task under whose Gaussian of queries the input is most likely, or none
-  when no task accepts it (:meth:`L2M.infer_task`).
+  when no task accepts it (:meth:`L2M.infer_task`). With `pretrain_gaussians` the pre-training
+  tasks have Gaussians too, and an input most likely under one of them runs the unmodulated model.
 
 Entry `-1` in :meth:`selection` means "no modulation". Routing (the same while training and
 at evaluation, fp32 queries) is described in :mod:`dtune.tuners.pool`.
@@ -113,6 +114,16 @@ class L2MConfig(TunerConfig):
     """With `task_gaussians`: the quantile of a task's own windows' log-likelihood below which the
     task rejects a query (0.01: 1% of its own windows would be rejected). None: never reject (every
     window takes the most likely task's entry, pre-training inputs included)."""
+    pretrain_gaussians: bool = False
+    """With `task_gaussians`: also fit one Gaussian per pre-training task (before the first task, from
+    the checkpoint's own data, on windows as long as the evaluation query), and route an input most
+    likely under a pre-training task's Gaussian to no modulation: "no modulation" becomes a class that
+    competes on likelihood, instead of the leftover of `density_reject`. The preset `l2m-gauss-pre` turns
+    it on with `density_reject` None, so every window takes the most likely of all tasks, old and new. On
+    the small MT40 checkpoint (`results/l2m_cw10/density_probe.py --span 200 --pretrain-gaussians`) 97.4%
+    of CW10 windows go to their own task and 99.8% of MT40 windows to no modulation (`l2m-gauss`: 96.8%
+    and 96.5%); handle-press is the pre-training task most often taken for a CW10 one (6%, for
+    handle-press-side)."""
     query_span: int | None = None
     """At evaluation, the query is the mean state embedding of the last `query_span` timesteps of
     the episode instead of the context window's K (training windows keep K). Unset (the paper):
@@ -194,6 +205,9 @@ class L2M(PoolTuner):
                                  "cannot go with it; drop them")
             if c.density_reject is not None and not 0 <= c.density_reject < 1:
                 raise ValueError(f"l2m: density_reject is a quantile in [0, 1), got {c.density_reject}")
+        elif c.pretrain_gaussians:
+            raise ValueError("l2m: pretrain_gaussians adds the pre-training tasks to the densities of task_gaussians; "
+                             "turn task_gaussians on")
         d = model.cfg.gpt.n_embd
         self.pool = KeyPool(c.pool_size, d)
         self.register_buffer("pre_keys", torch.zeros(0, d))
@@ -204,7 +218,11 @@ class L2M(PoolTuner):
             self.register_buffer("density_precision", torch.zeros(0, d, d))
             self.register_buffer("density_logdet", torch.zeros(0))
             self.register_buffer("density_threshold", torch.zeros(0))
-            self.register_buffer("density_ridge", torch.tensor(0.0))  # set by the first task's fit, then shared
+            self.register_buffer("density_ridge", torch.tensor(0.0))  # set by the first fit, then shared
+            if c.pretrain_gaussians:  # one row per pre-training task (fit_pretrain_densities)
+                self.register_buffer("pre_density_mean", torch.zeros(0, d))
+                self.register_buffer("pre_density_precision", torch.zeros(0, d, d))
+                self.register_buffer("pre_density_logdet", torch.zeros(0))
         if c.query_whitening:  # fit by fit_whitening before the first task; identity until then
             self.register_buffer("query_mean", torch.zeros(d))
             self.register_buffer("query_whiten", torch.eye(d))
@@ -279,18 +297,22 @@ class L2M(PoolTuner):
         with torch.autocast(q.device.type, enabled=False):
             return (F.normalize(q.float(), dim=-1) @ F.normalize(self.pre_keys.float(), dim=-1).T).max(-1).values
 
-    def task_log_likelihood(self, q: torch.Tensor) -> torch.Tensor:
+    def task_log_likelihood(self, q: torch.Tensor, pretrain: bool = False) -> torch.Tensor:
         """`task_gaussians`: log-density `(B, tasks)` of (transformed) queries under each fitted task's
-        Gaussian, up to the constant every task shares."""
+        Gaussian (`pretrain`: each pre-training task's, `pretrain_gaussians`), up to the constant every
+        task shares."""
+        pre = "pre_" if pretrain else ""
+        mean, precision, logdet = (getattr(self, pre + n) for n in ("density_mean", "density_precision", "density_logdet"))
         with torch.autocast(q.device.type, enabled=False):
-            z = q.float()[:, None] - self.density_mean  # (B, T, D)
-            maha = torch.einsum("btd,tde,bte->bt", z, self.density_precision, z)
-            return -0.5 * (maha + self.density_logdet)
+            z = q.float()[:, None] - mean  # (B, T, D)
+            maha = torch.einsum("btd,tde,bte->bt", z, precision, z)
+            return -0.5 * (maha + logdet)
 
     def infer_task(self, q: torch.Tensor) -> torch.Tensor:
         """`task_gaussians`: the entry `(B,)` of the most likely task among those that accept the
-        query, -1 (no modulation) where none does. Before any task's density is fitted (during the
-        first task), the entry of the task being trained, as while training."""
+        query, -1 (no modulation) where none does, or (`pretrain_gaussians`) where a pre-training
+        task is more likely still. Before any task's density is fitted (during the first task), the
+        entry of the task being trained, as while training."""
         n = self.density_mean.shape[0]
         if n == 0:
             slot = self.task_slots.get(self.current_task, -1) if self.current_task is not None else -1
@@ -299,7 +321,10 @@ class L2M(PoolTuner):
         if self.config.density_reject is not None:
             ll = ll.masked_fill(ll < self.density_threshold, float("-inf"))
         best = ll.max(-1)
-        return torch.where(torch.isinf(best.values), torch.full_like(best.indices, -1), best.indices)
+        none = torch.isinf(best.values)
+        if self.config.pretrain_gaussians and self.pre_density_mean.shape[0]:
+            none |= self.task_log_likelihood(q, pretrain=True).max(-1).values >= best.values
+        return torch.where(none, torch.full_like(best.indices, -1), best.indices)
 
     @torch.no_grad()
     def fit_task_density(self, task: str, queries: torch.Tensor, shrink: float = 1e-2) -> dict:
@@ -307,7 +332,8 @@ class L2M(PoolTuner):
         whitened): their mean, their covariance plus a ridge on the diagonal (well-posed with fewer
         windows than dimensions), and the rejection threshold, the `density_reject` quantile of these
         queries' own log-likelihood. Rows are in slot order (the task's entry). The ridge is `shrink`
-        times the mean variance of the *first* task's queries, then the same for every task: the
+        times the mean variance of the *first* task's queries (with `pretrain_gaussians`, of the first
+        pre-training task's), then the same for every task: the
         queries vary in few directions, so the ridge sets most eigenvalues and thus the log-determinant,
         and a ridge scaled per task biased the likelihoods (CW10 on the MT40 checkpoint: 89% of
         windows to their own task with per-task ridges, 95% with one). Returns facts for the records."""
@@ -316,13 +342,7 @@ class L2M(PoolTuner):
             raise ValueError(f"l2m: fit the densities of the tasks in their order; {task} has slot {slot} but "
                              f"{self.density_mean.shape[0]} are fitted")
         q = self.transform_query(queries.float())
-        mean = q.mean(0)
-        cov = torch.cov((q - mean).T).reshape(q.shape[1], q.shape[1])
-        if self.density_mean.shape[0] == 0 or float(self.density_ridge) <= 0:
-            self.density_ridge.fill_(shrink * float(cov.diagonal().mean().clamp_min(1e-12)))
-        cov = cov + self.density_ridge * torch.eye(q.shape[1], device=q.device)
-        rows = {"density_mean": mean, "density_precision": torch.linalg.inv(cov), "density_logdet": torch.logdet(cov),
-                "density_threshold": torch.tensor(0.0)}
+        rows = {**self._gaussian(q, shrink), "density_threshold": torch.tensor(0.0)}
         for name, value in rows.items():
             old = getattr(self, name)
             value = value.to(old)
@@ -331,6 +351,29 @@ class L2M(PoolTuner):
         level = self.config.density_reject
         self.density_threshold[slot] = float(torch.quantile(own, level)) if level is not None else float("-inf")
         return {"task": task, "windows": len(q), "threshold": float(self.density_threshold[slot]),
+                "ridge": float(self.density_ridge)}
+
+    def _gaussian(self, q: torch.Tensor, shrink: float) -> dict:
+        """Mean, precision and log-determinant of the covariance of transformed queries `(N, D)` plus
+        the shared ridge, which the first fit (of a task, or of the pre-training tasks) sets."""
+        mean = q.mean(0)
+        cov = torch.cov((q - mean).T).reshape(q.shape[1], q.shape[1])
+        if float(self.density_ridge) <= 0:
+            self.density_ridge.fill_(shrink * float(cov.diagonal().mean().clamp_min(1e-12)))
+        cov = cov + self.density_ridge * torch.eye(q.shape[1], device=q.device)
+        return {"density_mean": mean, "density_precision": torch.linalg.inv(cov), "density_logdet": torch.logdet(cov)}
+
+    @torch.no_grad()
+    def fit_pretrain_densities(self, queries: list[torch.Tensor], shrink: float = 1e-2) -> dict:
+        """`pretrain_gaussians`: one Gaussian per pre-training task from its raw queries `(N_i, D)`,
+        before the first task; the first of them sets the ridge every later fit shares (as the first
+        task's fit does without them). Returns facts for the records."""
+        if self.density_mean.shape[0]:
+            raise ValueError("l2m: fit the pre-training densities before the first task's")
+        fits = [self._gaussian(self.transform_query(q.float()), shrink) for q in queries]
+        for name in ("density_mean", "density_precision", "density_logdet"):
+            setattr(self, "pre_" + name, torch.stack([f[name] for f in fits]).to(getattr(self, "pre_" + name)))
+        return {"pretrain_gaussians": len(fits), "windows": sum(len(q) for q in queries),
                 "ridge": float(self.density_ridge)}
 
     @torch.no_grad()
@@ -382,7 +425,8 @@ class L2M(PoolTuner):
         return {**super().state_defaults(), "margin": torch.tensor(0.0), "calibrated": torch.tensor(False)}
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        for name in ("pre_keys", "density_mean", "density_precision", "density_logdet", "density_threshold"):
+        for name in ("pre_keys", "density_mean", "density_precision", "density_logdet", "density_threshold",
+                     "pre_density_mean", "pre_density_precision", "pre_density_logdet"):
             key = prefix + name  # sized by the number of (pre-training) tasks, unknown until loaded
             if key in state_dict and hasattr(self, name):
                 setattr(self, name, torch.empty_like(state_dict[key], device=getattr(self, name).device))
