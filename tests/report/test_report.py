@@ -107,6 +107,23 @@ def test_plots_are_readable(tmp_path):
     pts = {f"m{i}": (0.3 + 0.01 * i, 0.5) for i in range(8)}  # close points: labels must not pile up
     plot_tradeoff(pts, tmp_path / "t.png", unadapted=(0.0, 0.7))
     assert (tmp_path / "t.png").stat().st_size > 10_000
+    # error bars, one-sided or missing intervals included, widen the axes to show them whole
+    import matplotlib.pyplot as plt
+
+    seen = {}
+    real_savefig = plt.Figure.savefig
+
+    def spy(fig, *a, **k):
+        seen["xlim"], seen["ylim"] = fig.axes[0].get_xlim(), fig.axes[0].get_ylim()
+        return real_savefig(fig, *a, **k)
+
+    plt.Figure.savefig = spy
+    try:
+        plot_tradeoff(pts, tmp_path / "ci.png", intervals={"m0": ((0.1, 0.6), (0.2, 0.9)), "m1": (None, (0.45, 0.55)),
+                                                          "m2": ((None, None), None)})
+    finally:
+        plt.Figure.savefig = real_savefig
+    assert seen["xlim"][0] < 0.1 and seen["xlim"][1] > 0.6 and seen["ylim"][0] < 0.2 and seen["ylim"][1] > 0.9
 
 
 def test_labels_of_close_points_do_not_overlap():
@@ -294,12 +311,18 @@ def test_stratified_bootstrap_is_seeded_resamples_within_tasks_and_covers():
 
 
 def test_report_intervals_in_tables_and_plot(tmp_path):
-    runs = [adapt_run(tmp_path / f"{m}{t}{s}", method=m, task=t, score=0.2 * s + (0.3 if m == "full" else 0.0), seed=s)
+    runs = [adapt_run(tmp_path / f"{m}{t}{s}", method=m, task=t, score=0.2 * s + (0.3 if m == "full" else 0.0), seed=s,
+                      pretrain_after=0.5 + 0.05 * s)
             for m in ("lora", "full") for t in ("hammer-v3", "reach-v3") for s in range(3)]
     md = report([str(r) for r in runs], str(tmp_path / "out"))
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["adapt"]
     full = next(r for r in rows if r["method"] == "full")
     assert full["new_task_iqm_ci"][1] <= full["new_task_iqm_ci"][0] <= full["new_task_iqm_ci"][2]
+    # the trade-off plot's error bars: intervals of the means it plots
+    assert full["new_task_ci"][0] == pytest.approx(full["new_task"][0]) == pytest.approx(0.5)
+    assert full["new_task_ci"][1] < 0.5 < full["new_task_ci"][2]
+    assert full["pretrain_after_ci"][1] < 0.55 < full["pretrain_after_ci"][2]
+    assert (tmp_path / "out" / "adapt_tradeoff.png").stat().st_size > 10_000
     assert "IQM [95% CI]" in md and (tmp_path / "out" / "adapt_intervals.png").stat().st_size > 10_000
 
 

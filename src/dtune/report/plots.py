@@ -155,22 +155,36 @@ def _fit_limits(v: np.ndarray, min_span: float = 0.3) -> tuple[float, float]:
 
 def plot_tradeoff(points: dict[str, tuple[float, float]], path: Path, title: str = "",
                   xlabel: str = "new-task score", ylabel: str = "pre-training score after",
-                  unadapted: tuple[float | None, float | None] | None = None) -> None:
+                  unadapted: tuple[float | None, float | None] | None = None,
+                  intervals: dict[str, tuple] | None = None) -> None:
     """One point per method: how well it learns the new task vs how much it keeps; ``unadapted``
-    (new-task score before, pre-training score before) is marked as the starting point."""
+    (new-task score before, pre-training score before) is marked as the starting point.
+    ``intervals`` (method -> ((x low, x high) or None, (y low, y high) or None)) draws each point's
+    confidence intervals as error bars."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     items = [(m, x, y) for m, (x, y) in points.items() if x is not None and y is not None]
+    extent = [(x, y) for _, x, y in items]  # what the axes must show
     if items:
-        xy = np.array([[x, y] for _, x, y in items])
-        ax.scatter(xy[:, 0], xy[:, 1], s=25, zorder=3)
+        ax.scatter([x for _, x, _ in items], [y for _, _, y in items], s=25, zorder=3)
+    for m, x, y in items:
+        xi, yi = (intervals or {}).get(m) or (None, None)
+        xi = None if xi is None or None in xi else xi
+        yi = None if yi is None or None in yi else yi
+        if xi is None and yi is None:
+            continue
+        ax.errorbar([x], [y], xerr=None if xi is None else [[x - xi[0]], [xi[1] - x]],
+                    yerr=None if yi is None else [[y - yi[0]], [yi[1] - y]],
+                    fmt="none", ecolor="tab:blue", alpha=0.45, lw=1, capsize=2, zorder=2)
+        extent += [(v, y) for v in (xi or ())] + [(x, v) for v in (yi or ())]
     if unadapted is not None and None not in unadapted:
         ax.scatter([unadapted[0]], [unadapted[1]], marker="*", s=160, color="black", zorder=4)
         items.append(("unadapted", *unadapted, {"fontsize": 8, "fontweight": "bold", "marker_px": 9.0}))
+        extent.append(tuple(unadapted))
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
-    if items:
-        xy = np.array([it[1:3] for it in items], dtype=float)
+    if extent:
+        xy = np.array(extent, dtype=float)
         ax.set_xlim(*_fit_limits(xy[:, 0]))
         ax.set_ylim(*_fit_limits(xy[:, 1]))
     ax.grid(alpha=0.3)

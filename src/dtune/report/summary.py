@@ -148,7 +148,10 @@ def adapt_summary(runs: list[dict]) -> tuple[str, list[dict]]:
                "trainable_pct": rs[0]["trainable_pct"], "per_task_pct": rs[0]["per_task_pct"],
                "train_s": _stats([r["train_s"] for r in rs]), "per_task_scores": per_task,
                "new_task_iqm_ci": _ci(by_task, "iqm"),
-               "retention_iqm_ci": _ci({t: [r.get("retention") for r in rs if r["task"] == t] for t in by_task}, "iqm")}
+               "retention_iqm_ci": _ci({t: [r.get("retention") for r in rs if r["task"] == t] for t in by_task}, "iqm"),
+               "new_task_ci": _ci(by_task, "mean"),
+               "pretrain_after_ci": _ci({t: [r.get("pretrain_after") for r in rs if r["task"] == t] for t in by_task},
+                                        "mean")}
         rows.append(row)
         table.append([m] + [_pm(per_task.get(t), None) for t in tasks] +
                      [_pm(*row["new_task"]), _fmt_ci(row["new_task_iqm_ci"]), _pm(*row["pretrain_after"]),
@@ -431,8 +434,10 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
         if outp:
             unadapted = (_stats([r.get("new_task_before") for r in adapt])[0], _stats([r.get("pretrain_before") for r in adapt])[0])
             plot_tradeoff({r["method"]: (r["new_task"][0], r["pretrain_after"][0]) for r in rows},
-                          outp / "adapt_tradeoff.png", title="new task vs pre-training tasks (means over tasks)",
-                          unadapted=unadapted)
+                          outp / "adapt_tradeoff.png", unadapted=unadapted,
+                          title="new task vs pre-training tasks (means; bars: 95% stratified-bootstrap CI)",
+                          intervals={r["method"]: (r["new_task_ci"] and r["new_task_ci"][1:],
+                                                   r["pretrain_after_ci"] and r["pretrain_after_ci"][1:]) for r in rows})
             plot_intervals({"new task, IQM": {r["method"]: r["new_task_iqm_ci"] for r in rows},
                             "pre-training retention, IQM": {r["method"]: r["retention_iqm_ci"] for r in rows}},
                            outp / "adapt_intervals.png", "95% stratified-bootstrap intervals (tasks x seeds)")
