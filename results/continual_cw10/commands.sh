@@ -2,7 +2,7 @@
 # Continual World (CW10, paper order) on the 2-core CPU: the small MT40 MDDT
 # (results/mt40_small/checkpoint) adapts to the ten tasks one after the other, 300 steps per task,
 # 5 evaluation episodes per task after every task, MT40 (3 episodes per task) before and at the end.
-# Single-task references for forward transfer: results/adapt_cw10 (500 steps; hammer, push-wall
+# Single-task references for forward transfer: results/adapt_cw10/before_fixes (500 steps; hammer, push-wall
 # and faucet-close only). Methods run in two lanes, one thread each.
 set -euo pipefail
 DATA=${DATA:-/work/runs/data2}

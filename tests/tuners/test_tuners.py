@@ -509,7 +509,7 @@ def test_default_target_modules_of_another_backbone_family(monkeypatch):
 
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
-COMMITTED = sorted(RESULTS.glob("adapt_cw10/runs/*/*/adapter.json")) + \
+COMMITTED = sorted(RESULTS.glob("adapt_cw10/before_fixes/runs/*/*/adapter.json")) + \
     sorted(RESULTS.glob("continual_cw10/runs/*/adapter/adapter.json"))
 MT40 = RESULTS / "mt40_small" / "checkpoint"
 
@@ -532,7 +532,7 @@ def test_committed_adapter_configs_give_the_tensors_they_list():
 def test_committed_adapters_load_onto_the_committed_checkpoint(run, tmp_path):
     """Only adapter.json is committed: the weights are made here (the committed config attached and
     its parameters moved), then ``load_adapted`` reads them with the committed adapter.json."""
-    source = RESULTS / "adapt_cw10" / "runs" / "hammer-v3" / run
+    source = RESULTS / "adapt_cw10" / "before_fixes" / "runs" / "hammer-v3" / run
     doc = json.loads((source / tuners.ADAPTER_CONFIG).read_text())
     model, _, _ = tuners.load_adapted(MT40, None)
     tuners.attach(model, doc["method"], tuners.config_from_dict(doc["method"], doc["config"]))
