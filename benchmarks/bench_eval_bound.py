@@ -30,9 +30,9 @@ p.add_argument("--horizon", type=int, default=200)
 args = p.parse_args()
 torch.set_num_threads(1)
 
-from dtune.eval.agents import DTAgent  # noqa: E402
-from dtune.models import build_model, preset  # noqa: E402
-from dtune.tasks import TASK_SETS, get_task, layout_for, make_env  # noqa: E402
+from dtune.eval.agents import DTAgent
+from dtune.models import build_model, preset
+from dtune.tasks import TASK_SETS, get_task, layout_for, make_env
 
 layout = layout_for("mt40")
 model = build_model(preset(args.model, state_dim=layout.state_dim, act_dim=layout.act_dim)).eval()
