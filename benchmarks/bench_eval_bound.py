@@ -66,9 +66,11 @@ def peak(dtype, m: int, k: int, nn: int, reps: int) -> float:
 
 
 fp32_peak, bf16_peak = peak(torch.float32, 2048, 2048, 2048, 3), peak(torch.bfloat16, 2048, 2048, 2048, 5)
-# the slide's forward at MT40 scale: 400 envs x 38 window tokens against width 128 -> 3 x 128 (q, k, v) and 4 x 128 (fc)
+# the slide's forward at MT40 scale: 400 envs x the new window's tokens ((K - 1) timesteps and the newest
+# one's state and return) against the width -> 3 x width (q, k, v) and 4 x width (fc)
 d = model.cfg.gpt.n_embd
-fp32_eval, bf16_eval = (max(peak(dt, 400 * 38, d, 4 * d, 20), peak(dt, 400 * 38, d, 3 * d, 20)) for dt in
+rows = 400 * ((model.cfg.context_len - 1) * model.tokens_per_step + 2)
+fp32_eval, bf16_eval = (max(peak(dt, rows, d, 4 * d, 20), peak(dt, rows, d, 3 * d, 20)) for dt in
                         (torch.float32, torch.bfloat16))
 
 # raw stepping of every MT40 task once (their step times differ up to 9x), random actions
@@ -96,5 +98,6 @@ for name, pk, ev in (("fp32", fp32_peak, fp32_eval), ("bf16", bf16_peak, bf16_ev
     at_peak, at_shapes = flops_step * steps / pk, flops_step * steps / ev
     print(f"| {name} | {at_peak:.1f} / {at_shapes:.1f} | {env_cpu / (env_cpu + at_peak):.2f} / "
           f"{env_cpu / (env_cpu + at_shapes):.2f} |")
-print("The bound assumes raw stepping scales perfectly over 2 processes and the model's only cost is its matmuls "
-      "at that rate (no attention, no Python, no overlap losses); a measured evaluator is below it.")
+print("The bound assumes raw stepping scales perfectly over 2 processes and the model costs only its FLOPs at that "
+      "matmul rate (attention's FLOPs included; no elementwise work, no Python, no overlap losses); a measured "
+      "evaluator is below it.")

@@ -5,8 +5,14 @@
 # a run found there is skipped, and the report reads those copies.
 
 # keep RUN KEPT: copy a finished run to KEPT without checkpoint/, *.safetensors and *.pt (written to
-# KEPT.tmp, then renamed: never half-written).
+# KEPT.tmp, then renamed: never half-written). A run without its result (result.json, or a continual run's
+# metrics.json: it failed or was cut) is not kept: the call fails and names its log, so the study's xargs
+# exits non-zero and the report is not made from partial results.
 keep() {
+  if [ ! -f "$1/result.json" ] && [ ! -f "$1/metrics.json" ]; then
+    echo "FAILED: $1 has no result; see $1.log" >&2
+    return 1
+  fi
   rm -rf "$2.tmp"; mkdir -p "$2.tmp"
   # d3rlpy's per-layer gradient statistics (*_grad.csv, about 100 KB a run) stay in the run directory only
   (cd "$1" && tar cf - --exclude=checkpoint --exclude='*.safetensors' --exclude='*.pt' --exclude='*_grad.csv' .) |

@@ -23,7 +23,7 @@ dtune data collect --tasks cw10 --episodes 100 --workers 2 --data-dir "$DATA" --
 dtune data collect --tasks mt40 --episodes 100 --workers 2 --data-dir "$DATA" --no-progress
 run() {  # task method seed
   local out="$RUNS/$1/$2/s$3" kept="$OUT/runs/$1/$2/s$3"
-  [ -f "$kept/result.json" ] && return 0
+  kept_done "$kept" "$STEPS" && return 0
   if [ ! -f "$out/result.json" ]; then
     rm -rf "$out"; mkdir -p "$(dirname "$out")"
     OMP_NUM_THREADS=1 dtune adapt --checkpoint "$CKPT" --data-dir "$DATA" --task "$1" --method "$2" --steps "$STEPS" \
@@ -31,7 +31,7 @@ run() {  # task method seed
   fi
   keep "$out" "$kept"
 }
-export -f run keep; export DATA RUNS OUT CKPT STEPS
+export -f run keep kept_done; export DATA RUNS OUT CKPT STEPS
 mkdir -p "$RUNS"
 # the unadapted model's MT40 score is cached in the checkpoint by the first run: one run alone first
 first=${TASKS%% *}; first_method=${METHODS%% *}; first_seed=${SEEDS%% *}

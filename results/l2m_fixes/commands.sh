@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Issue 12's defects before and after their fix, on the numbers each biased (README.md). The measurements
-# that need no training (fixes.py, about 3 min, most of it the paper-length AdamW replay), then the base
+# that need no training (fixes.py, about 15 s), then the base
 # checkpoint's CW10 scores under the target it got before the fix from `dtune evaluate` (the registry's 2000,
 # no dataset in --data-dir) and the one every path uses now (the data's best return), about 1 min each.
 # The EWC row's runs are in results/l2m_cw10 (VARIANTS="ewc ewc:--ewc-lambda=200": 200 is the old code's 400).

@@ -5,10 +5,12 @@ the measurements that need no training run (results/l2m_fixes/README.md has the 
     python results/l2m_fixes/fixes.py routing --data-dir /work/data/datasets   # batch vote vs per window; bf16 query
     python results/l2m_fixes/fixes.py targets --data-dir /work/data/datasets   # CW10 target returns by start path
 
-`decay` replays AdamW (torch's own, betas 0.9/0.95 as dtune's optimiser) on a tensor that trained during its
-task and then gets zero gradient while the later tasks train, as the rows of an earlier task's entry did when
-the pool sat in the decayed group (the pool is one tensor, so its idle rows get zeros, not None); the learning
-rate follows dtune's per-task schedule (warm-up, cosine to 1e-6) or is constant. `routing` uses ideal keys
+`decay` computes what AdamW's decoupled weight decay does to a tensor that gets zero gradient while the later
+tasks train, as the rows of an earlier task's entry did when the pool sat in the decayed group (the pool is
+one tensor, so its idle rows get zeros, not None): with dtune's fresh optimiser per task, Adam's step of an
+idle tensor is zero and each update multiplies it by (1 - lr * wd) (checked against torch's AdamW); the
+learning rate follows dtune's per-task schedule (warm-up, cosine to 1e-6) or is constant. An L2M LoRA
+entry's update is B A with both factors decayed, so it shrinks by the square. `routing` uses ideal keys
 (each CW10 task's mean query direction on the MT40 checkpoint, what the key-pull loss converges to): before,
 a training batch (64 windows of one task) took the entry most of its windows voted for, and evaluation routed
 each window on its own, so evaluation windows could take an entry their task never trained; after, both route
@@ -32,37 +34,48 @@ p.add_argument("--checkpoint", default="results/mt40_small/checkpoint")
 args = p.parse_args()
 
 
-def replay_decay(steps: int, lr: float, wd: float, later_tasks: int, schedule: str) -> float:
-    """Norm of an entry after `later_tasks` tasks of `steps` updates with zero gradient, over its norm
-    when its own task ended (its own task: `steps` updates of random gradients, so Adam's moments hold
-    what a trained entry's hold)."""
-    g = torch.Generator().manual_seed(0)
-    w = torch.nn.Parameter(torch.randn(256, generator=g))
-    opt = torch.optim.AdamW([w], lr=lr, betas=(0.9, 0.95), weight_decay=wd)
-
-    def run(n_steps: int, grad) -> None:
-        for s in range(n_steps):
-            opt.param_groups[0]["lr"] = cosine_lr(s, n_steps, lr, 100, 1e-6) if schedule == "cosine" else lr
-            w.grad = grad()
-            opt.step()
-
-    run(steps, lambda: 0.01 * torch.randn(256, generator=g))
-    after_own = float(w.detach().norm())
+def idle_decay(steps: int, lr: float, wd: float, later_tasks: int, schedule: str) -> float:
+    """Factor by which AdamW's decoupled weight decay scales a tensor that gets a zero gradient in every
+    update of `later_tasks` tasks of `steps` updates. dtune builds a fresh optimiser per task, so Adam's
+    moments of an idle tensor stay zero, its Adam step is zero, and each update only multiplies it by
+    (1 - lr * wd)."""
+    factor = 1.0
     for _ in range(later_tasks):
-        run(steps, lambda: torch.zeros(256))
-    return float(w.detach().norm()) / after_own
+        for s in range(steps):
+            factor *= 1 - wd * (cosine_lr(s, steps, lr, 100, 1e-6) if schedule == "cosine" else lr)
+    return factor
+
+
+def replay(steps: int, lr: float, wd: float, later_tasks: int) -> float:
+    """The same with torch's AdamW (betas 0.9/0.95 as dtune's optimiser), one fresh optimiser per task:
+    the check that `idle_decay` is what AdamW does."""
+    w = torch.nn.Parameter(torch.randn(256, generator=torch.Generator().manual_seed(0)))
+    before = float(w.detach().norm())
+    for _ in range(later_tasks):
+        opt = torch.optim.AdamW([w], lr=lr, betas=(0.9, 0.95), weight_decay=wd)
+        for s in range(steps):
+            opt.param_groups[0]["lr"] = cosine_lr(s, steps, lr, 100, 1e-6)
+            w.grad = torch.zeros(256)
+            opt.step()
+    return float(w.detach().norm()) / before
 
 
 if args.what == "decay":
-    print("| budget | learning rate | first task's entry after the 9 later tasks | fifth task's (5 later) |")
+    check = replay(1000, 1e-3, 0.01, 2)
+    assert abs(check - idle_decay(1000, 1e-3, 0.01, 2, "cosine")) < 1e-5, check
+    print("| budget | learning rate | first task's entry after the 9 later tasks: one tensor (an L2P prompt) / "
+          "an L2M LoRA update B A (both factors decayed) | fifth task's (5 later) |")
     print("|---|---|---|---|")
     for steps, lr, schedule in ((1000, 1e-3, "cosine"), (2000, 1e-3, "cosine"), (100_000, 1e-4, "cosine"),
                                 (100_000, 1e-4, "constant")):
-        first = replay_decay(steps, lr, 0.01, 9, schedule)
-        fifth = replay_decay(steps, lr, 0.01, 5, schedule)
-        print(f"| {steps:,} updates per task | {lr:g}, {schedule} | x{first:.3f} | x{fifth:.3f} |")
-    print("weight decay 0.01 (dtune's default, the paper's); after the fix every entry is bit-identical once its "
-          "task ends (tests/tuners/test_tuners.py: test_weight_decay_leaves_the_pool_entries_of_earlier_tasks_alone_l2m, ..._l2p)")
+        first = idle_decay(steps, lr, 0.01, 9, schedule)
+        fifth = idle_decay(steps, lr, 0.01, 5, schedule)
+        print(f"| {steps:,} updates per task | {lr:g}, {schedule} | x{first:.3f} / x{first ** 2:.3f} | "
+              f"x{fifth:.3f} / x{fifth ** 2:.3f} |")
+    print("weight decay 0.01 (dtune's default, the paper's); checked against torch's AdamW with a fresh optimiser per "
+          f"task (2 idle tasks of 1,000 updates: x{check:.5f}); after the fix every entry is bit-identical once its "
+          "task ends (tests/tuners/test_tuners.py: test_weight_decay_leaves_the_pool_entries_of_earlier_tasks_alone_l2m, "
+          "..._l2p)")
 
 else:
     from dtune.data.dataset import TrajectoryData, WindowSampler

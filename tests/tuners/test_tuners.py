@@ -884,11 +884,18 @@ def test_l2m_pretrain_gaussians_make_no_modulation_a_class_that_competes_on_like
     assert tuner.config.pretrain_gaussians and tuner.config.density_reject is None
     d = model.cfg.gpt.n_embd
     g = torch.Generator().manual_seed(1)
-    centres = 3 * torch.randn(3, d, generator=g)  # two pre-training tasks, one new task
     spread = torch.linspace(0.2, 1.0, d)
-    clouds = [c + spread * torch.randn(3000, d, generator=g) for c in centres]
+    new_centre, far_centre = 3 * torch.randn(2, d, generator=g)
+    # pre-training task 0 far away; task 1 a near twin of the new task: shifted by 0.8 sd, half as spread
+    clouds = [far_centre + spread * torch.randn(3000, d, generator=g),
+              new_centre + 0.8 * spread + 0.5 * spread * torch.randn(3000, d, generator=g),
+              new_centre + spread * torch.randn(3000, d, generator=g)]
     with pytest.raises(ValueError, match="task_gaussians"):
         tuners.attach(tiny_model(), "l2m", tuners.make_config("l2m", pretrain_gaussians=True))
+    with pytest.raises(ValueError, match="no pre-training queries"):
+        tuner.fit_pretrain_densities([])
+    with pytest.raises(ValueError, match="at least 2"):  # one window: no covariance (NaN), refused
+        tuner.fit_pretrain_densities([clouds[0][:1]])
     facts = tuner.fit_pretrain_densities([clouds[0][:2000], clouds[1][:2000]])
     assert facts["pretrain_gaussians"] == 2
     # the first fit sets the ridge every later fit shares: here the first pre-training task's
@@ -902,12 +909,13 @@ def test_l2m_pretrain_gaussians_make_no_modulation_a_class_that_competes_on_like
     assert (tuner.infer_task(held[2]) == 0).float().mean() > 0.97  # the new task's windows: its entry
     for pre in held[:2]:
         assert (tuner.infer_task(pre) == -1).float().mean() > 0.97  # a pre-training task's: no modulation
-    # without pretrain_gaussians the same densities send every pre-training window to the new task
+    # l2m-gauss (rejection only) sends the twin's windows to the new task: they lie inside its Gaussian
     alone = tiny_model()
-    tuners.attach(alone, "l2m", tuners.make_config("l2m", task_gaussians=True, density_reject=None))
+    tuners.attach(alone, "l2m-gauss")
     alone.tuner.begin_task("new")
     alone.tuner.fit_task_density("new", clouds[2][:2000])
-    assert (alone.tuner.infer_task(held[0]) == 0).all()
+    assert (alone.tuner.infer_task(held[0]) == -1).all()
+    assert (alone.tuner.infer_task(held[1]) == 0).float().mean() > 0.9
     # the pre-training densities travel in the adapter (sized by the number of tasks, unknown until loaded)
     base = write_base_run(tmp_path / "base", tiny_model())
     tuners.save_adapter(tmp_path / "a", model, {"base_digest": tuners.base_digest(base), "tasks": ["new"]})

@@ -152,8 +152,9 @@ def pretrain_queries(model, run_config: dict, root: Path, device, seed: int, bat
 def fit_pretrain_keys(model, tuner, run_config: dict, root: Path, device, seed: int, batches: int = 40) -> dict:
     """L2M's routing fits from the pre-training data: the query whitening (`query_whitening`),
     then one "no modulation" key per pre-training task (`pretrain_keys`), or one Gaussian per
-    pre-training task (`pretrain_gaussians`, from 2 x `batches` batches of windows as long as the
-    evaluation query, as `calibrate_routing` fits the new tasks')."""
+    pre-training task (`pretrain_gaussians`: 2 x `batches` batches of 64 windows over all the
+    pre-training tasks, about 128 per task for MT40's 40, each as long as the evaluation query, like
+    the new tasks' windows in `calibrate_routing`, which get 2,560 each)."""
     c = tuner.config
     out = {}
     if getattr(c, "query_whitening", False) or getattr(c, "pretrain_keys", False):

@@ -356,9 +356,12 @@ class L2M(PoolTuner):
     def _gaussian(self, q: torch.Tensor, shrink: float) -> dict:
         """Mean, precision and log-determinant of the covariance of transformed queries `(N, D)` plus
         the shared ridge, which the first fit (of a task, or of the pre-training tasks) sets."""
+        if q.shape[0] < 2:
+            raise ValueError(f"l2m: a task's Gaussian needs at least 2 query windows, got {q.shape[0]}; "
+                             "give it more data")
         mean = q.mean(0)
         cov = torch.cov((q - mean).T).reshape(q.shape[1], q.shape[1])
-        if float(self.density_ridge) <= 0:
+        if not float(self.density_ridge) > 0:
             self.density_ridge.fill_(shrink * float(cov.diagonal().mean().clamp_min(1e-12)))
         cov = cov + self.density_ridge * torch.eye(q.shape[1], device=q.device)
         return {"density_mean": mean, "density_precision": torch.linalg.inv(cov), "density_logdet": torch.logdet(cov)}
@@ -370,6 +373,9 @@ class L2M(PoolTuner):
         task's fit does without them). Returns facts for the records."""
         if self.density_mean.shape[0]:
             raise ValueError("l2m: fit the pre-training densities before the first task's")
+        if not queries:
+            raise ValueError("l2m: pretrain_gaussians found no pre-training queries (no windows of the "
+                             "checkpoint's pre-training data)")
         fits = [self._gaussian(self.transform_query(q.float()), shrink) for q in queries]
         for name in ("density_mean", "density_precision", "density_logdet"):
             setattr(self, "pre_" + name, torch.stack([f[name] for f in fits]).to(getattr(self, "pre_" + name)))
