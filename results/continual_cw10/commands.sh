@@ -19,4 +19,4 @@ cl() {  # method
 export -f cl; export DATA RUNS CKPT STEPS
 mkdir -p "$RUNS"
 printf "%s\n" l2m full l2m-pretrain-keys lora ewc prompt l2p | xargs -P 2 -n 1 bash -c 'cl "$0"'
-dtune report "$RUNS"/*/ --reference /work/runs/adapt_cw10 --out results/continual_cw10
+dtune report results/continual_cw10/runs/*/ --reference results/adapt_cw10/before_fixes/runs --out results/continual_cw10
