@@ -20,6 +20,15 @@ def timed(fn, repeat: int = 1, warmup: int = 0) -> float:
     return (time.perf_counter() - t) / repeat
 
 
+def matmul_rate(dtype, m: int, k: int, n: int, repeat: int = 5) -> float:
+    """FLOP/s of an ``(m, k) @ (k, n)`` matmul in ``dtype`` on this process's threads (a large
+    square one is the CPU's practical peak)."""
+    import torch
+
+    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, n, dtype=dtype)
+    return 2 * m * k * n / timed(lambda: a @ b, repeat=repeat, warmup=2)
+
+
 def race(fns: dict, rounds: int = 3, repeat: int = 20, warmup: int = 3) -> dict:
     """Seconds per call of each function: the best of ``rounds`` timings taken in turn, so that a
     slow spell of a shared machine hits every contender alike."""

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from _common import matmul_rate
+
 p = argparse.ArgumentParser()
 p.add_argument("--model", default="small")
 p.add_argument("--tasks", type=int, default=8)
@@ -56,21 +58,12 @@ with FlopCounterMode(display=False) as fc:
 flops_step = fc.get_total_flops() / (n * args.horizon)
 
 
-def peak(dtype, m: int, k: int, nn: int, reps: int) -> float:
-    a, b = torch.randn(m, k, dtype=dtype), torch.randn(k, nn, dtype=dtype)
-    a @ b
-    t = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * m * k * nn * reps / (time.perf_counter() - t)
-
-
-fp32_peak, bf16_peak = peak(torch.float32, 2048, 2048, 2048, 3), peak(torch.bfloat16, 2048, 2048, 2048, 5)
+fp32_peak, bf16_peak = matmul_rate(torch.float32, 2048, 2048, 2048, 3), matmul_rate(torch.bfloat16, 2048, 2048, 2048, 5)
 # the slide's forward at MT40 scale: 400 envs x the new window's tokens ((K - 1) timesteps and the newest
 # one's state and return) against the width -> 3 x width (q, k, v) and 4 x width (fc)
 d = model.cfg.gpt.n_embd
 rows = 400 * ((model.cfg.context_len - 1) * model.tokens_per_step + 2)
-fp32_eval, bf16_eval = (max(peak(dt, rows, d, 4 * d, 20), peak(dt, rows, d, 3 * d, 20)) for dt in
+fp32_eval, bf16_eval = (max(matmul_rate(dt, rows, d, 4 * d, 20), matmul_rate(dt, rows, d, 3 * d, 20)) for dt in
                         (torch.float32, torch.bfloat16))
 
 # raw stepping of every MT40 task once (their step times differ up to 9x), random actions

@@ -12,17 +12,10 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 from torch.utils.flop_counter import FlopCounterMode
 
-from _common import timed
+from _common import matmul_rate, timed
 from dtune.models import build_model, preset
 from dtune.runtime.device import autocast
 from dtune.train.optim import make_optimizer
-
-
-def matmul_peak(dtype=torch.bfloat16, n=2048, repeat=5) -> float:
-    """FLOP/s of a large square matmul: the practical peak of this CPU for ``dtype``."""
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    t = timed(lambda: a @ b, repeat=repeat, warmup=2)
-    return 2 * n ** 3 / t
 
 
 def main():
@@ -60,7 +53,7 @@ def main():
             eager()
     print(f"small MDDT, batch {b}, K {k}, {b * k * model.tokens_per_step} tokens per step, bf16 autocast")
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15, max_name_column_width=40))
-    peak = matmul_peak()
+    peak = matmul_rate(torch.bfloat16, 2048, 2048, 2048)  # the practical peak of this CPU
     rows = [("eager", timed(eager, repeat=args.steps, warmup=2))]
     if not args.no_compile:
         compiled = stepper(torch.compile(lambda: model.loss(batch)[0]))
