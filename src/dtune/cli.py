@@ -22,6 +22,7 @@ Commands:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import difflib
 import os
 import sys
@@ -328,6 +329,11 @@ def _evaluate(argv):
 
 
 # -- adaptation: the method is a subcommand -------------------------------------------------------
+def _default(value):
+    """A dataclass field defaulting to `value` (a list through a factory: mutable defaults are refused)."""
+    return field(default_factory=functools.partial(list, value)) if isinstance(value, list) else field(default=value)
+
+
 def _method_classes() -> dict[str, type]:
     """One options class per method and named variant (a variant's class has its defaults)."""
     from dtune import tuners
@@ -337,7 +343,7 @@ def _method_classes() -> dict[str, type]:
         method, over = tuners.resolve_method(name)
         base = tuners.REGISTRY[method].config_class
         types = {f.name: f.type for f in dataclasses.fields(base)}
-        cls = dataclasses.make_dataclass(name, [(k, types[k], field(default=v)) for k, v in over.items()], bases=(base,))
+        cls = dataclasses.make_dataclass(name, [(k, types[k], _default(v)) for k, v in over.items()], bases=(base,))
         doc = (base.__doc__ or "").strip().splitlines()[0]
         cls.__doc__ = doc + (f" Variant of {method}: " + ", ".join(f"{k}={v}" for k, v in over.items()) if over else "")
         out[name] = cls

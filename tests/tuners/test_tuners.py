@@ -426,7 +426,9 @@ def test_modules_to_save_train_with_every_method_and_travel_in_the_adapter(name,
     model = tiny_model()
     base = write_base_run(tmp_path / "base", model)
     before = base_state(model)
-    tuners.attach(model, name, tuners.make_config(name, modules_to_save=SAVED))
+    # an L2M entry holding its own embed_state would clash with training it in place (tested apart)
+    own = {"entry_modules": ["head"]} if getattr(tuners.make_config(name), "entry_modules", None) else {}
+    tuners.attach(model, name, tuners.make_config(name, modules_to_save=SAVED, **own))
     saved = {n for n, _ in model.named_parameters()
              if n.startswith(("embed_state.", "transformer.h.0.ln_1.", "transformer.h.1.ln_1."))}
     assert len(saved) == 6
@@ -931,3 +933,77 @@ def test_attach_puts_the_tuner_where_the_model_is(name):
     model = build_model(preset("tiny", state_dim=10, act_dim=2)).to("meta")
     tuners.attach(model, name)
     assert {t.device.type for t in [*model.parameters(), *model.buffers()]} == {"meta"}
+
+
+@pytest.mark.parametrize("kind", ["mddt", "dt", "dt-mlp"])
+def test_l2m_entry_modules_give_every_task_its_own_embeddings_and_head(kind, tmp_path):
+    """`entry_modules`: each entry holds its own copy of the embeddings and head (a difference to the
+    base weights); routing still reads the unmodulated state embedding; a window routed to no entry
+    runs the base model; the incremental policy re-embeds its window with the entry it routes to."""
+    torch.manual_seed(0)
+    cfg = preset("tiny", "mddt") if kind == "mddt" else preset(
+        "tiny", "dt", context_len=5, **({"embedding": "mlp", "head": "mlp"} if kind == "dt-mlp" else {}))
+    model = build_model(cfg)
+    base = copy.deepcopy(model).eval()
+    tuners.attach(model, "l2m", tuners.make_config("l2m", oracle=True, pool_size=3, entry_modules=["io"]))
+    tuner = model.tuner
+    assert tuner.config.entry_modules == list(type(model).io_modules)  # ["io"] resolved, saved explicitly
+    mlp = [f"embed_{n}_{fc}" for n in ("return", "state", "action") for fc in ("fc1", "fc2")]
+    expected = {"mddt": [*type(model).io_modules], "dt": ["embed_return", "embed_state", "embed_action", "embed_ln", "head_0"],
+                "dt-mlp": [*mlp, "embed_ln", "head_0", "head_2"]}[kind]
+    assert sorted(tuner.entries) == sorted(expected)  # an MLP embedding / head: each of its Linear layers
+    g = torch.Generator().manual_seed(2)
+    act = 6 if kind == "mddt" else cfg.act_dim
+    batch = {"states": torch.randn(4, 5, cfg.state_dim, generator=g), "actions": torch.rand(4, 5, act, generator=g) * 2 - 1,
+             "action_mask": torch.ones(4, act, dtype=torch.bool), "rtg": torch.randn(4, 5, generator=g),
+             "rewards": torch.randn(4, 5, generator=g), "timesteps": torch.arange(5).repeat(4, 1),
+             "valid": torch.ones(4, 5, dtype=torch.bool)}
+    before = base_state(model)
+    train_steps(model, [batch] * 3, task="a")
+    after = base_state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)  # the base weights stay the checkpoint's
+    for delta in tuner.entries.values():  # only the task's entry (slot 0) trained
+        assert delta.weight[0].abs().sum() > 0 and delta.weight[1:].abs().sum() == 0
+    # the query comes from the unmodulated state embedding, also while an entry is chosen
+    tuner.context(base.embed_state(batch["states"]), batch["valid"], ["a"] * 4)
+    assert torch.equal(model.query_states(batch["states"]), base.embed_state(batch["states"]))
+    assert not torch.equal(model.embed_state(batch["states"]), base.embed_state(batch["states"]))
+    # a window of a task without an entry runs the base model exactly; the trained task's does not
+    model.eval()
+    pol_tasks = ["a", "unknown", "a"]
+    states = torch.randn(7, 3, cfg.state_dim, generator=g)
+    runs = {}
+    for name, m, use_cache in (("cache", model, True), ("full", model, False), ("base", base, True)):
+        pol = m.policy([act] * 3, use_cache=use_cache, tasks=pol_tasks)
+        acts = []
+        for t in range(7):  # context 5: the window slides twice
+            acts.append(pol.act(states[t], torch.full((3,), 1.0 - 0.1 * t), torch.full((3,), t)))
+            pol.observe(torch.full((3,), 0.1))
+        runs[name] = torch.stack(acts)
+    assert torch.allclose(runs["cache"], runs["full"], atol=1e-5)
+    assert torch.allclose(runs["cache"][:, 1], runs["base"][:, 1], atol=1e-5)  # no entry: the base model
+    assert not torch.allclose(runs["cache"][:, 0], runs["base"][:, 0], atol=1e-3)  # task a's own modules
+    if kind != "mddt":  # a step of the policy equals the model's forward over the same window
+        tuner.current_task = "a"
+        window = {"states": states[:5].transpose(0, 1), "actions": runs["cache"][:5].transpose(0, 1),
+                  "action_mask": torch.ones(3, act, dtype=torch.bool),
+                  "rtg": (1.0 - 0.1 * torch.arange(5.0)).repeat(3, 1), "rewards": torch.zeros(3, 5),
+                  "timesteps": torch.arange(5).repeat(3, 1), "valid": torch.ones(3, 5, dtype=torch.bool)}
+        with torch.no_grad():
+            pred = model(window).clamp(-1, 1)
+        assert torch.allclose(pred[0], runs["cache"][:5, 0], atol=1e-5)
+    # the entries travel in the adapter
+    path = write_base_run(tmp_path / "base", base)
+    tuners.save_adapter(tmp_path / "ad", model, {"base_digest": tuners.base_digest(path), "tasks": ["a"]})
+    loaded, _, _ = tuners.load_adapted(path, tmp_path / "ad")
+    tuner.current_task = "a"
+    loaded.tuner.current_task = "a"
+    with torch.no_grad():
+        assert torch.equal(loaded.eval()(batch), model(batch))
+    # bad input
+    with pytest.raises(ValueError, match="modules_to_save"):
+        tuners.attach(build_model(cfg), "l2m", tuners.make_config("l2m", entry_modules=["io"], modules_to_save=["head"]))
+    with pytest.raises(ValueError, match="valid names"):
+        tuners.attach(build_model(cfg), "l2m", tuners.make_config("l2m", entry_modules=["embed_nothing"]))
+    with pytest.raises(ValueError, match="embed_timestep"):
+        tuners.attach(build_model(cfg), "l2m", tuners.make_config("l2m", entry_modules=["embed_timestep"]))

@@ -86,6 +86,22 @@ class _SequenceDT(nn.Module):
                 "evaluate with a shorter horizon or build the model with a larger max_timestep"
             )
 
+    def query_states(self, states: torch.Tensor) -> torch.Tensor:
+        """The state embeddings routing queries are made of: `embed_state` of the base model, also
+        when the attached tuner's entries hold their own (L2M's `entry_modules`)."""
+        if self.tuner is None or not self.tuner.modulates_embeddings:
+            return self.embed_state(states)
+        with self.tuner.unmodulated():
+            return self.embed_state(states)
+
+    def route_first(self, batch: dict) -> dict | None:
+        """With a tuner whose entries modulate the embeddings, route before embedding (its extra
+        inputs; the entries the embeddings then use); None otherwise (routing happens in
+        :meth:`backbone`, from the embedded states)."""
+        if self.tuner is None or not self.tuner.modulates_embeddings:
+            return None
+        return self.tuner_inputs(self.query_states(batch["states"]), batch["valid"])
+
     def tuner_inputs(self, state_emb: torch.Tensor, valid: torch.Tensor | None, tasks=None) -> dict:
         """Extra transformer inputs of the attached tuner (`{}` without one). `state_emb
         (B, K, D)` = outputs of `embed_state` over the context, `valid (B, K)`, `tasks` =
@@ -93,12 +109,13 @@ class _SequenceDT(nn.Module):
         return {} if self.tuner is None else self.tuner.context(state_emb, valid, tasks)
 
     def backbone(self, tokens: torch.Tensor, valid: torch.Tensor, state_emb: torch.Tensor | None = None,
-                 all_valid: bool | None = None, **kw) -> torch.Tensor:
+                 all_valid: bool | None = None, routed: dict | None = None, **kw) -> torch.Tensor:
         """`tokens (B, K, n, D)` -> hidden `(B, K, n, D)`. `all_valid`: whether `valid` is all
-        True, when the caller knows it (unset: read from `valid`, a GPU synchronisation)."""
+        True, when the caller knows it (unset: read from `valid`, a GPU synchronisation). `routed`:
+        the tuner's inputs when it routed before embedding (:meth:`route_first`)."""
         b, k, n, d = tokens.shape
         if self.tuner is not None:
-            kw = {**self.tuner_inputs(state_emb, valid), **kw}
+            kw = {**(self.tuner_inputs(state_emb, valid) if routed is None else routed), **kw}
         if all_valid is None:
             all_valid = bool(valid.all())
         v = None if all_valid else valid.repeat_interleave(n, dim=1)
@@ -122,6 +139,9 @@ class _SequenceDT(nn.Module):
 
 
 class MultiDomainDT(_SequenceDT):
+    io_modules = ("embed_state", "embed_return", "embed_action", "embed_reward", "embed_ln", "head")
+    """The token embeddings, their LayerNorm and the action head (L2M's `entry_modules=["io"]`)."""
+
     def __init__(self, cfg: ModelConfig):
         self.tokens_per_step = cfg.act_dim + 3
         super().__init__(cfg)
@@ -131,6 +151,13 @@ class MultiDomainDT(_SequenceDT):
         self.embed_reward = nn.Linear(1, d)
         self.head = nn.Linear(d, cfg.n_bins)
         GPT._init(self.embed_action)
+
+    def token_inputs(self) -> list[tuple[nn.Module, tuple[int, ...], bool]]:
+        """Per token of a timestep: the module that embeds it, its input's shape, whether the input
+        is real-valued (else token ids)."""
+        c = self.cfg
+        return [(self.embed_state, (c.state_dim,), True), (self.embed_return, (1,), True),
+                *[(self.embed_action, (), False)] * c.act_dim, (self.embed_reward, (1,), True)]
 
     def action_tokens(self, actions: torch.Tensor, action_mask: torch.Tensor) -> torch.Tensor:
         tok = self.tokenizer.encode(actions)
@@ -146,9 +173,10 @@ class MultiDomainDT(_SequenceDT):
 
     def forward(self, batch: dict, **kw) -> torch.Tensor:
         """Action logits `(B, K, A, n_bins)`; logit `i` is read at token `1 + i` (R, a^1 ..)."""
+        routed = self.route_first(batch)
         act_tok = self.action_tokens(batch["actions"], batch["action_mask"])
         tokens, s = self.embed(batch, act_tok)
-        h = self.backbone(tokens, batch["valid"], s, batch.get("all_valid"), **kw)
+        h = self.backbone(tokens, batch["valid"], s, batch.get("all_valid"), routed, **kw)
         return self.head(h[:, :, 1: 1 + self.cfg.act_dim])
 
     def loss(self, batch: dict, **kw) -> tuple[torch.Tensor, dict]:
@@ -164,6 +192,8 @@ class MultiDomainDT(_SequenceDT):
 
 class DecisionTransformer(_SequenceDT):
     tokens_per_step = 3
+    io_modules = ("embed_return", "embed_state", "embed_action", "embed_ln", "head")
+    """The token embeddings, their LayerNorm and the action head (L2M's `entry_modules=["io"]`)."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__(cfg)
@@ -183,6 +213,13 @@ class DecisionTransformer(_SequenceDT):
             if self.lm_head is not None:
                 self.lm_head.apply(GPT._init)
 
+    def token_inputs(self) -> list[tuple[nn.Module, tuple[int, ...], bool]]:
+        """Per token of a timestep: the module that embeds it, its input's shape, whether the input
+        is real-valued."""
+        c = self.cfg
+        return [(self.embed_return, (1,), True), (self.embed_state, (c.state_dim,), True),
+                (self.embed_action, (c.act_dim,), True)]
+
     def language_logits(self, ids: torch.Tensor) -> torch.Tensor:
         """Next-token logits `(B, T, vocab)` of text `ids (B, T)` through this model's backbone (with
         whatever adapters are attached, e.g. LoRA) and the language model's embedding and head."""
@@ -200,8 +237,9 @@ class DecisionTransformer(_SequenceDT):
 
     def forward(self, batch: dict, **kw) -> torch.Tensor:
         """Predicted actions `(B, K, A)` (read at the state tokens)."""
+        routed = self.route_first(batch)
         tokens, s = self.embed(batch)
-        h = self.backbone(tokens, batch["valid"], s, batch.get("all_valid"), **kw)
+        h = self.backbone(tokens, batch["valid"], s, batch.get("all_valid"), routed, **kw)
         return self.head(h[:, :, 1])
 
     def loss(self, batch: dict, **kw) -> tuple[torch.Tensor, dict]:
@@ -219,7 +257,9 @@ class Policy:
     window slides (past K timesteps), or an attached tuner picks other modulators or prompts for
     the window, the cache is rebuilt from the window, so the outputs equal a full recompute of
     the window exactly. Without cache every forward recomputes the window. `tasks` (task name
-    per environment) is only read by tuners that route by task id (L2M's oracle variant).
+    per environment) is only read by tuners that route by task id (L2M's oracle variant). When the
+    tuner's entries modulate the embeddings (L2M's `entry_modules`), the window's token inputs are
+    kept instead and embedded at every forward, after routing, with the entries just chosen.
 
         pol = model.policy(act_dims)              # act_dims: (n,) real action dims per env
         a = pol.act(states, rtg, timesteps)       # (n, A) actions; padded dims are 0
@@ -237,6 +277,11 @@ class Policy:
         self.t_emb = torch.zeros(n, self.k, cfg.gpt.n_embd, device=self.device, dtype=self.dtype)
         self.s_emb = torch.zeros(n, self.k, cfg.gpt.n_embd, device=self.device, dtype=self.dtype)
         self.selection = None  # the tuner's choice the cache was built with
+        self.raw = None  # the window's token inputs, when the tuner's entries modulate the embeddings
+        if model.tuner is not None and model.tuner.modulates_embeddings:
+            self.raw = [torch.zeros(n, self.k, *shape, device=self.device, dtype=self.dtype if fp else torch.long)
+                        for _, shape, fp in model.token_inputs()]
+            self.embedders = [module for module, _, _ in model.token_inputs()]
         span = getattr(model.tuner, "query_span", None) if model.tuner is not None else None
         self.span = span if span != self.k else None  # a routing query over other than the window's K steps
         if self.span is not None and self.span > self.k:
@@ -248,9 +293,15 @@ class Policy:
         self.cached = 0  # window tokens already in the cache
         self.forwards = 0
 
-    def _put(self, j: int, tok: torch.Tensor):
-        """Embedding of token `j` of the newest timestep (finished with timestep and type)."""
-        self.emb[:, self.steps - 1, j] = self.model._combine(tok, self.t_emb[:, self.steps - 1], j)
+    def _put(self, j: int, x: torch.Tensor, embed: nn.Module, emb: torch.Tensor | None = None):
+        """Token `j` of the newest timestep from its input `x`: embedded by `embed` (or given as
+        `emb`) and finished with timestep and type, or, with modulated embeddings, kept for the
+        next forward."""
+        if self.raw is not None:
+            self.raw[j][:, self.steps - 1] = x
+        else:
+            tok = embed(x) if emb is None else emb
+            self.emb[:, self.steps - 1, j] = self.model._combine(tok, self.t_emb[:, self.steps - 1], j)
         self.known = j + 1
 
     def _new_step(self, timesteps: torch.Tensor):
@@ -259,6 +310,8 @@ class Policy:
             self.emb = torch.roll(self.emb, -1, dims=1)
             self.t_emb = torch.roll(self.t_emb, -1, dims=1)
             self.s_emb = torch.roll(self.s_emb, -1, dims=1)
+            if self.raw is not None:
+                self.raw = [torch.roll(x, -1, dims=1) for x in self.raw]
             self.steps -= 1
             self.cache, self.cached = None, 0
         self.steps += 1
@@ -279,6 +332,9 @@ class Policy:
         if selection is not None and self.selection is not None and not torch.equal(selection, self.selection):
             self.cache = None  # the tuner now modulates the window differently: recompute it
         self.selection = selection
+        if self.raw is not None:  # embed the window with the entries just chosen
+            tok = torch.stack([f(x) for f, x in zip(self.embedders, self.raw)], dim=2)
+            self.emb = self.model._combine(tok, self.t_emb[:, :, None], slice(None))
         if not self.use_cache or self.cache is None:
             self.cache, self.cached = KVCache(self.model.cfg.gpt.n_layer), 0
         seq = self.emb.reshape(self.n, -1, self.emb.shape[-1])[:, self.cached: upto]
@@ -295,7 +351,7 @@ class Policy:
         states = states.to(self.device, self.dtype)
         rtg = rtg.to(self.device, self.dtype)[:, None]
         self._new_step(timesteps)
-        self.s_emb[:, self.steps - 1] = m.embed_state(states)
+        self.s_emb[:, self.steps - 1] = m.query_states(states)
         if self.span is not None and self.span > self.k:  # the episode's last `span` state embeddings (query)
             if self.long_steps == self.span:
                 self.s_long = torch.roll(self.s_long, -1, dims=1)
@@ -303,24 +359,24 @@ class Policy:
             self.s_long[:, self.long_steps] = self.s_emb[:, self.steps - 1]
             self.long_steps += 1
         if isinstance(m, MultiDomainDT):
-            self._put(0, self.s_emb[:, self.steps - 1])
-            self._put(1, m.embed_return(rtg))
+            self._put(0, states, m.embed_state, self.s_emb[:, self.steps - 1])
+            self._put(1, rtg, m.embed_return)
             tokens = torch.full((self.n, m.cfg.act_dim), m.tokenizer.pad_token, device=self.device)
             for i in range(int(self.act_dims.max())):
                 nxt = m.head(self._run()).argmax(-1)
                 tokens[:, i] = torch.where(i < self.act_dims, nxt, m.tokenizer.pad_token)
-                self._put(2 + i, m.embed_action(tokens[:, i]))
+                self._put(2 + i, tokens[:, i], m.embed_action)
             for i in range(int(self.act_dims.max()), m.cfg.act_dim):
-                self._put(2 + i, m.embed_action(tokens[:, i]))
+                self._put(2 + i, tokens[:, i], m.embed_action)
             return m.tokenizer.decode(tokens)
-        self._put(0, m.embed_return(rtg))
-        self._put(1, self.s_emb[:, self.steps - 1])
+        self._put(0, rtg, m.embed_return)
+        self._put(1, states, m.embed_state, self.s_emb[:, self.steps - 1])
         mask = torch.arange(m.cfg.act_dim, device=self.device)[None] < self.act_dims[:, None]
         action = m.head(self._run()).clamp(-1.0, 1.0) * mask  # an MLP head (LaMo) has no tanh
-        self._put(2, m.embed_action(action))
+        self._put(2, action, m.embed_action)
         return action.float()
 
     @torch.no_grad()
     def observe(self, rewards: torch.Tensor):
         if isinstance(self.model, MultiDomainDT):
-            self._put(self.per_step - 1, self.model.embed_reward(rewards.to(self.device, self.dtype)[:, None]))
+            self._put(self.per_step - 1, rewards.to(self.device, self.dtype)[:, None], self.model.embed_reward)

@@ -143,7 +143,7 @@ def pretrain_queries(model, run_config: dict, root: Path, device, seed: int, bat
     with torch.no_grad():
         for b in raw:
             bt = to_torch(b, device)
-            q = query_from(model.embed_state(bt["states"]), bt["valid"])
+            q = query_from(model.query_states(bt["states"]), bt["valid"])
             for t in bt["task_id"].unique().tolist():
                 by_task.setdefault(t, []).append(q[bt["task_id"] == t])
     return [torch.cat(v) for _, v in sorted(by_task.items())], sum(len(b["task_id"]) for b in raw)
@@ -182,7 +182,7 @@ def _task_queries(model, data, context: int, batches: int, seed: int, device) ->
     with torch.no_grad():
         for _ in range(batches):
             b = to_torch(sampler.sample(), device)
-            queries.append(query_from(model.embed_state(b["states"]), b["valid"]))
+            queries.append(query_from(model.query_states(b["states"]), b["valid"]))
     return torch.cat(queries)
 
 

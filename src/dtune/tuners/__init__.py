@@ -8,7 +8,7 @@
 
 Methods (`METHODS`): full, head, last-k, l2, ewc, lora, ia3, adapter, prompt, prefix,
 ptuning-v2, l2p, l2m. Named variants (`PRESETS`): l2m-ia3, l2m-oracle, l2m-pretrain-keys,
-l2m-routed, l2m-routed-locked, l2m-gauss, l2m-gauss-pre, prefix-direct. The L2 and EWC
+l2m-routed, l2m-routed-locked, l2m-gauss, l2m-gauss-pre, l2m-gauss-pre-io, prefix-direct. The L2 and EWC
 penalties (`l2_lambda`, `ewc_lambda`) combine with any method, and so do `modules_to_save`
 (whole base modules, e.g. `embed_state` or `head`, trained in place next to the method and saved
 in its adapter). `target_modules=None` means the backbone family's default
@@ -46,6 +46,8 @@ PRESETS.update({
     # and the pre-training tasks' Gaussians as the "no modulation" class, no rejection threshold
     "l2m-gauss-pre": ("l2m", {"task_gaussians": True, "pretrain_gaussians": True, "density_reject": None,
                               "query_span": 200}),
+    "l2m-gauss-pre-io": ("l2m", {"task_gaussians": True, "pretrain_gaussians": True, "density_reject": None,
+                                 "query_span": 200, "entry_modules": ["io"]}),
     "prefix-direct": ("prefix", {"prefix_projection": False}),
 })
 

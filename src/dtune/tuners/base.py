@@ -146,6 +146,11 @@ class Tuner(nn.Module):
     """Whether the method updates base (checkpoint) weights."""
     routes: ClassVar[bool] = False
     """Whether the method selects per sample from a pool (its choice is :meth:`selection`)."""
+    modulates_embeddings: bool = False
+    """Whether the method's chosen entries change the model's token embeddings or head (L2M's
+    `entry_modules`): the model then routes (:meth:`context`) before it embeds, from the
+    unmodulated state embeddings (the method's `unmodulated()` context), and
+    :class:`dtune.models.dt.Policy` re-embeds its window after routing."""
 
     def __init__(self, model: nn.Module, config: TunerConfig):
         super().__init__()

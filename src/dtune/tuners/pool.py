@@ -145,7 +145,7 @@ class PoolTuner(Tuner):
         self.hook(model.embed_state, self._keep_fp32_states)
 
     def _keep_fp32_states(self, module, args, out):
-        if self._recomputing:
+        if self._recomputing or not self._query_embedding():
             return
         self._state_fp32 = None
         if out.dtype == torch.float32 or any(p.dtype != torch.float32 for p in module.parameters()):
@@ -156,6 +156,11 @@ class PoolTuner(Tuner):
                 self._state_fp32 = module(args[0].float())
         finally:
             self._recomputing = False
+
+    def _query_embedding(self) -> bool:
+        """Whether the state embedding now running is the unmodulated one queries are made of (L2M's
+        `entry_modules` also run it modulated, which the query must not see)."""
+        return True
 
     def query(self, state_emb: torch.Tensor, valid: torch.Tensor | None) -> torch.Tensor:
         """The fp32 query of the state embeddings `state_emb (B, K, D)` (their fp32 recompute
