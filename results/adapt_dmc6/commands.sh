@@ -6,27 +6,39 @@
 # (500 updates, 10 new-task episodes, 2 episodes per pre-training task), two lanes: the 36
 # main-method runs in about 30 min, all 16 methods x 6 tasks = 96 runs in about 80 min. Default
 # one seed; SEEDS="1 2" METHODS="full ewc lora prompt l2p l2m" adds seeds for the main methods.
-# Finished runs are skipped, so the script can be re-run after an interruption.
+# The data: the DMC16 SAC replay buffers (results/dmc_data; DMC10 is the checkpoint's pre-training data, which
+# EWC's Fisher reads), made first where missing: about 4 h of both cores when none is there (resumable).
+# Resumable: a run kept in $OUT/runs is skipped; an unfinished one is started again. Finished runs are kept without
+# their weights in $OUT/runs/<task>/<method>/s<seed> (results/study.sh), and the report reads those copies.
+# The report committed before 2026-12-05 came from runs made before the fixes of issue 12 and not kept.
 set -euo pipefail
+source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs/adapt_dmc6}
+OUT=${OUT:-results/adapt_dmc6}
 CKPT=${CKPT:-results/mt40_dmc10_dt_small/checkpoint}  # continuous actions: the MDDT (results/mt40_dmc10_small) barely controls DMC
 STEPS=${STEPS:-500}
 SEEDS=${SEEDS:-"0"}
 METHODS=${METHODS:-"full head last-k l2 ewc lora ia3 adapter prompt prefix ptuning-v2 l2p l2m l2m-ia3 l2m-oracle l2m-pretrain-keys"}
 TASKS=${TASKS:-"ball_in_cup-catch cartpole-swingup cheetah-run finger-spin reacher-easy walker-walk"}
+dtune data sac --tasks dmc10 --data-dir "$DATA" --workers 2 --no-progress  # finished tasks are skipped
+dtune data sac --tasks dmc6 --data-dir "$DATA" --workers 2 --no-progress
 run() {  # task method seed
-  local out="$RUNS/$1/$2/s$3"
-  [ -f "$out/result.json" ] && return 0
-  rm -rf "$out"; mkdir -p "$(dirname "$out")"
-  OMP_NUM_THREADS=1 dtune adapt --checkpoint "$CKPT" --data-dir "$DATA" --source sac-replay --task "$1" \
-    --method "$2" --seed "$3" --steps $STEPS --eval-episodes 10 --pretrain-episodes 2 --no-progress \
-    --out "$out" > "$out.log" 2>&1
+  local out="$RUNS/$1/$2/s$3" kept="$OUT/runs/$1/$2/s$3"
+  kept_done "$kept" "$STEPS" && return 0
+  if [ ! -f "$out/result.json" ]; then
+    rm -rf "$out"; mkdir -p "$(dirname "$out")"
+    OMP_NUM_THREADS=1 dtune adapt --checkpoint "$CKPT" --data-dir "$DATA" --source sac-replay --task "$1" \
+      --method "$2" --seed "$3" --steps "$STEPS" --eval-episodes 10 --pretrain-episodes 2 --no-progress \
+      --out "$out" > "$out.log" 2>&1
+  fi
+  keep "$out" "$kept"
 }
-export -f run; export DATA RUNS CKPT STEPS
+export -f run keep kept_done; export DATA RUNS OUT CKPT STEPS
 mkdir -p "$RUNS"
-first=${TASKS%% *}
-run "$first" full 0   # alone first: it caches the unadapted model's MT40 + DMC10 score
+# the unadapted model's MT40 + DMC10 score is cached in the checkpoint by the first run: one run alone first
+first=${TASKS%% *}; first_method=${METHODS%% *}; first_seed=${SEEDS%% *}
+run "$first" "$first_method" "$first_seed"
 for s in $SEEDS; do for t in $TASKS; do for m in $METHODS; do echo "$t $m $s"; done; done; done |
-    xargs -P 2 -n 3 bash -c 'run "$0" "$1" "$2"'
-dtune report "$RUNS"/*/*/*/ --out results/adapt_dmc6
+    xargs -P "${LANES:-2}" -n 3 bash -c 'run "$0" "$1" "$2"'
+dtune report "$OUT"/runs/*/*/*/ --out "$OUT"

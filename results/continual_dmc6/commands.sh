@@ -3,22 +3,34 @@
 # after the other (SAC replay data), for L2M, full fine-tuning, EWC, LoRA, prompt tuning and L2P,
 # 3 seeds; after every task 5 episodes of each DMC6 task; MT40 + DMC10 before and at the end
 # (2 episodes per task). Two runs at a time, one thread each; interrupted runs resume.
+# The data: the DMC16 SAC replay buffers (results/dmc_data), made first where missing (about 4 h of both cores).
+# Finished runs are kept without their weights in $OUT/runs/<method>/s<seed> (results/study.sh) and the report
+# reads those copies (the report committed before 2026-12-05 came from runs made before issue 12's fixes).
+# The adaptation study's kept runs (results/adapt_dmc6/runs) give the single-task reference scores.
 set -euo pipefail
+source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs/continual_dmc6}
+OUT=${OUT:-results/continual_dmc6}
 CKPT=${CKPT:-results/mt40_dmc10_dt_small/checkpoint}  # continuous actions: the MDDT (results/mt40_dmc10_small) barely controls DMC
 STEPS=${STEPS:-500}
 SEEDS=${SEEDS:-"0 1 2"}
+METHODS=${METHODS:-"l2m full ewc lora prompt l2p"}
+dtune data sac --tasks dmc10 --data-dir "$DATA" --workers 2 --no-progress  # finished tasks are skipped
+dtune data sac --tasks dmc6 --data-dir "$DATA" --workers 2 --no-progress
 cl() {  # method seed
-  local out="$RUNS/$1/s$2"
-  [ -f "$out/metrics.json" ] && return 0
-  resume=""; [ -f "$out/config.json" ] && resume="--resume"
-  mkdir -p "$(dirname "$out")"
-  OMP_NUM_THREADS=1 dtune continual --checkpoint "$CKPT" --data-dir "$DATA" --source sac-replay --sequence dmc6 \
-    --method "$1" --seed "$2" --steps-per-task $STEPS --eval-episodes 5 --eval-pretrain --pretrain-episodes 2 \
-    --no-progress --out "$out" $resume > "$out.log" 2>&1
+  local out="$RUNS/$1/s$2" kept="$OUT/runs/$1/s$2" resume=""
+  [ -f "$kept/metrics.json" ] && return 0
+  if [ ! -f "$out/metrics.json" ]; then
+    [ -f "$out/config.json" ] && resume="--resume"
+    mkdir -p "$(dirname "$out")"
+    OMP_NUM_THREADS=1 dtune continual --checkpoint "$CKPT" --data-dir "$DATA" --source sac-replay --sequence dmc6 \
+      --method "$1" --seed "$2" --steps-per-task "$STEPS" --eval-episodes 5 --eval-pretrain --pretrain-episodes 2 \
+      --no-progress --out "$out" $resume >> "$out.log" 2>&1
+  fi
+  keep "$out" "$kept"
 }
-export -f cl; export DATA RUNS CKPT STEPS
+export -f cl keep; export DATA RUNS OUT CKPT STEPS
 mkdir -p "$RUNS"
-for s in $SEEDS; do for m in l2m full ewc lora prompt l2p; do echo "$m $s"; done; done | xargs -P 2 -n 2 bash -c 'cl "$0" "$1"'
-dtune report "$RUNS"/*/*/ --reference runs/adapt_dmc6 --out results/continual_dmc6
+for s in $SEEDS; do for m in $METHODS; do echo "$m $s"; done; done | xargs -P "${LANES:-2}" -n 2 bash -c 'cl "$0" "$1"'
+dtune report "$OUT"/runs/*/*/ --reference results/adapt_dmc6/runs --out "$OUT"
