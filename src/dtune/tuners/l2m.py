@@ -175,8 +175,8 @@ class PoolLora(nn.Module):
 
 class PoolDelta(nn.Module):
     """Per-entry differences to the weights of one Linear, Embedding or LayerNorm module (zeros: the
-    base module). `forward(x, idx, module)` is what entry `idx[b]` adds to sample `b`'s output;
-    samples with `idx -1` get nothing."""
+    base module). `forward(x, idx, dtype)`: what entry `idx[b]` adds to the module's output for
+    sample `b` of its input `x`, in `dtype` (the output's); samples with `idx -1` get nothing."""
 
     def __init__(self, module: nn.Module, size: int):
         super().__init__()
