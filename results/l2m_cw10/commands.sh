@@ -13,9 +13,6 @@
 # Everything is resumable: a run kept in $OUT/runs is skipped, an interrupted one continues with --resume
 # (checkpoints every 500 updates within a task). Finished runs are kept without their weights in
 # $OUT/runs/<variant>/s<seed> (results/study.sh).
-# The best variant so far, at 4,000 updates per task, into its own folders (results/l2m_cw10_4k/README.md):
-#   SEEDS="0 1 2" STEPS=4000 RUNS=runs/l2m_cw10_4k OUT=results/l2m_cw10_4k LANES=1 \
-#     VARIANTS="l2m-gauss-pre-io:--r=32,--lora-alpha=64,--pool-size=10,--target-modules,q,k,v,out,fc,proj" bash results/l2m_cw10/commands.sh
 # SEEDS / VARIANTS narrow it; LANES=1 runs one at a time. A variant may carry options after a colon, comma-separated
 # (VARIANTS="l2m-gauss:--density-reject=0.001"): its runs go to a folder named after it, and the report gives it its
 # own row.
