@@ -22,8 +22,8 @@ Commands:
 from __future__ import annotations
 
 import dataclasses
-import functools
 import difflib
+import functools
 import os
 import sys
 import time

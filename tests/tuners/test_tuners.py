@@ -24,12 +24,12 @@ def tiny_model(seed=0):
     return build_model(preset("tiny"))
 
 
-def make_batch(b=4, k=5, seed=1, valid_from=0):
+def make_batch(b=4, k=5, seed=1, valid_from=0, state_dim=154, act_dim=6):
     g = torch.Generator().manual_seed(seed)
     valid = torch.ones(b, k, dtype=torch.bool)
     valid[0, :valid_from] = False  # left padding on the first sample
-    return {"states": torch.randn(b, k, 154, generator=g), "actions": torch.rand(b, k, 6, generator=g) * 2 - 1,
-            "action_mask": torch.ones(b, 6, dtype=torch.bool), "rtg": torch.randn(b, k, generator=g),
+    return {"states": torch.randn(b, k, state_dim, generator=g), "actions": torch.rand(b, k, act_dim, generator=g) * 2 - 1,
+            "action_mask": torch.ones(b, act_dim, dtype=torch.bool), "rtg": torch.randn(b, k, generator=g),
             "rewards": torch.randn(b, k, generator=g), "timesteps": torch.arange(k).repeat(b, 1), "valid": valid}
 
 
@@ -952,12 +952,9 @@ def test_l2m_entry_modules_give_every_task_its_own_embeddings_and_head(kind, tmp
     expected = {"mddt": [*type(model).io_modules], "dt": ["embed_return", "embed_state", "embed_action", "embed_ln", "head_0"],
                 "dt-mlp": [*mlp, "embed_ln", "head_0", "head_2"]}[kind]
     assert sorted(tuner.entries) == sorted(expected)  # an MLP embedding / head: each of its Linear layers
-    g = torch.Generator().manual_seed(2)
     act = 6 if kind == "mddt" else cfg.act_dim
-    batch = {"states": torch.randn(4, 5, cfg.state_dim, generator=g), "actions": torch.rand(4, 5, act, generator=g) * 2 - 1,
-             "action_mask": torch.ones(4, act, dtype=torch.bool), "rtg": torch.randn(4, 5, generator=g),
-             "rewards": torch.randn(4, 5, generator=g), "timesteps": torch.arange(5).repeat(4, 1),
-             "valid": torch.ones(4, 5, dtype=torch.bool)}
+    batch = make_batch(seed=2, state_dim=cfg.state_dim, act_dim=act)
+    g = torch.Generator().manual_seed(2)
     before = base_state(model)
     train_steps(model, [batch] * 3, task="a")
     after = base_state(model)

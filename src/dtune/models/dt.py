@@ -279,9 +279,10 @@ class Policy:
         self.selection = None  # the tuner's choice the cache was built with
         self.raw = None  # the window's token inputs, when the tuner's entries modulate the embeddings
         if model.tuner is not None and model.tuner.modulates_embeddings:
+            inputs = model.token_inputs()
             self.raw = [torch.zeros(n, self.k, *shape, device=self.device, dtype=self.dtype if fp else torch.long)
-                        for _, shape, fp in model.token_inputs()]
-            self.embedders = [module for module, _, _ in model.token_inputs()]
+                        for _, shape, fp in inputs]
+            self.embedders = [module for module, _, _ in inputs]
         span = getattr(model.tuner, "query_span", None) if model.tuner is not None else None
         self.span = span if span != self.k else None  # a routing query over other than the window's K steps
         if self.span is not None and self.span > self.k:

@@ -149,6 +149,13 @@ class L2MConfig(TunerConfig):
     the head train too (`results/l2m_cw10`)."""
 
 
+def _one_entry(idx: torch.Tensor) -> int:
+    """The entry every sample of `idx (B,)` chose, when they all chose the same one (the usual case
+    while training: one task's batch); -1 otherwise (or when that choice is "no modulation")."""
+    first = int(idx[0]) if idx.shape[0] else -1
+    return first if first >= 0 and bool((idx == first).all()) else -1
+
+
 class PoolLora(nn.Module):
     def __init__(self, base: nn.Linear, size: int, r: int, alpha: float, dropout: float):
         super().__init__()
@@ -163,8 +170,8 @@ class PoolLora(nn.Module):
         self.dropout = Dropout(dropout) if dropout > 0 else nn.Identity()  # dtune's: fast masks on CPUs
 
     def forward(self, x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        first = int(idx[0])
-        if first >= 0 and bool((idx == first).all()):  # one entry for the whole batch (the usual case)
+        first = _one_entry(idx)
+        if first >= 0:  # one entry for the whole batch (the usual case)
             return (self.dropout(x) @ self.lora_A[first].T.to(x.dtype)) @ self.lora_B[first].T.to(x.dtype) * self.scaling
         on = idx >= 0
         sel = idx.clamp_min(0)
@@ -201,8 +208,8 @@ class PoolDelta(nn.Module):
         if idx.shape[0] != b:
             raise RuntimeError(f"l2m: the entries were chosen for {idx.shape[0]} samples but the module runs "
                                f"{b}; route (model.tuner_inputs) before embedding")
-        first = int(idx[0]) if b else -1
-        if self.kind == "Linear" and first >= 0 and bool((idx == first).all()):  # one entry for all (training)
+        first = _one_entry(idx) if self.kind == "Linear" else -1
+        if first >= 0:  # one entry for the whole batch (training)
             return F.linear(x.to(dtype), self.weight[first].to(dtype),
                             None if self.bias is None else self.bias[first].to(dtype))
         on = (idx >= 0).to(dtype).reshape(b, *[1] * (x.dim() - 1 + (self.kind == "Embedding")))
