@@ -281,3 +281,52 @@ def test_last_token_output_equals_full_forward(layout, case, bf16):
             full, last = model(x, **args), model(x, **args, last=True)
     assert last.shape == (3, 1, 16)
     torch.testing.assert_close(last.float(), full[:, -1:].float(), **tol)
+
+
+@pytest.mark.parametrize("layout", ["gpt", "llama", "gpt2"])
+@pytest.mark.parametrize("case", ["plain", "padding", "cache", "prompt", "prefix"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_selected_rows_equal_full_forward_with_gradients(layout, case, bf16):
+    """`rows` (what training asks for: the tokens the loss reads) gives the full forward's hidden
+    states of those tokens, and the same gradients for every weight and input, in training mode
+    (written-out attention on CPUs) and in evaluation mode (SDPA in fp32)."""
+    kw = {"gpt": dict(n_layer=2, n_head=2, n_embd=16, dropout=0.0), "llama": LLAMA_LIKE, "gpt2": GPT2_LIKE}[layout]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**kw))
+    for block in model.h:  # a rate that drops nothing, so training mode takes the written-out attention in fp32 too
+        block.attn.attn_dropout = 1e-12
+    x = torch.randn(3, 7, 16, requires_grad=True)
+    rows = torch.tensor([1, 2, 4, 6])
+    args = {}
+    if case == "padding":
+        args["valid"] = torch.tensor([[False, True, True, True, True, True, True]] * 3)
+    if case == "prompt":
+        args["prompt"] = torch.randn(1, 2, 16)
+    if case == "prefix":
+        h = model.cfg.n_head
+        args["prefix"] = [(torch.randn(1, h, 3, 16 // h), torch.randn(1, h, 3, 16 // h)) for _ in range(2)]
+    tol = dict(atol=3e-2, rtol=3e-2) if bf16 else dict(atol=1e-5, rtol=1e-5)
+    for train in (True, False):
+        model.train(train)
+        outs, grads = [], []
+        for sel in (None, rows):
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                if case == "cache":
+                    cache = KVCache(2)
+                    model(x[:, :3], cache=cache)
+                    y = model(x[:, 3:], cache=cache, rows=None if sel is None else torch.tensor([0, 2, 3]))
+                    y = y[:, [0, 2, 3]] if sel is None else y
+                else:
+                    y = model(x, **args, rows=sel)
+                    y = y[:, rows] if sel is None else y
+            weights = torch.linspace(-1, 1, y.numel()).view(y.shape)
+            grads.append(torch.autograd.grad((y.float() * weights).sum(), [x, *model.parameters()], allow_unused=True))
+            outs.append(y.float())
+        assert outs[1].shape == (3, 3 if case == "cache" else 4, 16)
+        torch.testing.assert_close(outs[1], outs[0], **tol)
+        for a, b in zip(*grads):
+            assert (a is None) == (b is None)
+            if a is not None:
+                torch.testing.assert_close(b.float(), a.float(), **tol)
+    with pytest.raises(ValueError, match="either last=True or rows"):
+        model(x, last=True, rows=rows)

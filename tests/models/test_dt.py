@@ -107,6 +107,51 @@ def test_policy_matches_training_forward(model):
     torch.testing.assert_close(pred, batch["actions"][:, -1], atol=1e-5, rtol=1e-5)
 
 
+def test_training_forward_runs_the_final_block_for_the_read_tokens_only(model, monkeypatch):
+    """The loss reads a few tokens per timestep (the s token of the classic DT, R and a^1..a^(A-1)
+    of the MDDT), and only they go through the final block: outputs, loss and every gradient equal
+    those of the full forward sliced afterwards, also with padding."""
+    from dtune.models.backbone import Dropout
+
+    for m in model.modules():  # dropout off (the two paths draw their masks in another order)
+        if isinstance(m, Dropout):
+            m.p = 0.0
+        if hasattr(m, "attn_dropout"):
+            m.attn_dropout = 0.0
+    model.train()
+    batch = make_batch()
+    seen = []
+    real = model.transformer.forward
+
+    def spy(*args, **kw):
+        seen.append(kw.get("rows"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(model.transformer, "forward", spy)
+    sliced = model.backbone
+
+    def full(tokens, valid, s, all_valid, routed, outputs, **kw):  # the whole sequence, sliced after
+        return sliced(tokens, valid, s, all_valid, routed, **kw)[:, :, list(outputs)]
+
+    runs = []
+    for backbone in (full, sliced):
+        monkeypatch.setattr(model, "backbone", backbone)
+        model.zero_grad()
+        out = model(batch)
+        loss, _ = model.loss(batch)
+        loss.backward()
+        runs.append((out, loss, [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    (out_a, loss_a, grad_a), (out_b, loss_b, grad_b) = runs
+    n = model.tokens_per_step
+    read = 1 if model.cfg.kind == "dt" else model.cfg.act_dim
+    assert seen[0] is None and len(seen[-1]) == read * batch["states"].shape[1] and read < n
+    torch.testing.assert_close(out_b, out_a, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss_b, loss_a, atol=1e-6, rtol=1e-5)
+    assert len(grad_a) == len(grad_b)
+    for a, b in zip(grad_a, grad_b):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-4)
+
+
 def test_timestep_beyond_table_is_rejected(model):
     pol = model.policy(torch.tensor([2]))
     with pytest.raises(ValueError, match="timestep"):

@@ -168,14 +168,26 @@ def test_padding_flag_read_on_the_host_gives_the_same_loss(pad):
     torch.testing.assert_close(with_flag, model.loss(without)[0], atol=0, rtol=0)
 
 
-def test_fused_adamw_only_on_gpus_unless_asked():
-    from dtune.train.optim import make_optimizer
+def test_fused_adamw_by_default_and_equal_to_torchs_loop():
+    """Fused AdamW on CPUs and GPUs unless asked otherwise; its steps (with weight-decay groups and
+    learning-rate scales) equal torch's per-tensor loop."""
+    import copy
+
+    from dtune.train.optim import make_optimizer, set_lr
 
     model, _ = make()
-    assert not make_optimizer(model, 1e-3, 0.01).defaults["fused"]  # CPU parameters: torch's default
-    opt = make_optimizer(model, 1e-3, 0.01, fused=True)  # torch has fused AdamW on CPUs too
-    assert opt.defaults["fused"]
+    twin = copy.deepcopy(model)
+    fused, loop = make_optimizer(model, 1e-3, 0.01), make_optimizer(twin, 1e-3, 0.01, fused=False)
+    assert fused.defaults["fused"] and not loop.defaults["fused"]
+    assert [g["weight_decay"] for g in fused.param_groups] == [g["weight_decay"] for g in loop.param_groups]
     before = [p.detach().clone() for p in model.parameters()]
-    model.loss({k: torch.from_numpy(v) for k, v in RandomBatches(0).sample().items()})[0].backward()
-    opt.step()
+    for step in range(3):
+        batch = {k: torch.from_numpy(v) for k, v in RandomBatches(step).sample().items()}
+        for m, opt in ((model, fused), (twin, loop)):
+            set_lr(opt, 1e-3 * (step + 1))
+            opt.zero_grad()
+            m.loss(batch)[0].backward()
+            opt.step()
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
+    for a, b in zip(model.parameters(), twin.parameters()):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)

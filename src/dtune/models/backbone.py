@@ -228,16 +228,17 @@ class Attention(nn.Module):
         return x.view(b, t, -1, self.head_dim).transpose(1, 2)
 
     def forward(self, x, mask, layer: int, cache: KVCache | None = None, prefix=None, rope=None,
-                last: bool = False):
-        """`last`: queries of the last token only (its output `(B, 1, D)`); keys and values of all."""
+                rows: slice | torch.Tensor | None = None):
+        """`rows`: queries of these tokens only (a slice or index of `x`'s tokens; their outputs
+        `(B, len(rows), D)`, `mask` already holds their rows only); keys and values of all."""
         if torch.is_autocast_enabled(x.device.type):  # cast once for q, k and v, not three times
             x = x.to(torch.get_autocast_dtype(x.device.type))
-        xq = x[:, -1:] if last else x
+        xq = x if rows is None else x[:, rows]
         b, t, d = xq.shape
         q, k, v = self._heads(self.q(xq)), self._heads(self.k(x)), self._heads(self.v(x))
         if rope is not None:
             cos, sin = rope
-            q, k = apply_rotary(q, cos[-t:], sin[-t:]), apply_rotary(k, cos, sin)
+            q, k = apply_rotary(q, *((cos, sin) if rows is None else (cos[rows], sin[rows]))), apply_rotary(k, cos, sin)
         if cache is not None:
             k, v = cache.append(layer, k, v)
         if self.n_rep > 1:  # grouped-query attention: each key/value head serves n_rep query heads
@@ -252,14 +253,15 @@ class Attention(nn.Module):
         else:
             y = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=mask, dropout_p=self.attn_dropout if self.training else 0.0,
-                is_causal=mask is None and not last,  # one query after all keys: no mask at all
+                is_causal=mask is None and rows is None,  # rows without a mask: the last token's (all keys)
             )
         return self.resid_dropout(self.out(y.transpose(1, 2).reshape(b, t, d)))
 
     def _attend(self, q, k, v, mask, p: float):
         """Attention written out (what SDPA's math path computes), used on CPUs for training with
         dropout (the masks come from :func:`dropout`) and in 16-bit precision, where torch's SDPA
-        kernels ran 2x (inference) to 6x (training) slower than this at dtune's sizes."""
+        kernels ran 2x (inference) to 6x (training) slower than this at dtune's sizes. Without a
+        mask the queries are the last `t` tokens, causal."""
         b, h, t, hd = q.shape
         tk = k.shape[2]
         if mask is None:
@@ -300,11 +302,11 @@ class Block(nn.Module):
         self.ln_2 = norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, mask, layer, cache=None, prefix=None, rope=None, last: bool = False):
-        """`last`: the output of the last token only `(B, 1, D)` (keys and values of every token
-        still go into the cache)."""
-        a = self.attn(self.ln_1(x), mask, layer, cache, prefix, rope, last)
-        x = (x[:, -1:] if last else x) + a
+    def forward(self, x, mask, layer, cache=None, prefix=None, rope=None, rows: slice | torch.Tensor | None = None):
+        """`rows`: the outputs of these tokens only `(B, len(rows), D)` (a slice or index of `x`'s
+        tokens; keys and values of every token still go into the cache)."""
+        a = self.attn(self.ln_1(x), mask, layer, cache, prefix, rope, rows)
+        x = (x if rows is None else x[:, rows]) + a
         return x + self.mlp(self.ln_2(x))
 
 
@@ -355,7 +357,8 @@ class GPT(nn.Module):
         return mask
 
     def forward(self, x: torch.Tensor, valid: torch.Tensor | None = None, cache: KVCache | None = None,
-                prompt: torch.Tensor | None = None, prefix: list | None = None, last: bool = False) -> torch.Tensor:
+                prompt: torch.Tensor | None = None, prefix: list | None = None, last: bool = False,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
         """Run the blocks.
 
         Args:
@@ -370,7 +373,13 @@ class GPT(nn.Module):
             last: return the last token's hidden state only `(B, 1, D)`: the final block then runs
                 attention and MLP for that token alone (its keys and values for all, into the
                 cache), about a fifth less work for a window in a 3-block model (inference).
+            rows: return the hidden states of these new tokens only `(B, len(rows), D)` (a 1-D index
+                into `x`'s tokens): the final block runs queries, MLP and final norm for them alone,
+                the others' keys and values still count. Training reads a few tokens per timestep
+                (the classic DT one of three), so this skips up to two thirds of the final block.
         """
+        if last and rows is not None:
+            raise ValueError("pass either last=True or rows, not both")
         n_prompt = 0
         if prompt is not None and (cache is None or cache.length == 0):
             n_prompt = prompt.shape[1]
@@ -389,9 +398,17 @@ class GPT(nn.Module):
         elif self.cfg.positions == "rotary":
             rope = rotary(self.cfg, t_past, x.shape[1], x.device)
         x = self.drop(x)
+        final_rows, final_mask = None, mask
+        if last:
+            final_rows = slice(-1, None)
+            final_mask = None if mask is None else mask[..., -1:, :]
+        elif rows is not None:
+            final_rows = rows.to(x.device) + n_prompt
+            full = mask if mask is not None else self.attention_mask(None, x.shape[1], t_past, device=x.device)
+            final_mask = full[..., final_rows, :]
         for i, block in enumerate(self.h):
-            final = last and i == len(self.h) - 1
-            x = block(x, mask[..., -1:, :] if final and mask is not None else mask, i, cache,
-                      None if prefix is None else prefix[i], rope, final)
+            final = i == len(self.h) - 1
+            x = block(x, final_mask if final else mask, i, cache, None if prefix is None else prefix[i], rope,
+                      final_rows if final else None)
         x = self.ln_f(x)
-        return x[:, n_prompt:] if n_prompt and not last else x
+        return x[:, n_prompt:] if n_prompt and final_rows is None else x

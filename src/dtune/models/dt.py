@@ -109,18 +109,28 @@ class _SequenceDT(nn.Module):
         return {} if self.tuner is None else self.tuner.context(state_emb, valid, tasks)
 
     def backbone(self, tokens: torch.Tensor, valid: torch.Tensor, state_emb: torch.Tensor | None = None,
-                 all_valid: bool | None = None, routed: dict | None = None, **kw) -> torch.Tensor:
-        """`tokens (B, K, n, D)` -> hidden `(B, K, n, D)`. `all_valid`: whether `valid` is all
-        True, when the caller knows it (unset: read from `valid`, a GPU synchronisation). `routed`:
-        the tuner's inputs when it routed before embedding (:meth:`route_first`)."""
+                 all_valid: bool | None = None, routed: dict | None = None, outputs: range | None = None,
+                 **kw) -> torch.Tensor:
+        """`tokens (B, K, n, D)` -> hidden `(B, K, n, D)`, or `(B, K, len(outputs), D)` for the
+        tokens `outputs` of every timestep only: the final block then computes no others, and the
+        tokens after the last of them (the classic DT's last action, the MDDT's last action dimension
+        and reward) are left out, as no token read can see them. `all_valid`:
+        whether `valid` is all True, when the caller knows it (unset: read from `valid`, a GPU
+        synchronisation). `routed`: the tuner's inputs when it routed before embedding
+        (:meth:`route_first`)."""
         b, k, n, d = tokens.shape
         if self.tuner is not None:
             kw = {**(self.tuner_inputs(state_emb, valid) if routed is None else routed), **kw}
         if all_valid is None:
             all_valid = bool(valid.all())
         v = None if all_valid else valid.repeat_interleave(n, dim=1)
-        h = self.transformer(tokens.reshape(b, k * n, d), valid=v, **kw)
-        return h.reshape(b, k, n, d)
+        seq = tokens.reshape(b, k * n, d)
+        if outputs is not None:
+            kw["rows"] = (torch.arange(k)[:, None] * n + torch.tensor(outputs)[None]).flatten()
+            end = (k - 1) * n + max(outputs) + 1
+            seq, v = seq[:, :end], None if v is None else v[:, :end]
+        h = self.transformer(seq, valid=v, **kw)
+        return h.reshape(b, k, -1, d)
 
     @staticmethod
     def loss_weight(batch: dict) -> torch.Tensor:
@@ -176,8 +186,9 @@ class MultiDomainDT(_SequenceDT):
         routed = self.route_first(batch)
         act_tok = self.action_tokens(batch["actions"], batch["action_mask"])
         tokens, s = self.embed(batch, act_tok)
-        h = self.backbone(tokens, batch["valid"], s, batch.get("all_valid"), routed, **kw)
-        return self.head(h[:, :, 1: 1 + self.cfg.act_dim])
+        h = self.backbone(tokens, batch["valid"], s, batch.get("all_valid"), routed,
+                          range(1, 1 + self.cfg.act_dim), **kw)
+        return self.head(h)
 
     def loss(self, batch: dict, **kw) -> tuple[torch.Tensor, dict]:
         logits = self.forward(batch, **kw)
@@ -239,8 +250,8 @@ class DecisionTransformer(_SequenceDT):
         """Predicted actions `(B, K, A)` (read at the state tokens)."""
         routed = self.route_first(batch)
         tokens, s = self.embed(batch)
-        h = self.backbone(tokens, batch["valid"], s, batch.get("all_valid"), routed, **kw)
-        return self.head(h[:, :, 1])
+        h = self.backbone(tokens, batch["valid"], s, batch.get("all_valid"), routed, range(1, 2), **kw)
+        return self.head(h[:, :, 0])
 
     def loss(self, batch: dict, **kw) -> tuple[torch.Tensor, dict]:
         pred = self.forward(batch, **kw).float()

