@@ -112,9 +112,7 @@ class _SequenceDT(nn.Module):
                  all_valid: bool | None = None, routed: dict | None = None, outputs: range | None = None,
                  **kw) -> torch.Tensor:
         """`tokens (B, K, n, D)` -> hidden `(B, K, n, D)`, or `(B, K, len(outputs), D)` for the
-        tokens `outputs` of every timestep only: the final block then computes no others, and the
-        tokens after the last of them (the classic DT's last action, the MDDT's last action dimension
-        and reward) are left out, as no token read can see them. `all_valid`:
+        tokens `outputs` of every timestep only (the final block then computes no others). `all_valid`:
         whether `valid` is all True, when the caller knows it (unset: read from `valid`, a GPU
         synchronisation). `routed`: the tuner's inputs when it routed before embedding
         (:meth:`route_first`)."""
@@ -124,12 +122,9 @@ class _SequenceDT(nn.Module):
         if all_valid is None:
             all_valid = bool(valid.all())
         v = None if all_valid else valid.repeat_interleave(n, dim=1)
-        seq = tokens.reshape(b, k * n, d)
         if outputs is not None:
             kw["rows"] = (torch.arange(k)[:, None] * n + torch.tensor(outputs)[None]).flatten()
-            end = (k - 1) * n + max(outputs) + 1
-            seq, v = seq[:, :end], None if v is None else v[:, :end]
-        h = self.transformer(seq, valid=v, **kw)
+        h = self.transformer(tokens.reshape(b, k * n, d), valid=v, **kw)
         return h.reshape(b, k, -1, d)
 
     @staticmethod
