@@ -44,3 +44,55 @@ def test_kept_done_skips_kept_runs_and_warns_about_another_budget(tmp_path):
     assert same.returncode == 0 and same.stderr == ""
     other = sh("kept_done k 20", tmp_path)
     assert other.returncode == 0 and "another number of updates" in other.stderr
+
+
+STUB = """#!/usr/bin/env python3
+# a stand-in for dtune: logs its arguments; `adapt` and `continual` write what a finished run writes
+import json, os, sys
+with open(os.environ["STUB_LOG"], "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1] in ("adapt", "continual"):
+    out = sys.argv[sys.argv.index("--out") + 1]
+    os.makedirs(out, exist_ok=True)
+    steps = int(sys.argv[sys.argv.index("--steps" if sys.argv[1] == "adapt" else "--steps-per-task") + 1])
+    with open(os.path.join(out, "result.json" if sys.argv[1] == "adapt" else "metrics.json"), "w") as f:
+        json.dump({"steps": steps}, f)
+"""
+
+
+def run_study(script: str, tmp_path: Path, **env) -> list[list[str]]:
+    """Run a study script with the stub dtune; the commands it ran."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(exist_ok=True)
+    (bin_dir / "dtune").write_text(STUB.replace("python3", sys.executable, 1))
+    (bin_dir / "dtune").chmod(0o755)
+    log = tmp_path / "calls.jsonl"
+    log.unlink(missing_ok=True)
+    path = f"{bin_dir}{os.pathsep}{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    r = subprocess.run(["bash", str(STUDY.parent / script)], cwd=tmp_path, capture_output=True, text=True,
+                       env={**os.environ, "PATH": path, "STUB_LOG": str(log), "LANES": "1",
+                            "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out"), **env})
+    assert r.returncode == 0, r.stderr
+    return [json.loads(line) for line in log.read_text().splitlines()]
+
+
+def test_cw10_study_scripts_pass_a_variants_options_and_keep_it_apart(tmp_path):
+    """A method or variant given as `name:--opt=value,...` runs with those options, into a folder of
+    its own; a kept run is not run again."""
+    io = "l2m-gauss-pre-io:--r=32,--pool-size=10,--target-modules,q,k"
+    calls = run_study("adapt_cw10/commands.sh", tmp_path, SEEDS="0", TASKS="hammer-v3", METHODS=f"lora {io}")
+    adapt = [c for c in calls if c[0] == "adapt"]
+    assert [c[c.index("--method") + 1] for c in adapt] == ["lora", "l2m-gauss-pre-io"]
+    assert adapt[1][adapt[1].index("--method") + 2: adapt[1].index("--steps")] == ["--r=32", "--pool-size=10",
+                                                                                   "--target-modules", "q", "k"]
+    kept = tmp_path / "out" / "runs" / "hammer-v3"
+    assert sorted(p.name for p in kept.iterdir()) == ["l2m-gauss-pre-io_r_32_pool-size_10_target-modules_q_k", "lora"]
+    assert calls[-1][0] == "report"
+    again = run_study("adapt_cw10/commands.sh", tmp_path, SEEDS="0", TASKS="hammer-v3", METHODS=f"lora {io}")
+    assert [c[0] for c in again if c[0] == "adapt"] == []  # both kept: nothing runs again
+
+    calls = run_study("l2m_cw10/commands.sh", tmp_path, SEEDS="1", STEPS="7", VARIANTS=io)
+    cont = [c for c in calls if c[0] == "continual"]
+    assert len(cont) == 1 and cont[0][cont[0].index("--method") + 1] == "l2m-gauss-pre-io"
+    assert "--r=32" in cont[0] and cont[0][cont[0].index("--steps-per-task") + 1] == "7"
+    assert (tmp_path / "out" / "runs" / "l2m-gauss-pre-io_r_32_pool-size_10_target-modules_q_k" / "s1" / "metrics.json").exists()
