@@ -541,7 +541,7 @@ def main(argv: list[str] | None = None) -> int:
     from dtune.data.storage import DatasetError
     from dtune.models.io import CheckpointError
     from dtune.tasks import UnknownTaskError
-    from dtune.train.engine import Interrupted, StateError
+    from dtune.train.engine import Interrupted, NonFiniteLoss, StateError
     from dtune.tuners import AdapterError
 
     warnings.filterwarnings("ignore", module="metaworld")
@@ -565,6 +565,9 @@ def main(argv: list[str] | None = None) -> int:
             ModuleNotFoundError) as e:
         print(f"dtune: error: {e}", file=sys.stderr)
         return 2
+    except NonFiniteLoss as e:
+        print(f"dtune: error: {e}", file=sys.stderr)
+        return 1
     except Interrupted as e:
         print(f"\ndtune: {e.message}", file=sys.stderr)
         return 130

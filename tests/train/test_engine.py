@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from dtune.models import build_model, preset
-from dtune.train.engine import (ActionLoss, Interrupted, Objective, OptimSettings, Trainer, TunerLoss, load_state,
-                                read_state_meta)
+from dtune.train.engine import (ActionLoss, Interrupted, NonFiniteLoss, Objective, OptimSettings, Trainer, TunerLoss,
+                                load_state, read_state_meta)
 from dtune.train.log import MetricsLog
 
 
@@ -191,3 +191,31 @@ def test_fused_adamw_by_default_and_equal_to_torchs_loop():
     assert any(not torch.equal(a, p) for a, p in zip(before, model.parameters()))
     for a, b in zip(model.parameters(), twin.parameters()):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+class NaNFrom(Objective):
+    """A loss term that turns NaN from update `start` on (as a diverging run or a miscompiled loss)."""
+
+    name = "nan"
+
+    def __init__(self, start: int):
+        self.start, self.calls = start, 0
+
+    def __call__(self, model, batch):
+        self.calls += 1
+        return (model.head.weight.sum() * float("nan") if self.calls >= self.start else None), {}
+
+
+@pytest.mark.parametrize("log_every,ckpt_every,raised_at,saved", [(1, 2, 5, [2, 4]), (5, 2, 5, [2, 4]),
+                                                                  (10, 3, 6, [3]), (10, 10, 10, [])])
+def test_a_non_finite_loss_stops_training_before_anything_is_saved(log_every, ckpt_every, raised_at, saved):
+    torch.manual_seed(0)
+    model = build_model(preset("tiny", state_dim=10, act_dim=2))
+    trainer = Trainer(model, RandomBatches(0), [ActionLoss(), NaNFrom(5)], OptimSettings(lr=1e-3, warmup_steps=2), 10,
+                      torch.device("cpu"), "fp32", log_every=log_every, progress=False)
+    calls = []
+    with pytest.raises(NonFiniteLoss, match="NaN or infinite between updates") as e:
+        trainer.fit(10, checkpoint=calls.append, ckpt_every=ckpt_every)
+    assert calls == saved and e.value.step == raised_at
+    assert e.value.saved == (saved[-1] if saved else None)
+    assert ("no checkpoint was written" in str(e.value)) == (not saved) and "--resume" in str(e.value)

@@ -47,6 +47,19 @@ class StateError(RuntimeError):
     """A training state that is missing, unreadable or inconsistent."""
 
 
+class NonFiniteLoss(RuntimeError):
+    """The training loss (or the gradient norm) became NaN or infinite. Raised at the next logged
+    row or checkpoint, before anything of the broken weights is saved."""
+
+    def __init__(self, since: int, step: int, saved: int | None):
+        where = f"the last checkpoint holds update {saved}" if saved is not None else "no checkpoint was written"
+        super().__init__(
+            f"the training loss became NaN or infinite between updates {since + 1} and {step}; stopped without "
+            f"saving ({where}). Lower the learning rate, train in fp32 (--precision fp32) or without --compile, "
+            "then continue from the checkpoint with --resume")
+        self.since, self.step, self.saved = since, step, saved
+
+
 @dataclass
 class OptimSettings:
     """Optimiser and schedule of one training phase."""
@@ -275,7 +288,14 @@ class Trainer:
         # is sampled.
         acc: dict[str, torch.Tensor] = {}
         n_acc, t_log, t0 = 0, time.perf_counter(), time.perf_counter()
-        last_saved = self.step
+        last_saved, saved_any, checked = self.step, False, self.step
+
+        def check_finite():  # before a row is logged or anything saved: the updates since the last check
+            nonlocal checked
+            if any(k in acc and not torch.isfinite(acc[k]).item() for k in ("loss", "grad_norm")):
+                raise NonFiniteLoss(checked, self.step, last_saved if saved_any or last_saved > 0 else None)
+            checked = self.step
+
         bar = tqdm(total=stop, initial=self.step, desc=self.desc, disable=not self.progress, unit="step")
         try:
             with _InterruptFlag() as flag:
@@ -287,6 +307,7 @@ class Trainer:
                     n_acc += 1
                     bar.update(1)
                     if self.step % self.log_every == 0 or self.step == stop:
+                        check_finite()
                         means = {k: float(v) / n_acc for k, v in acc.items()}
                         if self.dist is not None:
                             means = self.dist.mean(means)
@@ -300,12 +321,14 @@ class Trainer:
                         bar.set_postfix(loss=f"{row['loss']:.3f}")
                         acc, n_acc, t_log = {}, 0, now
                     if checkpoint is not None and ckpt_every and self.step % ckpt_every == 0:
+                        check_finite()
                         checkpoint(self.step)
-                        last_saved = self.step
+                        last_saved, saved_any = self.step, True
                     if flag.hit if self.dist is None else self.dist.any(flag.hit):
                         saved = False
                         if checkpoint is not None and self.step > 0:
                             if self.step != last_saved:
+                                check_finite()
                                 checkpoint(self.step)
                             saved = True
                         raise Interrupted(self.step, saved)
