@@ -250,16 +250,11 @@ def test_learned_positions_table_limit():
         gpt(torch.randn(1, 13, 16))
 
 
-@pytest.mark.parametrize("layout", ["gpt", "llama", "gpt2"])
-@pytest.mark.parametrize("case", ["plain", "padding", "cache", "prompt", "prefix"])
-@pytest.mark.parametrize("bf16", [False, True])
-def test_last_token_output_equals_full_forward(layout, case, bf16):
-    """`last=True` (what the evaluator asks for) gives the full forward's last hidden state, fills
-    the cache the same way, and later tokens see the same keys and values."""
-    kw = {"gpt": dict(n_layer=2, n_head=2, n_embd=16, dropout=0.0), "llama": LLAMA_LIKE, "gpt2": GPT2_LIKE}[layout]
-    torch.manual_seed(0)
-    model = GPT(GPTConfig(**kw)).eval()
-    x = torch.randn(3, 7, 16)
+LAYOUTS = {"gpt": dict(n_layer=2, n_head=2, n_embd=16, dropout=0.0), "llama": LLAMA_LIKE, "gpt2": GPT2_LIKE}
+
+
+def case_args(model: GPT, case: str) -> dict:
+    """The extra inputs of a test case for a 7-token batch of 3 (padding, prompt or prefix)."""
     args = {}
     if case == "padding":
         args["valid"] = torch.tensor([[False, True, True, True, True, True, True]] * 3)
@@ -268,6 +263,20 @@ def test_last_token_output_equals_full_forward(layout, case, bf16):
     if case == "prefix":
         h = model.cfg.n_head
         args["prefix"] = [(torch.randn(1, h, 3, 16 // h), torch.randn(1, h, 3, 16 // h)) for _ in range(2)]
+    return args
+
+
+@pytest.mark.parametrize("layout", ["gpt", "llama", "gpt2"])
+@pytest.mark.parametrize("case", ["plain", "padding", "cache", "prompt", "prefix"])
+@pytest.mark.parametrize("bf16", [False, True])
+def test_last_token_output_equals_full_forward(layout, case, bf16):
+    """`last=True` (what the evaluator asks for) gives the full forward's last hidden state, fills
+    the cache the same way, and later tokens see the same keys and values."""
+    kw = LAYOUTS[layout]
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**kw)).eval()
+    x = torch.randn(3, 7, 16)
+    args = case_args(model, case)
     tol = dict(atol=3e-2, rtol=3e-2) if bf16 else {}
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
         if case == "cache":
@@ -290,21 +299,14 @@ def test_selected_rows_equal_full_forward_with_gradients(layout, case, bf16):
     """`rows` (what training asks for: the tokens the loss reads) gives the full forward's hidden
     states of those tokens, and the same gradients for every weight and input, in training mode
     (written-out attention on CPUs) and in evaluation mode (SDPA in fp32)."""
-    kw = {"gpt": dict(n_layer=2, n_head=2, n_embd=16, dropout=0.0), "llama": LLAMA_LIKE, "gpt2": GPT2_LIKE}[layout]
+    kw = LAYOUTS[layout]
     torch.manual_seed(0)
     model = GPT(GPTConfig(**kw))
     for block in model.h:  # a rate that drops nothing, so training mode takes the written-out attention in fp32 too
         block.attn.attn_dropout = 1e-12
     x = torch.randn(3, 7, 16, requires_grad=True)
     rows = torch.tensor([1, 2, 4, 6])
-    args = {}
-    if case == "padding":
-        args["valid"] = torch.tensor([[False, True, True, True, True, True, True]] * 3)
-    if case == "prompt":
-        args["prompt"] = torch.randn(1, 2, 16)
-    if case == "prefix":
-        h = model.cfg.n_head
-        args["prefix"] = [(torch.randn(1, h, 3, 16 // h), torch.randn(1, h, 3, 16 // h)) for _ in range(2)]
+    args = case_args(model, case)
     tol = dict(atol=3e-2, rtol=3e-2) if bf16 else dict(atol=1e-5, rtol=1e-5)
     for train in (True, False):
         model.train(train)

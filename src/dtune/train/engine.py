@@ -288,12 +288,12 @@ class Trainer:
         # is sampled.
         acc: dict[str, torch.Tensor] = {}
         n_acc, t_log, t0 = 0, time.perf_counter(), time.perf_counter()
-        last_saved, saved_any, checked = self.step, False, self.step
+        last_saved, checked = self.step, self.step
 
         def check_finite():  # before a row is logged or anything saved: the updates since the last check
             nonlocal checked
             if any(k in acc and not torch.isfinite(acc[k]).item() for k in ("loss", "grad_norm")):
-                raise NonFiniteLoss(checked, self.step, last_saved if saved_any or last_saved > 0 else None)
+                raise NonFiniteLoss(checked, self.step, last_saved if last_saved > 0 else None)
             checked = self.step
 
         bar = tqdm(total=stop, initial=self.step, desc=self.desc, disable=not self.progress, unit="step")
@@ -323,7 +323,7 @@ class Trainer:
                     if checkpoint is not None and ckpt_every and self.step % ckpt_every == 0:
                         check_finite()
                         checkpoint(self.step)
-                        last_saved, saved_any = self.step, True
+                        last_saved = self.step
                     if flag.hit if self.dist is None else self.dist.any(flag.hit):
                         saved = False
                         if checkpoint is not None and self.step > 0:
