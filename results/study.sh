@@ -30,10 +30,11 @@ kept_done() {
 }
 
 # restore_mujoco_data DATA: the committed D4RL-style MuJoCo and Reacher2d datasets (with their SAC
-# agents; results/mujoco_data/store) copied into the data root DATA, where missing.
+# agents; results/mujoco_data/store, or $DTUNE_STORE) copied into the data root DATA, where missing. The
+# store holds any suite's datasets (the DMC SAC buffers too: results/dmc_data/commands.sh).
 restore_mujoco_data() {
   local store
-  store="$(dirname "${BASH_SOURCE[0]}")/mujoco_data/store"
+  store="${DTUNE_STORE:-$(dirname "${BASH_SOURCE[0]}")/mujoco_data/store}"
   local gz
   mkdir -p "$1"
   [ -d "$store/.work" ] && cp -rn "$store/.work" "$1/"  # SAC runs a session left unfinished
@@ -50,7 +51,7 @@ restore_mujoco_data() {
 # replaced by the dataset once the run finishes (store_mujoco_data drops it).
 store_sac_checkpoint() {
   local store
-  store="$(dirname "${BASH_SOURCE[0]}")/mujoco_data/store"
+  store="${DTUNE_STORE:-$(dirname "${BASH_SOURCE[0]}")/mujoco_data/store}"
   [ -f "$1/.work/$2/$3/state.json" ] || { echo "no SAC checkpoint $2/$3 in $1" >&2; return 1; }
   mkdir -p "$store/.work/$2"
   rm -rf "$store/.work/$2/$3.tmp"; cp -r "$1/.work/$2/$3" "$store/.work/$2/$3.tmp"
@@ -61,7 +62,7 @@ store_sac_checkpoint() {
 # committed store (where missing), so that later sessions restore them instead of re-running SAC.
 store_mujoco_data() {
   local root=$1 store d
-  store="$(dirname "${BASH_SOURCE[0]}")/mujoco_data/store"
+  store="${DTUNE_STORE:-$(dirname "${BASH_SOURCE[0]}")/mujoco_data/store}"
   shift
   for d in "$@"; do
     [ -d "$store/dtune/$d-v0" ] && continue

@@ -3,6 +3,7 @@ which runs a committed report is made from."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,6 +52,16 @@ STUB = """#!/usr/bin/env python3
 import json, os, sys
 with open(os.environ["STUB_LOG"], "a") as f:
     f.write(json.dumps(sys.argv[1:]) + "\\n")
+if sys.argv[1:3] == ["data", "sac"]:  # a finished dataset per task of the set
+    from dtune.tasks import resolve_tasks
+    root = sys.argv[sys.argv.index("--data-dir") + 1]
+    for task in resolve_tasks(sys.argv[sys.argv.index("--tasks") + 1]):
+        d = os.path.join(root, "dtune", "dmc", task, "sac-replay-v0", "data")
+        os.makedirs(d, exist_ok=True)
+        with open(os.path.join(d, "main_data.hdf5"), "w") as f:
+            f.write(task * 100)
+        with open(os.path.join(d, "metadata.json"), "w") as f:
+            json.dump({"task": task}, f)
 if sys.argv[1] in ("adapt", "continual"):
     out = sys.argv[sys.argv.index("--out") + 1]
     os.makedirs(out, exist_ok=True)
@@ -96,3 +107,19 @@ def test_cw10_study_scripts_pass_a_variants_options_and_keep_it_apart(tmp_path):
     assert len(cont) == 1 and cont[0][cont[0].index("--method") + 1] == "l2m-gauss-pre-io"
     assert "--r=32" in cont[0] and cont[0][cont[0].index("--steps-per-task") + 1] == "7"
     assert (tmp_path / "out" / "runs" / "l2m-gauss-pre-io_r_32_pool-size_10_target-modules_q_k" / "s1" / "metrics.json").exists()
+
+
+def test_dmc_data_script_stores_finished_datasets_and_restores_them(tmp_path):
+    """results/dmc_data/commands.sh puts each finished SAC dataset into the committed store (gzipped)
+    and a machine without the data gets it back from there."""
+    store, data = tmp_path / "store", tmp_path / "data"
+    calls = run_study("dmc_data/commands.sh", tmp_path, SETS="dmc6", DATA=str(data), DTUNE_STORE=str(store))
+    assert [c[:2] for c in calls] == [["data", "sac"], ["data", "report"]]
+    stored = sorted(p.parent.parent.parent.name for p in store.glob("dtune/dmc/*/sac-replay-v0/data/main_data.hdf5.gz"))
+    assert stored == sorted(["ball_in_cup-catch", "cartpole-swingup", "cheetah-run", "finger-spin", "reacher-easy",
+                             "walker-walk"])
+    shutil.rmtree(data)
+    assert sh(f'DTUNE_STORE="{store}" restore_mujoco_data "{data}"', tmp_path).returncode == 0
+    restored = data / "dtune" / "dmc" / "walker-walk" / "sac-replay-v0" / "data"
+    assert (restored / "main_data.hdf5").read_text() == "walker-walk" * 100
+    assert not list(data.rglob("*.gz"))
