@@ -64,6 +64,7 @@ import numpy as np
 
 from dtune.runtime.workers import RemoteTraceback, WorkerError, die_with_parent, portable_exception
 from dtune.tasks import SUITES, TaskSpec, get_suite, get_task, make_env, register_suite
+from dtune.tasks.mjcache import compile_once
 
 __all__ = ["VecEnv", "shared_vecenv", "close_shared"]
 
@@ -117,16 +118,17 @@ class _Worker:
         self.v = _views(self.shm.buf, layout)
         taken: dict[tuple[str, int], int] = {}
         self.envs, self.act_dims, self.index = [], [], []
-        for name, horizon, act_dim, index in keys:  # the same reuse rule as rollout.pooled_envs
-            key = (name, horizon)
-            pool = self.cache.setdefault(key, [])
-            i = taken.get(key, 0)
-            if i == len(pool):
-                pool.append(make_env(name, seed=0, horizon=horizon))
-            self.envs.append(pool[i])
-            taken[key] = i + 1
-            self.act_dims.append(act_dim)
-            self.index.append(index)
+        with compile_once():  # the same reuse rule as rollout.pooled_envs, one compilation per model
+            for name, horizon, act_dim, index in keys:
+                key = (name, horizon)
+                pool = self.cache.setdefault(key, [])
+                i = taken.get(key, 0)
+                if i == len(pool):
+                    pool.append(make_env(name, seed=0, horizon=horizon))
+                self.envs.append(pool[i])
+                taken[key] = i + 1
+                self.act_dims.append(act_dim)
+                self.index.append(index)
         self.lo = lo
         self.obs_dims = [0] * len(self.envs)
         return sum(len(p) for p in self.cache.values())
