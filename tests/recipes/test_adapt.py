@@ -11,6 +11,8 @@ from safetensors.torch import load_file
 from dtune import tuners
 from dtune.cli import main
 from dtune.recipes.adapt import AdaptConfig, adapt
+from dtune.recipes import adapt as adapt_module
+from dtune.recipes import tuning
 from dtune.recipes.evaluate import EvalConfig, evaluate
 
 
@@ -36,10 +38,29 @@ def test_adapt_saves_only_the_adapter_and_reloads_it(base, tiny_data, tmp_path):
     again = evaluate(EvalConfig(checkpoint=str(base), adapter=str(tmp_path / "a"), episodes=2, horizon=10, progress=False))
     assert list(again["tasks"]) == ["door-open-v3"]
     assert again["tasks"]["door-open-v3"]["score"] == res["new_task_score"]
-    # the unadapted model's pre-training score was cached in the checkpoint
-    assert len(list((base / "eval_cache").glob("*.json"))) == 1
+    # the unadapted model's pre-training and new-task scores were cached in the checkpoint
+    cached = {(tuple(k["tasks"]), k["episodes"]) for k in
+              (json.loads(p.read_text())["key"] for p in (base / "eval_cache").glob("*.json"))}
+    assert {(("door-open-v3",), 2), (("cartpole-balance", "reach-v3"), 1)} <= cached
     with pytest.raises(ValueError, match="already holds a dtune adapt run"):
         adapt(cfg(base, tiny_data, tmp_path / "a"))
+
+
+def test_another_method_reads_the_unadapted_scores_from_the_cache(base, tiny_data, tmp_path, monkeypatch):
+    first = adapt(cfg(base, tiny_data, tmp_path / "a"))
+    calls = []
+    real = tuning.evaluate_model
+
+    def counted(*a, **k):
+        calls.append(a[2])
+        return real(*a, **k)
+
+    monkeypatch.setattr(tuning, "evaluate_model", counted)
+    monkeypatch.setattr(adapt_module, "evaluate_model", counted)
+    second = adapt(cfg(base, tiny_data, tmp_path / "b", method="full", seed=1))
+    assert len(calls) == 2  # the adapted model on the new task and on the pre-training tasks; nothing unadapted
+    assert second["new_task_before"] == first["new_task_before"]
+    assert second["pretrain_before"] == first["pretrain_before"]
 
 
 @pytest.mark.parametrize("method", ["ewc", "l2m-pretrain-keys", "l2p"])

@@ -132,9 +132,12 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     info = {cfg.task: {**data.task_info[cfg.task], **dataset_statistics(root, cfg.task, data.sources[cfg.task])}}
     eval_config = {**run_config, "task_info": {**run_config.get("task_info", {}), **info}}
     before_new = None
-    if cfg.eval_episodes > 0 and main:
-        before_new = evaluate_model(model, eval_config, cfg.task, cfg.eval_episodes, cfg.eval_seed, cfg.horizon,
-                                    env_workers=cfg.env_workers, precision=cfg.eval_precision)
+    if cfg.eval_episodes > 0 and main:  # the same for every method and seed of a study: cached like before_pre
+        t0 = time.perf_counter()
+        before_new = cached_eval(cfg.checkpoint, model, eval_config, [cfg.task], cfg.eval_episodes, cfg.eval_seed,
+                                 cfg.horizon, cfg.progress, cfg.env_workers, cfg.eval_precision,
+                                 desc=f"evaluate {cfg.task}, unadapted")
+        t_eval += time.perf_counter() - t0
 
     torch.manual_seed(cfg.seed)
     tuner = tuners.attach(model, cfg.method, method_config)

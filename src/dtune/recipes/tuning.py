@@ -253,7 +253,8 @@ def eval_code_digest() -> str:
 
 
 def cached_eval(checkpoint: str, model, run_config: dict, tasks: list[str], episodes: int, seed: int,
-                horizon: int | None, progress: bool, env_workers: int = 0, precision: str = "fp32") -> dict:
+                horizon: int | None, progress: bool, env_workers: int = 0, precision: str = "fp32",
+                desc: str | None = None) -> dict:
     """Evaluation of the *unadapted* checkpoint, cached in `CHECKPOINT/eval_cache/` under a key of
     everything that decides it: the weights, the evaluation settings (tasks, episodes, seed,
     horizon, the tasks' targets and score references, the input layout, the device type and
@@ -277,7 +278,7 @@ def cached_eval(checkpoint: str, model, run_config: dict, tasks: list[str], epis
         if isinstance(doc, dict) and doc.get("key") == key and "result" in doc:
             return doc["result"]
     res = evaluate_model(model, run_config, tasks, episodes, seed, horizon, progress,
-                         desc=f"evaluate {len(tasks)} pre-training task(s), unadapted", env_workers=env_workers,
+                         desc=desc or f"evaluate {len(tasks)} task(s), unadapted", env_workers=env_workers,
                          precision=precision)
     try:
         path.parent.mkdir(exist_ok=True)
