@@ -9,6 +9,7 @@ import pytest
 
 from dtune.data.importer import import_minari
 from dtune.data.storage import DatasetError, dataset_dir, list_datasets, read_episodes, read_metadata
+from dtune.tasks.kitchen import TASKS
 
 
 def write_minari(folder, obs_space, act_space, episodes, metadata=None):
@@ -74,13 +75,13 @@ def test_kitchen_dict_observations_by_minari_id(tmp_path, monkeypatch):
     """D4RL's kitchen data in Minari: dict observations (59-dim `observation` + goals) -> the `observation` entry;
     no references in the data; an episode whose flags fire mid-way is split there."""
     rng = np.random.default_rng(1)
-    goal = gym.spaces.Dict({"kettle": box(7), "microwave": box(1)})
+    goal = gym.spaces.Dict({k: box(1) for k in TASKS["kitchen-complete"]})
     obs_space = gym.spaces.Dict({"achieved_goal": goal, "desired_goal": goal, "observation": box(59)})
 
     def episode(n, term_at):
         t = np.zeros(n, bool)
         t[term_at] = True
-        g = {"kettle": np.zeros((n + 1, 7), np.float32), "microwave": np.zeros((n + 1, 1), np.float32)}
+        g = {k: np.zeros((n + 1, 1), np.float32) for k in TASKS["kitchen-complete"]}
         return dict(seed=None, observations={"achieved_goal": g, "desired_goal": g,
                                              "observation": rng.standard_normal((n + 1, 59)).astype(np.float32)},
                     actions=rng.uniform(-1.2, 1.2, (n, 9)).astype(np.float32), rewards=np.ones(n),
@@ -102,6 +103,27 @@ def test_kitchen_dict_observations_by_minari_id(tmp_path, monkeypatch):
     assert meta["dtune"]["imported_from"]["episodes_split"] == 1 and meta["dtune"]["clipped_action_steps"] > 0
 
 
+def kitchen_goal_episode(keys, n=3):
+    g = {k: np.zeros((n + 1, 1), np.float32) for k in keys}
+    return dict(seed=0, observations={"desired_goal": g, "observation": np.zeros((n + 1, 59), np.float32)},
+                actions=np.zeros((n, 9), np.float32), rewards=np.ones(n), terminations=np.zeros(n, bool),
+                truncations=np.eye(n, dtype=bool)[-1], infos={})
+
+
+def test_kitchen_data_of_other_subtasks_is_refused_and_goes_to_its_own_task(tmp_path):
+    """D4RL's kitchen-mixed data rewards the bottom burner, not the slide cabinet: it is not
+    kitchen-complete's data (its returns would count other subtasks than the evaluation)."""
+    mixed = TASKS["kitchen-mixed"]
+    space = gym.spaces.Dict({"desired_goal": gym.spaces.Dict({k: box(1) for k in mixed}), "observation": box(59)})
+    src = write_minari(tmp_path / "mixed", space, gym.spaces.Box(-1, 1, (9,), np.float32), [kitchen_goal_episode(mixed)])
+    with pytest.raises(DatasetError, match="bottom burner.*import it as task kitchen-mixed"):
+        import_minari(src, "kitchen-complete", "mixed", tmp_path / "dt")
+    assert not (tmp_path / "dt" / "dtune").exists() or not list((tmp_path / "dt" / "dtune").rglob("*.hdf5"))
+    import_minari(src, "kitchen-mixed", "mixed", tmp_path / "dt")
+    assert list_datasets(tmp_path / "dt") == [("kitchen-mixed", "mixed")]
+    assert TASKS["kitchen-mixed"] == ("microwave", "kettle", "bottom burner", "light switch")  # D4RL's mixed
+
+
 def test_clear_errors(tmp_path):
     rng = np.random.default_rng(2)
     src = write_minari(tmp_path / "m", box(12), gym.spaces.Box(-1, 1, (2,), np.float32), [flat_episode(rng, 3, 12, 2, 0)])
@@ -121,6 +143,28 @@ def test_clear_errors(tmp_path):
                              terminations=np.zeros(2, bool), truncations=np.array([False, True]), infos={})])
     with pytest.raises(DatasetError, match="without an 'observation' entry"):
         import_minari(img, "reacher2d", "x", tmp_path / "dt")
+    nested = write_minari(tmp_path / "nested", gym.spaces.Dict({"observation": gym.spaces.Dict({"a": box(12)})}),
+                          gym.spaces.Box(-1, 1, (2,)),
+                          [dict(seed=0, observations={"observation": {"a": np.zeros((3, 12), np.float32)}},
+                                actions=np.zeros((2, 2), np.float32), rewards=np.zeros(2),
+                                terminations=np.zeros(2, bool), truncations=np.array([False, True]), infos={})])
+    with pytest.raises(DatasetError, match="'observation' entry holds Dict observations"):
+        import_minari(nested, "reacher2d", "x", tmp_path / "dt")
+
+
+def test_malformed_episodes_are_refused_and_nothing_is_written(tmp_path):
+    rng = np.random.default_rng(3)
+    ep = flat_episode(rng, 3, 12, 2, 0)
+    ep["actions"] = ep["actions"][:2]  # 3 steps, 2 actions
+    src = write_minari(tmp_path / "bad", box(12), gym.spaces.Box(-1, 1, (2,), np.float32), [ep])
+    with pytest.raises(DatasetError, match=r"episode 0 has 3 rewards but actions of shape \(2, 2\)"):
+        import_minari(src, "reacher2d", "bad", tmp_path / "dt")
+    ep = flat_episode(rng, 3, 12, 2, 0)
+    ep["terminations"] = ep["terminations"][:2]
+    src = write_minari(tmp_path / "flags", box(12), gym.spaces.Box(-1, 1, (2,), np.float32), [ep])
+    with pytest.raises(DatasetError, match="2 terminations and 3 truncations"):
+        import_minari(src, "reacher2d", "bad", tmp_path / "dt")
+    assert list_datasets(tmp_path / "dt") == []
 
 
 def test_the_command_line_imports(tmp_path, capsys):

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from dtune.data.storage import DatasetError, Episode, data_root, dataset_dir, dataset_id, episode_stats, write_dataset
-from dtune.tasks import get_task
+from dtune.tasks import get_suite, get_task
 
 OBS_KEY = "observation"
 SOURCE_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
@@ -55,6 +55,9 @@ def _obs_array(obs, space, name: str) -> tuple[np.ndarray, str | None]:
         if OBS_KEY not in space.spaces:
             raise DatasetError(f"{name} has dict observations without an {OBS_KEY!r} entry (keys: "
                                f"{', '.join(space.spaces)}); dtune imports flat Box observations or that entry")
+        if not isinstance(space.spaces[OBS_KEY], gym.spaces.Box):
+            raise DatasetError(f"{name}'s {OBS_KEY!r} entry holds {type(space.spaces[OBS_KEY]).__name__} observations; "
+                               f"dtune imports flat Box observations (or a dict's {OBS_KEY!r} Box)")
         return _obs_array(obs[OBS_KEY], space.spaces[OBS_KEY], name)[0], OBS_KEY
     if not isinstance(space, gym.spaces.Box):
         raise DatasetError(f"{name} has {type(space).__name__} observations; dtune imports flat Box observations "
@@ -66,7 +69,7 @@ def _obs_array(obs, space, name: str) -> tuple[np.ndarray, str | None]:
 def _obs_size(space) -> tuple[int, str | None]:
     import gymnasium as gym
 
-    if isinstance(space, gym.spaces.Dict) and OBS_KEY in space.spaces:
+    if isinstance(space, gym.spaces.Dict) and isinstance(space.spaces.get(OBS_KEY), gym.spaces.Box):
         return int(np.prod(space.spaces[OBS_KEY].shape)), OBS_KEY
     if isinstance(space, gym.spaces.Box):
         return int(np.prod(space.shape)), None
@@ -137,6 +140,10 @@ def import_minari(path_or_id: str | os.PathLike, task: str, source: str,
         raise DatasetError(
             f"{name} does not fit task {task} (suite {spec.suite}): {what} have {obs_dim} dims and its actions "
             f"{act_dim}, the task has {spec.obs_dim} and {spec.act_dim}; import it as a task with those sizes")
+    try:
+        get_suite(spec.suite).check_import(spec, obs_space)
+    except ValueError as e:
+        raise DatasetError(f"{name} does not fit task {task}: {e}") from e
     n_eps = int(storage.total_episodes)
     if n_eps == 0:
         raise DatasetError(f"{name} at {data_path} has no episodes")
@@ -150,19 +157,26 @@ def import_minari(path_or_id: str | os.PathLike, task: str, source: str,
         if n == 0:
             continue
         obs = _obs_array(ep["observations"], obs_space, name)[0].astype(np.float32)
-        act = np.asarray(ep["actions"], dtype=np.float64).reshape(n, -1)
+        act = np.asarray(ep["actions"], dtype=np.float64)
+        term = np.asarray(ep["terminations"], dtype=bool).reshape(-1)
+        trunc = np.asarray(ep["truncations"], dtype=bool).reshape(-1)
         if len(obs) != n + 1:
             raise DatasetError(f"{name}: episode {ep['id']} has {len(obs)} observations for {n} steps (expected {n + 1})")
+        if act.shape != (n, *act_space.shape) or len(term) != n or len(trunc) != n:
+            raise DatasetError(f"{name}: episode {ep['id']} has {n} rewards but actions of shape {act.shape} "
+                               f"(expected {(n, *act_space.shape)}), {len(term)} terminations and {len(trunc)} "
+                               "truncations; the dataset is malformed: repair or re-record that episode")
+        act = act.reshape(n, -1)
         outside = np.abs(act) > 1.0
         n_clipped += int(outside.any(axis=1).sum())
         n_act += n
         act = np.clip(act, -1.0, 1.0).astype(np.float32)
-        term = np.asarray(ep["terminations"], dtype=bool).reshape(-1)
-        trunc = np.asarray(ep["truncations"], dtype=bool).reshape(-1)
         parts = _split(obs, act, rew, _success(ep.get("infos"), n), term, trunc, -1 if seed is None else int(seed))
         split += len(parts) - 1
         episodes.extend(parts)
 
+    if not episodes:
+        raise DatasetError(f"{name} at {data_path} has {n_eps} episode(s), none with a step: nothing to import")
     flat = {"rewards": np.concatenate([e.rewards for e in episodes]),
             "success": np.concatenate([e.success for e in episodes]),
             "lengths": np.asarray([len(e) for e in episodes])}

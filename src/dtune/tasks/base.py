@@ -108,6 +108,11 @@ class Suite:
         the behaviour agent's training stops), for `dtune data sac --stop-at LEVEL`."""
         return {}
 
+    def check_import(self, task: TaskSpec, observation_space) -> None:
+        """Raise `ValueError` (saying why and what to do) when a dataset recorded with
+        `observation_space` (a gymnasium space) does not belong to `task` although its sizes fit,
+        e.g. a goal-conditioned dataset whose goals are another task's. The default accepts it."""
+
     def gym_spec(self, task: TaskSpec) -> dict | None:
         """How Minari's `recover_environment` can rebuild the environment of a dataset. The
         default wraps :meth:`make_env` in a gymnasium env (`dtune.tasks.gym`), which works

@@ -2,9 +2,12 @@
 Gymnasium-Robotics' `FrankaKitchen-v1` as the environment (`pip install 'dtune[kitchen]'`, i.e.
 gymnasium-robotics; imported only when a kitchen environment is made).
 
-One task, `kitchen-complete`: the 4 subtasks of D4RL's kitchen-complete (microwave, kettle, light
-switch, slide cabinet), on which LaMo evaluates models trained on either the `complete` or the
-`partial` data. Observations are the 59-dim `observation` entry of the env's dict observation
+Two tasks: `kitchen-complete`, the 4 subtasks of D4RL's kitchen-complete and kitchen-partial
+(microwave, kettle, light switch, slide cabinet), on which LaMo evaluates models trained on either
+the `complete` or the `partial` data; and `kitchen-mixed`, D4RL's kitchen-mixed subtasks (microwave,
+kettle, bottom burner, light switch), the task of the `mixed` data. An imported dataset whose goals
+name other subtasks than its task's is refused (:meth:`KitchenSuite.check_import`): its rewards
+count other subtasks than the evaluation does. Observations are the 59-dim `observation` entry of the env's dict observation
 (robot joint positions and velocities, object positions and velocities); 9 actions in [-1, 1];
 280 steps. The reward is Gymnasium-Robotics': the number of subtasks completed at that step (each
 counts once), so an episode's return is the number of subtasks it completed, 0 to 4; the episode
@@ -27,7 +30,9 @@ ACT_DIM = 9
 ENV_ID = "FrankaKitchen-v1"
 TASKS: dict[str, tuple[str, ...]] = {
     "kitchen-complete": ("microwave", "kettle", "light switch", "slide cabinet"),
+    "kitchen-mixed": ("microwave", "kettle", "bottom burner", "light switch"),
 }
+"""Task -> the subtasks it is scored on (Gymnasium-Robotics' `tasks_to_complete`)."""
 
 
 def _gym_robotics():
@@ -84,3 +89,17 @@ class KitchenSuite(Suite):
 
     def make_env(self, task: TaskSpec, seed: int):
         return KitchenEnv(TASKS[task.name], task.horizon)
+
+    def check_import(self, task: TaskSpec, observation_space) -> None:
+        """The dataset's goals (the keys of a dict `desired_goal`, as Gymnasium-Robotics and Minari's
+        D4RL/kitchen datasets store them) must be the task's subtasks."""
+        goal = getattr(observation_space, "spaces", {}).get("desired_goal")
+        if goal is None or not hasattr(goal, "spaces"):
+            return
+        have, want = set(goal.spaces), set(TASKS[task.name])
+        if have != want:
+            fits = [n for n, sub in TASKS.items() if set(sub) == have]
+            tasks = "; ".join(f"{n}: {', '.join(sub)}" for n, sub in TASKS.items())
+            hint = f"import it as task {fits[0]}" if fits else f"no kitchen task has those subtasks ({tasks})"
+            raise ValueError(f"its goals are {', '.join(sorted(have))}, but task {task.name} is scored on "
+                             f"{', '.join(sorted(want))}: its rewards count other subtasks; {hint}")
