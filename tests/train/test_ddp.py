@@ -76,10 +76,13 @@ def test_distributed_resume_is_exact(tiny_data, tmp_path):
 
 
 @pytest.mark.slow
-def test_adaptation_under_torchrun(base, tiny_data, tmp_path):
+@pytest.mark.parametrize("method", ["lora", "l2p", "l2m"])
+def test_adaptation_under_torchrun(base, tiny_data, tmp_path, method):
+    """LoRA, and the pool methods whose keys only their key-pull term reaches (a non-differentiable top-k
+    routes): the same losses, action accuracy, weights and pool counts as one process."""
     cmd = ["adapt", "--checkpoint", str(base), "--task", "door-open-v3", "--steps", "4", "--batch-size", "8",
            "--precision", "fp32", "--device", "cpu", "--log-every", "1", "--no-progress", "--no-pretrain-eval",
-           "--eval-episodes", "1", "--horizon", "5", "--data-dir", str(tiny_data), "lora"]
+           "--eval-episodes", "1", "--horizon", "5", "--data-dir", str(tiny_data), method]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     one = subprocess.run([sys.executable, "-m", "dtune.cli", *cmd, "--out", str(tmp_path / "one")], env=env,
                          capture_output=True, text=True, timeout=300)
@@ -88,8 +91,12 @@ def test_adaptation_under_torchrun(base, tiny_data, tmp_path):
                          text=True, timeout=300)
     assert one.returncode == 0 and two.returncode == 0, two.stderr[-3000:]
     np.testing.assert_allclose(losses(tmp_path / "two"), losses(tmp_path / "one"), rtol=1e-5)
-    assert two.stdout.count("| lora") == 1  # rank 0 reports, once
+    acc = [[json.loads(x)["action_acc"] for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+           for d in ("one", "two")]
+    np.testing.assert_allclose(acc[1], acc[0], rtol=1e-6)  # weighted like the loss across the processes
+    assert two.stdout.count(f"| {method}") == 1  # rank 0 reports, once
     a = load_file(str(tmp_path / "one" / "adapter.safetensors"))
     b = load_file(str(tmp_path / "two" / "adapter.safetensors"))
+    assert method == "lora" or any("counts" in k for k in a)  # the pools' selection counts are compared too
     for k in a:
         np.testing.assert_allclose(b[k].numpy(), a[k].numpy(), atol=1e-5, rtol=1e-4, err_msg=k)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
+import warnings
 
 import numpy as np
 import pytest
@@ -108,6 +109,19 @@ def test_sigint_checkpoints_between_updates_and_raises_interrupted(tmp_path):
     assert e.value.step == 3 and e.value.saved and saved == [3]  # update 3 finished, then saved
     assert read_state_meta(tmp_path)["step"] == 3
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers restored
+
+
+def test_resume_with_another_number_of_processes_warns(tmp_path):
+    from dtune.train.engine import rng_states, save_state
+
+    rng = rng_states()
+    rng.update({f"{k}.rank1": v for k, v in rng_states().items()})  # a state saved by 2 processes
+    save_state(tmp_path, 3, rng=rng)
+    with pytest.warns(UserWarning, match="saved by 2 process.*resumes in 1"):
+        load_state(tmp_path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        load_state(tmp_path, world=2)  # the same number: exact, no warning
 
 
 def test_inconsistent_state_is_refused(tmp_path):

@@ -192,7 +192,8 @@ class MultiDomainDT(_SequenceDT):
         ce = F.cross_entropy(logits.flatten(0, 2).float(), target.flatten(), reduction="none")
         loss = (ce * weight.flatten()).sum() / self.loss_denominator(batch, weight)
         with torch.no_grad():
-            acc = ((logits.argmax(-1) == target).float() * weight).sum() / weight.sum().clamp_min(1.0)
+            # over the loss's denominator: one process's share of a distributed batch is weighted like the loss
+            acc = ((logits.argmax(-1) == target).float() * weight).sum() / self.loss_denominator(batch, weight)
         return loss, {"loss": loss.detach(), "action_acc": acc}
 
 

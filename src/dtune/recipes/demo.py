@@ -40,8 +40,10 @@ def demo(cfg: DemoConfig, say=print) -> dict:
     from dtune.models.io import WEIGHTS
     from dtune.recipes.evaluate import EvalConfig, evaluate
     from dtune.recipes.pretrain import PretrainConfig, pretrain
+    from dtune.runtime.dist import single_process
     from dtune.train.engine import STATE_J
 
+    single_process("dtune demo")
     out = claim_out(cfg.out, "demo")
     data_dir = cfg.data_dir or str(out / "data")
     out.mkdir(parents=True, exist_ok=True)

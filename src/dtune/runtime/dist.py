@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 
@@ -74,7 +75,10 @@ def init_distributed(device: str = "auto") -> Dist | None:
     if cuda:
         torch.cuda.set_device(dev)
     if not torch.distributed.is_initialized():
-        torch.distributed.init_process_group("nccl" if cuda else "gloo")
+        # rank 0 alone evaluates the unadapted model before training (uncached, tens of minutes for many tasks)
+        # while the other ranks wait in a collective: a timeout above torch's defaults (gloo 30 min, NCCL 10)
+        minutes = float(os.environ.get("DTUNE_DIST_TIMEOUT_MIN", "180"))
+        torch.distributed.init_process_group("nccl" if cuda else "gloo", timeout=timedelta(minutes=minutes))
     return Dist(rank, world, local, dev)
 
 

@@ -17,6 +17,7 @@ import json
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -180,7 +181,11 @@ class _LossModule(torch.nn.Module):
         self.model = model
 
     def forward(self, batch):
-        return self.model.loss(batch)
+        loss, metrics = self.model.loss(batch)
+        tuner = getattr(self.model, "tuner", None)
+        # a tuner's term of this forward (L2P/L2M's key-pull loss) is an output too: DistributedDataParallel
+        # then sees the parameters only it reaches (the pool keys; routing itself is a non-differentiable top-k)
+        return loss, metrics, tuner.aux_loss() if tuner is not None else None
 
 
 class _LossView:
@@ -192,7 +197,8 @@ class _LossView:
         self._model, self._loss = model, loss_fn
 
     def loss(self, batch):
-        return self._loss(batch)
+        loss, metrics, _ = self._loss(batch)  # the tuner's term reaches the objectives through the tuner
+        return loss, metrics
 
     def __getattr__(self, name):
         return getattr(self._model, name)
@@ -351,7 +357,8 @@ class Trainer:
     def load(self, run_dir: str | Path, weights_file: str | None = None) -> tuple[dict, dict]:
         """Restore optimiser, RNGs, objectives and step; returns the state's JSON and its model tensors."""
         meta, model_tensors = load_state(run_dir, self.optimizer, self.sampler, self.objectives, weights_file,
-                                         rank=0 if self.dist is None else self.dist.rank, device=self.device)
+                                         rank=0 if self.dist is None else self.dist.rank, device=self.device,
+                                         world=1 if self.dist is None else self.dist.world)
         self.step = int(meta["step"])
         return meta, model_tensors
 
@@ -411,9 +418,10 @@ def read_state_meta(run_dir: str | Path) -> dict | None:
 
 
 def load_state(run_dir: str | Path, optimizer=None, sampler=None, objectives=(), weights_file: str | None = None,
-               rank: int = 0, device: torch.device | None = None) -> tuple[dict, dict]:
+               rank: int = 0, device: torch.device | None = None, world: int = 1) -> tuple[dict, dict]:
     """Restore what :func:`save_state` wrote (``rank``'s RNG states); checks that every file holds
-    the same step."""
+    the same step. Resuming with another number of processes (`world`) than saved the state works
+    but is not exact (the ranks' random streams differ): a warning says so."""
     run_dir = Path(run_dir)
     try:
         meta = json.loads((run_dir / STATE_J).read_text())
@@ -432,6 +440,11 @@ def load_state(run_dir: str | Path, optimizer=None, sampler=None, objectives=(),
         unpack_optimizer(optimizer, tensors, meta)
     if sampler is not None and meta.get("sampler_rng") is not None:
         sampler.set_state(meta["sampler_rng"])
+    saved_world = 1 + sum(k.startswith("torch_rng.rank") for k in tensors)
+    if saved_world != world and rank == 0:
+        warnings.warn(f"{run_dir} was saved by {saved_world} process(es) and resumes in {world}: the run continues, "
+                      f"but not exactly as it would have (each process's random numbers); resume it with "
+                      f"{saved_world} process(es) for an exact continuation", stacklevel=2)
     suffix = f".rank{rank}" if rank else ""
     torch.set_rng_state(tensors.get(f"torch_rng{suffix}", tensors["torch_rng"]))
     if device is not None and device.type == "cuda" and f"cuda_rng{suffix}" in tensors:

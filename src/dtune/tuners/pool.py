@@ -96,7 +96,12 @@ class KeyPool(nn.Module):
     def count(self, idx: torch.Tensor) -> None:
         """Count the selections `idx` of a training step (entries >= 0)."""
         chosen = idx[idx >= 0]
-        self.counts += torch.bincount(chosen.flatten(), minlength=self.counts.numel()).to(self.counts)
+        counts = torch.bincount(chosen.flatten(), minlength=self.counts.numel()).to(self.counts)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # each rank routes its share of the batch: count the whole global batch on every rank (only
+            # training forwards count, and every rank runs them together)
+            torch.distributed.all_reduce(counts)
+        self.counts += counts
 
     def select(self, query: torch.Tensor, top_k: int, count_penalty: float, batchwise: bool = False,
                groups: torch.Tensor | None = None) -> torch.Tensor:
