@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dtune.data.dataset import TrajectoryData, WindowSampler, returns_to_go
+from dtune.data.dataset import SUBSET_RULE, TrajectoryData, WindowSampler, returns_to_go, trajectory_subset
 from dtune.data.storage import read_episodes
 from dtune.tasks import get_task, layout_for
 
@@ -219,6 +219,21 @@ def test_data_ratio_keeps_a_seeded_subset_of_whole_trajectories(tiny_data):
     assert len(subsets) > 1  # the seed chooses the subset
     with pytest.raises(ValueError, match="--data-ratio"):
         TrajectoryData(tiny_data, "reach-v3", data_ratio=0.0)
+    assert half.task_info["reach-v3"]["data_subset"] == SUBSET_RULE and "data_subset" not in full.task_info["reach-v3"]
+
+
+def test_data_ratio_subsets_of_one_seed_are_nested():
+    """0.5% inside 1% inside 10% inside 50% for the same seed (LaMo's ratios): results across ratios
+    differ by the data added, not by another draw; other seeds draw other subsets."""
+    lengths = np.full(2000, 5)
+    arrays = {"x": np.arange(10000)}
+    for seed in range(3):
+        kept = [set(trajectory_subset(lengths, arrays, r, seed, "hopper")[1]["x"][::5].tolist())
+                for r in (0.005, 0.01, 0.1, 0.5)]
+        assert [len(k) for k in kept] == [10, 20, 200, 1000]
+        assert all(a < b for a, b in zip(kept, kept[1:]))  # strictly nested
+    other = set(trajectory_subset(lengths, arrays, 0.01, 1, "hopper")[1]["x"][::5].tolist())
+    assert other != set(trajectory_subset(lengths, arrays, 0.01, 0, "hopper")[1]["x"][::5].tolist())
 
 
 def test_sources_as_recorded_by_a_run(tiny_data):

@@ -56,6 +56,17 @@ def test_resume_continues_exactly(hopper_data, tmp_path):
         train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc"))
 
 
+def test_resume_refuses_a_run_whose_data_subset_an_older_rule_chose(hopper_data, tmp_path):
+    train_baseline(cfg(hopper_data, tmp_path / "parts", algo="bc", steps=4, data_ratio=0.5))
+    path = tmp_path / "parts" / "config.json"
+    doc = json.loads(path.read_text())
+    assert doc["baseline"]["data_subset"] == "nested-1"
+    doc["baseline"].pop("data_subset")  # as dtune wrote it before the subsets were nested
+    path.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="older rule.*without --resume"):
+        train_baseline(cfg(hopper_data, tmp_path / "parts", algo="bc", data_ratio=0.5, resume=True))
+
+
 def test_dataset_conversion_and_data_ratio(hopper_data):
     from dtune.data.dataset import TrajectoryData
 

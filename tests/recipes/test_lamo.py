@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from dtune.data.dataset import SUBSET_RULE
 from dtune.recipes.lamo import LamoConfig, lamo
 from tests.data.test_text import CharTokenizer
 
@@ -87,6 +88,23 @@ def test_resume_equals_uninterrupted(setup, tmp_path):
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="--resume with other"):
         lamo(cfg(setup, tmp_path / "cut", resume=True, r=4))
+
+
+def test_resume_refuses_a_run_whose_data_subset_an_older_rule_chose(setup, tmp_path):
+    from tests.conftest import die_after_save
+
+    mp = pytest.MonkeyPatch()
+    die_after_save(mp, lambda step, extra: step == 3)
+    with pytest.raises(KeyboardInterrupt):
+        lamo(cfg(setup, tmp_path / "cut", data_ratio=0.5))
+    mp.undo()
+    base = tmp_path / "cut" / "base" / "config.json"
+    doc = json.loads(base.read_text())
+    assert doc["task_info"]["hopper"]["data_subset"] == SUBSET_RULE
+    del doc["task_info"]["hopper"]["data_subset"]  # as dtune wrote it before the subsets were nested
+    base.write_text(json.dumps(doc))
+    with pytest.raises(ValueError, match="older rule.*without --resume"):
+        lamo(cfg(setup, tmp_path / "cut", data_ratio=0.5, resume=True))
 
 
 def test_classic_dt_and_ablations(setup, tmp_path):

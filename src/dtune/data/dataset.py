@@ -91,18 +91,26 @@ def _open(cache: Path) -> dict[str, np.ndarray]:
     return {k: np.load(cache / f"{k}.npy", mmap_mode="r").view(np.ndarray) for k in CACHED}
 
 
+SUBSET_RULE = "nested-1"
+"""How :func:`trajectory_subset` chooses episodes, recorded with the data statistics of a run on a
+subset (`task_info[task]["data_subset"]`), so that `--resume` refuses a run whose subset was chosen
+by another rule (before 2026-12-05 each ratio was drawn on its own: the subsets were not nested)."""
+
+
 def trajectory_subset(lengths: np.ndarray, arrays: dict[str, np.ndarray], ratio: float, seed: int,
                       task: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A seeded random subset of whole trajectories, `max(1, round(ratio * E))` of the `E`
-    episodes, in their original order (the low-data regime of LaMo). The choice depends only on
-    `(seed, task, ratio, E)`, so the same seed gives the same subset in every run and process.
-    The subset's steps are copied into memory (a fraction of the task's data)."""
+    episodes, in their original order (the low-data regime of LaMo). One seeded order of the
+    episodes per `(seed, task, E)`, of which a ratio keeps a prefix: the same seed gives the same
+    subset in every run and process, and the subsets of one seed are nested (0.5% inside 1% inside
+    10%), so results across ratios differ by the data added, not by another draw. The subset's
+    steps are copied into memory (a fraction of the task's data)."""
     from dtune.runtime.seeds import episode_seed
 
     e = len(lengths)
     keep = max(1, int(round(ratio * e)))
-    rng = np.random.default_rng(episode_seed(seed, f"{task}/data-ratio/{ratio!r}", e))
-    chosen = np.sort(rng.choice(e, size=keep, replace=False))
+    order = np.random.default_rng(episode_seed(seed, f"{task}/data-ratio", e)).permutation(e)
+    chosen = np.sort(order[:keep])
     starts = np.cumsum(lengths) - lengths
     idx = np.concatenate([np.arange(starts[i], starts[i] + lengths[i]) for i in chosen])
     return lengths[chosen], {k: np.ascontiguousarray(v[idx]) for k, v in arrays.items()}
@@ -183,6 +191,7 @@ class TrajectoryData:
             returns = episode_returns(arrays["rewards"], lengths)
             self.task_info[task] = {
                 "episodes": int(len(lengths)), "steps": n, "data_ratio": data_ratio,
+                **({"data_subset": SUBSET_RULE} if data_ratio < 1.0 else {}),
                 "return_max": float(returns.max()), "return_mean": float(returns.mean()),
                 "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"),
                 "source": self.sources[task],

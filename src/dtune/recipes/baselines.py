@@ -24,6 +24,7 @@ from typing import Literal
 
 import numpy as np
 
+from dtune.data.dataset import SUBSET_RULE
 from dtune.runtime.dist import single_process
 from dtune.runtime.io import atomic_write_json
 from dtune.runtime.optional import quiet_legacy_gym
@@ -129,6 +130,7 @@ def mdp_dataset(root: Path, task: str, source: str, data_ratio: float = 1.0, see
     meta = read_metadata(root, task, source)["dtune"]
     returns = episode_returns(arrays["rewards"], lengths)
     info = {"episodes": int(len(lengths)), "steps": int(lengths.sum()), "data_ratio": data_ratio, "source": source,
+            **({"data_subset": SUBSET_RULE} if data_ratio < 1.0 else {}),
             "return_max": float(returns.max()), "return_mean": float(returns.mean()),
             "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score")}
     return ds, info
@@ -228,7 +230,8 @@ def train_baseline(cfg: BaselineConfig) -> dict:
     out = Path(cfg.out)
     root = data_root(cfg.data_dir)
     source = resolve_sources(root, [cfg.task], cfg.source)[cfg.task]
-    settings = {**asdict(cfg), "source": source, "data_dir": str(root), "out": str(out.resolve())}
+    settings = {**asdict(cfg), "source": source, "data_dir": str(root), "out": str(out.resolve()),
+                "data_subset": SUBSET_RULE if cfg.data_ratio < 1.0 else None}
     if cfg.resume:
         claim_out(out, "baseline", resume=True)
         saved = json.loads((out / "config.json").read_text())["baseline"]
@@ -236,6 +239,9 @@ def train_baseline(cfg: BaselineConfig) -> dict:
                    if saved.get(k) != settings[k]]
         if changed:
             raise ValueError(f"--resume with other {', '.join(changed)} than the run in {out}; drop those options")
+        if saved.get("data_subset") != settings["data_subset"]:
+            raise ValueError(f"--resume: the run in {out} trained on a data subset chosen by an older rule of dtune "
+                             "(the subsets of one seed are nested now); start it again without --resume")
     else:
         start_fresh(out, "baseline", ("checkpoint", "result.json"))
     out.mkdir(parents=True, exist_ok=True)

@@ -202,6 +202,10 @@ def lamo(cfg: LamoConfig) -> dict:
 
     base_dir = out / "base"
     if cfg.resume:  # the initialised model as it was saved
+        saved_info = json.loads((base_dir / "config.json").read_text()).get("task_info", {}).get(cfg.task, {})
+        if saved_info.get("data_subset") != info[cfg.task].get("data_subset"):
+            raise ValueError(f"--resume: the run in {out} trained on a data subset chosen by an older rule of dtune "
+                             "(the subsets of one seed are nested now); start it again without --resume")
         model, _ = load_model(base_dir)
         model.train()
     else:
