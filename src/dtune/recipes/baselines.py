@@ -5,7 +5,10 @@ The task's dataset (optionally a `--data-ratio` subset of whole trajectories, th
 Decision Transformer run with the same seed gets) becomes a d3rlpy `MDPDataset` with its real
 terminations and time-limit truncations apart. d3rlpy trains with its own loggers into
 `<out>/d3rlpy/` (CSV per metric), using the hyperparameters of d3rlpy's D4RL reproductions
-(:data:`ALGOS`). The policy is then stepped by :func:`dtune.eval.rollout.evaluate_agent` through
+(:data:`ALGOS`), with two differences: IQL's actor learning rate is constant (the script anneals it
+over its 500K updates) and IQL and CQL standardise observations (the scripts do for TD3+BC only);
+BC (no script) uses d3rlpy's lr 1e-3. The studies in `results/` were run so; changing either
+would make later seeds incomparable with earlier ones. The policy is then stepped by :func:`dtune.eval.rollout.evaluate_agent` through
 :class:`BaselineAgent`, so its score is computed by exactly the code that scores the Decision
 Transformers; `result.json` holds it.
 
