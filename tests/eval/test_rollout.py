@@ -157,6 +157,9 @@ def test_protocol_targets_report_standard_and_best_apart():
     assert any(3600.0 in s for s in TargetEcho.seen) and any(1800.0 in s for s in TargetEcho.seen)
     table = protocol_table(res)
     assert "score at standard target" in table and "best score over targets" in table and "3600" in table
+    # a task whose targets scale with the episode length gets them scaled to the evaluation's horizon
+    r2 = evaluate_protocol(ConstantAgent(0.0), "reacher2d", episodes=1, horizon=50, progress=False)
+    assert [r["target"] for r in r2["tasks"]["reacher2d"]["by_target"]] == [38.0, 20.0]  # 76 and 40 over 100 steps
 
 
 def test_dt_agent_forks_share_the_model_and_merge_counts():

@@ -255,7 +255,7 @@ def evaluate_protocol(agent: Agent, tasks, **kw) -> dict:
     numbers are (its authors said so); users of that code mixed the two up. Tasks without a
     protocol are evaluated at their usual target. `kw` goes to :func:`evaluate_agent`."""
     tasks = resolve_tasks(tasks)
-    lists = {t: list(get_task(t).target_returns) or [None] for t in tasks}
+    lists = {t: list(get_task(t, kw.get("horizon")).target_returns) or [None] for t in tasks}  # scaled to a horizon
     per_task: dict[str, list[dict]] = {t: [] for t in tasks}
     for i in range(max(len(v) for v in lists.values())):
         these = [t for t in tasks if i < len(lists[t])]
