@@ -91,6 +91,38 @@ def test_other_settings_conflict_and_bad_input(whole, tmp_path):
         collect_sac(tiny(tmp_path, session_steps=0))
 
 
+def test_a_kill_in_the_middle_of_a_checkpoint_resumes_exactly(whole, tmp_path, monkeypatch):
+    """A process killed after some of a checkpoint's files are written (here: before its episodes)
+    resumes from the previous whole checkpoint, to exactly the uninterrupted result."""
+    from safetensors.torch import load_file
+
+    root, _ = whole
+    real, calls = sac._save_episodes, [0]
+
+    def dying(path, episodes):
+        calls[0] += 1
+        if calls[0] == 2:  # the second checkpoint: agent, optimiser and buffer written, the rest not
+            raise KeyboardInterrupt("killed while saving")
+        return real(path, episodes)
+
+    monkeypatch.setattr(sac, "_save_episodes", dying)
+    with pytest.raises(KeyboardInterrupt):
+        collect_sac(tiny(tmp_path))
+    monkeypatch.setattr(sac, "_save_episodes", real)
+    wd = tmp_path / ".work" / "sac-replay" / TASK
+    state = json.loads((wd / "state.json").read_text())
+    assert state["num_timesteps"] == 40 and (wd / state["checkpoint"] / "episodes.npz").exists()
+    assert collect_sac(tiny(tmp_path))[0]["done"]
+    a, b = read_episodes(root, TASK, "sac-replay"), read_episodes(tmp_path, TASK, "sac-replay")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    wa = load_file(str(dataset_dir(root, TASK, "sac-replay") / "agent" / "policy.safetensors"))
+    wb = load_file(str(dataset_dir(tmp_path, TASK, "sac-replay") / "agent" / "policy.safetensors"))
+    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    assert sorted(p.name for p in wd.iterdir() if p.name.startswith("ckpt-")) == [json.loads(
+        (wd / "state.json").read_text())["checkpoint"]]  # older checkpoints deleted
+
+
 def test_learned_flag_on_hand_made_returns():
     flat = np.full(20, 10.0)
     assert learned(flat, random_mean=10.0, random_std=1.0) == (False, 0.0)
@@ -98,6 +130,13 @@ def test_learned_flag_on_hand_made_returns():
     ok, gain = learned(rising, random_mean=10.0, random_std=5.0)
     assert ok and gain == pytest.approx(np.mean(rising[-2:]) - 10.0)
     assert learned(np.zeros(0), 0.0, 0.0) == (False, 0.0)
+    # a sparse task (random 146 ± 285 over 10 episodes, DMC's best return 1000): a last tenth that
+    # succeeds in 7 of 10 episodes has learned; the bar is 3 standard errors of the difference of the
+    # means, not 3 random standard deviations (which put it above 1000)
+    sparse = np.array([0.0] * 90 + [1000, 0, 1000, 1000, 0, 1000, 1000, 0, 1000, 1000])
+    assert learned(sparse, 146.2, 285.19, random_episodes=10)[0]
+    assert not learned(sparse, 146.2, 285.19, random_episodes=1)[0]  # one random episode: not enough evidence
+    assert not learned(np.array([0.0] * 95 + [1000] + [0.0] * 4), 146.2, 285.19, random_episodes=10)[0]
 
 
 def test_data_report_and_list_show_the_references(whole, tmp_path, capsys):
