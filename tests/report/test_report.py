@@ -50,8 +50,23 @@ def test_runs_of_one_method_with_other_options_are_other_rows(tmp_path):
     text = " ".join(report([str(r) for r in runs]).split())
     assert "| l2m-gauss | 2 |" in text and "| l2m-gauss (density_reject=0.001) | 1 |" in text
     assert "| prompt | 1 |" in text
-    # module lists default to the backbone family's own (None): not compared without the model
-    assert "| lora | 1 |" in text
+    # a module list the run set is part of its label (the default, None, the family's own, is not shown)
+    assert "| lora (target_modules=['q', 'v']) | 1 |" in text
+
+
+def test_other_budgets_are_rows_of_their_own_and_a_seed_counts_once(tmp_path):
+    a = continual_run(tmp_path / "a", "l2m", seed=0)
+    b = continual_run(tmp_path / "b", "l2m", seed=1)
+    c = continual_run(tmp_path / "c", "l2m", seed=0)
+    m = json.loads((c / "metrics.json").read_text())
+    m["steps_per_task"] *= 4
+    (c / "metrics.json").write_text(json.dumps(m))
+    text = " ".join(report([str(a), str(b), str(c)]).split())
+    n = m["steps_per_task"]
+    assert f"| l2m [{n // 4} updates/task] | 2 |" in text and f"| l2m [{n} updates/task] | 1 |" in text
+    d = continual_run(tmp_path / "d", "l2m", seed=1)  # a second copy of seed 1 at the same budget
+    with pytest.raises(ValueError, match="both seed 1 of l2m"):
+        report([str(a), str(b), str(d)])
 
 
 def test_the_same_run_twice_counts_once(tmp_path):
@@ -211,7 +226,7 @@ def test_offline_runs_get_seed_statistics_and_rliable_iqm(tmp_path):
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| hopper")]
     # LaMo's table has DT (and LaMo) at ratio 0.01 on hopper-medium, CORL only full datasets
     assert ["hopper", "medium", "0.01", "dt", "3", "30.0", "50.0", "", "41.9", "2"] in rows
-    assert ["hopper", "medium", "0.01", "cql", "3", "42.0 ± 1.6", "(same)", "", "", "2"] in rows
+    assert ["hopper", "medium", "0.01", "cql", "3", "42.0 ± 2.0", "(same)", "", "", "2"] in rows
     assert (tmp_path / "out" / "offline_runs.csv").exists()
 
 

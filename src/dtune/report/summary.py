@@ -25,8 +25,8 @@ from dtune.report.published import PUBLISHED_METHODS, SOURCES, ordering_agreemen
 def method_label(method: str, method_config: dict | None) -> str:
     """`method` (a method or preset name) plus the options a run set away from that name's defaults,
     e.g. `l2m-gauss (density_reject=0.001)`: runs of one method with other options are other rows of
-    the report, not more seeds of it. Options a run's config lacks (older dtune) are not compared, nor
-    module lists whose default (None) means the backbone family's own, known only with the model."""
+    the report, not more seeds of it. Options a run's config lacks (older dtune) are not compared; a
+    module list left at its default (None: the backbone family's own) is not shown, one the run set is."""
     from dtune import tuners
 
     if not method_config:
@@ -36,17 +36,43 @@ def method_label(method: str, method_config: dict | None) -> str:
     except (KeyError, ValueError, TypeError):  # a method this dtune does not know
         return method
     ran = json.loads(json.dumps(method_config, default=str))
-    diffs = [f"{k}={ran[k]}" for k in sorted(ran) if k in default and ran[k] != default[k]
-             and not (k.endswith("_modules") and default[k] is None)]
+    diffs = [f"{k}={ran[k]}" for k in sorted(ran) if k in default and ran[k] != default[k]]
     return f"{method} ({', '.join(diffs)})" if diffs else method
 
 
 def _labelled(r: dict, run_dir: Path) -> dict:
-    """The run with its report label as `method` (:func:`method_label`) and the method's own name as
-    `method_name`."""
+    """The run with its report label as `method` (:func:`method_label`), the method's own name as
+    `method_name`, and its seed (an adaptation run's is in its config)."""
     cfg = run_dir / "config.json"
-    label = method_label(r["method"], json.loads(cfg.read_text()).get("method_config") if cfg.exists() else None)
-    return {**r, "method": label, "method_name": r["method"]}
+    doc = json.loads(cfg.read_text()) if cfg.exists() else {}
+    label = method_label(r["method"], doc.get("method_config"))
+    seed = r.get("seed", (doc.get("adapt") or {}).get("seed"))
+    return {**r, "method": label, "method_name": r["method"], "seed": seed}
+
+
+def _budget(r: dict) -> str:
+    """A run's update budget, as a label suffix: `4000 updates/task` (continual) or `500 updates`."""
+    if "steps_per_task" in r:
+        return f"{r['steps_per_task']} updates/task"
+    return f"{r.get('steps')} updates"
+
+
+def _separate(runs: list[dict], key: str, where) -> None:
+    """Runs of one row label but other budgets become rows of their own (`label [budget]`); two runs
+    of one row with the same seed (and task or dataset, `where`) are refused: a seed counted twice."""
+    budgets: dict[str, set] = {}
+    for r in runs:
+        budgets.setdefault(r[key], set()).add(_budget(r))
+    for r in runs:
+        if len(budgets[r[key]]) > 1:
+            r[key] = f"{r[key]} [{_budget(r)}]"
+    seen: dict[tuple, str] = {}
+    for r in runs:
+        k = (r[key], where(r), r.get("seed"))
+        if r.get("seed") is not None and k in seen:
+            raise ValueError(f"{seen[k]} and {r['dir']} are both seed {r['seed']} of {r[key]} ({where(r) or 'the same tasks'}): "
+                             "give each run once (a seed counted twice would narrow the intervals)")
+        seen[k] = r["dir"]
 
 
 def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str]]:
@@ -83,6 +109,9 @@ def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str
     if not adapt and not cont and not offline:
         raise ValueError("no finished `dtune adapt`, `dtune continual`, `dtune lamo` or `dtune baselines` run among the "
                          "arguments (" + "; ".join(notes) + ")")
+    _separate(adapt, "method", lambda r: r["task"])
+    _separate(cont, "method", lambda r: ",".join(r["tasks"]))
+    _separate(offline, "label", lambda r: (r["task"], r.get("source"), r.get("data_ratio", 1.0)))
     return adapt, cont, offline, notes
 
 
@@ -90,7 +119,7 @@ def _stats(vals) -> tuple[float | None, float | None]:
     v = np.array([x for x in vals if x is not None], dtype=float)
     if not v.size:
         return None, None
-    return float(v.mean()), float(v.std()) if v.size > 1 else 0.0
+    return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0  # the sample sd over the runs
 
 
 def _pm(mean, std, pct=True) -> str:
@@ -201,8 +230,10 @@ def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
                       f"{row['per_task_pct']:.2f}"])
     headers = ["method", "seeds", "average score %", "average [95% CI]", "IQM [95% CI]", "forgetting %",
                "forward transfer %", "pre-train after %", "retention %", "trains % of base", "one task trains % of base"]
-    note = ("Intervals: rliable's stratified bootstrap over the final scores (tasks x seeds, seeds resampled within "
-            "each task), 2,000 replicates, percentile 95%.")
+    note = ("± : the sample standard deviation over the seeds; retention: the mean of the seeds' after / before "
+            "ratios. Intervals: rliable's stratified bootstrap over the final scores (tasks x seeds, seeds resampled "
+            "within each task), 2,000 replicates, percentile 95%. Runs of one method at other budgets are rows of "
+            "their own ([N updates/task]).")
     return markdown_table(headers, table) + "\n\n" + note, rows
 
 
