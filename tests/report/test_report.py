@@ -169,13 +169,14 @@ def test_a_symlink_to_a_run_counts_once(tmp_path):
 
 def test_per_task_scores_average_the_seeds_of_a_task(tmp_path):
     """Several seeds of one method on one task: the task's column is their mean, not the last run read."""
-    runs = [adapt_run(tmp_path / f"s{i}", score=s) for i, s in enumerate((0.4, 0.6, 0.8))]
-    adapt_run(tmp_path / "reach", task="reach-v3", score=1.0)
+    runs = [adapt_run(tmp_path / f"s{i}", score=s, seed=i) for i, s in enumerate((0.4, 0.6, 0.8))]
+    adapt_run(tmp_path / "reach", task="reach-v3", score=1.0, seed=0)
     text = report([str(r) for r in runs] + [str(tmp_path / "reach")], str(tmp_path / "rep"))
     row = json.loads((tmp_path / "rep" / "report.json").read_text())["adapt"][0]
     assert row["per_task_scores"]["hammer-v3"] == pytest.approx(0.6)
     assert row["per_task_scores"]["reach-v3"] == pytest.approx(1.0)
-    assert "| lora | 60.0 | 100.0 |" in " ".join(text.split())
+    # the headline is over the tasks' means (0.6 and 1.0), not over the runs pooled (0.7), with the sample sd
+    assert "| lora | 3 | 60.0 | 100.0 | 80.0 ± 28.3 |" in " ".join(text.split())
 
 
 def offline_run(path, kind, method, seed, score, task="hopper", ratio=0.01, best=None, **kw):

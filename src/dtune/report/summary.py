@@ -169,32 +169,38 @@ def adapt_summary(runs: list[dict]) -> tuple[str, list[dict]]:
         for r in rs:  # several seeds of a task: their mean
             by_task.setdefault(r["task"], []).append(r.get("new_task_score"))
         per_task = {t: _stats(v)[0] for t, v in by_task.items()}
-        row = {"method": m, "runs": len(rs),
-               "new_task": _stats([r.get("new_task_score") for r in rs]),
+        by_task_retention = {t: [r.get("retention") for r in rs if r["task"] == t] for t in by_task}
+        row = {"method": m, "runs": len(rs), "seeds": sorted({r.get("seed") for r in rs if r.get("seed") is not None}),
+               "new_task": _stats(list(per_task.values())),  # over tasks, each the mean of its seeds
                "pretrain_after": _stats([r.get("pretrain_after") for r in rs]),
                "pretrain_before": _stats([r.get("pretrain_before") for r in rs]),
                "retention": _stats([r.get("retention") for r in rs]),
                "trainable_pct": rs[0]["trainable_pct"], "per_task_pct": rs[0]["per_task_pct"],
                "train_s": _stats([r["train_s"] for r in rs]), "per_task_scores": per_task,
                "new_task_iqm_ci": _ci(by_task, "iqm"),
-               "retention_iqm_ci": _ci({t: [r.get("retention") for r in rs if r["task"] == t] for t in by_task}, "iqm"),
+               "retention_iqm_ci": _ci(by_task_retention, "iqm"),
+               "retention_ci": _ci(by_task_retention, "mean"),
                "new_task_ci": _ci(by_task, "mean"),
                "pretrain_after_ci": _ci({t: [r.get("pretrain_after") for r in rs if r["task"] == t] for t in by_task},
                                         "mean")}
         rows.append(row)
-        table.append([m] + [_pm(per_task.get(t), None) for t in tasks] +
-                     [_pm(*row["new_task"]), _fmt_ci(row["new_task_iqm_ci"]), _pm(*row["pretrain_after"]),
-                      _pm(*row["retention"]),
+        table.append([m, len(row["seeds"]) or "-"] + [_pm(per_task.get(t), None) for t in tasks] +
+                     [_pm(*row["new_task"]), _fmt_ci(row["new_task_ci"]), _fmt_ci(row["new_task_iqm_ci"]),
+                      _pm(*row["pretrain_after"]), _pm(*row["retention"]), _fmt_ci(row["retention_ci"]),
                       f"{row['trainable_pct']:.2f}", f"{row['per_task_pct']:.2f}", f"{row['train_s'][0]:.0f}"])
-    headers = (["method"] + [f"{t.removesuffix('-v3')} %" for t in tasks] +
-               ["new task % (mean ± sd over tasks)", "new task IQM [95% CI]", "pre-train after %", "retention %",
-                "trains % of base",
+    headers = (["method", "seeds"] + [f"{t.removesuffix('-v3')} %" for t in tasks] +
+               ["new task % (mean ± sd over tasks)", "new task mean [95% CI]", "new task IQM [95% CI]",
+                "pre-train after %", "retention %", "retention mean [95% CI]", "trains % of base",
                 "one task trains % of base", "train s"])
     before = _stats([r.get("pretrain_before") for r in runs])[0]
     note = f"Pre-training score of the unadapted model: {_pm(before, None)}%." if before is not None else ""
     note += (" \"trains % of base\": parameters the method trains over the base model's (a pool method's whole "
              "pool, which can exceed 100%); \"one task trains\": what a single task adds. IQM [95% CI]: interquartile "
-             "mean over tasks x seeds with rliable's stratified-bootstrap interval (seeds resampled within each task).")
+             "mean over tasks x seeds with rliable's stratified-bootstrap interval (seeds resampled within each task); "
+             "mean [95% CI]: the mean's interval by the same bootstrap. Per task: the mean over its seeds; new task % "
+             "(mean ± sd over tasks): over those per-task means (sample sd); pre-train after and retention: mean ± "
+             "sample sd over every run (tasks x seeds), retention the mean of the runs' after / before ratios. A task "
+             "a method has no run of is n/a, and the method's means are over its other tasks.")
     return markdown_table(headers, table) + ("\n\n" + note if note else ""), rows
 
 
@@ -464,11 +470,14 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
         data["adapt"] = rows
         if outp:
             unadapted = (_stats([r.get("new_task_before") for r in adapt])[0], _stats([r.get("pretrain_before") for r in adapt])[0])
-            plot_tradeoff({r["method"]: (r["new_task"][0], r["pretrain_after"][0]) for r in rows},
-                          outp / "adapt_tradeoff.png", unadapted=unadapted,
-                          title="new task vs pre-training tasks (means; bars: 95% stratified-bootstrap CI)",
+            unadapted = (unadapted[0], None if unadapted[1] is None else 1.0)  # retention of the unadapted model
+            plot_tradeoff({r["method"]: (r["new_task"][0], r["retention"][0]) for r in rows},
+                          outp / "adapt_tradeoff.png", unadapted=unadapted, ylabel="pre-training retention (after / before)",
+                          title="new task vs pre-training retention (means; bars: 95% stratified-bootstrap CI of the mean"
+                                + (", where a method has 2+ seeds)" if any(len(r["seeds"]) > 1 for r in rows) else
+                                   "; one seed: none)"),
                           intervals={r["method"]: (r["new_task_ci"] and r["new_task_ci"][1:],
-                                                   r["pretrain_after_ci"] and r["pretrain_after_ci"][1:]) for r in rows})
+                                                   r["retention_ci"] and r["retention_ci"][1:]) for r in rows})
             plot_intervals({"new task, IQM": {r["method"]: r["new_task_iqm_ci"] for r in rows},
                             "pre-training retention, IQM": {r["method"]: r["retention_iqm_ci"] for r in rows}},
                            outp / "adapt_intervals.png", "95% stratified-bootstrap intervals (tasks x seeds)")
