@@ -77,6 +77,8 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tiny_da
         continual(cfg(base, tiny_data, tmp_path / "cut", method=method))
     resumed = continual(cfg(base, tiny_data, tmp_path / "cut", method=method, resume=True))
     assert resumed["matrix"] == full["matrix"]
+    setup = [json.loads((tmp_path / d / "config.json").read_text())["resolved"]["method_setup"] for d in ("full", "cut")]
+    assert setup[1] == setup[0]  # the set-up the first invocation recorded survives the resume
     for i, task in enumerate(SEQ.split(",")):
         a = json.loads((tmp_path / "full" / "evals" / f"after_{i:02d}_{task}.json").read_text())
         b = json.loads((tmp_path / "cut" / "evals" / f"after_{i:02d}_{task}.json").read_text())

@@ -44,7 +44,7 @@ from dtune.runtime.io import atomic_write_json, atomic_write_text
 from dtune.runtime.runs import claim_out
 from dtune.tasks import get_task, resolve_tasks
 from dtune.train.engine import (STATE_J, ActionLoss, AnchorPenalty, Trainer, TunerLoss, load_state, read_state_meta,
-                                save_state, to_torch)
+                                rng_states, save_state, to_torch)
 from dtune.train.log import MetricsLog
 from dtune.tuners.penalty import Anchor
 
@@ -95,6 +95,13 @@ def resume(out: str, **overrides) -> dict:
     """Continue the continual run in `out` with its own settings (method options included)."""
     return continual(resume_config(ContinualConfig, out, "continual", "continual", **overrides))
 
+
+def _saved_setup(out) -> dict:
+    """What the run's first invocation recorded of the method's set-up (kept when it resumes)."""
+    try:
+        return json.loads((out / "config.json").read_text()).get("resolved", {}).get("method_setup", {})
+    except (OSError, ValueError):
+        return {}
 
 class ContinualRun:
     def __init__(self, cfg: ContinualConfig, method_config=None):
@@ -154,7 +161,7 @@ class ContinualRun:
         if state is None:
             setup = prepare_method(model, tuner, self.method_config, anchor, run_config, root, self.device, cfg)
         else:  # method tensors, tuner state, anchor and torch RNG; optimiser and sampler come with their task
-            _, tensors = load_state(self.out, objectives=[penalty])
+            _, tensors = load_state(self.out, objectives=[penalty], device=self.device)
             model.load_state_dict(tensors, strict=False)
             tuner.load_extra_state(state["tuner"])
         self.out.mkdir(parents=True, exist_ok=True)
@@ -163,7 +170,8 @@ class ContinualRun:
             "method": self.method, "method_config": dataclasses.asdict(self.method_config),
             "method_config_resolved": dataclasses.asdict(tuner.config),
             "resolved": {"device": str(self.device), "precision": self.precision, "lr": peak_lr(cfg, run_config),
-                         "data_dir": str(root), **counts, "method_setup": setup},
+                         "data_dir": str(root), **counts,
+                         "method_setup": setup if state is None else _saved_setup(self.out)},
         })
         first, start_step = (state["task"], state["step"]) if state is not None else (len(progress["rows"]), 0)
         progress["rows"] = progress["rows"][:first]
@@ -216,7 +224,7 @@ class ContinualRun:
             # progress first, then the state that points past it: a crash in between re-runs only the eval
             atomic_write_json(self.out / PROGRESS, progress)
             save_state(self.out, 0, objectives=[penalty], extra={"task": i + 1, "tuner": tuner.extra_state()},
-                       model_tensors=tuners.adapter_state(model))
+                       model_tensors=tuners.adapter_state(model), rng=rng_states(self.device))  # CUDA's too
         log.close()
         return self.finish(model, info, progress)
 
