@@ -173,8 +173,8 @@ def plot_tradeoff(points: dict[str, tuple[float, float]], path: Path, title: str
         yi = None if yi is None or None in yi else yi
         if xi is None and yi is None:
             continue
-        ax.errorbar([x], [y], xerr=None if xi is None else [[x - xi[0]], [xi[1] - x]],
-                    yerr=None if yi is None else [[y - yi[0]], [yi[1] - y]],
+        ax.errorbar([x], [y], xerr=None if xi is None else [[max(x - xi[0], 0.0)], [max(xi[1] - x, 0.0)]],
+                    yerr=None if yi is None else [[max(y - yi[0], 0.0)], [max(yi[1] - y, 0.0)]],  # rounding: >= 0
                     fmt="none", ecolor="tab:blue", alpha=0.45, lw=1, capsize=2, zorder=2)
         extent += [(v, y) for v in (xi or ())] + [(x, v) for v in (yi or ())]
     if unadapted is not None and None not in unadapted:
