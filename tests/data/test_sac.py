@@ -21,6 +21,18 @@ def tiny(root, **kw) -> SACConfig:
                         "data_dir": str(root), "progress": False, **kw})
 
 
+def assert_same_run(a_root, b_root):
+    """The same dataset and the same final agent in two data roots."""
+    from safetensors.torch import load_file
+
+    a, b = read_episodes(a_root, TASK, "sac-replay"), read_episodes(b_root, TASK, "sac-replay")
+    for k in a:
+        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+    wa = load_file(str(dataset_dir(a_root, TASK, "sac-replay") / "agent" / "policy.safetensors"))
+    wb = load_file(str(dataset_dir(b_root, TASK, "sac-replay") / "agent" / "policy.safetensors"))
+    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+
+
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
     root = tmp_path_factory.mktemp("sac-whole")
@@ -60,8 +72,6 @@ def test_the_stored_agent_loads_and_acts(whole):
 def test_interrupted_run_resumes_to_the_uninterrupted_result(whole, tmp_path):
     """Two sessions of 40 steps then the rest (new agent objects each time, as after a restart)
     give the same dataset and the same final agent as one uninterrupted run."""
-    from safetensors.torch import load_file
-
     root, _ = whole
     first = collect_sac(tiny(tmp_path, session_steps=40))
     assert not first[0]["done"] and first[0]["steps"] == 40
@@ -69,12 +79,7 @@ def test_interrupted_run_resumes_to_the_uninterrupted_result(whole, tmp_path):
     assert state["episodes"] == 2 and state["num_timesteps"] == 40
     assert collect_sac(tiny(tmp_path, session_steps=40))[0]["steps"] == 80  # a second session
     assert collect_sac(tiny(tmp_path))[0]["done"]
-    a, b = read_episodes(root, TASK, "sac-replay"), read_episodes(tmp_path, TASK, "sac-replay")
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    wa = load_file(str(dataset_dir(root, TASK, "sac-replay") / "agent" / "policy.safetensors"))
-    wb = load_file(str(dataset_dir(tmp_path, TASK, "sac-replay") / "agent" / "policy.safetensors"))
-    assert wa.keys() == wb.keys() and all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    assert_same_run(root, tmp_path)
     assert collect_sac(tiny(tmp_path)) == []  # finished: nothing left to do
 
 
@@ -94,8 +99,6 @@ def test_other_settings_conflict_and_bad_input(whole, tmp_path):
 def test_a_kill_in_the_middle_of_a_checkpoint_resumes_exactly(whole, tmp_path, monkeypatch):
     """A process killed after some of a checkpoint's files are written (here: before its episodes)
     resumes from the previous whole checkpoint, to exactly the uninterrupted result."""
-    from safetensors.torch import load_file
-
     root, _ = whole
     real, calls = sac._save_episodes, [0]
 
@@ -113,12 +116,7 @@ def test_a_kill_in_the_middle_of_a_checkpoint_resumes_exactly(whole, tmp_path, m
     state = json.loads((wd / "state.json").read_text())
     assert state["num_timesteps"] == 40 and (wd / state["checkpoint"] / "episodes.npz").exists()
     assert collect_sac(tiny(tmp_path))[0]["done"]
-    a, b = read_episodes(root, TASK, "sac-replay"), read_episodes(tmp_path, TASK, "sac-replay")
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    wa = load_file(str(dataset_dir(root, TASK, "sac-replay") / "agent" / "policy.safetensors"))
-    wb = load_file(str(dataset_dir(tmp_path, TASK, "sac-replay") / "agent" / "policy.safetensors"))
-    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    assert_same_run(root, tmp_path)
     assert sorted(p.name for p in wd.iterdir() if p.name.startswith("ckpt-")) == [json.loads(
         (wd / "state.json").read_text())["checkpoint"]]  # older checkpoints deleted
 
@@ -217,20 +215,13 @@ def test_stop_at_a_return_evaluates_and_stops_early(tmp_path):
 def test_a_finished_run_extends_to_a_larger_budget_exactly(whole, tmp_path):
     """`--steps` beyond a finished run continues it from its kept checkpoint: 60 steps, then 100,
     give the dataset and agent of one 100-step run; other settings still conflict."""
-    from safetensors.torch import load_file
-
     root, _ = whole
     assert collect_sac(tiny(tmp_path, steps=60))[0]["steps"] == 60
     assert read_metadata(tmp_path, TASK, "sac-replay")["dtune"]["steps"] == 60
     with pytest.raises(DatasetError, match="other settings"):
         collect_sac(tiny(tmp_path, steps=100, hidden=16))
     assert collect_sac(tiny(tmp_path, steps=100))[0]["steps"] == 100
-    a, b = read_episodes(root, TASK, "sac-replay"), read_episodes(tmp_path, TASK, "sac-replay")
-    for k in a:
-        np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    wa = load_file(str(dataset_dir(root, TASK, "sac-replay") / "agent" / "policy.safetensors"))
-    wb = load_file(str(dataset_dir(tmp_path, TASK, "sac-replay") / "agent" / "policy.safetensors"))
-    assert all(np.array_equal(wa[k].numpy(), wb[k].numpy()) for k in wa)
+    assert_same_run(root, tmp_path)
     assert read_metadata(tmp_path, TASK, "sac-replay")["dtune"]["steps"] == 100
     # budgets that are not whole episodes: 50 ends at 60, then 70 at 80, as one run asked for 70
     odd, direct = tmp_path / "odd", tmp_path / "direct"
