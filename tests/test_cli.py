@@ -61,6 +61,9 @@ def test_choices_are_checked_by_the_parser(capsys):
     with pytest.raises(SystemExit) as e:
         main(["pretrain", "--model", "huge"])
     assert e.value.code == 2 and "tiny" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a method option's choices too
+        main(["continual", "--method", "ewc", "--ewc-mode", "sum", "--checkpoint", "/nonexistent/run"])
+    assert e.value.code == 2 and "separate" in capsys.readouterr().err
 
 
 def test_top_level_help_and_version(capsys):

@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from dtune.cli import main
@@ -114,6 +115,35 @@ def test_ewc_fisher_is_computed_at_task_switches_and_its_penalty_is_zero_at_the_
     assert len(calls) == 3
     assert all(n == 10 and pen == 0.0 for n, pen, _ in calls)
     assert calls[0][2] > 0 and calls[1][2] > calls[0][2] and calls[2][2] > calls[1][2]  # Fishers add up
+
+
+def test_ewc_separate_mode_starts_at_the_second_task_and_keeps_the_last_fisher(base, tiny_data, tmp_path,
+                                                                               monkeypatch):
+    from dtune.tuners import make_config
+    from dtune.tuners.penalty import Anchor
+
+    calls = []
+    real = Anchor.consolidate
+
+    def spy(self, model, batches=None, loss_fn=None, with_fisher=True):
+        real(self, model, batches, loss_fn, with_fisher)
+        calls.append((batches is not None and with_fisher, {n: f.clone() for n, f in self.fisher.items()}))
+
+    monkeypatch.setattr(Anchor, "consolidate", spy)
+    method_config = make_config("ewc")
+    method_config.ewc_mode = "separate"
+    continual(cfg(base, tiny_data, tmp_path / "ewc", sequence="door-open-v3,reach-v3,cartpole-balance", method="ewc",
+                  steps_per_task=2), method_config)
+    # before the first task: the anchor without a Fisher (no penalty on task 1); then one Fisher per switch
+    assert [c[0] for c in calls] == [False, True, True]
+    assert calls[0][1] == {}
+    first, second = calls[1][1], calls[2][1]
+    assert first.keys() == second.keys() and any(not torch.equal(first[n], second[n]) for n in first)
+    rows = [json.loads(x) for x in (tmp_path / "ewc" / "metrics.jsonl").read_text().splitlines()]
+    penalties = {r["task_index"]: r["penalty"] for r in rows}
+    assert penalties[0] == 0.0 and penalties[1] > 0.0  # task 1 free, task 2 pulled to task 1's weights
+    conf = json.loads((tmp_path / "ewc" / "config.json").read_text())
+    assert conf["method_config"]["ewc_mode"] == "separate"
 
 
 def test_cli_continual_resume_and_report(base, tiny_data, tmp_path, capsys):

@@ -683,6 +683,33 @@ def test_weight_decay_leaves_unselected_prompts_of_the_pool_alone_l2p():
     assert not torch.equal(model.tuner.prompts[:2], before["prompts"][:2])
 
 
+def test_ewc_modes_sum_or_replace_the_fishers_of_successive_tasks():
+    """"online" adds each consolidation's Fisher to the sum; "separate" (the reference code's)
+    keeps only the last one's. Two consolidations on the same batches: 2F against F."""
+    from dtune.tuners.penalty import Anchor
+
+    model = tiny_model()
+    tuners.attach(model, "ewc")
+    batches = [make_batch(seed=s) for s in range(2)]
+    fishers = {}
+    for mode in ("online", "separate"):
+        anchor = Anchor(model, ewc_lambda=1.0, mode=mode)
+        for _ in range(2):
+            anchor.consolidate(model, batches, lambda b: model.loss(b)[0])
+        fishers[mode] = anchor.fisher
+    once = Anchor(model, ewc_lambda=1.0)
+    once.consolidate(model, batches, lambda b: model.loss(b)[0])
+    for n, f in once.fisher.items():
+        assert torch.allclose(fishers["separate"][n], f) and torch.allclose(fishers["online"][n], 2 * f)
+    no_fisher = Anchor(model, l2_lambda=1.0, ewc_lambda=1.0, mode="separate")
+    no_fisher.consolidate(model, with_fisher=False)  # the anchor only: L2 pulls, EWC not yet
+    assert no_fisher.anchor and not no_fisher.fisher
+    with pytest.raises(ValueError, match="'online' or 'separate'"):
+        Anchor(model, ewc_lambda=1.0, mode="sum")
+    with pytest.raises(ValueError, match="'online' or 'separate'"):
+        tuners.make_config("ewc").__class__(ewc_mode="sum")
+
+
 def test_ewc_penalty_has_the_reference_codes_strength():
     """The reference code's EWC penalty is `lambda * sum F (w - w0)^2` (no 1/2), so lambda 400
     means what it means there; L2 stays `lambda/2 * sum (w - w0)^2`."""

@@ -143,7 +143,7 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     tuner = tuners.attach(model, cfg.method, method_config)
     model.to(device)
     tuner.begin_task(cfg.task)
-    anchor = Anchor(model, method_config.l2_lambda, method_config.ewc_lambda)
+    anchor = Anchor(model, method_config.l2_lambda, method_config.ewc_lambda, method_config.ewc_mode)
     extra = {} if cfg.resume else prepare_method(model, tuner, method_config, anchor, run_config, root, device, cfg)
     sampler = WindowSampler(data, model.cfg.context_len, cfg.batch_size, seed=cfg.seed)
     trainer = Trainer(model, sampler, [ActionLoss(), TunerLoss(), AnchorPenalty(anchor)], optim_settings(cfg, run_config),

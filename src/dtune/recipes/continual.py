@@ -4,7 +4,9 @@ Only the current task's dataset is loaded and sampled. Every method of `dtune.tu
 its parameters persist across tasks (L2P and L2M keep their pools; the selection-count penalty
 steers each new task to fresh keys), a fresh optimiser starts at every task, and the L2/EWC
 anchor is renewed at every task switch (EWC adds the Fisher of the task just learned; before the
-first task the anchor is the pre-trained model, with the Fisher of its pre-training data).
+first task the anchor is the pre-trained model, with the Fisher of its pre-training data; with
+`ewc_mode="separate"`, the reference code's, EWC starts at the second task and keeps only the
+last task's Fisher).
 
 After every task all tasks of the sequence are evaluated, building the score matrix (see
 :mod:`dtune.report.metrics`); with `eval_pretrain` the pre-training tasks are evaluated
@@ -153,13 +155,14 @@ class ContinualRun:
         torch.manual_seed(cfg.seed)
         tuner = tuners.attach(model, cfg.method, self.method_config)
         model.to(self.device)
-        anchor = Anchor(model, self.method_config.l2_lambda, self.method_config.ewc_lambda)
+        anchor = Anchor(model, self.method_config.l2_lambda, self.method_config.ewc_lambda, self.method_config.ewc_mode)
         penalty = AnchorPenalty(anchor)
         counts = tuners.parameter_counts(model)
         state = read_state_meta(self.out) if cfg.resume else None
         setup = {}
         if state is None:
-            setup = prepare_method(model, tuner, self.method_config, anchor, run_config, root, self.device, cfg)
+            setup = prepare_method(model, tuner, self.method_config, anchor, run_config, root, self.device, cfg,
+                                   continual=True)
         else:  # method tensors, tuner state, anchor and torch RNG; optimiser and sampler come with their task
             _, tensors = load_state(self.out, objectives=[penalty], device=self.device)
             model.load_state_dict(tensors, strict=False)
@@ -205,7 +208,7 @@ class ContinualRun:
             train_s = time.perf_counter() - t0
             tuner.end_task()
             calibrate_routing(model, tuner, sampler.data, self.device, cfg.seed + i)
-            if anchor.active and i < len(tasks) - 1:  # the task switch: anchor here, EWC adds this task's Fisher
+            if anchor.active and i < len(tasks) - 1:  # task switch: anchor here, EWC adds (or takes) its Fisher
                 batches = [to_torch(sampler.sample(), self.device) for _ in range(self.method_config.ewc_batches)] \
                     if anchor.ewc_lambda > 0 else None
                 anchor.consolidate(model, batches, lambda b: model.loss(b)[0])

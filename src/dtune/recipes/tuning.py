@@ -199,14 +199,19 @@ def calibrate_routing(model, tuner, data, device, seed: int, batches: int = 20) 
     return margin
 
 
-def prepare_method(model, tuner, method_config, anchor, run_config: dict, root: Path, device, cfg: TuneSettings) -> dict:
+def prepare_method(model, tuner, method_config, anchor, run_config: dict, root: Path, device, cfg: TuneSettings,
+                   continual: bool = False) -> dict:
     """Before the first task: L2M's pre-training keys and the L2/EWC anchor at the pre-trained
-    model (EWC: with the Fisher of its pre-training data). Returns facts for the run's config."""
+    model (EWC: with the Fisher of its pre-training data, except in a `continual` run with
+    `ewc_mode="separate"`, whose penalty starts at the second task). Returns facts for the run's config."""
     extra = {}
     if any(getattr(method_config, n, False) for n in ("pretrain_keys", "query_whitening", "pretrain_gaussians")):
         extra = fit_pretrain_keys(model, tuner, run_config, root, device, cfg.seed)
     if anchor.active:
         batches = None
+        if continual and anchor.mode == "separate":
+            anchor.consolidate(model, with_fisher=False)  # L2 (if any) from the start, EWC from the second task
+            return extra
         if anchor.ewc_lambda > 0:
             _, raw = pretrain_batches(model, run_config, root, method_config.ewc_batches, cfg.batch_size, cfg.seed)
             batches = [to_torch(b, device) for b in raw]

@@ -22,7 +22,7 @@ import dataclasses
 import functools
 import re
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import torch
 import torch.nn as nn
@@ -41,12 +41,24 @@ class TunerConfig:
     earlier tasks (the pre-training tasks when adapting a pre-trained model)."""
     ewc_batches: int = 10
     """Batches of earlier-task data the Fisher is estimated from."""
+    ewc_mode: Literal["online", "separate"] = "online"
+    """How EWC treats successive tasks of a continual run. "online" (dtune's default): the
+    pre-training Fisher anchors the first task and each finished task's Fisher is added to the
+    sum, around the latest weights, so the pull grows with the tasks done. "separate" (the L2M
+    reference code's continual setting: avalanche's EWC with `mode="separate"`,
+    `keep_importance_data=False`, `ewc_start_experience=1`): no penalty on the first task, then
+    only the last finished task's Fisher and weights. A single-task adaptation has one earlier
+    task, pre-training, so both modes anchor it to the pre-trained model there."""
     modules_to_save: list[str] | None = None
     """Whole modules of the model, besides the adapter, that train with it and are saved in the
     adapter (peft's `modules_to_save`), named like target_modules (names or name suffixes, e.g.
     embed_state, head, embed_return). Their own weights train in place: the base checkpoint file
     is untouched and the adapter carries their new values, which loading the adapter restores
     (detaching the tuner keeps the trained values in the model)."""
+
+    def __post_init__(self):
+        if self.ewc_mode not in ("online", "separate"):
+            raise ValueError(f"ewc_mode must be 'online' or 'separate', got {self.ewc_mode!r}")
 
 
 DEFAULT_TARGET_MODULES: dict[str, dict[str, list[str]]] = {

@@ -4,7 +4,9 @@ Over the trainable parameters, L2 is `l2_lambda/2 * sum_i (theta_i - anchor_i)^2
 `ewc_lambda * sum_i F_i (theta_i - anchor_i)^2` (no 1/2: the L2M reference code's EWC, so its
 lambda 400 has the reference's strength), with F the diagonal empirical Fisher: the mean over
 `ewc_batches` batches of the squared gradient of the loss. The anchor is taken, and the Fisher estimated, at
-each task switch (:meth:`Anchor.consolidate`); Fishers of successive tasks add up.
+each task switch (:meth:`Anchor.consolidate`). In mode "online" the Fishers of successive tasks
+add up; in mode "separate" (the L2M reference code's) each replaces the one before, so only the
+last task's Fisher and weights pull.
 """
 
 from __future__ import annotations
@@ -18,10 +20,12 @@ import torch.nn as nn
 class Anchor:
     """Anchor weights (and Fisher) of the trainable parameters of `model`."""
 
-    def __init__(self, model: nn.Module, l2_lambda: float = 0.0, ewc_lambda: float = 0.0):
+    def __init__(self, model: nn.Module, l2_lambda: float = 0.0, ewc_lambda: float = 0.0, mode: str = "online"):
         if l2_lambda < 0 or ewc_lambda < 0:
             raise ValueError("l2_lambda and ewc_lambda must be non-negative")
-        self.l2_lambda, self.ewc_lambda = float(l2_lambda), float(ewc_lambda)
+        if mode not in ("online", "separate"):
+            raise ValueError(f"EWC mode must be 'online' or 'separate', got {mode!r}")
+        self.l2_lambda, self.ewc_lambda, self.mode = float(l2_lambda), float(ewc_lambda), mode
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
         self.anchor: dict[str, torch.Tensor] = {}
         self.fisher: dict[str, torch.Tensor] = {}
@@ -31,11 +35,12 @@ class Anchor:
         return self.l2_lambda > 0 or self.ewc_lambda > 0
 
     def consolidate(self, model: nn.Module, batches: Iterable[dict] | None = None,
-                    loss_fn: Callable | None = None) -> None:
-        """Take the current weights as the anchor; with EWC add the Fisher of `batches`."""
+                    loss_fn: Callable | None = None, with_fisher: bool = True) -> None:
+        """Take the current weights as the anchor; with EWC (and `with_fisher`) add the Fisher of
+        `batches` (mode "separate": it replaces the earlier ones)."""
         params = dict(model.named_parameters())
         self.anchor = {n: params[n].detach().clone() for n in self.names}
-        if self.ewc_lambda <= 0:
+        if self.ewc_lambda <= 0 or not with_fisher:
             return
         if batches is None or loss_fn is None:
             raise ValueError("EWC needs batches of the earlier tasks to estimate the Fisher")
@@ -55,7 +60,8 @@ class Anchor:
         if n_batches == 0:
             raise ValueError("EWC: no batches to estimate the Fisher from")
         for n in self.names:
-            self.fisher[n] = self.fisher.get(n, torch.zeros_like(fisher[n])) + fisher[n] / n_batches
+            earlier = self.fisher.get(n) if self.mode == "online" else None
+            self.fisher[n] = fisher[n] / n_batches if earlier is None else earlier + fisher[n] / n_batches
 
     def penalty(self, model: nn.Module) -> torch.Tensor:
         params = dict(model.named_parameters())
