@@ -179,6 +179,20 @@ def test_per_task_scores_average_the_seeds_of_a_task(tmp_path):
     assert "| lora | 3 | 60.0 | 100.0 | 80.0 ± 28.3 |" in " ".join(text.split())
 
 
+def test_a_cell_with_undefined_scores_says_how_many_runs_it_is_over(tmp_path):
+    """A run whose score is undefined (None: e.g. a DMC task whose data did not learn) is left out of
+    the cell's mean, and the cell says so: "(2 of 3 runs)"; a fully defined cell says nothing."""
+    runs = [adapt_run(tmp_path / f"s{i}", score=s, seed=i) for i, s in enumerate((0.4, None, 0.8))]
+    runs.append(adapt_run(tmp_path / "reach", task="reach-v3", score=1.0, seed=0))
+    text = " ".join(report([str(r) for r in runs], str(tmp_path / "rep")).split())
+    assert "| lora | 3 | 60.0 (2 of 3 runs) | 100.0 | 80.0 ± 28.3 |" in text
+    cont = [continual_run(tmp_path / f"c{i}", seed=i) for i in range(3)]
+    metrics = json.loads((cont[0] / "metrics.json").read_text())
+    (cont[0] / "metrics.json").write_text(json.dumps({**metrics, "forgetting": None}))
+    text = " ".join(report([str(c) for c in cont], str(tmp_path / "rep2")).split())
+    assert "| 20.0 (2 of 3 runs) |" in text and "| 65.0 |" in text
+
+
 def offline_run(path, kind, method, seed, score, task="hopper", ratio=0.01, best=None, **kw):
     path.mkdir(parents=True)
     r = {"kind": kind, "method": method, "task": task, "source": "medium", "data_ratio": ratio, "seed": seed,

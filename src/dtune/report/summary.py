@@ -122,6 +122,14 @@ def _stats(vals) -> tuple[float | None, float | None]:
     return float(v.mean()), float(v.std(ddof=1)) if v.size > 1 else 0.0  # the sample sd over the runs
 
 
+def _scored(vals, unit: str = "runs") -> str:
+    """" (k of n runs)" where some of `vals` are None (a score undefined, e.g. a DMC task whose data
+    did not learn): the cell's figure is over the k defined ones. "" when all (or none: n/a) are."""
+    vals = list(vals)
+    k = sum(v is not None for v in vals)
+    return f" ({k} of {len(vals)} {unit})" if 0 < k < len(vals) else ""
+
+
 def _pm(mean, std, pct=True) -> str:
     if mean is None:
         return "n/a"
@@ -184,9 +192,12 @@ def adapt_summary(runs: list[dict]) -> tuple[str, list[dict]]:
                "pretrain_after_ci": _ci({t: [r.get("pretrain_after") for r in rs if r["task"] == t] for t in by_task},
                                         "mean")}
         rows.append(row)
-        table.append([m, len(row["seeds"]) or "-"] + [_pm(per_task.get(t), None) for t in tasks] +
-                     [_pm(*row["new_task"]), _fmt_ci(row["new_task_ci"]), _fmt_ci(row["new_task_iqm_ci"]),
-                      _pm(*row["pretrain_after"]), _pm(*row["retention"]), _fmt_ci(row["retention_ci"]),
+        table.append([m, len(row["seeds"]) or "-"] +
+                     [_pm(per_task.get(t), None) + _scored(by_task.get(t, [])) for t in tasks] +
+                     [_pm(*row["new_task"]) + _scored(per_task.values(), "tasks"), _fmt_ci(row["new_task_ci"]),
+                      _fmt_ci(row["new_task_iqm_ci"]),
+                      _pm(*row["pretrain_after"]) + _scored(r.get("pretrain_after") for r in rs),
+                      _pm(*row["retention"]) + _scored(r.get("retention") for r in rs), _fmt_ci(row["retention_ci"]),
                       f"{row['trainable_pct']:.2f}", f"{row['per_task_pct']:.2f}", f"{row['train_s'][0]:.0f}"])
     headers = (["method", "seeds"] + [f"{t.removesuffix('-v3')} %" for t in tasks] +
                ["new task % (mean ± sd over tasks)", "new task mean [95% CI]", "new task IQM [95% CI]",
@@ -200,7 +211,9 @@ def adapt_summary(runs: list[dict]) -> tuple[str, list[dict]]:
              "mean [95% CI]: the mean's interval by the same bootstrap. Per task: the mean over its seeds; new task % "
              "(mean ± sd over tasks): over those per-task means (sample sd); pre-train after and retention: mean ± "
              "sample sd over every run (tasks x seeds), retention the mean of the runs' after / before ratios. A task "
-             "a method has no run of is n/a, and the method's means are over its other tasks.")
+             "a method has no run of is n/a, and the method's means are over its other tasks. \"(k of n runs)\": "
+             "only k of the cell's runs have a defined score (see the runs' results for why), and the figure is "
+             "over those.")
     return markdown_table(headers, table) + ("\n\n" + note if note else ""), rows
 
 
@@ -230,16 +243,19 @@ def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
         final = {t: [r["matrix"][-1][j] for r in rs] for j, t in enumerate(rs[0]["tasks"])}  # last row per seed
         row["average_score_ci"], row["iqm_ci"] = _ci(final, "mean"), _ci(final, "iqm")
         rows.append(row)
-        table.append([m, len(rs), _pm(*row["average_score"]), _fmt_ci(row["average_score_ci"]), _fmt_ci(row["iqm_ci"]),
-                      _pm(*row["forgetting"]), _pm(*row["forward_transfer"]),
-                      _pm(*row["pretrain_after"]), _pm(*row["retention"]), f"{row['trainable_pct']:.2f}",
+        cell = {k: _pm(*row[k]) + _scored(r.get(k) for r in rs)
+                for k in ("average_score", "forgetting", "forward_transfer", "pretrain_after", "retention")}
+        table.append([m, len(rs), cell["average_score"], _fmt_ci(row["average_score_ci"]), _fmt_ci(row["iqm_ci"]),
+                      cell["forgetting"], cell["forward_transfer"],
+                      cell["pretrain_after"], cell["retention"], f"{row['trainable_pct']:.2f}",
                       f"{row['per_task_pct']:.2f}"])
     headers = ["method", "seeds", "average score %", "average [95% CI]", "IQM [95% CI]", "forgetting %",
                "forward transfer %", "pre-train after %", "retention %", "trains % of base", "one task trains % of base"]
     note = ("± : the sample standard deviation over the seeds; retention: the mean of the seeds' after / before "
             "ratios. Intervals: rliable's stratified bootstrap over the final scores (tasks x seeds, seeds resampled "
             "within each task), 2,000 replicates, percentile 95%. Runs of one method at other budgets are rows of "
-            "their own ([N updates/task]).")
+            "their own ([N updates/task]). \"(k of n runs)\": only k of the method's runs have that figure defined "
+            "(e.g. forward transfer needs single-task references), and it is over those.")
     return markdown_table(headers, table) + "\n\n" + note, rows
 
 
