@@ -141,6 +141,26 @@ def test_plots_are_readable(tmp_path):
     assert seen["xlim"][0] < 0.1 and seen["xlim"][1] > 0.6 and seen["ylim"][0] < 0.2 and seen["ylim"][1] > 0.9
 
 
+def test_the_continual_curve_says_what_its_band_is(tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    from dtune.report.plots import plot_methods_curve
+
+    legends, real_savefig = [], plt.Figure.savefig
+
+    def spy(fig, *a, **k):
+        legends.append([t.get_text() for t in fig.axes[0].get_legend().get_texts()])
+        return real_savefig(fig, *a, **k)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    tasks = ["hammer-v3", "reach-v3"]
+    plot_methods_curve({"l2m": [np.array([0.5, 0.6]), np.array([0.7, 0.8])], "full": [np.array([0.4, 0.2])]}, tasks,
+                       tmp_path / "c.png")
+    plot_methods_curve({"full": [np.array([0.4, 0.2])]}, tasks, tmp_path / "one.png")
+    assert legends[0] == ["l2m (2 seeds)", "full (1 seed)", "line: mean over seeds; band: min..max"]
+    assert legends[1] == ["full (1 seed)"]  # no band, no band entry
+
+
 def test_labels_of_close_points_do_not_overlap():
     from dtune.report.plots import _plt, place_labels
 

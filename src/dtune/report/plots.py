@@ -67,7 +67,7 @@ def plot_curves(matrix: np.ndarray, tasks: list[str], path: Path, title: str = "
 
 
 def plot_methods_curve(curves: dict[str, list[np.ndarray]], tasks: list[str], path: Path, title: str = "") -> None:
-    """Average score over the tasks seen so far, per method: mean over seeds, band = min..max."""
+    """Average score over the tasks seen so far, per method: mean over seeds, band = min..max (the legend says so)."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     for method, runs in curves.items():
@@ -80,7 +80,12 @@ def plot_methods_curve(curves: dict[str, list[np.ndarray]], tasks: list[str], pa
     ax.set_xticks(np.arange(len(tasks)), _short(tasks), rotation=60, ha="right", fontsize=8)
     ax.set_ylim(-0.05, 1.05)
     ax.set_ylabel("average score of the tasks seen so far")
-    ax.legend(fontsize=7)
+    handles, _ = ax.get_legend_handles_labels()
+    if any(len(runs) > 1 for runs in curves.values()):  # say what the bands are
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(color="0.5", alpha=0.3, label="line: mean over seeds; band: min..max"))
+    ax.legend(handles=handles, fontsize=7)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
