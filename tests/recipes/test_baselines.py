@@ -47,13 +47,42 @@ def test_resume_continues_exactly(hopper_data, tmp_path):
     again = train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", steps=4, resume=True))
     assert first > 0 and again["train_s"] >= first  # nothing left to train: the first invocation's time
     train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", resume=True))
-    a = load_file(str(tmp_path / "whole" / "checkpoint" / "networks.safetensors"))
-    b = load_file(str(tmp_path / "parts" / "checkpoint" / "networks.safetensors"))
+    a = load_file(str(tmp_path / "whole" / "checkpoint" / "ckpt-8" / "networks.safetensors"))
+    b = load_file(str(tmp_path / "parts" / "checkpoint" / "ckpt-8" / "networks.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
     with pytest.raises(ValueError, match="--resume"):
         train_baseline(cfg(hopper_data, tmp_path / "parts", algo="iql", resume=True))
     with pytest.raises(ValueError, match="already holds"):
         train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc"))
+
+
+def test_a_run_interrupted_while_saving_resumes_from_the_last_whole_checkpoint(hopper_data, tmp_path, monkeypatch):
+    """The second epoch's save dies after its networks are written, before its optimiser states:
+    the checkpoint on disk is still the first epoch's, whole, and resuming gives the uninterrupted run."""
+    import torch
+    from safetensors.torch import load_file
+
+    train_baseline(cfg(hopper_data, tmp_path / "whole", algo="td3+bc"))
+    real, calls = torch.save, []
+
+    def dies_on_the_second_save(obj, f, *a, **k):
+        calls.append(f)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(obj, f, *a, **k)
+
+    monkeypatch.setattr(torch, "save", dies_on_the_second_save)
+    with pytest.raises(KeyboardInterrupt):
+        train_baseline(cfg(hopper_data, tmp_path / "cut", algo="td3+bc"))
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["step"] == 4
+    train_baseline(cfg(hopper_data, tmp_path / "cut", algo="td3+bc", resume=True))
+    folder = [json.loads((tmp_path / d / "checkpoint" / "state.json").read_text())["checkpoint"] for d in ("whole", "cut")]
+    assert folder == ["ckpt-8", "ckpt-8"]
+    assert sorted(p.name for p in (tmp_path / "cut" / "checkpoint").iterdir()) == ["ckpt-8", "state.json"]
+    a = load_file(str(tmp_path / "whole" / "checkpoint" / "ckpt-8" / "networks.safetensors"))
+    b = load_file(str(tmp_path / "cut" / "checkpoint" / "ckpt-8" / "networks.safetensors"))
+    assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
 
 
 def test_resume_refuses_a_run_whose_data_subset_an_older_rule_chose(hopper_data, tmp_path):

@@ -46,7 +46,7 @@ import numpy as np
 from dtune import __version__
 from dtune.data.storage import (DatasetError, Episode, dataset_dir, dataset_status, episode_stats, read_metadata,
                                 write_dataset)
-from dtune.runtime.io import atomic_write_text
+from dtune.runtime.io import atomic_write_text, checkpoint_files, checkpoint_folder
 from dtune.runtime.optional import quiet_legacy_gym
 from dtune.runtime.seeds import episode_seed, global_rng_state, set_global_rng_state
 from dtune.tasks import ensure_registered, get_suite, get_task, make_env, resolve_tasks
@@ -246,31 +246,14 @@ CHECKPOINT_FILES = ("agent.safetensors", "optim.pt", "buffer.npz", "episodes.npz
 
 def _save_checkpoint(wd: Path, model, episodes: list[Episode], settings: dict, wall_s: float,
                      evals: list | None = None) -> None:
-    """The files of a checkpoint into a new folder, then `state.json` naming it (atomically, last),
-    then older folders (and the top-level files of dtune 0.2's layout) are deleted."""
-    import shutil
-
+    """The files of a checkpoint into a new folder `ckpt-<env steps>`, then `state.json` naming it
+    (atomically, last), then older folders (and the top-level files of dtune 0.2's layout) are
+    deleted (:func:`dtune.runtime.io.checkpoint_folder`)."""
     import torch
     from safetensors.torch import save_file
 
-    name, i = f"ckpt-{int(model.num_timesteps)}", 0
-    while (wd / name).exists():  # never write into the folder state.json may name
-        i += 1
-        name = f"ckpt-{int(model.num_timesteps)}-{i}"
-    tmp = wd / f"{name}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file(_agent_tensors(model), str(tmp / "agent.safetensors"))
-    opt = {name_: o.state_dict() for name_, o in _optimizers(model).items()}
-    opt["torch_rng"] = torch.get_rng_state()
-    torch.save(opt, tmp / "optim.pt")
     rb = model.replay_buffer
-    n = rb.buffer_size if rb.full else rb.pos
-    _atomic_npz(tmp / "buffer.npz", {k: getattr(rb, k)[:n] for k in
-                                     ("observations", "next_observations", "actions", "rewards", "dones", "timeouts")})
-    _save_episodes(tmp / "episodes.npz", episodes)
-    os.replace(tmp, wd / name)
-    state = {"checkpoint": name,
+    state = {
         "settings": settings, "dtune_version": __version__,
         "num_timesteps": int(model.num_timesteps), "n_updates": int(model._n_updates),
         "episode_num": int(model._episode_num), "episodes": len(episodes), "wall_s": wall_s,
@@ -279,21 +262,23 @@ def _save_checkpoint(wd: Path, model, episodes: list[Episode], settings: dict, w
         **global_rng_state(),
         "action_space_rng": model.action_space.np_random.bit_generator.state,
     }
-    atomic_write_text(wd / "state.json", json.dumps(state))  # written last: it names a whole checkpoint
-    for old in wd.iterdir():  # what no state.json names any more
-        if old.name != name and (old.name.startswith("ckpt-") or old.name in CHECKPOINT_FILES):
-            if old.is_dir():
-                shutil.rmtree(old)
-            else:
-                old.unlink()
+    with checkpoint_folder(wd, str(int(model.num_timesteps)), state, CHECKPOINT_FILES) as tmp:
+        save_file(_agent_tensors(model), str(tmp / "agent.safetensors"))
+        opt = {name_: o.state_dict() for name_, o in _optimizers(model).items()}
+        opt["torch_rng"] = torch.get_rng_state()
+        torch.save(opt, tmp / "optim.pt")
+        n = rb.buffer_size if rb.full else rb.pos
+        _atomic_npz(tmp / "buffer.npz", {k: getattr(rb, k)[:n] for k in
+                                         ("observations", "next_observations", "actions", "rewards", "dones",
+                                          "timeouts")})
+        _save_episodes(tmp / "episodes.npz", episodes)
 
 
 def _load_checkpoint(wd: Path, model) -> tuple[list[Episode], float, list]:
     import torch
     from safetensors.torch import load_file
 
-    state = json.loads((wd / "state.json").read_text())
-    files = wd / state["checkpoint"] if "checkpoint" in state else wd  # dtune 0.2: the files beside state.json
+    state, files = checkpoint_files(wd)  # dtune 0.2: the files beside state.json
     _load_agent_tensors(model, load_file(str(files / "agent.safetensors")))
     opt = torch.load(files / "optim.pt", weights_only=True)
     for name, o in _optimizers(model).items():

@@ -14,7 +14,9 @@ Transformers; `result.json` holds it.
 
 Training is split into epochs of `steps_per_epoch` updates; after every epoch the networks
 (safetensors), optimiser states (read back with `torch.load(weights_only=True)`) and random
-states are saved, so `--resume` continues an interrupted run (d3rlpy has no resume of its own).
+states are saved, as one checkpoint folder named by a `state.json` written last, so `--resume`
+continues an interrupted run exactly (d3rlpy has no resume of its own), even one interrupted
+while saving.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ import numpy as np
 
 from dtune.data.dataset import SUBSET_RULE
 from dtune.runtime.dist import single_process
-from dtune.runtime.io import atomic_write_json
+from dtune.runtime.io import atomic_write_json, checkpoint_files, checkpoint_folder
 from dtune.runtime.optional import quiet_legacy_gym
 from dtune.runtime.seeds import global_rng_state, set_global_rng_state
 
@@ -159,45 +161,45 @@ class BaselineAgent:
 
 
 # -- checkpoints ------------------------------------------------------------------------------
+CHECKPOINT_FILES = ("networks.safetensors", "optim.pt")
+"""A checkpoint's files (in `checkpoint/ckpt-<step>/`; dtune 0.2 wrote them beside `state.json`)."""
+
+
 def _parts(algo) -> dict:
     return algo.impl.modules.create_checkpointer("cpu:0").modules
 
 
 def _save(run: Path, algo, step: int, train_s: float) -> None:
+    """The networks (safetensors) and the optimisers' and torch's RNG states into a new folder
+    `checkpoint/ckpt-<step>`, then `checkpoint/state.json` naming it (written last), so an
+    interruption leaves the previous epoch's checkpoint whole."""
     import torch
     from safetensors.torch import save_file
 
-    from dtune.runtime.io import atomic_write_text
-
-    ck = run / "checkpoint"
-    ck.mkdir(exist_ok=True)
     nets, optims = {}, {}
     for name, m in _parts(algo).items():
         if isinstance(m, torch.nn.Module):
             nets.update({f"{name}.{k}": v.detach().cpu().contiguous() for k, v in m.state_dict().items()})
         else:
             optims[name] = m.state_dict()
-    save_file(nets, str(ck / "networks.safetensors.tmp"))
-    (ck / "networks.safetensors.tmp").replace(ck / "networks.safetensors")
-    torch.save({"optimizers": optims, "torch_rng": torch.get_rng_state()}, ck / "optim.pt.tmp")
-    (ck / "optim.pt.tmp").replace(ck / "optim.pt")
-    atomic_write_text(ck / "state.json", json.dumps({"step": step, "grad_step": int(algo.grad_step), "train_s": train_s,
-                                                     **global_rng_state()}))
+    state = {"step": step, "grad_step": int(algo.grad_step), "train_s": train_s, **global_rng_state()}
+    with checkpoint_folder(run / "checkpoint", str(step), state, CHECKPOINT_FILES) as tmp:
+        save_file(nets, str(tmp / "networks.safetensors"))
+        torch.save({"optimizers": optims, "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
 
 
 def _load(run: Path, algo) -> tuple[int, float]:
     import torch
     from safetensors.torch import load_file
 
-    ck = run / "checkpoint"
-    nets = load_file(str(ck / "networks.safetensors"))
-    rest = torch.load(ck / "optim.pt", weights_only=True)
+    state, files = checkpoint_files(run / "checkpoint")  # dtune 0.2: the files beside state.json
+    nets = load_file(str(files / "networks.safetensors"))
+    rest = torch.load(files / "optim.pt", weights_only=True)
     for name, m in _parts(algo).items():
         if isinstance(m, torch.nn.Module):
             m.load_state_dict({k[len(name) + 1:]: v for k, v in nets.items() if k.startswith(name + ".")})
         else:
             m.load_state_dict(rest["optimizers"][name])
-    state = json.loads((ck / "state.json").read_text())
     algo._grad_step = state["grad_step"]
     set_global_rng_state(state)
     torch.set_rng_state(rest["torch_rng"])
