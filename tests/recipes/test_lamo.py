@@ -110,6 +110,8 @@ def test_resume_refuses_a_run_whose_data_subset_an_older_rule_chose(setup, tmp_p
 def test_classic_dt_and_ablations(setup, tmp_path):
     dt = lamo(cfg(setup, tmp_path / "dt", lm=None))
     assert dt["method"] == "dt" and dt["tuning"] == "full" and dt["perplexity_before"] is None
+    # what the run was, not the options' defaults: no LM weights, linear embeddings, no language loss
+    assert (dt["pretrained"], dt["mlp_embeddings"], dt["language_weight"], dt["lm_layers"]) == (False, False, 0.0, None)
     base = json.loads((tmp_path / "dt" / "base" / "config.json").read_text())["model"]
     assert base["gpt"]["n_layer"] == 3 and base["gpt"]["n_head"] == 1 and base["embedding"] == "linear"
     ab = lamo(cfg(setup, tmp_path / "ab", pretrained=False, mlp_embeddings=False, tuning="full", language_weight=0.0))

@@ -177,8 +177,8 @@ def lamo(cfg: LamoConfig) -> dict:
     for name in ("steps", "batch_size", "context_len", "eval_episodes", "ckpt_every"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    if cfg.lm is None and (cfg.tuning != "full" or cfg.language_weight):
-        cfg.tuning, cfg.language_weight = "full", 0.0  # the classic DT: every weight trains, no LM to speak of
+    if cfg.lm is None:  # the classic DT: no LM to load, linear embeddings, every weight trains, nothing to speak
+        cfg.tuning, cfg.language_weight, cfg.pretrained, cfg.mlp_embeddings, cfg.lm_layers = "full", 0.0, False, False, None
     root = data_root(cfg.data_dir)
     cfg.data_dir = str(root)
     if cfg.resume:
