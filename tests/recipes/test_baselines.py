@@ -47,6 +47,11 @@ def test_resume_continues_exactly(hopper_data, tmp_path):
     again = train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", steps=4, resume=True))
     assert first > 0 and again["train_s"] >= first  # nothing left to train: the first invocation's time
     train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", resume=True))
+    logs = d3rlpy_logs(tmp_path / "whole")  # the run's own epochs and steps, one header per gradient file
+    assert [r[:2] for r in logs["critic_loss.csv"]] == [["1", "4"], ["2", "8"]]
+    grads = [v for k, v in logs.items() if k.endswith("_grad.csv")]
+    assert grads and all([r[:2] for r in v] == [["epoch", "step"], ["1", "4"], ["2", "8"]] for v in grads)
+    assert d3rlpy_logs(tmp_path / "parts") == logs
     a = load_file(str(tmp_path / "whole" / "checkpoint" / "ckpt-8" / "networks.safetensors"))
     b = load_file(str(tmp_path / "parts" / "checkpoint" / "ckpt-8" / "networks.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
@@ -83,6 +88,17 @@ def test_a_run_interrupted_while_saving_resumes_from_the_last_whole_checkpoint(h
     a = load_file(str(tmp_path / "whole" / "checkpoint" / "ckpt-8" / "networks.safetensors"))
     b = load_file(str(tmp_path / "cut" / "checkpoint" / "ckpt-8" / "networks.safetensors"))
     assert a.keys() == b.keys() and all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)
+    assert d3rlpy_logs(tmp_path / "cut") == d3rlpy_logs(tmp_path / "whole")  # the epoch-2 row logged before the kill: once
+
+
+def d3rlpy_logs(run) -> dict:
+    """d3rlpy's CSV logs of a run: every file's (epoch, step) column pairs, and the values where
+    they are not timings."""
+    logs = {}
+    for path in sorted((run / "d3rlpy").rglob("*.csv")):
+        rows = [x.split(",") for x in path.read_text().splitlines()]
+        logs[path.name] = [r[:2] if path.name.startswith("time_") else r for r in rows]
+    return logs
 
 
 def test_resume_refuses_a_run_whose_data_subset_an_older_rule_chose(hopper_data, tmp_path):

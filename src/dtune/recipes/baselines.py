@@ -31,7 +31,7 @@ import numpy as np
 
 from dtune.data.dataset import SUBSET_RULE
 from dtune.runtime.dist import single_process
-from dtune.runtime.io import atomic_write_json, checkpoint_files, checkpoint_folder
+from dtune.runtime.io import atomic_write_json, atomic_write_text, checkpoint_files, checkpoint_folder
 from dtune.runtime.optional import quiet_legacy_gym
 from dtune.runtime.seeds import global_rng_state, set_global_rng_state
 
@@ -206,6 +206,42 @@ def _load(run: Path, algo) -> tuple[int, float]:
     return int(state["step"]), float(state.get("train_s", 0.0))
 
 
+def _file_logger(root: Path, epochs_before: int, steps_before: int):
+    """d3rlpy's CSV logger (`FileAdapter`: `<root>/<algo>/<metric>.csv`, rows `epoch,step,value`)
+    with the run's own epoch and step: every per-epoch `fit` call (and every resume) would start
+    again at epoch 1 and rewrite the gradient CSVs."""
+    import os
+
+    from d3rlpy.logging import FileAdapter, FileAdapterFactory
+
+    class Adapter(FileAdapter):
+        def write_metric(self, epoch: int, step: int, name: str, value: float) -> None:
+            super().write_metric(epochs_before + epoch, steps_before + step, name, value)
+
+        def watch_model(self, epoch: int, step: int) -> None:
+            if not self._is_model_watched:  # the header once per file, not once per call
+                names = [name for name, _ in self._algo.impl.modules.get_gradients()]
+                self._is_model_watched = bool(names) and all(
+                    os.path.exists(os.path.join(self._logdir, f"{n}_grad.csv")) for n in names)
+            super().watch_model(epochs_before + epoch, steps_before + step)
+
+    class Factory(FileAdapterFactory):
+        def create(self, algo, experiment_name: str, n_steps_per_epoch: int) -> FileAdapter:
+            return Adapter(algo, os.path.join(self._root_dir, experiment_name))
+
+    return Factory(root_dir=str(root))
+
+
+def _drop_log_rows_after(logdir: Path, step: int) -> None:
+    """On resume: the CSV rows an interrupted invocation logged past its last checkpoint go (they
+    are trained again)."""
+    for path in logdir.glob("*.csv") if logdir.is_dir() else ():
+        lines = path.read_text().splitlines()
+        keep = [x for x in lines if not x[:1].isdigit() or int(x.split(",")[1]) <= step]
+        if len(keep) < len(lines):
+            atomic_write_text(path, "".join(f"{x}\n" for x in keep))
+
+
 def _quiet_d3rlpy() -> None:
     """d3rlpy logs every epoch through structlog at INFO; keep warnings only."""
     import logging
@@ -256,10 +292,11 @@ def train_baseline(cfg: BaselineConfig) -> dict:
     dataset, info = mdp_dataset(root, cfg.task, source, cfg.data_ratio, cfg.seed)
     algo = built_algo(cfg.algo, cfg.batch_size, dataset)
     step, before = _load(out, algo) if cfg.resume and (out / "checkpoint" / "state.json").exists() else (0, 0.0)
-    logger = d3rlpy.logging.FileAdapterFactory(root_dir=str(out / "d3rlpy"))
+    _drop_log_rows_after(out / "d3rlpy" / cfg.algo, step)
     t0 = time.perf_counter()
     while step < cfg.steps:
         n = min(cfg.steps_per_epoch, cfg.steps - step)
+        logger = _file_logger(out / "d3rlpy", step // cfg.steps_per_epoch, step)
         algo.fit(dataset, n_steps=n, n_steps_per_epoch=n, experiment_name=cfg.algo, with_timestamp=False,
                  logger_adapter=logger, show_progress=cfg.progress, save_interval=10 ** 9)
         step += n
