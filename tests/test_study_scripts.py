@@ -109,6 +109,23 @@ def test_cw10_study_scripts_pass_a_variants_options_and_keep_it_apart(tmp_path):
     assert (tmp_path / "out" / "runs" / "l2m-gauss-pre-io_r_32_pool-size_10_target-modules_q_k" / "s1" / "metrics.json").exists()
 
 
+def test_dmc6_study_scripts_pass_a_methods_options_and_keep_it_apart(tmp_path):
+    io = "l2m-gauss-pre-io:--r=32,--pool-size=10,--target-modules,q,k"
+    data = tmp_path / "data"
+    calls = run_study("adapt_dmc6/commands.sh", tmp_path, SEEDS="0", TASKS="walker-walk", METHODS=f"lora {io}",
+                      DATA=str(data), DTUNE_STORE=str(tmp_path / "store"))
+    adapt = [c for c in calls if c[0] == "adapt"]
+    assert [c[c.index("--method") + 1] for c in adapt] == ["lora", "l2m-gauss-pre-io"]
+    assert "--r=32" in adapt[1] and "--source" in adapt[1]
+    kept = tmp_path / "out" / "runs" / "walker-walk"
+    assert sorted(p.name for p in kept.iterdir()) == ["l2m-gauss-pre-io_r_32_pool-size_10_target-modules_q_k", "lora"]
+    calls = run_study("continual_dmc6/commands.sh", tmp_path, SEEDS="1", METHODS=io, DATA=str(data),
+                      DTUNE_STORE=str(tmp_path / "store"))
+    cont = [c for c in calls if c[0] == "continual"]
+    assert len(cont) == 1 and cont[0][cont[0].index("--method") + 1] == "l2m-gauss-pre-io" and "--r=32" in cont[0]
+    assert (tmp_path / "out" / "runs" / "l2m-gauss-pre-io_r_32_pool-size_10_target-modules_q_k" / "s1" / "metrics.json").exists()
+
+
 def test_dmc_data_script_stores_finished_datasets_and_restores_them(tmp_path):
     """results/dmc_data/commands.sh puts each finished SAC dataset into the committed store (gzipped)
     and a machine without the data gets it back from there."""

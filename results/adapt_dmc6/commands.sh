@@ -19,17 +19,22 @@ OUT=${OUT:-results/adapt_dmc6}
 CKPT=${CKPT:-results/mt40_dmc10_dt_small/checkpoint}  # continuous actions: the MDDT (results/mt40_dmc10_small) barely controls DMC
 STEPS=${STEPS:-500}
 SEEDS=${SEEDS:-"0"}
-METHODS=${METHODS:-"full head last-k l2 ewc lora ia3 adapter prompt prefix ptuning-v2 l2p l2m l2m-ia3 l2m-oracle l2m-pretrain-keys"}
+IO="l2m-gauss-pre-io:--r=32,--lora-alpha=64,--pool-size=10,--target-modules,q,k,v,out,fc,proj"  # CW10's best L2M
+METHODS=${METHODS:-"full head last-k l2 ewc lora ia3 adapter prompt prefix ptuning-v2 l2p l2m l2m-ia3 l2m-oracle l2m-pretrain-keys l2m-gauss-pre $IO"}
 TASKS=${TASKS:-"ball_in_cup-catch cartpole-swingup cheetah-run finger-spin reacher-easy walker-walk"}
+restore_mujoco_data "$DATA"  # the committed SAC datasets (results/dmc_data/commands.sh stores them)
 dtune data sac --tasks dmc10 --data-dir "$DATA" --workers 2 --no-progress  # finished tasks are skipped
 dtune data sac --tasks dmc6 --data-dir "$DATA" --workers 2 --no-progress
-run() {  # task method seed
-  local out="$RUNS/$1/$2/s$3" kept="$OUT/runs/$1/$2/s$3"
+run() {  # task method seed; a method may carry options: l2m-gauss-pre-io:--r=32,--pool-size=10
+  local method=${2%%:*} opts="" name=${2//[:=,]/_}; name=${name//--/}
+  [[ "$2" == *:* ]] && opts=${2#*:} && opts=${opts//,/ }
+  local out="$RUNS/$1/$name/s$3" kept="$OUT/runs/$1/$name/s$3"
   kept_done "$kept" "$STEPS" && return 0
   if [ ! -f "$out/result.json" ]; then
     rm -rf "$out"; mkdir -p "$(dirname "$out")"
+    # shellcheck disable=SC2086  # the options split into words
     OMP_NUM_THREADS=1 dtune adapt --checkpoint "$CKPT" --data-dir "$DATA" --source sac-replay --task "$1" \
-      --method "$2" --seed "$3" --steps "$STEPS" --eval-episodes 10 --pretrain-episodes 2 --no-progress \
+      --method "$method" $opts --seed "$3" --steps "$STEPS" --eval-episodes 10 --pretrain-episodes 2 --no-progress \
       --out "$out" > "$out.log" 2>&1
   fi
   keep "$out" "$kept"

@@ -15,17 +15,22 @@ OUT=${OUT:-results/continual_dmc6}
 CKPT=${CKPT:-results/mt40_dmc10_dt_small/checkpoint}  # continuous actions: the MDDT (results/mt40_dmc10_small) barely controls DMC
 STEPS=${STEPS:-500}
 SEEDS=${SEEDS:-"0 1 2"}
-METHODS=${METHODS:-"l2m full ewc lora prompt l2p"}
+IO="l2m-gauss-pre-io:--r=32,--lora-alpha=64,--pool-size=10,--target-modules,q,k,v,out,fc,proj"  # CW10's best L2M
+METHODS=${METHODS:-"l2m full ewc lora prompt l2p $IO"}
+restore_mujoco_data "$DATA"  # the committed SAC datasets (results/dmc_data/commands.sh stores them)
 dtune data sac --tasks dmc10 --data-dir "$DATA" --workers 2 --no-progress  # finished tasks are skipped
 dtune data sac --tasks dmc6 --data-dir "$DATA" --workers 2 --no-progress
-cl() {  # method seed
-  local out="$RUNS/$1/s$2" kept="$OUT/runs/$1/s$2" resume=""
+cl() {  # method seed; a method may carry options: l2m-gauss-pre-io:--r=32,--pool-size=10
+  local method=${1%%:*} opts="" name=${1//[:=,]/_}; name=${name//--/}
+  [[ "$1" == *:* ]] && opts=${1#*:} && opts=${opts//,/ }
+  local out="$RUNS/$name/s$2" kept="$OUT/runs/$name/s$2" resume=""
   [ -f "$kept/metrics.json" ] && return 0
   if [ ! -f "$out/metrics.json" ]; then
     [ -f "$out/config.json" ] && resume="--resume"
     mkdir -p "$(dirname "$out")"
+    # shellcheck disable=SC2086  # the options split into words
     OMP_NUM_THREADS=1 dtune continual --checkpoint "$CKPT" --data-dir "$DATA" --source sac-replay --sequence dmc6 \
-      --method "$1" --seed "$2" --steps-per-task "$STEPS" --eval-episodes 5 --eval-pretrain --pretrain-episodes 2 \
+      --method "$method" $opts --seed "$2" --steps-per-task "$STEPS" --eval-episodes 5 --eval-pretrain --pretrain-episodes 2 \
       --no-progress --out "$out" $resume >> "$out.log" 2>&1
   fi
   keep "$out" "$kept"
