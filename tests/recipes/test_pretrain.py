@@ -74,6 +74,26 @@ def test_refuses_to_overwrite_or_resume_with_other_settings(tiny_data, tmp_path)
         pretrain(cfg(tiny_data, tmp_path / "none", resume=True))
 
 
+def test_resume_trains_on_the_recorded_datasets_and_refuses_replaced_ones(tiny_data, tmp_path):
+    """A resumed run reads the datasets it started on (a second source of a task is no ambiguity),
+    refuses another --source, and refuses data replaced since (other episodes: another run)."""
+    import shutil
+
+    from tests.conftest import collect_tiny
+
+    root, run = tmp_path / "data", tmp_path / "r"
+    shutil.copytree(tiny_data, root)
+    pretrain(cfg(root, run, steps=2))
+    collect_tiny(root, tasks="reach-v3", episodes=3, source="random")  # a second dataset of reach-v3
+    with pytest.raises(ValueError, match="source"):
+        pretrain(cfg(root, run, steps=4, source="random", resume=True))
+    assert pretrain(cfg(root, run, steps=4, resume=True))["steps"] == 4
+    assert json.loads((run / "config.json").read_text())["task_info"]["reach-v3"]["source"] == "expert-noise"
+    collect_tiny(root, tasks="door-open-v3", episodes=4, overwrite=True)  # replaced: 4 episodes instead of 6
+    with pytest.raises(ValueError, match="door-open-v3 .*not what the run"):
+        pretrain(cfg(root, run, steps=6, resume=True))
+
+
 def test_checkpoint_that_does_not_match_config(tiny_data, tmp_path):
     run = tmp_path / "r"
     pretrain(cfg(tiny_data, run, steps=2))

@@ -86,7 +86,8 @@ class PretrainConfig:
     grad_clip: float = 0.25
     """Gradient-norm clip."""
     max_episodes: int | None = None
-    """Use only the first N episodes of each task's dataset."""
+    """Use only the first N episodes of each task's dataset, in collection order: for a SAC replay
+    buffer (`sac-replay`) the earliest, least skilled ones (`data_ratio` draws a random subset)."""
     data_ratio: float = 1.0
     """Keep this fraction of each task's whole trajectories, a random subset seeded by `seed`
     (LaMo's low-data regime: 0.005, 0.01, 0.1, 1); the same seed gives the same subset in every run."""
@@ -114,7 +115,10 @@ class PretrainConfig:
 
 
 RESUME_KEYS = ("tasks", "model", "kind", "context_len", "batch_size", "lr", "min_lr", "warmup_steps",
-               "weight_decay", "grad_clip", "max_episodes", "data_ratio", "seed")
+               "weight_decay", "grad_clip", "max_episodes", "data_ratio", "source", "seed")
+
+DATA_FACTS = ("episodes", "steps", "return_mean", "return_max")
+"""What a resumed run checks of each task's data against what the run recorded when it started."""
 
 
 def peak_lr(cfg: PretrainConfig) -> float:
@@ -185,8 +189,19 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
     if saved is not None and saved["model"] != model_cfg.to_dict():
         raise ValueError(f"--resume with a model config that differs from the run in {out}")
 
-    data = TrajectoryData(root, cfg.tasks, cfg.max_episodes, layout=layout, source=cfg.source,
+    recorded_info = saved.get("task_info", {}) if saved is not None else {}
+    source = ({t: info["source"] for t, info in recorded_info.items()}  # the datasets the run trained on
+              if recorded_info and all("source" in info for info in recorded_info.values()) else cfg.source)
+    data = TrajectoryData(root, cfg.tasks, cfg.max_episodes, layout=layout, source=source,
                           data_ratio=cfg.data_ratio, ratio_seed=cfg.seed)
+    # evaluation statistics (target returns) of each task's whole dataset, not of the part trained on
+    task_info = {t: {**data.task_info[t], **dataset_statistics(root, t, data.sources[t])} for t in data.tasks}
+    changed = [t for t in data.tasks if t in recorded_info and any(
+        k in recorded_info[t] and recorded_info[t][k] != task_info[t][k] for k in DATA_FACTS)]
+    if changed:
+        raise ValueError(f"--resume: the data of {', '.join(changed)} under {root} is not what the run in {out} trained "
+                         f"on (episodes, steps or returns differ from its config.json: the dataset was replaced); "
+                         "point --data-dir at the original data, or start a new run")
     if data.max_timestep > model_cfg.max_timestep:
         raise ValueError(f"episodes of {data.max_timestep} steps exceed the model's timestep table ({model_cfg.max_timestep})")
 
@@ -205,8 +220,6 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
         trainer.load(out, weights_file=WEIGHTS)
     start_step = trainer.step
     n_params = sum(p.numel() for p in model.parameters())
-    # evaluation statistics (target returns) of each task's whole dataset, not of the part trained on
-    task_info = {t: {**data.task_info[t], **dataset_statistics(root, t, data.sources[t])} for t in data.tasks}
     if main:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "config.json", {

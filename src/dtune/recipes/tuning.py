@@ -49,7 +49,8 @@ class TuneSettings:
     grad_clip: float = 0.25
     """Gradient-norm clip."""
     max_episodes: int | None = None
-    """Use only the first N episodes of each task's dataset."""
+    """Use only the first N episodes of each task's dataset, in collection order: for a SAC replay
+    buffer (`sac-replay`) the earliest, least skilled ones (`data_ratio` draws a random subset)."""
     data_ratio: float = 1.0
     """Keep this fraction of each new task's whole trajectories, a random subset seeded by `seed`
     (the same seed gives the same subset in every run)."""
