@@ -269,6 +269,30 @@ def test_pool_locks_leave_entries_free_and_old_adapters_load(tmp_path):
         assert not loaded.tuner.pool.locked.any()
 
 
+@pytest.mark.parametrize("kind", ["lora", "linear"])
+def test_l2m_entries_on_a_mixed_batch_equal_each_sample_on_its_own_entry(kind):
+    """An evaluation batch mixes tasks: every sample gets what its own entry gives it alone (nothing
+    for -1, no modulation), forward and backward."""
+    from dtune.tuners.l2m import PoolDelta, PoolLora
+
+    torch.manual_seed(0)
+    base = torch.nn.Linear(8, 6)
+    pool = PoolLora(base, 4, 2, 4.0, 0.0) if kind == "lora" else PoolDelta(base, 4)
+    with torch.no_grad():
+        for p in pool.parameters():
+            p.normal_()
+    x = torch.randn(7, 3, 8)
+    idx = torch.tensor([2, -1, 0, 2, 3, -1, 0])
+    run = (lambda xs, i: pool(xs, i)) if kind == "lora" else (lambda xs, i: pool(xs, i, torch.float32))
+    mixed = run(x, idx)
+    alone = torch.stack([run(x[b:b + 1], idx[b:b + 1])[0] if idx[b] >= 0 else torch.zeros(3, 6) for b in range(7)])
+    assert torch.allclose(mixed, alone, atol=1e-5)
+    grads = torch.autograd.grad(mixed.square().sum(), list(pool.parameters()))
+    ref = torch.autograd.grad(alone.square().sum(), list(pool.parameters()))
+    assert all(torch.allclose(g, r, atol=1e-4) for g, r in zip(grads, ref))
+    assert all(g[1].abs().sum() == 0 for g in grads)  # entry 1: no sample chose it
+
+
 def test_l2m_oracle_routes_by_task_and_leaves_unknown_tasks_unmodulated():
     model = tiny_model()
     tuners.attach(model, "l2m-oracle")
