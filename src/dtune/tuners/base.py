@@ -45,10 +45,13 @@ class TunerConfig:
     """How EWC treats successive tasks of a continual run. "online" (dtune's default): the
     pre-training Fisher anchors the first task and each finished task's Fisher is added to the
     sum, around the latest weights, so the pull grows with the tasks done. "separate" (the L2M
-    reference code's continual setting: avalanche's EWC with `mode="separate"`,
-    `keep_importance_data=False`, `ewc_start_experience=1`): no penalty on the first task, then
-    only the last finished task's Fisher and weights. A single-task adaptation has one earlier
-    task, pre-training, so both modes anchor it to the pre-trained model there."""
+    reference code's continual setting: its own rewrite of avalanche's EWC, with
+    `ewc_mode="separate"`, `keep_importance_data=False`, `ewc_start_experience=1`, where, unlike
+    in avalanche, only the last task's anchor is kept): no penalty on the first task, then only
+    the last finished task's Fisher and weights. Both modes estimate the Fisher from the task loss
+    alone with dropout off; the reference's includes dropout and its own EWC penalty. A
+    single-task adaptation has one earlier task, pre-training, so both modes anchor it to the
+    pre-trained model there."""
     modules_to_save: list[str] | None = None
     """Whole modules of the model, besides the adapter, that train with it and are saved in the
     adapter (peft's `modules_to_save`), named like target_modules (names or name suffixes, e.g.
