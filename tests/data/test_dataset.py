@@ -156,6 +156,17 @@ def test_states_are_z_scored_with_the_training_statistics(data):
     assert np.abs(a[..., :39]).max() < 50 and np.array_equal(reused.state_mean, data.state_mean)
 
 
+def test_statistics_read_a_few_rows_at_a_time_and_equal_the_whole_arrays(data, monkeypatch):
+    """The statistics pass reads the memory-mapped observations in chunks (no float64 copy of a whole
+    task); chunks of 7 rows give what the whole arrays give."""
+    whole = np.concatenate([t.obs for t in data.domains[0].tasks]).astype(np.float64)
+    monkeypatch.setattr(TrajectoryData, "STATS_ROWS", 7)
+    mean, std = data._compute_stats()
+    np.testing.assert_allclose(mean[:39], whole.mean(0), rtol=1e-6, atol=1e-7)
+    expect = np.where(whole.std(0) > 1e-6, whole.std(0), 1.0)
+    np.testing.assert_allclose(std[:39], expect, rtol=1e-6)
+
+
 def test_tasks_with_fewer_keys_leave_other_domain_columns_zero(tmp_path):
     from tests.conftest import collect_tiny
 

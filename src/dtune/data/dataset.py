@@ -208,18 +208,24 @@ class TrajectoryData:
         self.state_std = np.asarray(state_stats[1], np.float32)
         self.act_dims = np.array([get_task(t).act_dim for t in self.tasks], dtype=np.int64)
 
+    STATS_ROWS = 1 << 16
+    """Rows of a task's (memory-mapped) observations read at a time for the statistics: a float64
+    copy of 65,536 rows, not of the whole task (a paper-scale task of 2M x 39 would need 1.25 GB)."""
+
     def _compute_stats(self) -> tuple[np.ndarray, np.ndarray]:
-        """Per-column mean and std over every step of the tasks that fill the column (one task's
-        observations in memory at a time)."""
-        dim = self.layout.state_dim
+        """Per-column mean and std over every step of the tasks that fill the column (two passes,
+        in float64, :attr:`STATS_ROWS` rows in memory at a time)."""
+        dim, rows = self.layout.state_dim, self.STATS_ROWS
         count, total, sq = np.zeros(dim), np.zeros(dim), np.zeros(dim)
         tasks = [t for d in self.domains for t in d.tasks]
         for t in tasks:
             count[t.columns] += len(t)
-            total[t.columns] += np.asarray(t.obs, np.float64).sum(0)
+            for lo in range(0, len(t.obs), rows):
+                total[t.columns] += np.asarray(t.obs[lo: lo + rows], np.float64).sum(0)
         mean = np.divide(total, count, out=np.zeros(dim), where=count > 0)
         for t in tasks:
-            sq[t.columns] += ((np.asarray(t.obs, np.float64) - mean[t.columns]) ** 2).sum(0)
+            for lo in range(0, len(t.obs), rows):
+                sq[t.columns] += ((np.asarray(t.obs[lo: lo + rows], np.float64) - mean[t.columns]) ** 2).sum(0)
         std = np.sqrt(np.divide(sq, count, out=np.ones(dim), where=count > 0))
         std = np.where((count > 0) & (std > 1e-6), std, 1.0)
         return mean.astype(np.float32), std.astype(np.float32)
