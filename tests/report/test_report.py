@@ -141,6 +141,28 @@ def test_plots_are_readable(tmp_path):
     assert seen["xlim"][0] < 0.1 and seen["xlim"][1] > 0.6 and seen["ylim"][0] < 0.2 and seen["ylim"][1] > 0.9
 
 
+def test_long_labels_and_titles_stay_inside_the_tradeoff_figure(tmp_path, monkeypatch):
+    """A variant's label carries its options and the title its method note: both are wrapped so that
+    nothing is cut at the figure's edge (a point at the right border included)."""
+    import matplotlib.pyplot as plt
+
+    seen, real_savefig = [], plt.Figure.savefig
+
+    def spy(fig, *a, **k):
+        r = fig.canvas.get_renderer()
+        seen.extend(t.get_window_extent(r) for t in fig.axes[0].texts + [fig.axes[0].title])
+        seen.append(fig.bbox)
+        return real_savefig(fig, *a, **k)
+
+    monkeypatch.setattr(plt.Figure, "savefig", spy)
+    long = "l2m-gauss-pre-io (lora_alpha=64.0, pool_size=10, r=32, target_modules=['q', 'k', 'v', 'out', 'fc', 'proj'])"
+    plot_tradeoff({long: (0.98, 1.0), "full": (0.97, 0.45), "prompt": (0.2, 0.4)}, tmp_path / "t.png",
+                  title="new task vs pre-training retention (means; bars: 95% stratified-bootstrap CI of the mean, "
+                        "where a method has 2+ seeds)")
+    *texts, fig = seen
+    assert len(texts) == 4 and all(fig.x0 <= t.x0 and t.x1 <= fig.x1 for t in texts)
+
+
 def test_the_continual_curve_says_what_its_band_is(tmp_path, monkeypatch):
     import matplotlib.pyplot as plt
 

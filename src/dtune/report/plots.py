@@ -166,9 +166,12 @@ def plot_tradeoff(points: dict[str, tuple[float, float]], path: Path, title: str
     (new-task score before, pre-training score before) is marked as the starting point.
     ``intervals`` (method -> ((x low, x high) or None, (y low, y high) or None)) draws each point's
     confidence intervals as error bars."""
+    import textwrap
+
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 5.5))
     items = [(m, x, y) for m, (x, y) in points.items() if x is not None and y is not None]
+    shown = {m: textwrap.fill(m, 32) for m, _, _ in items}  # a variant's options: several short lines
     extent = [(x, y) for _, x, y in items]  # what the axes must show
     if items:
         ax.scatter([x for _, x, _ in items], [y for _, _, y in items], s=25, zorder=3)
@@ -193,9 +196,9 @@ def plot_tradeoff(points: dict[str, tuple[float, float]], path: Path, title: str
         ax.set_xlim(*_fit_limits(xy[:, 0]))
         ax.set_ylim(*_fit_limits(xy[:, 1]))
     ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=9)
+    ax.set_title(textwrap.fill(title, 100), fontsize=9)
     fig.tight_layout()  # before the labels: they are placed in the final pixel layout
-    place_labels(ax, items)
+    place_labels(ax, [(shown.get(it[0], it[0]), *it[1:]) for it in items])
     fig.savefig(path, dpi=120)
     plt.close(fig)
 
