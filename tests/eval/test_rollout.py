@@ -172,3 +172,22 @@ def test_dt_agent_forks_share_the_model_and_merge_counts():
     forks[1].routing, forks[1].forwards = {"push-v3": {-1: 7}}, 6
     agent.merge(forks)
     assert agent.routing == {"reach-v3": {0: 3, 3: 4}, "push-v3": {-1: 7}} and agent.forwards == 11
+
+
+def test_a_normalised_score_over_another_horizon_than_its_datas_is_flagged(tiny_data):
+    """References and targets come from the data's episodes: scoring shorter (or longer) episodes
+    against them biases the score, so the result says so and a warning names the tasks."""
+    from dtune.recipes.common import dataset_statistics
+    from tests.conftest import DMC_TASK, HORIZON
+
+    info = dataset_statistics(tiny_data, DMC_TASK, "random")
+    assert info["horizon"] == HORIZON
+    weak = {"ref_min_score": 0.0, "ref_max_score": 2.0, "source": "sac-replay"}
+    with pytest.warns(UserWarning, match=f"{DMC_TASK}: the evaluation horizon differs"):
+        res = evaluate_agent(ConstantAgent(0.0), f"reach-v3,{DMC_TASK}", episodes=1, horizon=HORIZON - 1,
+                             progress=False, task_info={DMC_TASK: {**weak, "horizon": HORIZON}, "reach-v3": {"horizon": 7}})
+    assert f"run {HORIZON}" in res["tasks"][DMC_TASK]["horizon_note"]
+    assert "horizon_note" not in res["tasks"]["reach-v3"]  # a success rate has no references to mismatch
+    same = evaluate_agent(ConstantAgent(0.0), DMC_TASK, episodes=1, horizon=HORIZON, progress=False,
+                          task_info={DMC_TASK: {**weak, "horizon": HORIZON}})
+    assert "horizon_note" not in same["tasks"][DMC_TASK]

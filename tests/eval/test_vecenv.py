@@ -196,6 +196,32 @@ def test_suite_registered_at_run_time_and_early_ends():
         unregister_suite("toyvec")
 
 
+class _TenfoldEnv(_CountEnv):
+    def step(self, a):
+        o, r, *rest = super().step(a)
+        return (o, 10 * r, *rest)
+
+
+class TenfoldSuite(ToySuite):
+    """The same suite name with other environments: a suite replaced at run time."""
+
+    def make_env(self, task, seed):
+        return _TenfoldEnv()
+
+
+def test_a_replaced_suite_gets_new_environments_in_process_and_in_workers():
+    register_suite(ToySuite())
+    try:
+        specs = [get_task("toy-count")] * 3
+        before = {w: _episodes(WaveAgent, specs, w)["returns"] for w in (0, 2)}
+        register_suite(TenfoldSuite(), replace=True)
+        specs = [get_task("toy-count")] * 3
+        for w in (0, 2):  # the pooled environments of the old suite are not handed out any more
+            np.testing.assert_allclose(_episodes(WaveAgent, specs, w)["returns"], 10 * before[w], rtol=1e-6)
+    finally:
+        unregister_suite("toyvec")
+
+
 def _wait_gone(pids, seconds=5.0) -> bool:
     deadline = time.monotonic() + seconds
     while not all(_gone(p) for p in pids) and time.monotonic() < deadline:

@@ -8,35 +8,23 @@ chunk at once. Scores per task follow the task's suite (:mod:`dtune.eval.scores`
 from __future__ import annotations
 
 import time
+import warnings
 
 import numpy as np
 
 from dtune.eval.agents import Agent
 from dtune.eval.scores import target_return, task_score, undefined_reason
 from dtune.runtime.seeds import episode_seed
-from dtune.tasks import TaskSpec, get_task, make_env, resolve_tasks
-from dtune.tasks.mjcache import compile_once
+from dtune.tasks import TaskSpec, get_task, resolve_tasks, reuse_envs
 
-_ENV_POOL: dict[tuple[str, int], list] = {}
+_ENV_POOL: dict[tuple, list] = {}
 
 
 def pooled_envs(specs: list[TaskSpec]) -> list:
     """One environment per spec, reused across calls in this process (building a Meta-World env
-    costs about 0.15 s, most of it compiling its MuJoCo model, done once per task and call:
-    :func:`dtune.tasks.mjcache.compile_once`; evaluations during adaptation run many times). Episodes start with
-    `reset(seed)`, which re-seeds everything an episode depends on."""
-    taken: dict[tuple[str, int], int] = {}
-    envs = []
-    with compile_once():  # the environments of a task share one compilation of its MuJoCo model
-        for s in specs:
-            key = (s.name, s.horizon)
-            pool = _ENV_POOL.setdefault(key, [])
-            i = taken.get(key, 0)
-            if i == len(pool):
-                pool.append(make_env(s.name, seed=0, horizon=s.horizon))
-            envs.append(pool[i])
-            taken[key] = i + 1
-    return envs
+    costs about 0.15 s, most of it compiling its MuJoCo model, done once per task and call;
+    evaluations during adaptation run many times): :func:`dtune.tasks.reuse_envs`."""
+    return reuse_envs(_ENV_POOL, [(s.name, s.horizon) for s in specs])
 
 
 def run_episodes(agent: Agent, specs: list[TaskSpec], seeds: list[int], targets: list[float], bar=None,
@@ -227,6 +215,15 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
         elif spec.score == "normalized" and (task_info.get(task) or {}).get("behaviour_learned") is False:
             results[task]["score_caveat"] = ("the agent that made its data did not learn the task, so the data mean is "
                                              "close to the random reference and the score divides by a small gap")
+        data_horizon = (task_info.get(task) or {}).get("horizon")
+        if spec.score == "normalized" and data_horizon is not None and int(data_horizon) != spec.horizon:
+            results[task]["horizon_note"] = (f"evaluated over {spec.horizon} steps, but its data's episodes (the score's "
+                                             f"references and target) run {int(data_horizon)}")
+    mismatched = [t for t in tasks if "horizon_note" in results[t]]
+    if mismatched:
+        warnings.warn(f"{', '.join(mismatched)}: the evaluation horizon differs from the one of the data the normalised "
+                      "score is measured against, so the scores are biased (drop --horizon to use each task's own)",
+                      stacklevel=2)
     scored = [r["score"] for r in results.values() if r["score"] is not None]
     learned = [r["score"] for r in results.values() if r["score"] is not None and "score_caveat" not in r]
     if len(learned) < len(scored):

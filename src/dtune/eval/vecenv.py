@@ -55,6 +55,7 @@ from __future__ import annotations
 import atexit
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import traceback
 import weakref
@@ -63,8 +64,7 @@ from multiprocessing import shared_memory
 import numpy as np
 
 from dtune.runtime.workers import RemoteTraceback, WorkerError, die_with_parent, portable_exception
-from dtune.tasks import SUITES, TaskSpec, get_suite, get_task, make_env, register_suite
-from dtune.tasks.mjcache import compile_once
+from dtune.tasks import SUITES, TaskSpec, get_suite, get_task, register_suite, reuse_envs
 
 __all__ = ["VecEnv", "shared_vecenv", "close_shared"]
 
@@ -97,7 +97,7 @@ class _Worker:
     """State of one worker process: its env cache, its slice and the shared arrays."""
 
     def __init__(self):
-        self.cache: dict[tuple[str, int], list] = {}
+        self.cache: dict[tuple, list] = {}
         self.shm = None
         self.v: dict[str, np.ndarray] = {}
         self.lo = 0
@@ -107,28 +107,18 @@ class _Worker:
         self.index: list[int] = []  # the parent's env index of each slot of the slice
 
     def assign(self, shm_name, layout, lo, keys, suites):
-        for suite in suites:
-            if suite.name not in SUITES:  # a suite registered at run time in the parent
-                register_suite(suite)
+        for suite in suites:  # a suite registered (or replaced) at run time in the parent
+            if suite.name not in SUITES or pickle.dumps(SUITES[suite.name]) != pickle.dumps(suite):
+                register_suite(suite, replace=True)
         if self.shm is None or self.shm.name != shm_name:
             self.v = {}
             if self.shm is not None:
                 self.shm.close()
             self.shm = shared_memory.SharedMemory(name=shm_name)
         self.v = _views(self.shm.buf, layout)
-        taken: dict[tuple[str, int], int] = {}
-        self.envs, self.act_dims, self.index = [], [], []
-        with compile_once():  # the same reuse rule as rollout.pooled_envs, one compilation per model
-            for name, horizon, act_dim, index in keys:
-                key = (name, horizon)
-                pool = self.cache.setdefault(key, [])
-                i = taken.get(key, 0)
-                if i == len(pool):
-                    pool.append(make_env(name, seed=0, horizon=horizon))
-                self.envs.append(pool[i])
-                taken[key] = i + 1
-                self.act_dims.append(act_dim)
-                self.index.append(index)
+        self.envs = reuse_envs(self.cache, [(name, horizon) for name, horizon, _, _ in keys])  # as rollout.pooled_envs
+        self.act_dims = [act_dim for _, _, act_dim, _ in keys]
+        self.index = [index for _, _, _, index in keys]
         self.lo = lo
         self.obs_dims = [0] * len(self.envs)
         return sum(len(p) for p in self.cache.values())
@@ -365,7 +355,8 @@ class VecEnv:
         self._slot = np.empty(n, np.intp)  # env -> slot
         self._slot[self._order] = np.arange(n)
         self.bounds = [0] + np.cumsum([len(range(w, n, self.workers)) for w in range(self.workers)]).tolist()
-        suites = list({s.suite: get_suite(s.suite) for s in specs}.values())
+        self.suites = {s.suite: get_suite(s.suite) for s in specs}  # the suite objects the envs come from
+        suites = list(self.suites.values())
         try:
             for w in range(self.workers):
                 lo, hi = self.bounds[w], self.bounds[w + 1]
@@ -459,7 +450,8 @@ def shared_vecenv(specs: list[TaskSpec], workers: int) -> VecEnv:
     if venv is None:
         venv = _SHARED[workers] = VecEnv(specs, workers)
     elif [(s.name, s.horizon) for s in venv.specs] != [(s.name, s.horizon) for s in specs] or \
-            venv.act_dims != [s.act_dim for s in specs]:
+            venv.act_dims != [s.act_dim for s in specs] or \
+            any(get_suite(s.suite) is not venv.suites.get(s.suite) for s in specs):  # a suite replaced since
         venv.assign(specs)
     return venv
 

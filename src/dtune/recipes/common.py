@@ -34,7 +34,8 @@ def dataset_statistics(root: Path, task: str, source: str) -> dict:
     """What evaluating `task` needs of its dataset, from the *whole* dataset whatever part of it a
     run trains on (`--max-episodes`): the best episode return (the task's target return, see
     :func:`dtune.eval.scores.target_return`), the mean return, the references of a normalised
-    score, the source, and for SAC data whether its agent learned (`behaviour_learned`). Read from
+    score, the source, the data's episode cap (`horizon`), and for SAC data whether its agent
+    learned (`behaviour_learned`). Read from
     the dataset's metadata (computed from its episodes when the metadata has no statistics)."""
     meta = read_metadata(root, task, source)
     stats = meta.get("dtune", {}).get("stats") or {}
@@ -42,6 +43,8 @@ def dataset_statistics(root: Path, task: str, source: str) -> dict:
         stats = episode_stats(read_episodes(root, task, source))
     out = {"return_max": float(stats["return_max"]), "return_mean": float(stats["return_mean"]),
            "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"), "source": source}
+    if meta.get("dtune", {}).get("horizon") is not None:  # the data's episode cap: what its returns are over
+        out["horizon"] = int(meta["dtune"]["horizon"])
     learned = meta.get("dtune", {}).get("sac_learned")
     if learned is not None:  # SAC data: whether its agent learned (else the data is near random)
         out["behaviour_learned"] = bool(learned)

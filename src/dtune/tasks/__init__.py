@@ -141,6 +141,33 @@ def make_env(name: str, seed: int = 0, horizon: int | None = None) -> Env:
     return SUITES[spec.suite].make_env(spec, int(seed))
 
 
+def reuse_envs(pool: dict, wanted: list[tuple[str, int]]) -> list:
+    """One environment per `(task, horizon)` of `wanted`, from `pool`, a dict the caller keeps
+    between calls: environments built by earlier calls are reused (episodes start with
+    `reset(seed)`, which re-seeds everything an episode depends on), one call never hands out an
+    environment twice, and missing ones are built with one compilation per MuJoCo model
+    (:func:`dtune.tasks.mjcache.compile_once`). Environments belong to the suite object that was
+    registered when they were built: those of a suite replaced since
+    (`register_suite(..., replace=True)`) are dropped and built anew."""
+    from dtune.tasks.mjcache import compile_once
+
+    for key in [k for k in pool if SUITES.get(k[2].name) is not k[2]]:  # a replaced or removed suite's
+        for env in pool.pop(key):
+            getattr(env, "close", lambda: None)()
+    taken: dict[tuple, int] = {}
+    envs = []
+    with compile_once():  # the environments of a task share one compilation of its MuJoCo model
+        for name, horizon in wanted:
+            key = (name, horizon, SUITES[get_task(name).suite])
+            built = pool.setdefault(key, [])
+            i = taken.get(key, 0)
+            if i == len(built):
+                built.append(make_env(name, seed=0, horizon=horizon))
+            envs.append(built[i])
+            taken[key] = i + 1
+    return envs
+
+
 def layout_for(tasks, scope: str = "suite") -> InputLayout:
     """The input layout of a run on `tasks` (see :class:`InputLayout`)."""
     return InputLayout.for_tasks([get_task(t) for t in resolve_tasks(tasks)], SUITES, scope)
@@ -161,5 +188,6 @@ register_suite(KitchenSuite())
 _load_entry_points()
 
 __all__ = ["TaskSpec", "Suite", "Env", "InputLayout", "SUITES", "REGISTRY", "TASK_SETS", "UnknownTaskError",
-           "register_suite", "unregister_suite", "get_suite", "get_task", "resolve_tasks", "make_env", "layout_for",
+           "register_suite", "unregister_suite", "get_suite", "get_task", "resolve_tasks", "make_env", "reuse_envs",
+           "layout_for",
            "legacy_layout"]

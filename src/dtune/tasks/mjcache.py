@@ -9,8 +9,10 @@ Each environment still owns its model (Meta-World moves bodies in it at reset), 
 originals are dropped when the block ends: a Meta-World model holds about 24 MB.
 
 Only `from_xml_path` with no asset dictionary is cached, keyed by the file's path and content; model
-files written at run time under one name with other contents compile anew. Environments that compile
-from strings (dm_control, dtune's reacher2d) are untouched.
+files written at run time under one name with other contents compile anew. Files the model includes
+(and its meshes and textures) are not part of the key: within one block they are taken as unchanged
+(the suites' model files are static package data, and a block lasts one batch of environments).
+Environments that compile from strings (dm_control, dtune's reacher2d) are untouched.
 """
 
 from __future__ import annotations

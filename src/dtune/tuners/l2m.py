@@ -156,6 +156,18 @@ def _one_entry(idx: torch.Tensor) -> int:
     return first if first >= 0 and bool((idx == first).all()) else -1
 
 
+def _per_entry(x: torch.Tensor, idx: torch.Tensor, out_features: int, dtype: torch.dtype, fn) -> torch.Tensor:
+    """`fn(x[idx == e], e)` in `dtype` for each entry `e` the samples chose (zeros where `idx` is
+    -1, "no modulation"): one product per distinct entry, instead of a copy of the entry's weights per
+    sample (evaluation batches mix the entries of many tasks, most samples on a few)."""
+    out = x.new_zeros(*x.shape[:-1], out_features, dtype=dtype)
+    for e in torch.unique(idx).tolist():
+        if e >= 0:
+            m = idx == e
+            out[m] = fn(x[m], e).to(dtype)  # (autocast computes in bf16)
+    return out
+
+
 class PoolLora(nn.Module):
     def __init__(self, base: nn.Linear, size: int, r: int, alpha: float, dropout: float):
         super().__init__()
@@ -173,11 +185,8 @@ class PoolLora(nn.Module):
         first = _one_entry(idx)
         if first >= 0:  # one entry for the whole batch (the usual case)
             return (self.dropout(x) @ self.lora_A[first].T.to(x.dtype)) @ self.lora_B[first].T.to(x.dtype) * self.scaling
-        on = idx >= 0
-        sel = idx.clamp_min(0)
-        a, b = self.lora_A[sel].to(x.dtype), self.lora_B[sel].to(x.dtype)
-        h = torch.einsum("bti,bri->btr", self.dropout(x), a)
-        return torch.einsum("btr,bor->bto", h, b) * (self.scaling * on.to(x.dtype))[:, None, None]
+        return _per_entry(self.dropout(x), idx, self.lora_B.shape[1], x.dtype,  # dropout over the whole batch, as before
+                          lambda xs, e: (xs @ self.lora_A[e].T.to(x.dtype)) @ self.lora_B[e].T.to(x.dtype) * self.scaling)
 
 
 class PoolDelta(nn.Module):
@@ -221,11 +230,9 @@ class PoolDelta(nn.Module):
             shape = (b,) + (1,) * (x.dim() - 2) + (-1,)
             norm = F.layer_norm(x.to(dtype), x.shape[-1:], None, None, self.eps)
             return (norm * self.weight[sel].to(dtype).reshape(shape) + self.bias[sel].to(dtype).reshape(shape)) * on
-        w = self.weight[sel].to(dtype)  # (B, out, in)
-        h = torch.einsum("bti,boi->bto", x.to(dtype).reshape(b, -1, x.shape[-1]), w)
-        if self.bias is not None:
-            h = h + self.bias[sel].to(dtype)[:, None]
-        return h.reshape(*x.shape[:-1], -1) * on
+        return _per_entry(x.to(dtype), idx, self.weight.shape[1], dtype,
+                          lambda xs, e: F.linear(xs, self.weight[e].to(dtype),
+                                                 None if self.bias is None else self.bias[e].to(dtype)))
 
 
 class PoolIA3(nn.Module):
