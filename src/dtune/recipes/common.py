@@ -12,6 +12,7 @@ from pathlib import Path
 from dtune.data.storage import (DatasetError, data_root, episode_stats, read_episodes, read_metadata,
                                 resolve_sources)
 from dtune.runtime.runs import COMMANDS, claim_out, run_kind
+from dtune.tasks import resolve_tasks
 from dtune.train.engine import Interrupted, read_state_meta
 
 
@@ -49,6 +50,14 @@ def dataset_statistics(root: Path, task: str, source: str) -> dict:
     if learned is not None:  # SAC data: whether its agent learned (else the data is near random)
         out["behaviour_learned"] = bool(learned)
     return out
+
+
+def recorded_sources(run_config: dict) -> dict[str, str] | None:
+    """The dataset source of every task of a run, as its config recorded them (`task_info`), to
+    read the data it trained on; None when a task has none recorded (a run of an older version)."""
+    info = run_config.get("task_info", {})
+    sources = {t: info.get(t, {}).get("source") for t in resolve_tasks(run_config["tasks"])}
+    return sources if all(sources.values()) else None
 
 
 def task_statistics(root: Path, tasks: list[str], source: str | None = None) -> dict[str, dict]:

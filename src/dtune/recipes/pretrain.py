@@ -22,8 +22,8 @@ from dtune import __version__
 from dtune.data.dataset import TrajectoryData, WindowSampler
 from dtune.models import build_model, preset
 from dtune.models.io import WEIGHTS, load_model, read_config, run_layout, save_weights
-from dtune.recipes.common import (abspath, check_resume, dataset_statistics, fit, resolve_data_dir, resume_command,
-                                  resume_config, start_fresh)
+from dtune.recipes.common import (abspath, check_resume, dataset_statistics, fit, recorded_sources, resolve_data_dir,
+                                  resume_command, resume_config, start_fresh)
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import init_distributed, shutdown
 from dtune.runtime.io import atomic_write_json
@@ -190,8 +190,7 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
         raise ValueError(f"--resume with a model config that differs from the run in {out}")
 
     recorded_info = saved.get("task_info", {}) if saved is not None else {}
-    source = ({t: info["source"] for t, info in recorded_info.items()}  # the datasets the run trained on
-              if recorded_info and all("source" in info for info in recorded_info.values()) else cfg.source)
+    source = (recorded_sources(saved) if saved is not None else None) or cfg.source  # the data the run trained on
     data = TrajectoryData(root, cfg.tasks, cfg.max_episodes, layout=layout, source=source,
                           data_ratio=cfg.data_ratio, ratio_seed=cfg.seed)
     # evaluation statistics (target returns) of each task's whole dataset, not of the part trained on

@@ -20,8 +20,8 @@ from dtune.data.dataset import TrajectoryData, WindowSampler
 from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_agent
 from dtune.models.io import run_layout
+from dtune.recipes.common import recorded_sources
 from dtune.runtime.io import atomic_write_json
-from dtune.tasks import resolve_tasks
 from dtune.train.engine import OptimSettings, to_torch
 from dtune.train.optim import PRESET_LR
 
@@ -122,13 +122,10 @@ def task_data(model, run_config: dict, root: Path, tasks, max_episodes, source=N
 def pretrain_batches(model, run_config: dict, root: Path, n: int, batch_size: int, seed: int, span: int | None = None):
     """`n` batches of the checkpoint's own pre-training data (for EWC's Fisher, L2M's pre-training keys),
     windows of the model's context (`span`: of that many timesteps)."""
-    sources = {t: i.get("source") for t, i in run_config.get("task_info", {}).items()}
-    tasks = run_config["tasks"]
-    source = sources if all(sources.get(t) for t in resolve_tasks(tasks)) else None  # each task's recorded dataset
     train = run_config["train"]
-    data = TrajectoryData(root, tasks, train.get("max_episodes"), state_stats=model_stats(model),
-                          layout=run_layout(run_config), source=source, data_ratio=train.get("data_ratio", 1.0),
-                          ratio_seed=train.get("seed", 0))
+    data = TrajectoryData(root, run_config["tasks"], train.get("max_episodes"), state_stats=model_stats(model),
+                          layout=run_layout(run_config), source=recorded_sources(run_config),  # its own datasets
+                          data_ratio=train.get("data_ratio", 1.0), ratio_seed=train.get("seed", 0))
     sampler = WindowSampler(data, span or model.cfg.context_len, batch_size, seed=seed + 7919)
     return data, [sampler.sample() for _ in range(n)]
 

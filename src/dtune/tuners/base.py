@@ -60,7 +60,9 @@ class TunerConfig:
     (detaching the tuner keeps the trained values in the model)."""
 
     def __post_init__(self):
-        if self.ewc_mode not in ("online", "separate"):
+        from dtune.tuners.penalty import EWC_MODES
+
+        if self.ewc_mode not in EWC_MODES:
             raise ValueError(f"ewc_mode must be 'online' or 'separate', got {self.ewc_mode!r}")
 
 

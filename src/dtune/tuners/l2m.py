@@ -221,18 +221,18 @@ class PoolDelta(nn.Module):
         if first >= 0:  # one entry for the whole batch (training)
             return F.linear(x.to(dtype), self.weight[first].to(dtype),
                             None if self.bias is None else self.bias[first].to(dtype))
+        if self.kind == "Linear":  # a batch that mixes entries
+            return _per_entry(x.to(dtype), idx, self.weight.shape[1], dtype,
+                              lambda xs, e: F.linear(xs, self.weight[e].to(dtype),
+                                                     None if self.bias is None else self.bias[e].to(dtype)))
         on = (idx >= 0).to(dtype).reshape(b, *[1] * (x.dim() - 1 + (self.kind == "Embedding")))
         sel = idx.clamp_min(0)
         if self.kind == "Embedding":
             rows = sel.reshape(b, *[1] * (x.dim() - 1)).expand_as(x)
             return self.weight[rows, x].to(dtype) * on
-        if self.kind == "LayerNorm":
-            shape = (b,) + (1,) * (x.dim() - 2) + (-1,)
-            norm = F.layer_norm(x.to(dtype), x.shape[-1:], None, None, self.eps)
-            return (norm * self.weight[sel].to(dtype).reshape(shape) + self.bias[sel].to(dtype).reshape(shape)) * on
-        return _per_entry(x.to(dtype), idx, self.weight.shape[1], dtype,
-                          lambda xs, e: F.linear(xs, self.weight[e].to(dtype),
-                                                 None if self.bias is None else self.bias[e].to(dtype)))
+        shape = (b,) + (1,) * (x.dim() - 2) + (-1,)  # LayerNorm
+        norm = F.layer_norm(x.to(dtype), x.shape[-1:], None, None, self.eps)
+        return (norm * self.weight[sel].to(dtype).reshape(shape) + self.bias[sel].to(dtype).reshape(shape)) * on
 
 
 class PoolIA3(nn.Module):

@@ -17,13 +17,17 @@ import torch
 import torch.nn as nn
 
 
+EWC_MODES = ("online", "separate")
+"""How successive tasks' Fishers combine (see `dtune.tuners.base.TunerConfig.ewc_mode`)."""
+
+
 class Anchor:
     """Anchor weights (and Fisher) of the trainable parameters of `model`."""
 
     def __init__(self, model: nn.Module, l2_lambda: float = 0.0, ewc_lambda: float = 0.0, mode: str = "online"):
         if l2_lambda < 0 or ewc_lambda < 0:
             raise ValueError("l2_lambda and ewc_lambda must be non-negative")
-        if mode not in ("online", "separate"):
+        if mode not in EWC_MODES:
             raise ValueError(f"EWC mode must be 'online' or 'separate', got {mode!r}")
         self.l2_lambda, self.ewc_lambda, self.mode = float(l2_lambda), float(ewc_lambda), mode
         self.names = [n for n, p in model.named_parameters() if p.requires_grad]
