@@ -188,6 +188,10 @@ def test_a_normalised_score_over_another_horizon_than_its_datas_is_flagged(tiny_
                              progress=False, task_info={DMC_TASK: {**weak, "horizon": HORIZON}, "reach-v3": {"horizon": 7}})
     assert f"run {HORIZON}" in res["tasks"][DMC_TASK]["horizon_note"]
     assert "horizon_note" not in res["tasks"]["reach-v3"]  # a success rate has no references to mismatch
+    from dtune.report import eval_table
+
+    table = eval_table(res)
+    assert "‡" in table and f"‡ biased score, {DMC_TASK}: evaluated over {HORIZON - 1} steps" in table
     same = evaluate_agent(ConstantAgent(0.0), DMC_TASK, episodes=1, horizon=HORIZON, progress=False,
                           task_info={DMC_TASK: {**weak, "horizon": HORIZON}})
-    assert "horizon_note" not in same["tasks"][DMC_TASK]
+    assert "horizon_note" not in same["tasks"][DMC_TASK] and "‡" not in eval_table(same)

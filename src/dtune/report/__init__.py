@@ -21,15 +21,19 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
 
 def eval_table(result: dict) -> str:
     """Per-task score and return, then the mean over tasks (and per domain when mixed). Where a
-    score is undefined the table says why below it (the returns are still in the table)."""
+    score is undefined the table says why below it (the returns are still in the table); a score
+    on data of an agent that did not learn (†) or over another horizon than its data's (‡) is marked."""
     tasks = result["tasks"]
     notes = sorted({r["score_note"] for r in tasks.values() if r.get("score") is None and r.get("score_note")})
     caveats = sorted({r["score_caveat"] for r in tasks.values() if r.get("score_caveat")})
+    horizons = [f"{t}: {r['horizon_note']}" for t, r in tasks.items() if r.get("horizon_note")]
 
     def mark(r):
         if r.get("score") is None and r.get("score_note"):
             return "n/a*"
-        return f"{r['score']:.2f}†" if r.get("score_caveat") else r["score"]
+        if not (r.get("score_caveat") or r.get("horizon_note")):
+            return r["score"]
+        return f"{r['score']:.2f}" + ("†" if r.get("score_caveat") else "") + ("‡" if r.get("horizon_note") else "")
 
     rows = [[task, r["domain"], mark(r), r["return_mean"], r["return_std"], r["episodes"]] for task, r in tasks.items()]
     by_dom = result.get("mean_score_by_domain", {})
@@ -46,6 +50,8 @@ def eval_table(result: dict) -> str:
         table += "\n\n* score undefined, compare returns instead: " + "; ".join(notes)
     if caveats:
         table += "\n\n† " + "; ".join(caveats) + ": the score is unreliable (large for small return gains)."
+    if horizons:
+        table += "\n\n‡ biased score, " + "; ".join(horizons) + " (drop --horizon to use each task's own)."
     return table
 
 
