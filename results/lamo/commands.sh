@@ -8,8 +8,12 @@
 #    classic DT, and d3rlpy's CQL / IQL / BC on the same seeded subset of whole trajectories.
 #    Default grid: LaMo's headline cells, hopper/halfcheetah/walker2d medium at 0.5% and 1% data and
 #    reacher2d medium at 10%; DATASETS adds e.g. "hopper:medium:0.1 reacher2d:medium:1".
-# 3. ABLATIONS=1: at 1% data, LaMo without MLP embeddings, without the language loss, with full fine-tuning.
-# Budget: STEPS updates per transformer run (default 3K, warm-up 500; LaMo: 100K, warm-up 2.5K), BASE_STEPS
+#    Hopper's LaMo arms use linear embeddings and a tanh head, as LaMo's own Hopper runs did (its
+#    run_hopper.sh leaves out --mlp_embedding); the other tasks use LaMo's MLP embeddings and head.
+# 3. ABLATIONS=1: at 1% data, LaMo without MLP embeddings (not on hopper: that is its LaMo already), without the
+#    language loss, with full fine-tuning.
+# Budget: STEPS updates per transformer run (default 3K, warm-up WARMUP 300: the engine caps warm-up at a tenth
+# of the updates; LaMo: 100K, warm-up 2.5K), BASE_STEPS
 # for the baselines (CQL: CQL_STEPS); one torch thread per run, two runs at a time. Resumable: finished runs
 # are skipped, interrupted ones continue from their last checkpoint (every 500 updates). Finished runs are kept
 # without their weights in $OUT/runs (results/study.sh), and the report reads those copies.
@@ -25,6 +29,7 @@ STEPS=${STEPS:-3000}
 BASE_STEPS=${BASE_STEPS:-10000}
 CQL_STEPS=${CQL_STEPS:-5000}
 LM_STEPS=${LM_STEPS:-3000}
+WARMUP=${WARMUP:-300}
 DATASETS=${DATASETS:-"hopper:medium:0.005 halfcheetah:medium:0.005 walker2d:medium:0.005 hopper:medium:0.01 halfcheetah:medium:0.01 walker2d:medium:0.01 reacher2d:medium:0.1"}
 METHODS=${METHODS:-"lamo lamo-random dt cql iql bc"}
 ABLATIONS=${ABLATIONS:-0}
@@ -56,9 +61,10 @@ run() {  # task:source:ratio method seed
   mkdir -p "$(dirname "$out")"
   local k=20; [ "$task" = reacher2d ] && k=5
   local dt=(dtune lamo --task "$task" --source "$src" --data-ratio "$ratio" --seed "$3" --steps "$n"
-            --warmup-steps 500 --context-len $k --eval-episodes 10 --ckpt-every 500 --data-dir "$DATA"
+            --warmup-steps "$WARMUP" --context-len $k --eval-episodes 10 --ckpt-every 500 --data-dir "$DATA"
             --no-progress --out "$out" $resume)
   local lamo=("${dt[@]}" --lm "$LM" --text-block 256)
+  [ "$task" = hopper ] && lamo+=(--no-mlp-embeddings)  # LaMo's Hopper: linear embeddings, tanh head
   case "$2" in
     lamo)             OMP_NUM_THREADS=1 "${lamo[@]}" ;;
     lamo-random)      OMP_NUM_THREADS=1 "${lamo[@]}" --no-pretrained ;;
@@ -72,14 +78,14 @@ run() {  # task:source:ratio method seed
   esac >> "$out.log" 2>&1
   keep "$out" "$kept"
 }
-export -f run keep kept_done; export DATA RUNS OUT LM STEPS BASE_STEPS CQL_STEPS
+export -f run keep kept_done; export DATA RUNS OUT LM STEPS BASE_STEPS CQL_STEPS WARMUP
 mkdir -p "$RUNS"
 restore_mujoco_data "$DATA"
 {
   for s in $SEEDS; do for d in $DATASETS; do for m in $METHODS; do echo "$d $m $s"; done; done; done
   if [ "$ABLATIONS" = 1 ]; then
     for s in $SEEDS; do for t in hopper halfcheetah walker2d; do for m in lamo-linear lamo-no-language lamo-full; do
-      echo "$t:medium:0.01 $m $s"; done; done; done
+      [ "$t/$m" = hopper/lamo-linear ] || echo "$t:medium:0.01 $m $s"; done; done; done
   fi
 } | xargs -P "${LANES:-2}" -n 3 bash -c 'run "$0" "$1" "$2"'
 dtune report "$OUT"/runs/*/*/*/ --out "$OUT"

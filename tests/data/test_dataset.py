@@ -212,7 +212,7 @@ def test_data_ratio_keeps_a_seeded_subset_of_whole_trajectories(tiny_data):
     full = TrajectoryData(tiny_data, "reach-v3,cartpole-balance")
     half = TrajectoryData(tiny_data, "reach-v3,cartpole-balance", data_ratio=0.5, ratio_seed=3)
     again = TrajectoryData(tiny_data, "reach-v3,cartpole-balance", data_ratio=0.5, ratio_seed=3)
-    assert half.task_info["reach-v3"]["episodes"] == 3 and half.task_info["cartpole-balance"]["episodes"] == 2
+    assert half.task_info["reach-v3"]["episodes"] == 3 and half.task_info["cartpole-balance"]["episodes"] == 1  # 1.5 of 3, rounded down
     assert half.task_info["reach-v3"]["data_ratio"] == 0.5
     tiny = TrajectoryData(tiny_data, "reach-v3", data_ratio=0.01)
     assert tiny.task_info["reach-v3"]["episodes"] == 1  # at least one trajectory
@@ -245,6 +245,10 @@ def test_data_ratio_subsets_of_one_seed_are_nested():
         assert all(a < b for a, b in zip(kept, kept[1:]))  # strictly nested
     other = set(trajectory_subset(lengths, arrays, 0.01, 1, "hopper")[1]["x"][::5].tolist())
     assert other != set(trajectory_subset(lengths, arrays, 0.01, 0, "hopper")[1]["x"][::5].tolist())
+    # rounded down like LaMo's code (`int(len * ratio)`), at least one episode
+    odd = np.full(2190, 5)
+    assert len(trajectory_subset(odd, {"x": np.arange(10950)}, 0.005, 0, "hopper")[0]) == 10  # 10.95 -> 10
+    assert len(trajectory_subset(odd, {"x": np.arange(10950)}, 1e-6, 0, "hopper")[0]) == 1
 
 
 def test_sources_as_recorded_by_a_run(tiny_data):

@@ -11,6 +11,7 @@ import pytest
 pytest.importorskip("d3rlpy", reason="d3rlpy is installed by `make install` (without its pins); see the README")
 
 from dtune.recipes.baselines import ALGOS, BaselineConfig, mdp_dataset, train_baseline  # noqa: E402
+from dtune.data.dataset import SUBSET_RULE  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -105,7 +106,7 @@ def test_resume_refuses_a_run_whose_data_subset_an_older_rule_chose(hopper_data,
     train_baseline(cfg(hopper_data, tmp_path / "parts", algo="bc", steps=4, data_ratio=0.5))
     path = tmp_path / "parts" / "config.json"
     doc = json.loads(path.read_text())
-    assert doc["baseline"]["data_subset"] == "nested-1"
+    assert doc["baseline"]["data_subset"] == SUBSET_RULE
     doc["baseline"].pop("data_subset")  # as dtune wrote it before the subsets were nested
     path.write_text(json.dumps(doc))
     with pytest.raises(ValueError, match="older rule.*without --resume"):

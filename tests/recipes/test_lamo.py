@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from dtune.data.dataset import SUBSET_RULE
-from dtune.recipes.lamo import LamoConfig, lamo
+from dtune.recipes.lamo import LAMO_SAVED, LamoConfig, lamo
 from tests.data.test_text import CharTokenizer
 
 
@@ -60,6 +60,16 @@ def test_lamo_trains_lora_and_embeddings_and_reports_protocol_and_perplexity(set
     saved_tensors = doc["tensors"]
     assert any(k.startswith("tuner.") for k in saved_tensors) and not any("lm_wte" in k for k in saved_tensors)
     assert any("embed_state" in k for k in saved_tensors)  # modules_to_save
+    # what trains besides LoRA: LaMo's embeddings, LayerNorm and head, and (LaMo's code) the q/k/v biases;
+    # every other LM weight stays frozen, bit-identical to the base checkpoint
+    from safetensors.torch import load_file
+
+    base_only = [k for k in saved_tensors if not k.startswith("tuner.")]
+    biases = [k for k in base_only if k.startswith("transformer.")]
+    assert biases and all(k.endswith((".attn.q.bias", ".attn.k.bias", ".attn.v.bias")) for k in biases)
+    assert all(k.split(".")[0] in LAMO_SAVED for k in base_only if k not in biases)
+    trained, base = load_file(tmp_path / "run" / "adapter.safetensors"), load_file(tmp_path / "run" / "base" / "model.safetensors")
+    assert any(not torch.equal(trained[k], base[k]) for k in biases)
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
     assert "lm_loss" in rows[0] and len(rows) == 7
     # the trained model evaluates through the adapter machinery, like any adaptation run

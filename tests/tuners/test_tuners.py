@@ -190,6 +190,26 @@ def test_lora_matches_peft_on_the_same_module():
     assert torch.count_nonzero(fresh.q.lora_B["default"].weight) == 0
 
 
+def test_lora_bias_lora_only_trains_the_targeted_biases_like_peft():
+    """peft's `bias="lora_only"`: the targeted layers' biases train (in place, saved with the
+    adapter), no other base weight does."""
+    peft = pytest.importorskip("peft")
+    model = tiny_model()
+    tuners.attach(model, "lora", tuners.make_config("lora", r=4, target_modules=["q", "v"], bias="lora_only"))
+    ours = {n for n in tuners.trainable_names(model) if not n.startswith("tuner.")}
+    assert ours and all(n.endswith((".q.bias", ".v.bias")) for n in ours)
+    attn = copy.deepcopy(tiny_model().transformer.h[0].attn)
+    reference = peft.inject_adapter_in_model(peft.LoraConfig(r=4, target_modules=["q", "v"], bias="lora_only"), attn)
+    theirs = {n.replace(".base_layer", "") for n, p in reference.named_parameters() if p.requires_grad and "lora_" not in n}
+    assert theirs == {n.split("attn.", 1)[1] for n in ours if ".h.0." in n}
+    assert ours <= set(tuners.adapter_state(model))
+    plain = tiny_model()
+    tuners.attach(plain, "lora", tuners.make_config("lora", r=4, target_modules=["q", "v"]))
+    assert all(n.startswith("tuner.") for n in tuners.trainable_names(plain))
+    with pytest.raises(ValueError, match="lora_only"):
+        tuners.make_config("lora", bias="all")
+
+
 def test_l2m_picks_different_keys_for_two_tasks():
     """Two toy tasks whose states differ: after training on one and then the other (the second
     avoiding the first one's key through the selection-count penalty), inputs of each task pick

@@ -91,16 +91,18 @@ def _open(cache: Path) -> dict[str, np.ndarray]:
     return {k: np.load(cache / f"{k}.npy", mmap_mode="r").view(np.ndarray) for k in CACHED}
 
 
-SUBSET_RULE = "nested-1"
+SUBSET_RULE = "nested-floor"
 """How :func:`trajectory_subset` chooses episodes, recorded with the data statistics of a run on a
 subset (`task_info[task]["data_subset"]`), so that `--resume` refuses a run whose subset was chosen
-by another rule (before 2026-12-05 each ratio was drawn on its own: the subsets were not nested)."""
+by another rule (before 2026-12-05 each ratio was drawn on its own: the subsets were not nested;
+`nested-1`, until 2026-12-05 evening, kept `round(ratio * E)` episodes, one more than LaMo's code
+for hopper medium at 0.5%)."""
 
 
 def trajectory_subset(lengths: np.ndarray, arrays: dict[str, np.ndarray], ratio: float, seed: int,
                       task: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """A seeded random subset of whole trajectories, `max(1, round(ratio * E))` of the `E`
-    episodes, in their original order (the low-data regime of LaMo). One seeded order of the
+    """A seeded random subset of whole trajectories, `max(1, int(ratio * E))` of the `E`
+    episodes (rounded down like LaMo's code), in their original order (LaMo's low-data regime). One seeded order of the
     episodes per `(seed, task, E)`, of which a ratio keeps a prefix: the same seed gives the same
     subset in every run and process, and the subsets of one seed are nested (0.5% inside 1% inside
     10%), so results across ratios differ by the data added, not by another draw. The subset's
@@ -108,7 +110,7 @@ def trajectory_subset(lengths: np.ndarray, arrays: dict[str, np.ndarray], ratio:
     from dtune.runtime.seeds import episode_seed
 
     e = len(lengths)
-    keep = max(1, int(round(ratio * e)))
+    keep = max(1, int(ratio * e))
     order = np.random.default_rng(episode_seed(seed, f"{task}/data-ratio", e)).permutation(e)
     chosen = np.sort(order[:keep])
     starts = np.cumsum(lengths) - lengths

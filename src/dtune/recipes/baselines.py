@@ -282,7 +282,7 @@ def train_baseline(cfg: BaselineConfig) -> dict:
             raise ValueError(f"--resume with other {', '.join(changed)} than the run in {out}; drop those options")
         if saved.get("data_subset") != settings["data_subset"]:
             raise ValueError(f"--resume: the run in {out} trained on a data subset chosen by an older rule of dtune "
-                             "(the subsets of one seed are nested now); start it again without --resume")
+                             f"({SUBSET_RULE} now: nested subsets of int(ratio x episodes)); start it again without --resume")
     else:
         start_fresh(out, "baseline", ("checkpoint", "result.json"))
     out.mkdir(parents=True, exist_ok=True)

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 from dtune import __version__, tuners
-from dtune.data.dataset import TrajectoryData, WindowSampler
+from dtune.data.dataset import SUBSET_RULE, TrajectoryData, WindowSampler
 from dtune.data.text import perplexity
 from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_protocol
@@ -205,7 +205,7 @@ def lamo(cfg: LamoConfig) -> dict:
         saved_info = json.loads((base_dir / "config.json").read_text()).get("task_info", {}).get(cfg.task, {})
         if saved_info.get("data_subset") != info[cfg.task].get("data_subset"):
             raise ValueError(f"--resume: the run in {out} trained on a data subset chosen by an older rule of dtune "
-                             "(the subsets of one seed are nested now); start it again without --resume")
+                             f"({SUBSET_RULE} now: nested subsets of int(ratio x episodes)); start it again without --resume")
         model, _ = load_model(base_dir)
         model.train()
     else:
@@ -220,7 +220,7 @@ def lamo(cfg: LamoConfig) -> dict:
             "train": {"note": f"initialised by `dtune lamo` ({'LM ' + cfg.lm if cfg.lm else 'random init'}), "
                               "not trained", "data_dir": str(root), "max_episodes": None, "seed": cfg.seed}})
     method_config = (tuners.make_config("lora", r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                        target_modules=["q", "k", "v"], modules_to_save=LAMO_SAVED)
+                                        target_modules=["q", "k", "v"], bias="lora_only", modules_to_save=LAMO_SAVED)
                      if cfg.tuning == "lora" else tuners.make_config("full"))
     model = model.to(device)
     tuner = tuners.attach(model, cfg.tuning, method_config)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn as nn
@@ -30,6 +31,15 @@ class LoraConfig(TunerConfig):
     target_modules: list[str] | None = None
     """Linear layers to adapt (peft's rule: names or name suffixes; a single string is a regex).
     None: the backbone family's default (gpt: q, v, fc, proj; see DEFAULT_TARGET_MODULES)."""
+    bias: Literal["none", "lora_only"] = "none"
+    """Biases that train with the update (peft's field): "none", or "lora_only", the targeted
+    layers' own biases (trained in place and saved with the adapter; LaMo's code trains its q/k/v
+    biases this way)."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.bias not in ("none", "lora_only"):
+            raise ValueError(f"LoRA bias must be 'none' or 'lora_only' (peft's 'all' is not supported), got {self.bias!r}")
 
 
 class LoraLayer(nn.Module):
@@ -63,6 +73,12 @@ class Lora(Tuner):
             self.layers[module_key(name)] = layer
             self.targets[module_key(name)] = name
             self.hook(mod, self._update, module_key(name))
+
+    def saved_base(self, model):
+        names = super().saved_base(model)
+        if self.config.bias == "lora_only":
+            names += [f"{n}.bias" for n, m in target_modules(model, self.config.target_modules) if m.bias is not None]
+        return names
 
     @torch.no_grad()
     def fold(self, model):
