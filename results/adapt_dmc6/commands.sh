@@ -25,6 +25,9 @@ TASKS=${TASKS:-"ball_in_cup-catch cartpole-swingup cheetah-run finger-spin reach
 restore_mujoco_data "$DATA"  # the committed SAC datasets (results/dmc_data/commands.sh stores them)
 dtune data sac --tasks dmc10 --data-dir "$DATA" --workers 2 --no-progress  # finished tasks are skipped
 dtune data sac --tasks dmc6 --data-dir "$DATA" --workers 2 --no-progress
+# the checkpoint's MT40 data (EWC's Fisher and L2M's pre-training Gaussians read it; finished tasks are skipped):
+# about 3 min on 2 cores, the same expert-noise episodes the checkpoint recorded
+dtune data collect --tasks mt40 --episodes 100 --workers 2 --data-dir "$DATA" --no-progress
 run() {  # task method seed; a method may carry options: l2m-gauss-pre-io:--r=32,--pool-size=10
   local method=${2%%:*} opts="" name=${2//[:=,]/_}; name=${name//--/}
   [[ "$2" == *:* ]] && opts=${2#*:} && opts=${opts//,/ }

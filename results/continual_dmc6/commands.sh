@@ -20,6 +20,9 @@ METHODS=${METHODS:-"l2m full ewc lora prompt l2p $IO"}
 restore_mujoco_data "$DATA"  # the committed SAC datasets (results/dmc_data/commands.sh stores them)
 dtune data sac --tasks dmc10 --data-dir "$DATA" --workers 2 --no-progress  # finished tasks are skipped
 dtune data sac --tasks dmc6 --data-dir "$DATA" --workers 2 --no-progress
+# the checkpoint's MT40 data (EWC's Fisher and L2M's pre-training Gaussians read it; finished tasks are skipped):
+# about 3 min on 2 cores, the same expert-noise episodes the checkpoint recorded
+dtune data collect --tasks mt40 --episodes 100 --workers 2 --data-dir "$DATA" --no-progress
 cl() {  # method seed; a method may carry options: l2m-gauss-pre-io:--r=32,--pool-size=10
   local method=${1%%:*} opts="" name=${1//[:=,]/_}; name=${name//--/}
   [[ "$1" == *:* ]] && opts=${1#*:} && opts=${opts//,/ }
