@@ -102,10 +102,11 @@ for hopper medium at 0.5%)."""
 def trajectory_subset(lengths: np.ndarray, arrays: dict[str, np.ndarray], ratio: float, seed: int,
                       task: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A seeded random subset of whole trajectories, `max(1, int(ratio * E))` of the `E`
-    episodes (rounded down like LaMo's code), in their original order (LaMo's low-data regime). One seeded order of the
-    episodes per `(seed, task, E)`, of which a ratio keeps a prefix: the same seed gives the same
-    subset in every run and process, and the subsets of one seed are nested (0.5% inside 1% inside
-    10%), so results across ratios differ by the data added, not by another draw. The subset's
+    episodes (rounded down like LaMo's code), in their original order (LaMo's low-data regime).
+    One seeded order of the episodes per `(seed, task, E)`, of which a ratio keeps a prefix: the
+    same seed gives the same subset in every run and process, and the subsets of one seed are
+    nested (0.5% inside 1% inside 10%), so results across ratios differ by the data added, not by
+    another draw. The subset's
     steps are copied into memory (a fraction of the task's data)."""
     from dtune.runtime.seeds import episode_seed
 
