@@ -3,22 +3,29 @@ states while the data's own actions and rewards fill its context; prints the MSE
 its actions with the data's. Usage (repository root):
     python results/mt40_dmc10_dt_small/probe/teacher_forced.py RUN TASK EPISODE
 """
-import sys, numpy as np, h5py, torch
-from dtune.models.io import load_model
-from dtune.eval.agents import DTAgent
-from dtune.tasks import get_task, make_env
 import json
-run, t, ep = sys.argv[1], sys.argv[2], int(sys.argv[3])
-model, cfg = load_model(run)
-model.eval()
-from dtune.tasks.layout import InputLayout
-layout = InputLayout.from_dict(json.load(open(f"{run}/config.json"))["layout"])
-spec = get_task(t)
 import os
+import sys
+
+import h5py
+import numpy as np
+import torch
+
+from dtune.eval.agents import DTAgent
+from dtune.models.io import load_model
+from dtune.tasks import get_task
+from dtune.tasks.layout import InputLayout
+
+run, t, ep = sys.argv[1], sys.argv[2], int(sys.argv[3])
+model, _ = load_model(run)
+model.eval()
+run_config = json.load(open(f"{run}/config.json"))
+layout = InputLayout.from_dict(run_config["layout"])
+spec = get_task(t)
 p=f'{os.environ.get("DATA", "/work/data/datasets")}/dtune/dmc/{t}/sac-replay-v0/data/main_data.hdf5'
 with h5py.File(p) as f:
     g=f[f'episode_{ep}']; obs=g['observations'][()]; acts=g['actions'][()]; rews=g['rewards'][()]
-target = float(json.load(open(f"{run}/config.json"))["task_info"][t]["return_max"])
+target = float(run_config["task_info"][t]["return_max"])
 agent = DTAgent(model, layout)
 agent.start([spec], [target])
 pred=[]

@@ -99,6 +99,14 @@ by another rule (before 2026-12-05 each ratio was drawn on its own: the subsets 
 for hopper medium at 0.5%)."""
 
 
+def check_subset_rule(saved: str | None, current: str | None, out) -> None:
+    """Refuse to resume the run in `out` on a data subset another rule chose (`saved`: the rule
+    the run recorded, `current`: this dtune's, None for a run on all the data)."""
+    if saved != current:
+        raise ValueError(f"--resume: the run in {out} trained on a data subset chosen by an older rule of dtune "
+                         f"({SUBSET_RULE} now: nested subsets of int(ratio x episodes)); start it again without --resume")
+
+
 def trajectory_subset(lengths: np.ndarray, arrays: dict[str, np.ndarray], ratio: float, seed: int,
                       task: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A seeded random subset of whole trajectories, `max(1, int(ratio * E))` of the `E`
@@ -106,8 +114,7 @@ def trajectory_subset(lengths: np.ndarray, arrays: dict[str, np.ndarray], ratio:
     One seeded order of the episodes per `(seed, task, E)`, of which a ratio keeps a prefix: the
     same seed gives the same subset in every run and process, and the subsets of one seed are
     nested (0.5% inside 1% inside 10%), so results across ratios differ by the data added, not by
-    another draw. The subset's
-    steps are copied into memory (a fraction of the task's data)."""
+    another draw. The subset's steps are copied into memory (a fraction of the task's data)."""
     from dtune.runtime.seeds import episode_seed
 
     e = len(lengths)

@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-from dtune.data.dataset import SUBSET_RULE
+from dtune.data.dataset import SUBSET_RULE, check_subset_rule
 from dtune.runtime.dist import single_process
 from dtune.runtime.io import atomic_write_json, atomic_write_text, checkpoint_files, checkpoint_folder
 from dtune.runtime.optional import quiet_legacy_gym
@@ -280,9 +280,7 @@ def train_baseline(cfg: BaselineConfig) -> dict:
                    if saved.get(k) != settings[k]]
         if changed:
             raise ValueError(f"--resume with other {', '.join(changed)} than the run in {out}; drop those options")
-        if saved.get("data_subset") != settings["data_subset"]:
-            raise ValueError(f"--resume: the run in {out} trained on a data subset chosen by an older rule of dtune "
-                             f"({SUBSET_RULE} now: nested subsets of int(ratio x episodes)); start it again without --resume")
+        check_subset_rule(saved.get("data_subset"), settings["data_subset"], out)
     else:
         start_fresh(out, "baseline", ("checkpoint", "result.json"))
     out.mkdir(parents=True, exist_ok=True)

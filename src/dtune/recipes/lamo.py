@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 from dtune import __version__, tuners
-from dtune.data.dataset import SUBSET_RULE, TrajectoryData, WindowSampler
+from dtune.data.dataset import TrajectoryData, WindowSampler, check_subset_rule
 from dtune.data.text import perplexity
 from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_protocol
@@ -203,9 +203,7 @@ def lamo(cfg: LamoConfig) -> dict:
     base_dir = out / "base"
     if cfg.resume:  # the initialised model as it was saved
         saved_info = json.loads((base_dir / "config.json").read_text()).get("task_info", {}).get(cfg.task, {})
-        if saved_info.get("data_subset") != info[cfg.task].get("data_subset"):
-            raise ValueError(f"--resume: the run in {out} trained on a data subset chosen by an older rule of dtune "
-                             f"({SUBSET_RULE} now: nested subsets of int(ratio x episodes)); start it again without --resume")
+        check_subset_rule(saved_info.get("data_subset"), info[cfg.task].get("data_subset"), out)
         model, _ = load_model(base_dir)
         model.train()
     else:
