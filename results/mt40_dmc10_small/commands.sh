@@ -12,7 +12,7 @@ DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs}
 OUT=${OUT:-results/mt40_dmc10_small}
 RUN=${RUN:-$RUNS/mt40_dmc10}
-ARCH=${ARCH:-}  # extra model options (results/mt40_dmc10_dt_small/commands.sh: continuous actions)
+ARCH=${ARCH:-}  # extra options (results/mt40_dmc10_dt_small/commands.sh: continuous actions; ..._dt_replay50: + --replay-from 0.5)
 [ -d "$DATA/dtune/metaworld" ] || dtune data collect --tasks mt40 --episodes 100 --data-dir "$DATA" --workers 2
 [ -d "$DATA/dtune/dmc/walker-run" ] || dtune data sac --tasks dmc10 --data-dir "$DATA" --workers 2
 RESUME=""; [ -f "$RUN/train_state.json" ] && RESUME="--resume"

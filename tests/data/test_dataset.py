@@ -260,3 +260,37 @@ def test_sources_as_recorded_by_a_run(tiny_data):
     with pytest.raises(DatasetError, match="cartpole-balance \\(sac-replay\\)"):
         TrajectoryData(tiny_data, "reach-v3,cartpole-balance", source={"reach-v3": "expert-noise",
                                                                        "cartpole-balance": "sac-replay"})
+
+
+def test_replay_from_keeps_a_replay_buffers_later_episodes(tmp_path):
+    """`replay_from` drops the first int(f x E) episodes of replay buffers (in collection order),
+    whole, before `max_episodes` and `data_ratio`; other sources stay whole; bad values are refused."""
+    from dtune.data.dataset import is_replay_buffer
+    from dtune.data.storage import Episode, write_dataset
+
+    rng = np.random.default_rng(0)
+    lengths = [4, 6, 5, 7, 3]  # episode i's rewards are all i: an episode is known by its rewards
+    eps = [Episode(rng.standard_normal((n + 1, 5)).astype(np.float32), rng.uniform(-1, 1, (n, 1)).astype(np.float32),
+                   np.full(n, float(i)), np.zeros(n + 1, bool), seed=i) for i, n in enumerate(lengths)]
+    for source in ("sac-replay", "random"):
+        write_dataset(tmp_path, "cartpole-balance", source, eps, {})
+    assert is_replay_buffer("sac-replay") and is_replay_buffer("medium-replay") and not is_replay_buffer("random")
+
+    def kept(source, **kw):
+        data = TrajectoryData(tmp_path, "cartpole-balance", source=source, **kw)
+        t = data.domains[0].tasks[0]
+        return [int(t.rewards[s]) for s in t.starts], data.task_info["cartpole-balance"], t
+
+    ids, info, t = kept("sac-replay", replay_from=0.5)
+    assert ids == [2, 3, 4] and info["replay_from"] == 0.5  # int(2.5) = 2 dropped
+    assert info["steps"] == 5 + 7 + 3 and info["train_return_mean"] == pytest.approx((2 * 5 + 3 * 7 + 4 * 3) / 3)
+    assert len(t.rtg) == 15 and t.rtg[0] == 2 * 5  # returns-to-go of whole episodes
+    assert kept("sac-replay", replay_from=0.5, max_episodes=2)[0] == [2, 3]  # replay_from first
+    assert kept("sac-replay", replay_from=0.19)[0] == [0, 1, 2, 3, 4]  # int(0.95) = 0
+    ids, info, _ = kept("random", replay_from=0.5)
+    assert ids == [0, 1, 2, 3, 4] and "replay_from" not in info  # not a replay buffer: whole
+    ratio = kept("sac-replay", replay_from=0.5, data_ratio=0.5, ratio_seed=1)[0]
+    assert len(ratio) == 1 and ratio[0] in (2, 3, 4)  # the subset is drawn from the later episodes
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="--replay-from"):
+            TrajectoryData(tmp_path, "cartpole-balance", source="sac-replay", replay_from=bad)

@@ -126,3 +126,20 @@ def test_dataset_conversion_and_data_ratio(hopper_data):
     assert hinfo["episodes"] == 3 and hinfo["steps"] == dt.task_info["hopper"]["steps"]  # the DT run's subset
     np.testing.assert_array_equal(np.concatenate([e.observations for e in half.episodes]),
                                   dt.domains[0].tasks[0].obs)
+
+
+def test_replay_from_keeps_the_dt_runs_later_episodes(hopper_data, tmp_path):
+    """`--replay-from` gives a baseline the same later episodes of a replay buffer as a DT run."""
+    import shutil
+
+    from dtune.data.dataset import TrajectoryData
+    from dtune.data.storage import dataset_dir
+
+    shutil.copytree(dataset_dir(hopper_data, "hopper", "random"), dataset_dir(tmp_path, "hopper", "medium-replay"))
+    ds, info = mdp_dataset(tmp_path, "hopper", "medium-replay", replay_from=0.5)
+    dt = TrajectoryData(tmp_path, "hopper", source="medium-replay", replay_from=0.5)
+    assert info["episodes"] == 3 == dt.task_info["hopper"]["episodes"] and info["replay_from"] == 0.5
+    np.testing.assert_array_equal(np.concatenate([e.observations for e in ds.episodes]), dt.domains[0].tasks[0].obs)
+    whole = TrajectoryData(tmp_path, "hopper", source="medium-replay")
+    np.testing.assert_array_equal(dt.domains[0].tasks[0].obs, whole.domains[0].tasks[0].obs[-len(dt.domains[0].tasks[0].obs):])
+    assert "replay_from" not in mdp_dataset(hopper_data, "hopper", "random", replay_from=0.5)[1]  # not a replay buffer

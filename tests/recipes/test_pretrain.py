@@ -167,3 +167,41 @@ def test_data_ratio_is_recorded_and_trains_on_the_seeded_subset(tiny_data, tmp_p
     for t in TASKS.split(","):
         assert config["task_info"][t]["episodes"] == same.task_info[t]["episodes"] < whole.task_info[t]["episodes"]
         assert config["task_info"][t]["return_max"] == pytest.approx(whole.task_info[t]["return_max"], rel=1e-6)
+
+
+def test_replay_from_trains_on_a_replay_buffers_later_episodes(tiny_data, tmp_path):
+    """`--replay-from`: recorded, applied to replay buffers only, refused on a resume that changes it,
+    and applied again where the checkpoint's own data is read back (EWC's Fisher, L2M's keys) and
+    where an adaptation reads its new task's data."""
+    import shutil
+
+    from dtune.data.storage import Episode, read_episodes, write_dataset
+    from dtune.models.io import load_model
+    from dtune.recipes.adapt import AdaptConfig
+    from dtune.recipes.tuning import pretrain_batches, task_data
+
+    root, run = tmp_path / "data", tmp_path / "r"
+    shutil.copytree(tiny_data, root)
+    ep = read_episodes(root, "cartpole-balance", "random")  # 3 episodes, re-stored as a replay buffer
+    starts = np.cumsum(ep["lengths"]) - ep["lengths"]
+    eps = [Episode(ep["observations"][np.r_[s: s + n, s + n - 1]],  # the final observation repeated
+                   ep["actions"][s: s + n], ep["rewards"][s: s + n], np.zeros(n + 1, bool), seed=i)
+           for i, (s, n) in enumerate(zip(starts, ep["lengths"]))]
+    write_dataset(root, "cartpole-balance", "sac-replay", eps, {})
+    source = "expert-noise,sac-replay"
+    pretrain(cfg(root, run, steps=2, source=source, replay_from=0.5))
+    config = json.loads((run / "config.json").read_text())
+    info = config["task_info"]
+    assert config["train"]["replay_from"] == 0.5
+    assert info["cartpole-balance"]["source"] == "sac-replay" and info["cartpole-balance"]["episodes"] == 2  # 3 - int(1.5)
+    assert info["cartpole-balance"]["replay_from"] == 0.5 and "replay_from" not in info["reach-v3"]
+    assert info["reach-v3"]["episodes"] == 6  # not a replay buffer: whole
+    with pytest.raises(ValueError, match="replay_from"):
+        pretrain(cfg(root, run, steps=4, source=source, resume=True))
+    model, run_config = load_model(run)
+    data, _ = pretrain_batches(model, run_config, root, 1, 8, 0)
+    assert data.task_info["cartpole-balance"]["episodes"] == 2
+    new = task_data(model, run_config, root, "cartpole-balance",
+                    AdaptConfig(checkpoint=str(run), task="cartpole-balance", out=str(tmp_path / "a"),
+                                source="sac-replay", replay_from=0.5))
+    assert new.task_info["cartpole-balance"]["episodes"] == 2

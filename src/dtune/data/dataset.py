@@ -107,6 +107,21 @@ def check_subset_rule(saved: str | None, current: str | None, out) -> None:
                          f"({SUBSET_RULE} now: nested subsets of int(ratio x episodes)); start it again without --resume")
 
 
+def is_replay_buffer(source: str) -> bool:
+    """Whether a dataset source is an agent's replay buffer, its episodes in the order the agent
+    collected them while it learned (`sac-replay`, `medium-replay`)."""
+    return source.endswith("replay")
+
+
+def later_episodes(lengths: np.ndarray, arrays: dict[str, np.ndarray], fraction: float
+                   ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """The episodes from `fraction` of the way through on: the first `int(fraction * E)` of the `E`
+    episodes dropped (a replay buffer's learning phase); views, nothing copied."""
+    skip = int(fraction * len(lengths))
+    first = int(lengths[:skip].sum())
+    return lengths[skip:], {k: v[first:] for k, v in arrays.items()}
+
+
 def trajectory_subset(lengths: np.ndarray, arrays: dict[str, np.ndarray], ratio: float, seed: int,
                       task: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """A seeded random subset of whole trajectories, `max(1, int(ratio * E))` of the `E`
@@ -172,13 +187,18 @@ class TrajectoryData:
     dataset of each task (default: the one it has; a comma-separated preference list, or a dict
     task -> source; see :func:`dtune.data.storage.resolve_sources`); `data_ratio` < 1 keeps a
     seeded random subset of each task's whole trajectories (:func:`trajectory_subset`, seed
-    `ratio_seed`)."""
+    `ratio_seed`); `replay_from` > 0 drops that fraction of each replay buffer's first episodes
+    (:func:`later_episodes`; other datasets are whole). Order: `replay_from`, then `max_episodes`,
+    then `data_ratio`."""
 
     def __init__(self, root: str | os.PathLike, tasks: str | list[str], max_episodes: int | None = None,
                  state_stats: tuple[np.ndarray, np.ndarray] | None = None, layout: InputLayout | None = None,
-                 source: str | dict[str, str] | None = None, data_ratio: float = 1.0, ratio_seed: int = 0):
+                 source: str | dict[str, str] | None = None, data_ratio: float = 1.0, ratio_seed: int = 0,
+                 replay_from: float = 0.0):
         if not 0.0 < data_ratio <= 1.0:
             raise ValueError(f"--data-ratio must be in (0, 1], got {data_ratio}")
+        if not 0.0 <= replay_from < 1.0:
+            raise ValueError(f"--replay-from must be in [0, 1) (0.5: a replay buffer's second half), got {replay_from}")
         self.root = Path(root)
         self.tasks = resolve_tasks(tasks)
         self.layout = layout or layout_for(self.tasks)
@@ -191,10 +211,14 @@ class TrajectoryData:
         for i, task in enumerate(self.tasks):
             ep, meta = _cached_episodes(self.root, task, self.sources[task])
             lengths = np.asarray(ep["lengths"])
+            arrays = {k: ep[k] for k in ("observations", "actions", "rewards", "rtg")}
+            later = replay_from > 0.0 and is_replay_buffer(self.sources[task])
+            if later:
+                lengths, arrays = later_episodes(lengths, arrays, replay_from)
             if max_episodes is not None:
                 lengths = lengths[:max_episodes]
             n = int(lengths.sum())
-            arrays = {k: ep[k][:n] for k in ("observations", "actions", "rewards", "rtg")}
+            arrays = {k: v[:n] for k, v in arrays.items()}
             if data_ratio < 1.0:
                 lengths, arrays = trajectory_subset(lengths, arrays, data_ratio, ratio_seed, task)
                 n = int(lengths.sum())
@@ -202,6 +226,8 @@ class TrajectoryData:
             self.task_info[task] = {
                 "episodes": int(len(lengths)), "steps": n, "data_ratio": data_ratio,
                 **({"data_subset": SUBSET_RULE} if data_ratio < 1.0 else {}),
+                **({"replay_from": replay_from} if later else {}),
+                "train_return_mean": float(returns.mean()),
                 "return_max": float(returns.max()), "return_mean": float(returns.mean()),
                 "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score"),
                 "source": self.sources[task],

@@ -63,7 +63,7 @@ class AdaptConfig(TuneSettings):
 
 
 RESUME_KEYS = ("checkpoint", "task", "method", "steps", "batch_size", "lr", "min_lr", "warmup_steps", "weight_decay",
-               "grad_clip", "max_episodes", "data_ratio", "source", "seed", "eval_seed", "horizon", "eval_episodes", "pretrain_eval",
+               "grad_clip", "max_episodes", "replay_from", "data_ratio", "source", "seed", "eval_seed", "horizon", "eval_episodes", "pretrain_eval",
                "pretrain_episodes", "eval_precision")
 
 
@@ -118,7 +118,7 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
         print(f"note: {cfg.task} is one of the checkpoint's pre-training tasks")
     root = resolve_data_dir(cfg.data_dir, run_config)
     cfg.data_dir = abspath(cfg.data_dir)
-    data = task_data(model, run_config, root, cfg.task, cfg.max_episodes, cfg.source, cfg.data_ratio, cfg.seed)
+    data = task_data(model, run_config, root, cfg.task, cfg)
     model = model.to(device)
     pre_tasks = list(run_config["tasks"])
     t_eval = 0.0

@@ -50,6 +50,10 @@ class BaselineConfig:
     """Dataset source (`medium`, `medium-replay`...; unset: the one the task has)."""
     data_ratio: float = 1.0
     """Keep this fraction of the dataset's whole trajectories (seeded by `seed`)."""
+    replay_from: float = 0.0
+    """Drop the first `int(replay_from x E)` of a replay buffer's `E` episodes (`medium-replay`,
+    `sac-replay`: the agent's learning phase; 0.5 keeps the second half); other datasets are whole.
+    Applied before `data_ratio`."""
     steps: int = 100_000
     """Gradient updates (the papers: 1M; LaMo's table: 100K for DT)."""
     steps_per_epoch: int = 5_000
@@ -113,18 +117,24 @@ def built_algo(name: str, batch_size: int, dataset):
     return algo
 
 
-def mdp_dataset(root: Path, task: str, source: str, data_ratio: float = 1.0, seed: int = 0):
+def mdp_dataset(root: Path, task: str, source: str, data_ratio: float = 1.0, seed: int = 0, replay_from: float = 0.0):
     """The dataset as a d3rlpy `MDPDataset` (terminations and truncations apart) and the task's
-    data statistics (`task_info` like a DT run's)."""
+    data statistics (`task_info` like a DT run's); `replay_from`, `data_ratio`: as in
+    :class:`dtune.data.dataset.TrajectoryData`."""
     quiet_legacy_gym()
     import d3rlpy
 
-    from dtune.data.dataset import trajectory_subset
+    from dtune.data.dataset import is_replay_buffer, later_episodes, trajectory_subset
     from dtune.data.storage import episode_returns, read_episodes, read_metadata
 
     ep = read_episodes(root, task, source)
     lengths = ep["lengths"]
     arrays = {k: ep[k] for k in ("observations", "actions", "rewards", "terminals")}
+    if not 0.0 <= replay_from < 1.0:
+        raise ValueError(f"--replay-from must be in [0, 1) (0.5: a replay buffer's second half), got {replay_from}")
+    later = replay_from > 0.0 and is_replay_buffer(source)
+    if later:
+        lengths, arrays = later_episodes(lengths, arrays, replay_from)
     if data_ratio < 1.0:
         lengths, arrays = trajectory_subset(lengths, arrays, data_ratio, seed, task)
     ends = np.cumsum(lengths) - 1
@@ -136,6 +146,7 @@ def mdp_dataset(root: Path, task: str, source: str, data_ratio: float = 1.0, see
     returns = episode_returns(arrays["rewards"], lengths)
     info = {"episodes": int(len(lengths)), "steps": int(lengths.sum()), "data_ratio": data_ratio, "source": source,
             **({"data_subset": SUBSET_RULE} if data_ratio < 1.0 else {}),
+            **({"replay_from": replay_from} if later else {}),
             "return_max": float(returns.max()), "return_mean": float(returns.mean()),
             "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score")}
     return ds, info
@@ -276,8 +287,8 @@ def train_baseline(cfg: BaselineConfig) -> dict:
     if cfg.resume:
         claim_out(out, "baseline", resume=True)
         saved = json.loads((out / "config.json").read_text())["baseline"]
-        changed = [k for k in ("algo", "task", "source", "data_ratio", "batch_size", "seed", "steps_per_epoch")
-                   if saved.get(k) != settings[k]]
+        changed = [k for k in ("algo", "task", "source", "data_ratio", "replay_from", "batch_size", "seed", "steps_per_epoch")
+                   if saved.get(k, 0.0 if k == "replay_from" else None) != settings[k]]  # older runs: no replay_from
         if changed:
             raise ValueError(f"--resume with other {', '.join(changed)} than the run in {out}; drop those options")
         check_subset_rule(saved.get("data_subset"), settings["data_subset"], out)
@@ -287,7 +298,7 @@ def train_baseline(cfg: BaselineConfig) -> dict:
     atomic_write_json(out / "config.json", {"kind": "baseline", "baseline": settings})
     _quiet_d3rlpy()
     d3rlpy.seed(cfg.seed)
-    dataset, info = mdp_dataset(root, cfg.task, source, cfg.data_ratio, cfg.seed)
+    dataset, info = mdp_dataset(root, cfg.task, source, cfg.data_ratio, cfg.seed, cfg.replay_from)
     algo = built_algo(cfg.algo, cfg.batch_size, dataset)
     step, before = _load(out, algo) if cfg.resume and (out / "checkpoint" / "state.json").exists() else (0, 0.0)
     _drop_log_rows_after(out / "d3rlpy" / cfg.algo, step)

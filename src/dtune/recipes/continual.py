@@ -82,7 +82,7 @@ class ContinualConfig(TuneSettings):
 
 
 RESUME_KEYS = ("checkpoint", "sequence", "method", "steps_per_task", "batch_size", "lr", "min_lr", "warmup_steps",
-               "weight_decay", "grad_clip", "max_episodes", "data_ratio", "source", "seed", "eval_episodes", "eval_pretrain",
+               "weight_decay", "grad_clip", "max_episodes", "replay_from", "data_ratio", "source", "seed", "eval_episodes", "eval_pretrain",
                "pretrain_episodes", "eval_pretrain_every", "eval_seed", "horizon", "eval_precision")
 
 
@@ -186,8 +186,7 @@ class ContinualRun:
 
         for i in range(first, len(tasks)):
             task = tasks[i]
-            data = task_data(model, run_config, root, task, cfg.max_episodes, info[task]["source"], cfg.data_ratio,
-                             cfg.seed)
+            data = task_data(model, run_config, root, task, cfg, info[task]["source"])
             sampler = WindowSampler(data, model.cfg.context_len, cfg.batch_size, seed=cfg.seed + 1000 * i)
             trainer = Trainer(model, sampler, [ActionLoss(), TunerLoss(), penalty], optim_settings(cfg, run_config),
                               cfg.steps_per_task, self.device, self.precision, log=log, log_every=cfg.log_every,

