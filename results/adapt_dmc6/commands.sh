@@ -16,7 +16,11 @@ source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs/adapt_dmc6}
 OUT=${OUT:-results/adapt_dmc6}
-CKPT=${CKPT:-results/mt40_dmc10_dt_small/checkpoint}  # continuous actions: the MDDT (results/mt40_dmc10_small) barely controls DMC
+# the small continuous-action DT pre-trained on MT40 + the second half of each DMC10 buffer (results/mt40_dmc10_dt_replay50);
+# the MDDT (results/mt40_dmc10_small) barely controls DMC. The study on whole buffers from results/mt40_dmc10_dt_small:
+# CKPT=results/mt40_dmc10_dt_small/checkpoint REPLAY_FROM=0 OUT=$OUT/whole_buffers RUNS=$RUNS-whole
+CKPT=${CKPT:-results/mt40_dmc10_dt_replay50/checkpoint}
+REPLAY_FROM=${REPLAY_FROM:-0.5}  # the new task's SAC buffer: its second half, like the checkpoint's DMC data
 STEPS=${STEPS:-500}
 SEEDS=${SEEDS:-"0"}
 IO="l2m-gauss-pre-io:--r=32,--lora-alpha=64,--pool-size=10,--target-modules,q,k,v,out,fc,proj"  # CW10's best L2M
@@ -37,12 +41,12 @@ run() {  # task method seed; a method may carry options: l2m-gauss-pre-io:--r=32
     rm -rf "$out"; mkdir -p "$(dirname "$out")"
     # shellcheck disable=SC2086  # the options split into words
     OMP_NUM_THREADS=1 dtune adapt --checkpoint "$CKPT" --data-dir "$DATA" --source sac-replay --task "$1" \
-      --method "$method" $opts --seed "$3" --steps "$STEPS" --eval-episodes 10 --pretrain-episodes 2 --no-progress \
+      --method "$method" $opts --seed "$3" --steps "$STEPS" --replay-from "$REPLAY_FROM" --eval-episodes 10 --pretrain-episodes 2 --no-progress \
       --out "$out" > "$out.log" 2>&1
   fi
   keep "$out" "$kept"
 }
-export -f run keep kept_done; export DATA RUNS OUT CKPT STEPS
+export -f run keep kept_done; export DATA RUNS OUT CKPT STEPS REPLAY_FROM
 mkdir -p "$RUNS"
 # the unadapted model's MT40 + DMC10 score is cached in the checkpoint by the first run: one run alone first
 first=${TASKS%% *}; first_method=${METHODS%% *}; first_seed=${SEEDS%% *}

@@ -12,7 +12,11 @@ source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}
 RUNS=${RUNS:-runs/continual_dmc6}
 OUT=${OUT:-results/continual_dmc6}
-CKPT=${CKPT:-results/mt40_dmc10_dt_small/checkpoint}  # continuous actions: the MDDT (results/mt40_dmc10_small) barely controls DMC
+# the small continuous-action DT pre-trained on MT40 + the second half of each DMC10 buffer (results/mt40_dmc10_dt_replay50);
+# the MDDT (results/mt40_dmc10_small) barely controls DMC. The study on whole buffers from results/mt40_dmc10_dt_small:
+# CKPT=results/mt40_dmc10_dt_small/checkpoint REPLAY_FROM=0 OUT=$OUT/whole_buffers RUNS=$RUNS-whole (its single-task study: ../adapt_dmc6/whole_buffers)
+CKPT=${CKPT:-results/mt40_dmc10_dt_replay50/checkpoint}
+REPLAY_FROM=${REPLAY_FROM:-0.5}  # the new task's SAC buffer: its second half, like the checkpoint's DMC data
 STEPS=${STEPS:-500}
 SEEDS=${SEEDS:-"0 1 2"}
 IO="l2m-gauss-pre-io:--r=32,--lora-alpha=64,--pool-size=10,--target-modules,q,k,v,out,fc,proj"  # CW10's best L2M
@@ -33,12 +37,12 @@ cl() {  # method seed; a method may carry options: l2m-gauss-pre-io:--r=32,--poo
     mkdir -p "$(dirname "$out")"
     # shellcheck disable=SC2086  # the options split into words
     OMP_NUM_THREADS=1 dtune continual --checkpoint "$CKPT" --data-dir "$DATA" --source sac-replay --sequence dmc6 \
-      --method "$method" $opts --seed "$2" --steps-per-task "$STEPS" --eval-episodes 5 --eval-pretrain --pretrain-episodes 2 \
+      --method "$method" $opts --seed "$2" --steps-per-task "$STEPS" --replay-from "$REPLAY_FROM" --eval-episodes 5 --eval-pretrain --pretrain-episodes 2 \
       --no-progress --out "$out" $resume >> "$out.log" 2>&1
   fi
   keep "$out" "$kept"
 }
-export -f cl keep; export DATA RUNS OUT CKPT STEPS
+export -f cl keep; export DATA RUNS OUT CKPT STEPS REPLAY_FROM
 mkdir -p "$RUNS"
 for s in $SEEDS; do for m in $METHODS; do echo "$m $s"; done; done | xargs -P "${LANES:-2}" -n 2 bash -c 'cl "$0" "$1"'
 dtune report "$OUT"/runs/*/*/ --reference results/adapt_dmc6/runs --out "$OUT"
