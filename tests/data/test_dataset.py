@@ -287,8 +287,8 @@ def test_replay_from_keeps_a_replay_buffers_later_episodes(tmp_path):
     assert len(t.rtg) == 15 and t.rtg[0] == 2 * 5  # returns-to-go of whole episodes
     assert kept("sac-replay", replay_from=0.5, max_episodes=2)[0] == [2, 3]  # replay_from first
     assert kept("sac-replay", replay_from=0.19)[0] == [0, 1, 2, 3, 4]  # int(0.95) = 0
-    ids, info, _ = kept("random", replay_from=0.5)
-    assert ids == [0, 1, 2, 3, 4] and "replay_from" not in info  # not a replay buffer: whole
+    with pytest.raises(ValueError, match="none of the run's datasets is one \\(cartpole-balance: random\\)"):
+        kept("random", replay_from=0.5)  # not a replay buffer: said, not silently ignored
     ratio = kept("sac-replay", replay_from=0.5, data_ratio=0.5, ratio_seed=1)[0]
     assert len(ratio) == 1 and ratio[0] in (2, 3, 4)  # the subset is drawn from the later episodes
     for bad in (1.0, -0.1):

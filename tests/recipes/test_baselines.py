@@ -142,4 +142,5 @@ def test_replay_from_keeps_the_dt_runs_later_episodes(hopper_data, tmp_path):
     np.testing.assert_array_equal(np.concatenate([e.observations for e in ds.episodes]), dt.domains[0].tasks[0].obs)
     whole = TrajectoryData(tmp_path, "hopper", source="medium-replay")
     np.testing.assert_array_equal(dt.domains[0].tasks[0].obs, whole.domains[0].tasks[0].obs[-len(dt.domains[0].tasks[0].obs):])
-    assert "replay_from" not in mdp_dataset(hopper_data, "hopper", "random", replay_from=0.5)[1]  # not a replay buffer
+    with pytest.raises(ValueError, match="none of the run's datasets is one \\(hopper: random\\)"):
+        mdp_dataset(hopper_data, "hopper", "random", replay_from=0.5)  # not a replay buffer

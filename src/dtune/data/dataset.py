@@ -113,6 +113,13 @@ def is_replay_buffer(source: str) -> bool:
     return source.endswith("replay")
 
 
+def no_replay_buffer(sources: dict[str, str]) -> str:
+    """The error for `--replay-from` on a run none of whose datasets is a replay buffer."""
+    listed = ", ".join(f"{t}: {s}" for t, s in list(sources.items())[:4]) + (", ..." if len(sources) > 4 else "")
+    return (f"--replay-from applies to replay buffers (sac-replay, medium-replay) and none of the run's datasets is one "
+            f"({listed}); drop --replay-from or pick such a --source")
+
+
 def later_episodes(lengths: np.ndarray, arrays: dict[str, np.ndarray], fraction: float
                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The episodes from `fraction` of the way through on: the first `int(fraction * E)` of the `E`
@@ -205,6 +212,8 @@ class TrajectoryData:
         for t in self.tasks:
             self.layout.check(get_task(t))
         self.sources = resolve_sources(self.root, self.tasks, source)  # every missing dataset in one error
+        if replay_from > 0.0 and not any(is_replay_buffer(s) for s in self.sources.values()):
+            raise ValueError(no_replay_buffer(self.sources))
         self.task_info: dict[str, dict] = {}
         by_suite: dict[str, list[TaskArrays]] = {}
         self.max_timestep = 0

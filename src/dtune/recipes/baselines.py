@@ -124,7 +124,7 @@ def mdp_dataset(root: Path, task: str, source: str, data_ratio: float = 1.0, see
     quiet_legacy_gym()
     import d3rlpy
 
-    from dtune.data.dataset import is_replay_buffer, later_episodes, trajectory_subset
+    from dtune.data.dataset import is_replay_buffer, later_episodes, no_replay_buffer, trajectory_subset
     from dtune.data.storage import episode_returns, read_episodes, read_metadata
 
     ep = read_episodes(root, task, source)
@@ -132,7 +132,9 @@ def mdp_dataset(root: Path, task: str, source: str, data_ratio: float = 1.0, see
     arrays = {k: ep[k] for k in ("observations", "actions", "rewards", "terminals")}
     if not 0.0 <= replay_from < 1.0:
         raise ValueError(f"--replay-from must be in [0, 1) (0.5: a replay buffer's second half), got {replay_from}")
-    later = replay_from > 0.0 and is_replay_buffer(source)
+    if replay_from > 0.0 and not is_replay_buffer(source):
+        raise ValueError(no_replay_buffer({task: source}))
+    later = replay_from > 0.0
     if later:
         lengths, arrays = later_episodes(lengths, arrays, replay_from)
     if data_ratio < 1.0:
