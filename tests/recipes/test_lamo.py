@@ -160,3 +160,21 @@ def test_a_lamo_run_exports_to_a_checkpoint_that_evaluates_alike_and_adapts_with
     with pytest.raises(ValueError, match="cannot be folded"):
         export(ExportConfig(adapter=str(tmp_path / "prompt"), out=str(tmp_path / "p2")))
     assert not (tmp_path / "p2" / "model.safetensors").exists()
+
+
+def test_an_exported_lamo_run_reads_back_the_data_subset_it_trained_on(setup, tmp_path):
+    """EWC's Fisher and L2M's pre-training keys read a checkpoint's own training data: for a LaMo run on
+    a data ratio, its seeded subset, not the whole dataset."""
+    from dtune.models.io import load_model
+    from dtune.recipes.export import ExportConfig, export
+    from dtune.recipes.tuning import pretrain_batches
+
+    lamo(cfg(setup, tmp_path / "run", data_ratio=0.5, steps=2, seed=3))
+    export(ExportConfig(adapter=str(tmp_path / "run"), out=str(tmp_path / "model")))
+    model, run_config = load_model(tmp_path / "model")
+    data, _ = pretrain_batches(model, run_config, setup[0] / "data", 1, 4, 0)
+    from dtune.data.dataset import TrajectoryData
+
+    same = TrajectoryData(setup[0] / "data", "hopper", data_ratio=0.5, ratio_seed=3)  # what the run trained on
+    assert data.task_info["hopper"]["episodes"] == 3  # of 6
+    np.testing.assert_array_equal(data.domains[0].tasks[0].obs, same.domains[0].tasks[0].obs)

@@ -221,7 +221,8 @@ def lamo(cfg: LamoConfig) -> dict:
             "kind": "pretrain", "dtune_version": __version__, "model": model.cfg.to_dict(), "layout": layout.to_dict(),
             "tasks": [cfg.task], "task_info": info,
             "train": {"note": f"initialised by `dtune lamo` ({'LM ' + cfg.lm if cfg.lm else 'random init'}), "
-                              "not trained", "data_dir": str(root), "max_episodes": None, "seed": cfg.seed}})
+                              "not trained", "data_dir": str(root), "max_episodes": None, "seed": cfg.seed,
+                      "data_ratio": cfg.data_ratio, "replay_from": cfg.replay_from}})  # the LaMo run's data, for EWC & co.
     method_config = (tuners.make_config("lora", r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                         target_modules=["q", "k", "v"], bias="lora_only", modules_to_save=LAMO_SAVED)
                      if cfg.tuning == "lora" else tuners.make_config("full"))
