@@ -20,6 +20,21 @@ def collect_tiny(root, tasks=MW_TASKS, episodes=6, horizon=HORIZON, **kw):
                                  progress=False, **kw))
 
 
+def store_as_replay_buffer(root, task=DMC_TASK, source="random", as_source="sac-replay"):
+    """Store `task`'s `source` dataset under `root` again as a replay buffer (`as_source`), its episodes
+    in the same order: data for `--replay-from` tests."""
+    import numpy as np
+
+    from dtune.data.storage import Episode, read_episodes, write_dataset
+
+    ep = read_episodes(root, task, source)
+    starts = np.cumsum(ep["lengths"]) - ep["lengths"]
+    eps = [Episode(ep["observations"][np.r_[s: s + n, s + n - 1]],  # the final observation repeated
+                   ep["actions"][s: s + n], ep["rewards"][s: s + n], np.zeros(n + 1, bool), seed=i)
+           for i, (s, n) in enumerate(zip(starts, ep["lengths"]))]
+    write_dataset(root, task, as_source, eps, {})
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory):
     """Data root with 6 short episodes of reach and door-open (expert) and 3 of cartpole-balance (random)."""

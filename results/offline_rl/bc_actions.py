@@ -27,7 +27,8 @@ def main() -> None:
 
     _quiet_d3rlpy()
     cfg = json.loads((args.run / "config.json").read_text())["baseline"]
-    ds, _ = mdp_dataset(Path(cfg["data_dir"]), cfg["task"], cfg["source"], cfg["data_ratio"], cfg["seed"])
+    ds, _ = mdp_dataset(Path(cfg["data_dir"]), cfg["task"], cfg["source"], cfg["data_ratio"], cfg["seed"],
+                        cfg.get("replay_from", 0.0))
     algo = built_algo(cfg["algo"], cfg["batch_size"], ds)
     step, _ = _load(args.run, algo)
     obs = np.concatenate([e.observations for e in ds.episodes]).astype(np.float32)

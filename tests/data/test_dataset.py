@@ -265,7 +265,7 @@ def test_sources_as_recorded_by_a_run(tiny_data):
 def test_replay_from_keeps_a_replay_buffers_later_episodes(tmp_path):
     """`replay_from` drops the first int(f x E) episodes of replay buffers (in collection order),
     whole, before `max_episodes` and `data_ratio`; other sources stay whole; bad values are refused."""
-    from dtune.data.dataset import is_replay_buffer
+    from dtune.data.dataset import is_replay_buffer, later_episodes
     from dtune.data.storage import Episode, write_dataset
 
     rng = np.random.default_rng(0)
@@ -290,7 +290,9 @@ def test_replay_from_keeps_a_replay_buffers_later_episodes(tmp_path):
     with pytest.raises(ValueError, match="none of the run's datasets is one \\(cartpole-balance: random\\)"):
         kept("random", replay_from=0.5)  # not a replay buffer: said, not silently ignored
     ratio = kept("sac-replay", replay_from=0.5, data_ratio=0.5, ratio_seed=1)[0]
-    assert len(ratio) == 1 and ratio[0] in (2, 3, 4)  # the subset is drawn from the later episodes
+    ep = {"rewards": np.concatenate([np.full(n, float(i)) for i, n in enumerate(lengths)])}
+    sub_lengths, sub = trajectory_subset(*later_episodes(np.array(lengths), ep, 0.5), 0.5, 1, "cartpole-balance")
+    assert len(ratio) == 1 and ratio == [int(sub["rewards"][0])]  # the subset is drawn from the later episodes
     for bad in (1.0, -0.1):
         with pytest.raises(ValueError, match="--replay-from"):
             TrajectoryData(tmp_path, "cartpole-balance", source="sac-replay", replay_from=bad)

@@ -185,3 +185,31 @@ def test_cli_continual_resume_and_report(base, tiny_data, tmp_path, capsys):
     row = json.loads((tmp_path / "rep2" / "report.json").read_text())["continual"][0]
     own = json.loads((tmp_path / "s0" / "metrics.json").read_text())["own_score"][0]
     assert row["forward_transfer"][0] == pytest.approx(own + 0.5)
+
+
+def test_replay_from_cuts_the_sequences_replay_buffers_and_keeps_its_other_tasks_whole(base, tiny_data, tmp_path,
+                                                                                      monkeypatch):
+    """A sequence mixing a replay buffer with other data trains on the buffer's later episodes and on the
+    other tasks' whole data; a sequence without any replay buffer is refused before anything trains."""
+    import shutil
+
+    from tests.conftest import store_as_replay_buffer
+
+    root = tmp_path / "data"
+    shutil.copytree(tiny_data, root)
+    store_as_replay_buffer(root)
+    loaded = []
+    real_data = tuning.TrajectoryData
+
+    def data(root, tasks, *a, **kw):
+        d = real_data(root, tasks, *a, **kw)
+        loaded.append((list(d.tasks), d.task_info[d.tasks[0]]["episodes"], kw["replay_from"]))
+        return d
+
+    monkeypatch.setattr(tuning, "TrajectoryData", data)
+    continual(cfg(base, root, tmp_path / "cl", sequence="door-open-v3,cartpole-balance", source="expert-noise,sac-replay",
+                  replay_from=0.5, steps_per_task=2))
+    assert loaded == [(["door-open-v3"], 6, 0.0), (["cartpole-balance"], 2, 0.5)]  # 3 - int(1.5) episodes
+    with pytest.raises(ValueError, match="none of the run's datasets is one"):
+        continual(cfg(base, root, tmp_path / "none", replay_from=0.5))
+    assert not (tmp_path / "none" / "progress.json").exists()

@@ -96,8 +96,13 @@ def test_resume_equals_uninterrupted(setup, tmp_path):
     a = load_file(str(tmp_path / "whole" / "adapter.safetensors"))
     b = load_file(str(tmp_path / "cut" / "adapter.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    with pytest.raises(ValueError, match="--resume with other"):
+    with pytest.raises(ValueError, match="--resume with settings that differ"):
         lamo(cfg(setup, tmp_path / "cut", resume=True, r=4))
+    path = tmp_path / "cut" / "config.json"  # a run written before a setting existed resumes with its default
+    doc = json.loads(path.read_text())
+    del doc["lamo"]["replay_from"]
+    path.write_text(json.dumps(doc))
+    assert lamo(cfg(setup, tmp_path / "cut", resume=True))["train_s"] == res["train_s"]  # finished: its result
 
 
 def test_resume_refuses_a_run_whose_data_subset_an_older_rule_chose(setup, tmp_path):
@@ -172,6 +177,7 @@ def test_an_exported_lamo_run_reads_back_the_data_subset_it_trained_on(setup, tm
     lamo(cfg(setup, tmp_path / "run", data_ratio=0.5, steps=2, seed=3))
     export(ExportConfig(adapter=str(tmp_path / "run"), out=str(tmp_path / "model")))
     model, run_config = load_model(tmp_path / "model")
+    assert run_config["train"]["data_ratio"] == 0.5 and run_config["train"]["replay_from"] == 0.0
     data, _ = pretrain_batches(model, run_config, setup[0] / "data", 1, 4, 0)
     from dtune.data.dataset import TrajectoryData
 

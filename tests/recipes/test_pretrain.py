@@ -175,19 +175,14 @@ def test_replay_from_trains_on_a_replay_buffers_later_episodes(tiny_data, tmp_pa
     where an adaptation reads its new task's data."""
     import shutil
 
-    from dtune.data.storage import Episode, read_episodes, write_dataset
     from dtune.models.io import load_model
     from dtune.recipes.adapt import AdaptConfig
     from dtune.recipes.tuning import pretrain_batches, task_data
+    from tests.conftest import store_as_replay_buffer
 
     root, run = tmp_path / "data", tmp_path / "r"
     shutil.copytree(tiny_data, root)
-    ep = read_episodes(root, "cartpole-balance", "random")  # 3 episodes, re-stored as a replay buffer
-    starts = np.cumsum(ep["lengths"]) - ep["lengths"]
-    eps = [Episode(ep["observations"][np.r_[s: s + n, s + n - 1]],  # the final observation repeated
-                   ep["actions"][s: s + n], ep["rewards"][s: s + n], np.zeros(n + 1, bool), seed=i)
-           for i, (s, n) in enumerate(zip(starts, ep["lengths"]))]
-    write_dataset(root, "cartpole-balance", "sac-replay", eps, {})
+    store_as_replay_buffer(root)  # cartpole-balance's 3 random episodes, as a replay buffer
     source = "expert-noise,sac-replay"
     pretrain(cfg(root, run, steps=2, source=source, replay_from=0.5))
     config = json.loads((run / "config.json").read_text())

@@ -321,6 +321,19 @@ def test_offline_report_puts_published_scores_beside_runs_and_compares_orderings
     assert ["hopper", "medium", "1", "CORL", "4", "3", "3", "0", "cql > dt, cql > iql, dt > iql"] in rows
 
 
+def test_runs_on_a_replay_buffers_later_part_are_their_own_dataset_without_published_scores(tmp_path):
+    """`--replay-from` runs of medium-replay are neither pooled with whole-buffer runs (nor refused as a seed
+    counted twice) nor compared with D4RL's published medium-replay scores."""
+    whole = [offline_run(tmp_path / f"w{s}", "baseline", "cql", s, 0.3 + 0.01 * s, ratio=1.0, source="medium-replay")
+             for s in range(2)]
+    later = [offline_run(tmp_path / f"l{s}", "baseline", "cql", s, 0.6, ratio=1.0, source="medium-replay",
+                         replay_from=0.5) for s in range(2)]
+    md = report([str(r) for r in whole + later], str(tmp_path / "out"))
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| hopper")]
+    assert ["hopper", "medium-replay", "1", "cql", "2", "30.5 ± 0.7", "(same)", "95.1", "", "2"] in rows  # CORL's
+    assert ["hopper", "medium-replay from 0.5", "1", "cql", "2", "60.0", "(same)", "", "", "2"] in rows
+
+
 def test_lamo_claims_are_paired_differences_per_ratio_and_pooled_over_the_low_data_ratios(tmp_path):
     lamo = dict(lm="/x/lm-brown", pretrained=True, mlp_embeddings=True, language_weight=0.1, tuning="lora")
     runs = []

@@ -113,11 +113,15 @@ def is_replay_buffer(source: str) -> bool:
     return source.endswith("replay")
 
 
-def no_replay_buffer(sources: dict[str, str]) -> str:
-    """The error for `--replay-from` on a run none of whose datasets is a replay buffer."""
-    listed = ", ".join(f"{t}: {s}" for t, s in list(sources.items())[:4]) + (", ..." if len(sources) > 4 else "")
-    return (f"--replay-from applies to replay buffers (sac-replay, medium-replay) and none of the run's datasets is one "
-            f"({listed}); drop --replay-from or pick such a --source")
+def check_replay_from(replay_from: float, sources: dict[str, str] | None = None) -> None:
+    """Refuse a `replay_from` outside [0, 1), and one > 0 for a run none of whose datasets
+    (`sources`: task -> source, when given) is a replay buffer (it would silently change nothing)."""
+    if not 0.0 <= replay_from < 1.0:
+        raise ValueError(f"--replay-from must be in [0, 1) (0.5: a replay buffer's second half), got {replay_from}")
+    if replay_from > 0.0 and sources is not None and not any(is_replay_buffer(s) for s in sources.values()):
+        listed = ", ".join(f"{t}: {s}" for t, s in list(sources.items())[:4]) + (", ..." if len(sources) > 4 else "")
+        raise ValueError(f"--replay-from applies to replay buffers (sac-replay, medium-replay) and none of the run's "
+                         f"datasets is one ({listed}); drop --replay-from or pick such a --source")
 
 
 def later_episodes(lengths: np.ndarray, arrays: dict[str, np.ndarray], fraction: float
@@ -195,8 +199,10 @@ class TrajectoryData:
     task -> source; see :func:`dtune.data.storage.resolve_sources`); `data_ratio` < 1 keeps a
     seeded random subset of each task's whole trajectories (:func:`trajectory_subset`, seed
     `ratio_seed`); `replay_from` > 0 drops that fraction of each replay buffer's first episodes
-    (:func:`later_episodes`; other datasets are whole). Order: `replay_from`, then `max_episodes`,
-    then `data_ratio`."""
+    (:func:`later_episodes`; other datasets are whole; refused when none is one). Order:
+    `replay_from`, then `max_episodes`, then `data_ratio`. `task_info[task]["train_return_mean"]`
+    is the mean return of the part kept (the recipes overwrite `return_mean`/`return_max` with the
+    whole dataset's, the evaluation references)."""
 
     def __init__(self, root: str | os.PathLike, tasks: str | list[str], max_episodes: int | None = None,
                  state_stats: tuple[np.ndarray, np.ndarray] | None = None, layout: InputLayout | None = None,
@@ -204,16 +210,14 @@ class TrajectoryData:
                  replay_from: float = 0.0):
         if not 0.0 < data_ratio <= 1.0:
             raise ValueError(f"--data-ratio must be in (0, 1], got {data_ratio}")
-        if not 0.0 <= replay_from < 1.0:
-            raise ValueError(f"--replay-from must be in [0, 1) (0.5: a replay buffer's second half), got {replay_from}")
+        check_replay_from(replay_from)
         self.root = Path(root)
         self.tasks = resolve_tasks(tasks)
         self.layout = layout or layout_for(self.tasks)
         for t in self.tasks:
             self.layout.check(get_task(t))
         self.sources = resolve_sources(self.root, self.tasks, source)  # every missing dataset in one error
-        if replay_from > 0.0 and not any(is_replay_buffer(s) for s in self.sources.values()):
-            raise ValueError(no_replay_buffer(self.sources))
+        check_replay_from(replay_from, self.sources)
         self.task_info: dict[str, dict] = {}
         by_suite: dict[str, list[TaskArrays]] = {}
         self.max_timestep = 0

