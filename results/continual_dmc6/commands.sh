@@ -32,14 +32,13 @@ cl() {  # method seed; a method may carry options: l2m-gauss-pre-io:--r=32,--poo
   [[ "$1" == *:* ]] && opts=${1#*:} && opts=${opts//,/ }
   local out="$RUNS/$name/s$2" kept="$OUT/runs/$name/s$2" resume=""
   [ -f "$kept/metrics.json" ] && return 0
-  if [ ! -f "$out/metrics.json" ]; then
-    [ -f "$out/config.json" ] && resume="--resume"
-    mkdir -p "$(dirname "$out")"
-    # shellcheck disable=SC2086  # the options split into words
-    OMP_NUM_THREADS=1 dtune continual --checkpoint "$CKPT" --data-dir "$DATA" --source sac-replay --sequence dmc6 \
-      --method "$method" $opts --seed "$2" --steps-per-task "$STEPS" --replay-from "$REPLAY_FROM" --eval-episodes 5 --eval-pretrain --pretrain-episodes 2 \
-      --no-progress --out "$out" $resume >> "$out.log" 2>&1
-  fi
+  # a run begun here resumes; a finished one is checked by dtune to have these settings (another checkpoint: refused)
+  [ -f "$out/config.json" ] && resume="--resume"
+  mkdir -p "$(dirname "$out")"
+  # shellcheck disable=SC2086  # the options split into words
+  OMP_NUM_THREADS=1 dtune continual --checkpoint "$CKPT" --data-dir "$DATA" --source sac-replay --sequence dmc6 \
+    --method "$method" $opts --seed "$2" --steps-per-task "$STEPS" --replay-from "$REPLAY_FROM" --eval-episodes 5 --eval-pretrain --pretrain-episodes 2 \
+    --no-progress --out "$out" $resume >> "$out.log" 2>&1 || { echo "$out: failed or made with other settings (see $out.log)" >&2; return 1; }
   keep "$out" "$kept"
 }
 export -f cl keep; export DATA RUNS OUT CKPT STEPS REPLAY_FROM

@@ -129,8 +129,11 @@ def test_adapt_resume_equals_the_uninterrupted_run(base, tiny_data, tmp_path, mo
     losses = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
               for r in ("full", "cut")]
     assert losses[0] == losses[1] and len(losses[0]) == 6
-    # resuming the finished run says so
+    # resuming the finished run says so; with other settings it is refused (its result is not that command's)
     assert resume(str(tmp_path / "cut"), progress=False) == json.loads((tmp_path / "cut" / "result.json").read_text())
+    if method == "lora":
+        with pytest.raises(ValueError, match="differ from the run"):
+            adapt(cfg(base, tiny_data, tmp_path / "cut", **{**kw, "steps": 7}, resume=True))
 
 
 def test_a_task_gets_the_same_target_however_it_is_evaluated(base, tiny_data, tmp_path):

@@ -95,6 +95,8 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     get_task(cfg.task)  # unknown names fail here, with suggestions
     if cfg.resume:
         saved = saved_config(out, "adapt")
+        check_resume(saved["adapt"], cfg, RESUME_KEYS, out)  # a finished run too: its result is not this command's
+        method_config = resumed_method_config(saved, method_config, out)
         if (out / "result.json").exists():
             print(f"the run in {out} is finished; its results are in {out / 'result.json'} "
                   f"(adapt again into another --out for more steps)")
@@ -102,8 +104,6 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
         if not (out / STATE_J).exists():
             raise ValueError(f"--resume: the run in {out} has no checkpoint yet; run the same command without "
                              "--resume to start it over")
-        check_resume(saved["adapt"], cfg, RESUME_KEYS, out)
-        method_config = resumed_method_config(saved, method_config, out)
     else:
         if main:
             start_fresh(out, "adapt", (tuners.ADAPTER_CONFIG, "result.json", STATE_J))
