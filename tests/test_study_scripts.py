@@ -62,11 +62,13 @@ if sys.argv[1:3] == ["data", "sac"]:  # a finished dataset per task of the set
             f.write(task * 100)
         with open(os.path.join(d, "metadata.json"), "w") as f:
             json.dump({"task": task}, f)
-if sys.argv[1] in ("adapt", "continual"):
+if "--resume" in sys.argv and os.environ.get("STUB_REFUSE"):  # a run made with other settings
+    sys.exit("--resume with settings that differ from the run")
+if sys.argv[1] in ("adapt", "continual", "lamo", "baselines"):
     out = sys.argv[sys.argv.index("--out") + 1]
     os.makedirs(out, exist_ok=True)
-    steps = int(sys.argv[sys.argv.index("--steps" if sys.argv[1] == "adapt" else "--steps-per-task") + 1])
-    with open(os.path.join(out, "result.json" if sys.argv[1] == "adapt" else "metrics.json"), "w") as f:
+    steps = int(sys.argv[sys.argv.index("--steps-per-task" if sys.argv[1] == "continual" else "--steps") + 1])
+    with open(os.path.join(out, "metrics.json" if sys.argv[1] == "continual" else "result.json"), "w") as f:
         json.dump({"steps": steps}, f)
 """
 
@@ -83,7 +85,7 @@ def run_study(script: str, tmp_path: Path, **env) -> list[list[str]]:
     r = subprocess.run(["bash", str(STUDY.parent / script)], cwd=tmp_path, capture_output=True, text=True,
                        env={**os.environ, "PATH": path, "STUB_LOG": str(log), "LANES": "1",
                             "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out"), **env})
-    assert r.returncode == 0, r.stderr
+    assert (r.returncode != 0) == bool(env.get("STUB_REFUSE")), r.stderr  # a refused run fails the study
     return [json.loads(line) for line in log.read_text().splitlines()]
 
 
@@ -143,3 +145,27 @@ def test_dmc_data_script_stores_finished_datasets_and_restores_them(tmp_path):
     restored = data / "dtune" / "dmc" / "walker-walk" / "sac-replay-v0" / "data"
     assert (restored / "main_data.hdf5").read_text() == "walker-walk" * 100
     assert not list(data.rglob("*.gz"))
+
+
+def test_a_finished_run_not_yet_kept_is_checked_by_dtune_before_it_is_kept(tmp_path):
+    """A run that finished in $RUNS (the session ended before it was kept) is resumed, so that dtune
+    refuses one made with other settings; only then is it kept."""
+    def finished(path: Path):
+        path.mkdir(parents=True)
+        (path / "result.json").write_text(json.dumps({"steps": 7}))
+
+    data = tmp_path / "data"
+    cases = [("adapt_cw10/commands.sh", "runs/hammer-v3/lora/s0", dict(TASKS="hammer-v3", METHODS="lora")),
+             ("offline_rl/commands.sh", "runs/hopper-medium/bc/s0",
+              dict(DATASETS="hopper:medium", METHODS="bc", STEPS="7", DATA=str(data), DTUNE_STORE=str(tmp_path / "s")))]
+    for script, run, env in cases:
+        shutil.rmtree(tmp_path / "runs", ignore_errors=True)
+        shutil.rmtree(tmp_path / "out", ignore_errors=True)
+        finished(tmp_path / run)
+        env = {"SEEDS": "0", "STEPS": "7", **env}
+        calls = run_study(script, tmp_path, STUB_REFUSE="1", **env)  # made with other settings: refused, not kept
+        assert [c for c in calls if "--resume" in c], script
+        assert not (tmp_path / "out" / run).exists(), script
+        calls = run_study(script, tmp_path, **env)
+        assert all("--resume" in c for c in calls if c[0] in ("adapt", "baselines")), script
+        assert (tmp_path / "out" / run / "result.json").exists(), script

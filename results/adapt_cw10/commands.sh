@@ -29,11 +29,14 @@ run() {  # task method seed; a method may carry options: l2m-gauss-pre-io:--r=32
   [[ "$2" == *:* ]] && opts=${2#*:} && opts=${opts//,/ }
   local out="$RUNS/$1/$name/s$3" kept="$OUT/runs/$1/$name/s$3"
   kept_done "$kept" "$STEPS" && return 0
-  if [ ! -f "$out/result.json" ]; then
+  # shellcheck disable=SC2206  # the options split into words
+  local args=(--checkpoint "$CKPT" --data-dir "$DATA" --task "$1" --method "$method" $opts --steps "$STEPS" --seed "$3"
+              --eval-episodes 20 --pretrain-episodes 2 --no-progress --out "$out")
+  if [ -f "$out/result.json" ]; then  # finished: dtune checks it was made with these settings (another checkpoint: refused)
+    OMP_NUM_THREADS=1 dtune adapt "${args[@]}" --resume > /dev/null || { echo "$out: made with other settings" >&2; return 1; }
+  else
     rm -rf "$out"; mkdir -p "$(dirname "$out")"
-    # shellcheck disable=SC2086  # the options split into words
-    OMP_NUM_THREADS=1 dtune adapt --checkpoint "$CKPT" --data-dir "$DATA" --task "$1" --method "$method" $opts \
-      --steps "$STEPS" --seed "$3" --eval-episodes 20 --pretrain-episodes 2 --no-progress --out "$out" > "$out.log" 2>&1
+    OMP_NUM_THREADS=1 dtune adapt "${args[@]}" > "$out.log" 2>&1 || { echo "$out: failed (see $out.log)" >&2; return 1; }
   fi
   keep "$out" "$kept"
 }

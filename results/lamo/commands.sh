@@ -56,8 +56,8 @@ run() {  # task:source:ratio method seed
   local out="$RUNS/$task-$src-$ratio/$2/s$3" kept="$OUT/runs/$task-$src-$ratio/$2/s$3" resume=""
   local n=$STEPS; case "$2" in cql) n=$CQL_STEPS ;; iql|bc|td3+bc) n=$BASE_STEPS ;; esac
   kept_done "$kept" "$n" && return 0
-  [ -f "$out/result.json" ] && { keep "$out" "$kept"; return 0; }
-  { [ -f "$out/train_state.json" ] || [ -d "$out/checkpoint" ]; } && resume="--resume"
+  # a run begun here resumes; a finished one is checked by dtune to have these settings (it gives its result back)
+  { [ -f "$out/result.json" ] || [ -f "$out/train_state.json" ] || [ -d "$out/checkpoint" ]; } && resume="--resume"
   mkdir -p "$(dirname "$out")"
   local k=20; [ "$task" = reacher2d ] && k=5
   local dt=(dtune lamo --task "$task" --source "$src" --data-ratio "$ratio" --seed "$3" --steps "$n"
@@ -75,7 +75,7 @@ run() {  # task:source:ratio method seed
     *) OMP_NUM_THREADS=1 dtune baselines --algo "$2" --task "$task" --source "$src" --data-ratio "$ratio" \
          --seed "$3" --steps $n --steps-per-epoch 1000 --eval-episodes 10 --data-dir "$DATA" --no-progress \
          --out "$out" $resume ;;
-  esac >> "$out.log" 2>&1
+  esac >> "$out.log" 2>&1 || { echo "$out: failed or made with other settings (see $out.log)" >&2; return 1; }
   keep "$out" "$kept"
 }
 export -f run keep kept_done; export DATA RUNS OUT LM STEPS BASE_STEPS CQL_STEPS WARMUP

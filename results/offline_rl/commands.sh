@@ -11,8 +11,8 @@
 # mean on hopper and walker2d medium-replay, still learning). DT is scored at every
 # target of the task's protocol (10 episodes each: score at the standard target and best over targets,
 # labelled), the others on 10 episodes; the same evaluation seeds everywhere.
-# Resumable: finished runs (result.json) are skipped, interrupted ones continue with --resume from their
-# last checkpoint (every 1K updates). SEEDS="1 2" adds seeds; DATASETS/METHODS narrow it; LANES=1 runs one at a time.
+# Resumable: kept runs are skipped, interrupted ones continue with --resume from their last checkpoint (every
+# 1K updates); a finished one not yet kept is checked by dtune (--resume) to have these settings first. SEEDS="1 2" adds seeds; DATASETS/METHODS narrow it; LANES=1 runs one at a time.
 # Each finished run is kept without its weights in $OUT/runs/<dataset>/<method>/s<seed> (results/study.sh) and
 # the report reads those copies. The data comes from results/mujoco_data/store (copied into $DATA where missing);
 # the `medium` rollouts are made from its agents first (results/mujoco_data/commands.sh).
@@ -32,16 +32,16 @@ run() {  # task:source method seed
   local task=${1%%:*} src=${1#*:} out="$RUNS/${1/:/-}/$2/s$3" kept="$OUT/runs/${1/:/-}/$2/s$3" resume=""
   local n=$STEPS; [ "$2" = cql ] && n=$STEPS_CQL; [ "$2" = dt ] && n=$STEPS_DT
   kept_done "$kept" "$n" && return 0
-  [ -f "$out/result.json" ] && { keep "$out" "$kept"; return 0; }
-  { [ -f "$out/train_state.json" ] || [ -d "$out/checkpoint" ]; } && resume="--resume"  # DT's / d3rlpy's checkpoint
+  # a run begun here resumes; a finished one is checked by dtune to have these settings (it gives its result back)
+  { [ -f "$out/result.json" ] || [ -f "$out/train_state.json" ] || [ -d "$out/checkpoint" ]; } && resume="--resume"  # DT's / d3rlpy's checkpoint
   mkdir -p "$(dirname "$out")"
   if [ "$2" = dt ]; then
     local k=20; [ "$task" = reacher2d ] && k=5
     OMP_NUM_THREADS=1 dtune lamo --task "$task" --source "$src" --seed "$3" --steps "$n" --warmup-steps "$WARMUP_DT" --context-len $k \
-      --eval-episodes 10 --ckpt-every 1000 --data-dir "$DATA" --no-progress --out "$out" $resume >> "$out.log" 2>&1
+      --eval-episodes 10 --ckpt-every 1000 --data-dir "$DATA" --no-progress --out "$out" $resume >> "$out.log" 2>&1 || { echo "$out: failed or made with other settings (see $out.log)" >&2; return 1; }
   else
     OMP_NUM_THREADS=1 dtune baselines --algo "$2" --task "$task" --source "$src" --seed "$3" --steps "$n" \
-      --steps-per-epoch 1000 --eval-episodes 10 --data-dir "$DATA" --no-progress --out "$out" $resume >> "$out.log" 2>&1
+      --steps-per-epoch 1000 --eval-episodes 10 --data-dir "$DATA" --no-progress --out "$out" $resume >> "$out.log" 2>&1 || { echo "$out: failed or made with other settings (see $out.log)" >&2; return 1; }
   fi
   keep "$out" "$kept"
 }

@@ -47,6 +47,12 @@ def test_resume_continues_exactly(hopper_data, tmp_path):
     first = json.loads((tmp_path / "parts" / "checkpoint" / "state.json").read_text())["train_s"]
     again = train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", steps=4, resume=True))
     assert first > 0 and again["train_s"] >= first  # nothing left to train: the first invocation's time
+    # a finished run resumed with its own settings gives its result back, untouched (study scripts check runs so)
+    result = (tmp_path / "parts" / "result.json").read_bytes()
+    assert train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", steps=4, resume=True)) == again
+    assert (tmp_path / "parts" / "result.json").read_bytes() == result
+    with pytest.raises(ValueError, match="trained for 4 updates"):
+        train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", steps=2, resume=True))
     train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", resume=True))
     logs = d3rlpy_logs(tmp_path / "whole")  # the run's own epochs and steps, one header per gradient file
     assert [r[:2] for r in logs["critic_loss.csv"]] == [["1", "4"], ["2", "8"]]

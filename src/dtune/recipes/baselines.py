@@ -291,6 +291,13 @@ def train_baseline(cfg: BaselineConfig) -> dict:
         if changed:
             raise ValueError(f"--resume with other {', '.join(changed)} than the run in {out}; drop those options")
         check_subset_rule(saved.get("data_subset"), settings["data_subset"], out)
+        done = json.loads((out / "result.json").read_text()) if (out / "result.json").exists() else None
+        if done is not None and cfg.steps < done["steps"]:
+            raise ValueError(f"--resume with --steps {cfg.steps}, but the run in {out} has trained for {done['steps']} "
+                             "updates; pass --steps of at least that, or start a new run with another --out")
+        if done is not None and done["steps"] == cfg.steps and all(
+                saved.get(k) == settings[k] for k in ("eval_episodes", "eval_seed")):
+            return done  # finished with these settings: nothing to train or evaluate again
     else:
         start_fresh(out, "baseline", ("checkpoint", "result.json"))
     out.mkdir(parents=True, exist_ok=True)
