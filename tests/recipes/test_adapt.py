@@ -34,6 +34,9 @@ def test_adapt_saves_only_the_adapter_and_reloads_it(base, tiny_data, tmp_path):
     for key in ("new_task_before", "new_task_score", "pretrain_before", "pretrain_after", "train_s", "wall_s"):
         assert key in res
     assert json.loads((tmp_path / "a" / "result.json").read_text()) == res
+    # both pre-training evaluations are kept, per task (the report's per-domain figures)
+    for name, key in (("eval_pretrain_before.json", "pretrain_before"), ("eval_pretrain.json", "pretrain_after")):
+        assert json.loads((tmp_path / "a" / name).read_text())["mean_score"] == res[key]
     # `dtune evaluate --adapter` reproduces the new-task score: same episodes, same model
     again = evaluate(EvalConfig(checkpoint=str(base), adapter=str(tmp_path / "a"), episodes=2, horizon=10, progress=False))
     assert list(again["tasks"]) == ["door-open-v3"]

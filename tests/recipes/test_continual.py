@@ -157,6 +157,8 @@ def test_cli_continual_resume_and_report(base, tiny_data, tmp_path, capsys):
     m = json.loads((tmp_path / "s0" / "metrics.json").read_text())
     assert m["pretrain_before"] is not None and m["pretrain_after"] is not None
     assert [r["after"] for r in m["pretrain_rows"]] == [1]  # only after the last task
+    before = json.loads((tmp_path / "s0" / "evals" / "pretrain_before.json").read_text())  # per task (reports)
+    assert before["mean_score"] == m["pretrain_before"]
     # resuming a finished run takes its saved settings and changes nothing
     before = (tmp_path / "s0" / "adapter" / "adapter.safetensors").read_bytes()
     assert main(["continual", "--out", str(tmp_path / "s0"), "--resume", "--no-progress"]) == 0

@@ -417,3 +417,40 @@ def test_one_seed_per_task_gives_no_interval(tmp_path):
     assert "50.0 (one seed: no interval)" in md
     row = json.loads((tmp_path / "out" / "report.json").read_text())["adapt"][0]
     assert row["new_task_iqm_ci"] == [0.5, None, None] and (tmp_path / "out" / "adapt_intervals.png").exists()
+
+
+def _pretrain_eval(mw: float, dmc: float, unlearned: float = 9.0) -> dict:
+    """An evaluation of two pre-training domains; the DMC task whose data did not learn is flagged."""
+    return {"mean_score": None, "tasks": {
+        "reach-v3": {"domain": "metaworld", "score": mw}, "push-v3": {"domain": "metaworld", "score": mw},
+        "walker-run": {"domain": "dmc", "score": dmc},
+        "fish-upright": {"domain": "dmc", "score": unlearned, "score_caveat": "the agent ... did not learn"},
+        "pendulum-swingup": {"domain": "dmc", "score": None, "score_note": "undefined"}}}
+
+
+def test_pretraining_scores_per_domain_before_and_after_for_both_kinds_of_run(tmp_path):
+    from dtune.report.metrics import domain_scores
+
+    # the learned tasks only: a flagged task (small gap) and an undefined score stay out of a domain's mean
+    assert domain_scores(_pretrain_eval(0.5, 0.8)) == {"dmc": 0.8, "metaworld": 0.5}
+    a, b = adapt_run(tmp_path / "a0", seed=0), adapt_run(tmp_path / "a1", seed=1)
+    for run, (mw, dmc) in ((a, (0.1, 0.9)), (b, (0.3, 0.7))):
+        (run / "eval_pretrain.json").write_text(json.dumps(_pretrain_eval(mw, dmc)))
+    (a / "eval_pretrain_before.json").write_text(json.dumps(_pretrain_eval(0.8, 1.0)))  # b: an older run, no "before"
+    c = continual_run(tmp_path / "c0")
+    (c / "evals").mkdir()
+    (c / "evals" / "pretrain_before.json").write_text(json.dumps(_pretrain_eval(0.8, 1.0)))
+    (c / "evals" / "pretrain_after_00_hammer-v3.json").write_text(json.dumps(_pretrain_eval(0.0, 0.0)))
+    (c / "evals" / "pretrain_after_01_reach-v3.json").write_text(json.dumps(_pretrain_eval(0.2, 0.6)))  # the last
+    text = " ".join(report([str(a), str(b), str(c)], out=tmp_path / "rep").split())
+    assert text.count("pre-train after by domain %") == 2 and "normalised score) after adaptation" in text
+    assert "dmc 80.0 (from 100.0); metaworld 20.0 (from 80.0)" in text  # adapt: means over the two seeds
+    assert "dmc 60.0 (from 100.0); metaworld 20.0 (from 80.0)" in text  # continual: after its last task
+    rows = json.loads((tmp_path / "rep" / "report.json").read_text())
+    assert rows["adapt"][0]["pretrain_by_domain"]["after"] == pytest.approx({"dmc": 0.8, "metaworld": 0.2})
+
+
+def test_one_pretraining_domain_gets_no_per_domain_column(tmp_path):
+    run = adapt_run(tmp_path / "a")
+    (run / "eval_pretrain.json").write_text(json.dumps({"tasks": {"reach-v3": {"domain": "metaworld", "score": 1.0}}}))
+    assert "by domain" not in report([str(run)])

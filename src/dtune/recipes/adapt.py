@@ -207,6 +207,7 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
                       retention=(a / b) if (a is not None and b) else None,
                       pretrain_episodes=cfg.pretrain_episodes)
         atomic_write_json(out / "eval_pretrain.json", after_pre)
+        atomic_write_json(out / "eval_pretrain_before.json", before_pre)  # per task and domain (reports)
     t_eval += time.perf_counter() - t0
     result["eval_s"] = t_eval
     result["wall_s"] = train_s + t_eval

@@ -149,9 +149,11 @@ class ContinualRun:
         pre_tasks = list(run_config["tasks"])
         progress = self._progress()
         if cfg.eval_pretrain and "pretrain_before" not in progress:
-            progress["pretrain_before"] = cached_eval(cfg.checkpoint, model, run_config, pre_tasks, cfg.pretrain_episodes,
-                                                      cfg.eval_seed, cfg.horizon, cfg.progress,
-                                                      cfg.env_workers, cfg.eval_precision)["mean_score"]
+            before = cached_eval(cfg.checkpoint, model, run_config, pre_tasks, cfg.pretrain_episodes, cfg.eval_seed,
+                                 cfg.horizon, cfg.progress, cfg.env_workers, cfg.eval_precision)
+            (self.out / "evals").mkdir(parents=True, exist_ok=True)
+            atomic_write_json(self.out / "evals" / "pretrain_before.json", before)  # per task and domain (reports)
+            progress["pretrain_before"] = before["mean_score"]
 
         torch.manual_seed(cfg.seed)
         tuner = tuners.attach(model, cfg.method, self.method_config)

@@ -18,6 +18,20 @@ from __future__ import annotations
 import numpy as np
 
 
+def domain_scores(evaluation: dict) -> dict[str, float | None]:
+    """Mean score per domain (suite) of an evaluation's per-task results (`dtune evaluate`'s
+    document), over the tasks whose score is defined and whose data came from an agent that learned
+    the task (a task flagged `score_caveat` divides by a small gap and would swamp the mean). A mean
+    over Meta-World success rates and DMC normalised scores together hides that a model can lose one
+    domain and keep the other."""
+    by: dict[str, list[float]] = {}
+    for r in evaluation.get("tasks", {}).values():
+        vals = by.setdefault(r.get("domain", "?"), [])
+        if r.get("score") is not None and "score_caveat" not in r:
+            vals.append(float(r["score"]))
+    return {d: (float(np.mean(v)) if v else None) for d, v in sorted(by.items())}
+
+
 def as_matrix(rows: list[list[float | None]]) -> np.ndarray:
     return np.array([[np.nan if v is None else float(v) for v in row] for row in rows], dtype=np.float64)
 

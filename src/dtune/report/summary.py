@@ -75,6 +75,42 @@ def _separate(runs: list[dict], key: str, where) -> None:
         seen[k] = r["dir"]
 
 
+def _pretrain_domains(p: Path, continual: bool) -> dict:
+    """Per-domain pre-training scores of a run (:func:`dtune.report.metrics.domain_scores`), before and
+    after adaptation, from the evaluations it kept (a run made before 2026-12-06 has no "before")."""
+    from dtune.report.metrics import domain_scores
+
+    if continual:
+        before, after = p / "evals" / "pretrain_before.json", sorted((p / "evals").glob("pretrain_after_*.json"))
+        after = after[-1] if after else None
+    else:
+        before, after = p / "eval_pretrain_before.json", p / "eval_pretrain.json"
+    return {k: domain_scores(json.loads(f.read_text())) if f is not None and f.exists() else None
+            for k, f in (("before", before), ("after", after))}
+
+
+def _domain_stats(rs: list[dict]) -> dict[str, dict[str, float | None]]:
+    """Mean over runs of each domain's pre-training score, before and after (empty: one domain)."""
+    doms = sorted({d for r in rs for k in ("before", "after") for d in (r.get("pretrain_domains") or {}).get(k) or {}})
+    if len(doms) < 2:
+        return {}
+    return {k: {d: _stats([((r.get("pretrain_domains") or {}).get(k) or {}).get(d) for r in rs])[0] for d in doms}
+            for k in ("before", "after")}
+
+
+def _fmt_domains(stats: dict) -> str:
+    if not stats:
+        return "n/a"
+    after, before = stats["after"], stats["before"]
+    return "; ".join(f"{d} {_pm(after[d], None)}" + (f" (from {_pm(before[d], None)})" if before.get(d) is not None else "")
+                     for d in after)
+
+
+DOMAIN_NOTE = ("\"pre-train after by domain\": the mean pre-training score per domain (Meta-World success, DMC "
+               "normalised score) after adaptation, and before it in brackets, over the tasks whose data came from an agent "
+               "that learned them (the pre-train after % column averages every scored task of both domains together).")
+
+
 def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str]]:
     """Adaptation runs, continual runs, offline-RL runs (`dtune lamo`, `dtune baselines`), and
     notes on the arguments skipped (duplicates, runs of other kinds). A folder given twice, under
@@ -90,7 +126,8 @@ def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str
             continue
         seen.add(real)
         if (p / "metrics.json").exists() and "matrix" in (m := json.loads((p / "metrics.json").read_text())):
-            cont.append({**_labelled(m, p), "dir": str(p), "base_digest": m.get("base_digest") or run_base_digest(p)})
+            cont.append({**_labelled(m, p), "dir": str(p), "base_digest": m.get("base_digest") or run_base_digest(p),
+                         "pretrain_domains": _pretrain_domains(p, continual=True)})
         elif (p / "result.json").exists():
             r = json.loads((p / "result.json").read_text())
             if r.get("kind") in OFFLINE_KINDS:
@@ -101,7 +138,8 @@ def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str
             if r.get("kind", "adapt") != "adapt":
                 notes.append(f"skipped {d}: a {r['kind']} run, not an adaptation, continual or offline-RL run")
                 continue
-            adapt.append({**_labelled(r, p), "dir": str(p), "base_digest": r.get("base_digest") or run_base_digest(p)})
+            adapt.append({**_labelled(r, p), "dir": str(p), "base_digest": r.get("base_digest") or run_base_digest(p),
+                          "pretrain_domains": _pretrain_domains(p, continual=False)})
         else:
             kind = run_kind(p)
             why = {"pretrain": "a pre-training run", "continual": "an unfinished continual run",
@@ -172,6 +210,7 @@ def adapt_summary(runs: list[dict]) -> tuple[str, list[dict]]:
     for r in runs:
         by_method.setdefault(r["method"], []).append(r)
     tasks = sorted({r["task"] for r in runs})
+    domains = bool(_domain_stats(runs))  # pre-training tasks of several domains: a column per-domain
     rows, table = [], []
     for m in _order(list(by_method)):
         rs = by_method[m]
@@ -192,19 +231,22 @@ def adapt_summary(runs: list[dict]) -> tuple[str, list[dict]]:
                "retention_ci": _ci(by_task_retention, "mean"),
                "new_task_ci": _ci(by_task, "mean"),
                "pretrain_after_ci": _ci({t: [r.get("pretrain_after") for r in rs if r["task"] == t] for t in by_task},
-                                        "mean")}
+                                        "mean"),
+               "pretrain_by_domain": _domain_stats(rs)}
         rows.append(row)
         table.append([m, len(row["seeds"]) or "-"] +
                      [_pm(per_task.get(t), None) + _scored(by_task.get(t, [])) for t in tasks] +
                      [_pm(*row["new_task"]) + _scored(per_task.values(), "tasks"), _fmt_ci(row["new_task_ci"]),
                       _fmt_ci(row["new_task_iqm_ci"]),
                       _pm(*row["pretrain_after"]) + _scored(r.get("pretrain_after") for r in rs),
-                      _pm(*row["retention"]) + _scored(r.get("retention") for r in rs), _fmt_ci(row["retention_ci"]),
-                      f"{row['trainable_pct']:.2f}", f"{row['per_task_pct']:.2f}", f"{row['train_s'][0]:.0f}"])
+                      _pm(*row["retention"]) + _scored(r.get("retention") for r in rs), _fmt_ci(row["retention_ci"])] +
+                     ([_fmt_domains(row["pretrain_by_domain"])] if domains else []) +
+                     [f"{row['trainable_pct']:.2f}", f"{row['per_task_pct']:.2f}", f"{row['train_s'][0]:.0f}"])
     headers = (["method", "seeds"] + [f"{t.removesuffix('-v3')} %" for t in tasks] +
                ["new task % (mean ± sd over tasks)", "new task mean [95% CI]", "new task IQM [95% CI]",
-                "pre-train after %", "retention %", "retention mean [95% CI]", "trains % of base",
-                "one task trains % of base", "train s"])
+                "pre-train after %", "retention %", "retention mean [95% CI]"] +
+               (["pre-train after by domain %"] if domains else []) +
+               ["trains % of base", "one task trains % of base", "train s"])
     before = _stats([r.get("pretrain_before") for r in runs])[0]
     note = f"Pre-training score of the unadapted model: {_pm(before, None)}%." if before is not None else ""
     note += (" \"trains % of base\": parameters the method trains over the base model's (a pool method's whole "
@@ -215,7 +257,7 @@ def adapt_summary(runs: list[dict]) -> tuple[str, list[dict]]:
              "sample sd over every run (tasks x seeds), retention the mean of the runs' after / before ratios. A task "
              "a method has no run of is n/a, and the method's means are over its other tasks. \"(k of n runs)\": "
              "only k of the cell's runs have a defined score (see the runs' results for why), and the figure is "
-             "over those.")
+             "over those." + (" " + DOMAIN_NOTE if domains else ""))
     return markdown_table(headers, table) + ("\n\n" + note if note else ""), rows
 
 
@@ -231,6 +273,7 @@ def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
     by_method: dict[str, list[dict]] = {}
     for r in runs:
         by_method.setdefault(r["method"], []).append(r)
+    domains = bool(_domain_stats(runs))  # pre-training tasks of several domains: a column per-domain
     rows, table = [], []
     for m in _order(list(by_method)):
         rs = by_method[m]
@@ -241,7 +284,8 @@ def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
                "forward_transfer": _stats([r.get("forward_transfer") for r in rs]),
                "pretrain_after": _stats([r.get("pretrain_after") for r in rs]),
                "retention": _stats([r.get("retention") for r in rs]),
-               "trainable_pct": rs[0]["trainable_pct"], "per_task_pct": rs[0]["per_task_pct"]}
+               "trainable_pct": rs[0]["trainable_pct"], "per_task_pct": rs[0]["per_task_pct"],
+               "pretrain_by_domain": _domain_stats(rs)}
         final = {t: [r["matrix"][-1][j] for r in rs] for j, t in enumerate(rs[0]["tasks"])}  # last row per seed
         row["average_score_ci"], row["iqm_ci"] = _ci(final, "mean"), _ci(final, "iqm")
         rows.append(row)
@@ -249,15 +293,18 @@ def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
                 for k in ("average_score", "forgetting", "forward_transfer", "pretrain_after", "retention")}
         table.append([m, len(rs), cell["average_score"], _fmt_ci(row["average_score_ci"]), _fmt_ci(row["iqm_ci"]),
                       cell["forgetting"], cell["forward_transfer"],
-                      cell["pretrain_after"], cell["retention"], f"{row['trainable_pct']:.2f}",
-                      f"{row['per_task_pct']:.2f}"])
-    headers = ["method", "seeds", "average score %", "average [95% CI]", "IQM [95% CI]", "forgetting %",
-               "forward transfer %", "pre-train after %", "retention %", "trains % of base", "one task trains % of base"]
+                      cell["pretrain_after"], cell["retention"]] +
+                     ([_fmt_domains(row["pretrain_by_domain"])] if domains else []) +
+                     [f"{row['trainable_pct']:.2f}", f"{row['per_task_pct']:.2f}"])
+    headers = (["method", "seeds", "average score %", "average [95% CI]", "IQM [95% CI]", "forgetting %",
+                "forward transfer %", "pre-train after %", "retention %"] +
+               (["pre-train after by domain %"] if domains else []) + ["trains % of base", "one task trains % of base"])
     note = ("± : the sample standard deviation over the seeds; retention: the mean of the seeds' after / before "
             "ratios. Intervals: rliable's stratified bootstrap over the final scores (tasks x seeds, seeds resampled "
             "within each task), 2,000 replicates, percentile 95%. Runs of one method at other budgets are rows of "
             "their own ([N updates/task]). \"(k of n runs)\": only k of the method's runs have that figure defined "
-            "(e.g. forward transfer needs single-task references), and it is over those.")
+            "(e.g. forward transfer needs single-task references), and it is over those." +
+            (" " + DOMAIN_NOTE if domains else ""))
     return markdown_table(headers, table) + "\n\n" + note, rows
 
 
