@@ -155,9 +155,10 @@ def test_a_finished_run_not_yet_kept_is_checked_by_dtune_before_it_is_kept(tmp_p
         (path / "result.json").write_text(json.dumps({"steps": 7}))
 
     data = tmp_path / "data"
+    offline = dict(DATASETS="hopper:medium", STEPS="7", STEPS_DT="7", DATA=str(data), DTUNE_STORE=str(tmp_path / "s"))
     cases = [("adapt_cw10/commands.sh", "runs/hammer-v3/lora/s0", dict(TASKS="hammer-v3", METHODS="lora")),
-             ("offline_rl/commands.sh", "runs/hopper-medium/bc/s0",
-              dict(DATASETS="hopper:medium", METHODS="bc", STEPS="7", DATA=str(data), DTUNE_STORE=str(tmp_path / "s")))]
+             ("offline_rl/commands.sh", "runs/hopper-medium/bc/s0", dict(METHODS="bc", **offline)),  # dtune baselines
+             ("offline_rl/commands.sh", "runs/hopper-medium/dt/s0", dict(METHODS="dt", **offline))]  # dtune lamo
     for script, run, env in cases:
         shutil.rmtree(tmp_path / "runs", ignore_errors=True)
         shutil.rmtree(tmp_path / "out", ignore_errors=True)
@@ -167,5 +168,6 @@ def test_a_finished_run_not_yet_kept_is_checked_by_dtune_before_it_is_kept(tmp_p
         assert [c for c in calls if "--resume" in c], script
         assert not (tmp_path / "out" / run).exists(), script
         calls = run_study(script, tmp_path, **env)
-        assert all("--resume" in c for c in calls if c[0] in ("adapt", "baselines")), script
+        assert [c[0] for c in calls if "--resume" in c] == [c[0] for c in calls if c[0] in ("adapt", "baselines", "lamo")]
+        assert len([c for c in calls if "--resume" in c]) == 1, script
         assert (tmp_path / "out" / run / "result.json").exists(), script

@@ -14,9 +14,10 @@
 #    language loss, with full fine-tuning.
 # Budget: STEPS updates per transformer run (default 3K, warm-up WARMUP 300: the engine caps warm-up at a tenth
 # of the updates; LaMo: 100K, warm-up 2.5K), BASE_STEPS
-# for the baselines (CQL: CQL_STEPS); one torch thread per run, two runs at a time. Resumable: finished runs
-# are skipped, interrupted ones continue from their last checkpoint (every 500 updates). Finished runs are kept
-# without their weights in $OUT/runs (results/study.sh), and the report reads those copies.
+# for the baselines (CQL: CQL_STEPS); one torch thread per run, two runs at a time. Resumable: kept runs are
+# skipped, interrupted ones continue from their last checkpoint (every 500 updates), a finished one not yet kept
+# is checked by dtune (--resume) to have these settings first. Finished runs are kept without their weights in
+# $OUT/runs (results/study.sh), and the report reads those copies.
 set -euo pipefail
 source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}

@@ -53,6 +53,13 @@ def test_resume_continues_exactly(hopper_data, tmp_path):
     assert (tmp_path / "parts" / "result.json").read_bytes() == result
     with pytest.raises(ValueError, match="trained for 4 updates"):
         train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", steps=2, resume=True))
+    (tmp_path / "parts" / "result.json").unlink()  # cut while evaluating: the checkpoint still says 4 updates
+    with pytest.raises(ValueError, match="trained for 4 updates"):
+        train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", steps=2, resume=True))
+    (tmp_path / "parts" / "result.json").write_bytes(result)
+    # other evaluation settings than the result's: evaluated again, not the old result
+    other = train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", steps=4, eval_episodes=2, resume=True))
+    assert other["eval"]["episodes_per_task"] == 2 and other["steps"] == 4
     train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc", resume=True))
     logs = d3rlpy_logs(tmp_path / "whole")  # the run's own epochs and steps, one header per gradient file
     assert [r[:2] for r in logs["critic_loss.csv"]] == [["1", "4"], ["2", "8"]]

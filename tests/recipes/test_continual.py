@@ -67,6 +67,21 @@ def test_only_the_current_tasks_data_is_loaded_and_sampled(base, tiny_data, tmp_
         assert (tmp_path / "cl" / name).exists(), name
 
 
+def test_a_run_resumed_without_its_pretraining_before_file_gets_it(base, tiny_data, tmp_path, monkeypatch):
+    """A run begun before runs kept the unadapted model's per-task pre-training evaluation gets it on
+    resume (the report's per-domain figures), the one its recorded score came from."""
+    kw = {"eval_pretrain": True, "pretrain_episodes": 1}
+    die_after_save(monkeypatch, lambda step, extra: (extra.get("task"), step) == (1, 2))
+    with pytest.raises(KeyboardInterrupt):
+        continual(cfg(base, tiny_data, tmp_path / "cut", **kw))
+    monkeypatch.undo()
+    before = tmp_path / "cut" / "evals" / "pretrain_before.json"
+    first = json.loads(before.read_text())
+    before.unlink()
+    res = continual(cfg(base, tiny_data, tmp_path / "cut", resume=True, **kw))
+    assert json.loads(before.read_text()) == first and first["mean_score"] == res["pretrain_before"]
+
+
 @pytest.mark.parametrize("method", ["ewc", "l2m", "l2m-gauss", "l2m-gauss-pre"])
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tiny_data, tmp_path, monkeypatch, method):
     full = continual(cfg(base, tiny_data, tmp_path / "full", method=method))

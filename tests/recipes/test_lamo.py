@@ -103,6 +103,8 @@ def test_resume_equals_uninterrupted(setup, tmp_path):
     del doc["lamo"]["replay_from"]
     path.write_text(json.dumps(doc))
     assert lamo(cfg(setup, tmp_path / "cut", resume=True))["train_s"] == res["train_s"]  # finished: its result
+    with pytest.raises(ValueError, match="evaluated with --eval-episodes 1.*dtune evaluate"):
+        lamo(cfg(setup, tmp_path / "cut", resume=True, eval_episodes=3))  # not its result under other settings
 
 
 def test_resume_refuses_a_run_whose_data_subset_an_older_rule_chose(setup, tmp_path):

@@ -438,13 +438,18 @@ def test_pretraining_scores_per_domain_before_and_after_for_both_kinds_of_run(tm
         (run / "eval_pretrain.json").write_text(json.dumps(_pretrain_eval(mw, dmc)))
     (a / "eval_pretrain_before.json").write_text(json.dumps(_pretrain_eval(0.8, 1.0)))  # b: an older run, no "before"
     c = continual_run(tmp_path / "c0")
+    m = json.loads((c / "metrics.json").read_text())
+    (c / "metrics.json").write_text(json.dumps({**m, "pretrain_rows": [{"after": 0, "score": 0.0}, {"after": 1, "score": 0.4}]}))
     (c / "evals").mkdir()
     (c / "evals" / "pretrain_before.json").write_text(json.dumps(_pretrain_eval(0.8, 1.0)))
     (c / "evals" / "pretrain_after_00_hammer-v3.json").write_text(json.dumps(_pretrain_eval(0.0, 0.0)))
     (c / "evals" / "pretrain_after_01_reach-v3.json").write_text(json.dumps(_pretrain_eval(0.2, 0.6)))  # the last
+    (c / "evals" / "pretrain_after_99_stray.json").write_text(json.dumps(_pretrain_eval(1.0, 1.0)))  # not the run's
     text = " ".join(report([str(a), str(b), str(c)], out=tmp_path / "rep").split())
     assert text.count("pre-train after by domain %") == 2 and "normalised score) after adaptation" in text
-    assert "dmc 80.0 (from 100.0); metaworld 20.0 (from 80.0)" in text  # adapt: means over the two seeds
+    assert "normalised score) after the sequence's last task" in text
+    # adapt: "after" over the two seeds; "before" over the one that kept it, and said so
+    assert "dmc 80.0 (from 100.0, 1 of 2 runs); metaworld 20.0 (from 80.0, 1 of 2 runs)" in text
     assert "dmc 60.0 (from 100.0); metaworld 20.0 (from 80.0)" in text  # continual: after its last task
     rows = json.loads((tmp_path / "rep" / "report.json").read_text())
     assert rows["adapt"][0]["pretrain_by_domain"]["after"] == pytest.approx({"dmc": 0.8, "metaworld": 0.2})

@@ -292,12 +292,14 @@ def train_baseline(cfg: BaselineConfig) -> dict:
             raise ValueError(f"--resume with other {', '.join(changed)} than the run in {out}; drop those options")
         check_subset_rule(saved.get("data_subset"), settings["data_subset"], out)
         done = json.loads((out / "result.json").read_text()) if (out / "result.json").exists() else None
-        if done is not None and cfg.steps < done["steps"]:
-            raise ValueError(f"--resume with --steps {cfg.steps}, but the run in {out} has trained for {done['steps']} "
+        state = out / "checkpoint" / "state.json"
+        trained = max(done["steps"] if done else 0, json.loads(state.read_text())["step"] if state.exists() else 0)
+        if cfg.steps < trained:
+            raise ValueError(f"--resume with --steps {cfg.steps}, but the run in {out} has trained for {trained} "
                              "updates; pass --steps of at least that, or start a new run with another --out")
-        if done is not None and done["steps"] == cfg.steps and all(
-                saved.get(k) == settings[k] for k in ("eval_episodes", "eval_seed")):
-            return done  # finished with these settings: nothing to train or evaluate again
+        if (done is not None and done["steps"] == cfg.steps and done["eval"]["episodes_per_task"] == cfg.eval_episodes
+                and done["eval"]["seed"] == cfg.eval_seed):
+            return done  # finished and evaluated with these settings: nothing to train or evaluate again
     else:
         start_fresh(out, "baseline", ("checkpoint", "result.json"))
     out.mkdir(parents=True, exist_ok=True)

@@ -148,12 +148,14 @@ class ContinualRun:
         model = model.to(self.device)
         pre_tasks = list(run_config["tasks"])
         progress = self._progress()
-        if cfg.eval_pretrain and "pretrain_before" not in progress:
+        before_file = self.out / "evals" / "pretrain_before.json"  # per task and domain (reports)
+        if cfg.eval_pretrain and ("pretrain_before" not in progress or not before_file.exists()):
             before = cached_eval(cfg.checkpoint, model, run_config, pre_tasks, cfg.pretrain_episodes, cfg.eval_seed,
                                  cfg.horizon, cfg.progress, cfg.env_workers, cfg.eval_precision)
-            (self.out / "evals").mkdir(parents=True, exist_ok=True)
-            atomic_write_json(self.out / "evals" / "pretrain_before.json", before)  # per task and domain (reports)
-            progress["pretrain_before"] = before["mean_score"]
+            # a run begun before runs kept this file gets it, if it is the evaluation that run recorded
+            if progress.setdefault("pretrain_before", before["mean_score"]) == before["mean_score"]:
+                before_file.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(before_file, before)
 
         torch.manual_seed(cfg.seed)
         tuner = tuners.attach(model, cfg.method, self.method_config)
@@ -185,7 +187,7 @@ class ContinualRun:
         progress["task_times"] = progress["task_times"][:first]
         log = MetricsLog(self.out, (lambda r: r["task_index"] < first or (r["task_index"] == first and r["step"] <= start_step))
                          if state is not None else None)
-        (self.out / "evals").mkdir(exist_ok=True)
+        (self.out / "evals").mkdir(parents=True, exist_ok=True)
 
         for i in range(first, len(tasks)):
             task = tasks[i]

@@ -188,7 +188,13 @@ def lamo(cfg: LamoConfig) -> dict:
     if cfg.resume:
         saved = saved_config(out, "lamo")["lamo"]
         check_resume(saved, cfg, RESUME_KEYS, out)  # a setting an older run lacks had its default
-        if (out / "result.json").exists():
+        if (out / "result.json").exists():  # finished: its result, if it was evaluated as asked
+            diff = [f"--{k.replace('_', '-')} {saved.get(k)}" for k in ("eval_episodes", "eval_seed")
+                    if saved.get(k, getattr(LamoConfig, k)) != getattr(cfg, k)]
+            if diff:
+                raise ValueError(f"the run in {out} finished and was evaluated with {' '.join(diff)}: resume with those, "
+                                 f"or evaluate its model otherwise with `dtune evaluate --adapter {out} --targets protocol "
+                                 "--episodes N`")
             return json.loads((out / "result.json").read_text())
         if not (out / STATE_J).exists():
             raise ValueError(f"--resume: the run in {out} has no checkpoint yet; run the same command without "

@@ -75,40 +75,49 @@ def _separate(runs: list[dict], key: str, where) -> None:
         seen[k] = r["dir"]
 
 
-def _pretrain_domains(p: Path, continual: bool) -> dict:
+def _pretrain_domains(p: Path, metrics: dict | None = None) -> dict:
     """Per-domain pre-training scores of a run (:func:`dtune.report.metrics.domain_scores`), before and
-    after adaptation, from the evaluations it kept (a run made before 2026-12-06 has no "before")."""
+    after adaptation (a continual run, given its `metrics`: after its last pre-training evaluation),
+    from the evaluations it kept (a run made before 2026-12-06 may have no "before")."""
     from dtune.report.metrics import domain_scores
 
-    if continual:
-        before, after = p / "evals" / "pretrain_before.json", sorted((p / "evals").glob("pretrain_after_*.json"))
-        after = after[-1] if after else None
+    if metrics is not None:
+        rows, tasks = metrics.get("pretrain_rows") or [], metrics.get("tasks") or []
+        i = rows[-1]["after"] if rows else None
+        before = p / "evals" / "pretrain_before.json"
+        after = p / "evals" / f"pretrain_after_{i:02d}_{tasks[i]}.json" if i is not None and i < len(tasks) else None
     else:
         before, after = p / "eval_pretrain_before.json", p / "eval_pretrain.json"
     return {k: domain_scores(json.loads(f.read_text())) if f is not None and f.exists() else None
             for k, f in (("before", before), ("after", after))}
 
 
-def _domain_stats(rs: list[dict]) -> dict[str, dict[str, float | None]]:
-    """Mean over runs of each domain's pre-training score, before and after (empty: one domain)."""
-    doms = sorted({d for r in rs for k in ("before", "after") for d in (r.get("pretrain_domains") or {}).get(k) or {}})
+def _domain_stats(rs: list[dict]) -> dict:
+    """Mean over runs of each domain's pre-training score after adaptation, and before it over the
+    runs that kept both evaluations (`runs` / `runs_before`: how many); empty for one domain."""
+    pd = [r.get("pretrain_domains") or {} for r in rs]
+    doms = sorted({d for p in pd for k in ("before", "after") for d in p.get(k) or {}})
     if len(doms) < 2:
         return {}
-    return {k: {d: _stats([((r.get("pretrain_domains") or {}).get(k) or {}).get(d) for r in rs])[0] for d in doms}
-            for k in ("before", "after")}
+    after, paired = [p["after"] for p in pd if p.get("after")], [p["before"] for p in pd if p.get("after") and p.get("before")]
+    return {"after": {d: _stats([a.get(d) for a in after])[0] for d in doms},
+            "before": {d: _stats([b.get(d) for b in paired])[0] for d in doms}, "runs": len(after), "runs_before": len(paired)}
 
 
 def _fmt_domains(stats: dict) -> str:
-    if not stats:
+    if not stats or not stats["runs"]:
         return "n/a"
-    after, before = stats["after"], stats["before"]
-    return "; ".join(f"{d} {_pm(after[d], None)}" + (f" (from {_pm(before[d], None)})" if before.get(d) is not None else "")
-                     for d in after)
+    part = f", {stats['runs_before']} of {stats['runs']} runs" if stats["runs_before"] < stats["runs"] else ""
+    return "; ".join(f"{d} {_pm(a, None)}" + (f" (from {_pm(stats['before'][d], None)}{part})"
+                                               if stats["before"].get(d) is not None else "")
+                     for d, a in stats["after"].items())
 
 
-DOMAIN_NOTE = ("\"pre-train after by domain\": the mean pre-training score per domain (Meta-World success, DMC "
-               "normalised score) after adaptation, and before it in brackets, over the tasks whose data came from an agent "
-               "that learned them (the pre-train after % column averages every scored task of both domains together).")
+def _domain_note(after: str) -> str:
+    return (f"\"pre-train after by domain\": the mean pre-training score of each domain (e.g. Meta-World success, DMC "
+            f"normalised score) {after}, and before adaptation in brackets (\"k of n runs\": the runs that kept that "
+            "evaluation), over the tasks whose score is defined and whose data came from an agent that learned them; "
+            "the \"pre-train after %\" column averages every scored task of all domains together.")
 
 
 def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str]]:
@@ -127,7 +136,7 @@ def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str
         seen.add(real)
         if (p / "metrics.json").exists() and "matrix" in (m := json.loads((p / "metrics.json").read_text())):
             cont.append({**_labelled(m, p), "dir": str(p), "base_digest": m.get("base_digest") or run_base_digest(p),
-                         "pretrain_domains": _pretrain_domains(p, continual=True)})
+                         "pretrain_domains": _pretrain_domains(p, m)})
         elif (p / "result.json").exists():
             r = json.loads((p / "result.json").read_text())
             if r.get("kind") in OFFLINE_KINDS:
@@ -139,7 +148,7 @@ def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str
                 notes.append(f"skipped {d}: a {r['kind']} run, not an adaptation, continual or offline-RL run")
                 continue
             adapt.append({**_labelled(r, p), "dir": str(p), "base_digest": r.get("base_digest") or run_base_digest(p),
-                          "pretrain_domains": _pretrain_domains(p, continual=False)})
+                          "pretrain_domains": _pretrain_domains(p)})
         else:
             kind = run_kind(p)
             why = {"pretrain": "a pre-training run", "continual": "an unfinished continual run",
@@ -257,7 +266,7 @@ def adapt_summary(runs: list[dict]) -> tuple[str, list[dict]]:
              "sample sd over every run (tasks x seeds), retention the mean of the runs' after / before ratios. A task "
              "a method has no run of is n/a, and the method's means are over its other tasks. \"(k of n runs)\": "
              "only k of the cell's runs have a defined score (see the runs' results for why), and the figure is "
-             "over those." + (" " + DOMAIN_NOTE if domains else ""))
+             "over those." + (" " + _domain_note("after adaptation") if domains else ""))
     return markdown_table(headers, table) + ("\n\n" + note if note else ""), rows
 
 
@@ -304,7 +313,7 @@ def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
             "within each task), 2,000 replicates, percentile 95%. Runs of one method at other budgets are rows of "
             "their own ([N updates/task]). \"(k of n runs)\": only k of the method's runs have that figure defined "
             "(e.g. forward transfer needs single-task references), and it is over those." +
-            (" " + DOMAIN_NOTE if domains else ""))
+            (" " + _domain_note("after the sequence's last task") if domains else ""))
     return markdown_table(headers, table) + "\n\n" + note, rows
 
 
