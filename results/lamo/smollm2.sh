@@ -27,8 +27,8 @@ print(next(pathlib.Path(list(s.submodule_search_locations)[0]).glob("*.gguf")))'
 run() {  # method seed
   local out="$RUNS/reacher2d-medium-0.1/$1/s$2" kept="$OUT/runs/reacher2d-medium-0.1/$1/s$2" resume=""
   kept_done "$kept" "$STEPS" && return 0
-  [ -f "$out/result.json" ] && { keep "$out" "$kept"; return 0; }
-  [ -f "$out/train_state.json" ] && resume="--resume"
+  # a run begun here resumes; a finished one is checked by dtune to have these settings (it gives its result back)
+  { [ -f "$out/result.json" ] || [ -f "$out/train_state.json" ]; } && resume="--resume"
   mkdir -p "$(dirname "$out")"
   local args=(dtune lamo --task reacher2d --source medium --data-ratio 0.1 --seed "$2" --steps "$STEPS"
               --warmup-steps 200 --batch-size 16 --context-len 5 --lm "$GGUF" --text-block 128 --text-batch 1
@@ -37,7 +37,7 @@ run() {  # method seed
     smollm2)        OMP_NUM_THREADS=1 "${args[@]}" ;;
     smollm2-random) OMP_NUM_THREADS=1 "${args[@]}" --no-pretrained ;;
     *) echo "unknown method $1" >&2; return 1 ;;
-  esac >> "$out.log" 2>&1
+  esac >> "$out.log" 2>&1 || { echo "$out: failed or made with other settings (see $out.log)" >&2; return 1; }
   keep "$out" "$kept"
 }
 export -f run keep kept_done; export DATA RUNS OUT STEPS GGUF
