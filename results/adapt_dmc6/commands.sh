@@ -41,10 +41,11 @@ run() {  # task method seed; a method may carry options: l2m-gauss-pre-io:--r=32
   local args=(--checkpoint "$CKPT" --data-dir "$DATA" --source sac-replay --task "$1" --method "$method" $opts --seed "$3"
               --steps "$STEPS" --replay-from "$REPLAY_FROM" --eval-episodes 10 --pretrain-episodes 2 --no-progress --out "$out")
   if [ -f "$out/result.json" ]; then  # finished: dtune checks it was made with these settings (another checkpoint: refused)
-    OMP_NUM_THREADS=1 dtune adapt "${args[@]}" --resume > /dev/null || { echo "$out: made with other settings" >&2; return 1; }
+    OMP_NUM_THREADS=1 dtune adapt "${args[@]}" --resume >> "$out.log" 2>&1 ||
+      { echo "$out: failed or made with other settings (see $out.log)" >&2; return 1; }
   else
     rm -rf "$out"; mkdir -p "$(dirname "$out")"
-    OMP_NUM_THREADS=1 dtune adapt "${args[@]}" > "$out.log" 2>&1
+    OMP_NUM_THREADS=1 dtune adapt "${args[@]}" > "$out.log" 2>&1 || { echo "$out: failed (see $out.log)" >&2; return 1; }
   fi
   keep "$out" "$kept"
 }
