@@ -1075,3 +1075,30 @@ def test_l2m_entry_modules_give_every_task_its_own_embeddings_and_head(kind, tmp
         tuners.attach(build_model(cfg), "l2m", tuners.make_config("l2m", entry_modules=["embed_nothing"]))
     with pytest.raises(ValueError, match="embed_timestep"):
         tuners.attach(build_model(cfg), "l2m", tuners.make_config("l2m", entry_modules=["embed_timestep"]))
+
+
+def test_l2m_gaussians_stay_finite_for_a_task_far_outside_the_pretraining_scale():
+    """DMC6's cartpole-swingup on the MT40 + DMC10 checkpoint: one state feature was near-constant in
+    pre-training (the pole's cosine in cartpole-balance, sd 4e-5), so the new task's queries reached
+    norms of 25,000; the float32 covariance lost the ridge, its log-determinant came out NaN, and every
+    window, pre-training ones included, was routed to that task's entry. Fitted in float64 the density
+    is finite and routes as it should; a NaN likelihood (an adapter saved before) never wins."""
+    model = tiny_model()
+    tuners.attach(model, "l2m-gauss-pre")
+    tuner = model.tuner
+    d = model.cfg.gpt.n_embd
+    g = torch.Generator().manual_seed(2)
+    pre = torch.randn(3000, d, generator=g)
+    tuner.fit_pretrain_densities([pre[:2000]])
+    big = torch.randn(3000, d, generator=g)
+    big[:, 0] = 2.5e4 + 1.5e4 * torch.randn(3000, generator=g)  # one direction 10^4 times the others,
+    big[:, 1], big[:, 2] = -0.7 * big[:, 0], 0.3 * big[:, 0]  # entering three query dimensions
+    naive = torch.cov(big[:2000].T) + float(tuner.density_ridge) * torch.eye(d)
+    assert torch.isnan(torch.logdet(naive))  # what float32 gave
+    tuner.begin_task("far")
+    tuner.fit_task_density("far", big[:2000])
+    assert torch.isfinite(tuner.density_logdet).all()
+    assert (tuner.infer_task(big[2000:]) == 0).float().mean() > 0.97  # its own windows: its entry
+    assert (tuner.infer_task(pre[2000:]) == -1).float().mean() > 0.97  # pre-training windows: unmodulated
+    tuner.density_logdet[0] = float("nan")  # an adapter fitted before the fix
+    assert (tuner.infer_task(pre[2000:]) == -1).all()

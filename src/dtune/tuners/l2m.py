@@ -329,15 +329,15 @@ class L2M(PoolTuner):
         self.register_buffer("margin", torch.tensor(float(c.pretrain_margin)))  # of the no-modulation route
         self.register_buffer("calibrated", torch.tensor(False))  # calibrate() has set the margin
         if c.task_gaussians:  # one row per task fitted so far, in slot order (fit_task_density)
-            self.register_buffer("density_mean", torch.zeros(0, d))
-            self.register_buffer("density_precision", torch.zeros(0, d, d))
-            self.register_buffer("density_logdet", torch.zeros(0))
+            self.register_buffer("density_mean", torch.zeros(0, d, dtype=torch.float64))  # float64: see _gaussian
+            self.register_buffer("density_precision", torch.zeros(0, d, d, dtype=torch.float64))
+            self.register_buffer("density_logdet", torch.zeros(0, dtype=torch.float64))
             self.register_buffer("density_threshold", torch.zeros(0))
             self.register_buffer("density_ridge", torch.tensor(0.0))  # set by the first fit, then shared
             if c.pretrain_gaussians:  # one row per pre-training task (fit_pretrain_densities)
-                self.register_buffer("pre_density_mean", torch.zeros(0, d))
-                self.register_buffer("pre_density_precision", torch.zeros(0, d, d))
-                self.register_buffer("pre_density_logdet", torch.zeros(0))
+                self.register_buffer("pre_density_mean", torch.zeros(0, d, dtype=torch.float64))
+                self.register_buffer("pre_density_precision", torch.zeros(0, d, d, dtype=torch.float64))
+                self.register_buffer("pre_density_logdet", torch.zeros(0, dtype=torch.float64))
         if c.query_whitening:  # fit by fit_whitening before the first task; identity until then
             self.register_buffer("query_mean", torch.zeros(d))
             self.register_buffer("query_whiten", torch.eye(d))
@@ -445,10 +445,11 @@ class L2M(PoolTuner):
         task shares."""
         pre = "pre_" if pretrain else ""
         mean, precision, logdet = (getattr(self, pre + n) for n in ("density_mean", "density_precision", "density_logdet"))
-        with torch.autocast(q.device.type, enabled=False):
-            z = q.float()[:, None] - mean  # (B, T, D)
-            maha = torch.einsum("btd,tde,bte->bt", z, precision, z)
-            return -0.5 * (maha + logdet)
+        with torch.autocast(q.device.type, enabled=False):  # float64: queries far from a mean are large
+            z = q.double()[:, None] - mean.double()  # (B, T, D)
+            maha = torch.einsum("btd,tde,bte->bt", z, precision.double(), z)
+            ll = -0.5 * (maha + logdet.double())
+            return torch.nan_to_num(ll, nan=float("-inf")).to(q.dtype if q.is_floating_point() else torch.float32)
 
     def infer_task(self, q: torch.Tensor) -> torch.Tensor:
         """`task_gaussians`: the entry `(B,)` of the most likely task among those that accept the
@@ -501,12 +502,22 @@ class L2M(PoolTuner):
         if q.shape[0] < 2:
             raise ValueError(f"l2m: a task's Gaussian needs at least 2 query windows, got {q.shape[0]}; "
                              "give it more data")
+        # float64, fitted and kept: a task's queries far outside the pre-training scale (variances of 10^8 in
+        # a few directions, against a ridge of 10^-2) made float32's covariance indefinite (a NaN
+        # log-determinant) and its precision matrix's rounding larger than its smallest eigenvalues
+        q = q.double()
         mean = q.mean(0)
         cov = torch.cov((q - mean).T).reshape(q.shape[1], q.shape[1])
         if not float(self.density_ridge) > 0:
             self.density_ridge.fill_(shrink * float(cov.diagonal().mean().clamp_min(1e-12)))
-        cov = cov + self.density_ridge * torch.eye(q.shape[1], device=q.device)
-        return {"density_mean": mean, "density_precision": torch.linalg.inv(cov), "density_logdet": torch.logdet(cov)}
+        cov = cov + float(self.density_ridge) * torch.eye(q.shape[1], device=q.device, dtype=q.dtype)
+        chol, info = torch.linalg.cholesky_ex(cov)
+        if int(info) != 0:
+            raise ValueError(f"l2m: a task's query covariance is not positive definite even with the ridge (query "
+                             f"variances up to {float(cov.diagonal().max()):.3g}): its inputs are far outside the "
+                             "pre-training data's scale")
+        return {"density_mean": mean, "density_precision": torch.cholesky_inverse(chol),
+                "density_logdet": 2 * chol.diagonal().log().sum()}
 
     @torch.no_grad()
     def fit_pretrain_densities(self, queries: list[torch.Tensor], shrink: float = 1e-2) -> dict:
