@@ -35,15 +35,18 @@ kept_done() {
 restore_mujoco_data() {
   local store
   store="${DTUNE_STORE:-$(dirname "${BASH_SOURCE[0]}")/mujoco_data/store}"
-  local gz
   mkdir -p "$1"
-  [ -d "$store/.work" ] && cp -rn "$store/.work" "$1/"  # SAC runs a session left unfinished
-  [ -d "$store/dtune" ] || return 0
-  cp -rn "$store/dtune" "$1/"
-  find "$1/dtune" -name '*.hdf5.gz' | while read -r gz; do  # stored gzipped (git's 50 MB warning)
-    [ -f "${gz%.gz}" ] || { gunzip -c "$gz" > "${gz%.gz}.tmp" && mv "${gz%.gz}.tmp" "${gz%.gz}"; }
-    rm -f "$gz"
-  done
+  (  # one restore at a time: two study scripts started together copied into each other's files
+    flock 9
+    local gz
+    [ -d "$store/.work" ] && cp -rn "$store/.work" "$1/"  # SAC runs a session left unfinished
+    [ -d "$store/dtune" ] || exit 0
+    cp -rn "$store/dtune" "$1/"
+    find "$1/dtune" -name '*.hdf5.gz' | while read -r gz; do  # stored gzipped (git's 50 MB warning)
+      [ -f "${gz%.gz}" ] || { gunzip -c "$gz" > "${gz%.gz}.tmp" && mv "${gz%.gz}.tmp" "${gz%.gz}"; }
+      rm -f "$gz"
+    done
+  ) 9> "$1/.restore.lock"
 }
 
 # store_sac_checkpoint DATA SOURCE TASK: an unfinished SAC run's last checkpoint (`.work/SOURCE/TASK`,

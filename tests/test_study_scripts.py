@@ -171,3 +171,22 @@ def test_a_finished_run_not_yet_kept_is_checked_by_dtune_before_it_is_kept(tmp_p
         assert [c[0] for c in calls if "--resume" in c] == [c[0] for c in calls if c[0] in ("adapt", "baselines", "lamo")]
         assert len([c for c in calls if "--resume" in c]) == 1, script
         assert (tmp_path / "out" / run / "result.json").exists(), script
+
+
+def test_two_studies_restoring_the_data_store_at_once_do_not_collide(tmp_path):
+    """Two study scripts started together each restore the committed store: one at a time (a lock),
+    so neither fails on the other's half-copied files and every dataset comes back whole."""
+    import gzip
+
+    store = tmp_path / "store"
+    for i in range(30):
+        d = store / "dtune" / "dmc" / f"task{i}" / "sac-replay-v0" / "data"
+        d.mkdir(parents=True)
+        (d / "main_data.hdf5.gz").write_bytes(gzip.compress(f"task{i}".encode() * 200_000))
+    r = sh(f'set -euo pipefail; export DTUNE_STORE="{store}"; for k in 1 2 3; do restore_mujoco_data data & done; '
+           'for k in 1 2 3; do wait -n || exit 1; done', tmp_path)
+    assert r.returncode == 0, r.stderr
+    for i in range(30):
+        assert (tmp_path / "data" / "dtune" / "dmc" / f"task{i}" / "sac-replay-v0" / "data" / "main_data.hdf5"
+                ).read_bytes() == f"task{i}".encode() * 200_000
+    assert not list((tmp_path / "data").rglob("*.gz")) and not list((tmp_path / "data").rglob("*.tmp"))
