@@ -449,7 +449,7 @@ class L2M(PoolTuner):
             z = q.double()[:, None] - mean.double()  # (B, T, D)
             maha = torch.einsum("btd,tde,bte->bt", z, precision.double(), z)
             ll = -0.5 * (maha + logdet.double())
-            return torch.nan_to_num(ll, nan=float("-inf")).to(q.dtype if q.is_floating_point() else torch.float32)
+            return torch.nan_to_num(ll, nan=float("-inf"))  # float64: bf16 would round -800 to steps of 4
 
     def infer_task(self, q: torch.Tensor) -> torch.Tensor:
         """`task_gaussians`: the entry `(B,)` of the most likely task among those that accept the
