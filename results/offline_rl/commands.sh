@@ -12,7 +12,8 @@
 # target of the task's protocol (10 episodes each: score at the standard target and best over targets,
 # labelled), the others on 10 episodes; the same evaluation seeds everywhere.
 # Resumable: kept runs are skipped, interrupted ones continue with --resume from their last checkpoint (every
-# 1K updates); a finished one not yet kept is checked by dtune (--resume) to have these settings first. SEEDS="1 2" adds seeds; DATASETS/METHODS narrow it; LANES=1 runs one at a time.
+# 1K updates); a finished one not yet kept is checked by dtune (--resume) to have these settings first.
+# SEEDS="1 2" adds seeds; DATASETS/METHODS narrow it; LANES=1 runs one at a time.
 # Each finished run is kept without its weights in $OUT/runs/<dataset>/<method>/s<seed> (results/study.sh) and
 # the report reads those copies. The data comes from results/mujoco_data/store (copied into $DATA where missing);
 # the `medium` rollouts are made from its agents first (results/mujoco_data/commands.sh).

@@ -189,8 +189,8 @@ def lamo(cfg: LamoConfig) -> dict:
         saved = saved_config(out, "lamo")["lamo"]
         check_resume(saved, cfg, RESUME_KEYS, out)  # a setting an older run lacks had its default
         if (out / "result.json").exists():  # finished: its result, if it was evaluated as asked
-            diff = [f"--{k.replace('_', '-')} {saved.get(k)}" for k in ("eval_episodes", "eval_seed")
-                    if saved.get(k, getattr(LamoConfig, k)) != getattr(cfg, k)]
+            ran = {k: saved.get(k, getattr(LamoConfig, k)) for k in ("eval_episodes", "eval_seed")}  # older: defaults
+            diff = [f"--{k.replace('_', '-')} {v}" for k, v in ran.items() if v != getattr(cfg, k)]
             if diff:
                 raise ValueError(f"the run in {out} finished and was evaluated with {' '.join(diff)}: resume with those, "
                                  f"or evaluate its model otherwise with `dtune evaluate --adapter {out} --targets protocol "
