@@ -5,7 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dtune.data.dataset import SUBSET_RULE, TrajectoryData, WindowSampler, returns_to_go, trajectory_subset
+from dtune.data.dataset import (SUBSET_RULE, TrajectoryData, WindowSampler, normalise_states, returns_to_go,
+                                trajectory_subset)
 from dtune.data.storage import read_episodes
 from dtune.tasks import get_task, layout_for
 
@@ -156,12 +157,51 @@ def test_states_are_z_scored_with_the_training_statistics(data):
     assert np.abs(a[..., :39]).max() < 50 and np.array_equal(reused.state_mean, data.state_mean)
 
 
+def test_normalise_states_z_scores_then_clips():
+    obs = np.array([[1.0, 2.0, -50.0], [3.0, 2.0, 50.0]])
+    mean, std = np.array([2.0, 0.0, 0.0]), np.array([1.0, 0.5, 2.0])
+    np.testing.assert_array_equal(normalise_states(obs, mean, std, None), [[-1, 4, -25], [1, 4, 25]])
+    np.testing.assert_array_equal(normalise_states(obs, mean, std, 3.0), [[-1, 3, -3], [1, 3, 3]])
+    np.testing.assert_array_equal(normalise_states(obs, mean, std, 0.0), normalise_states(obs, mean, std, None))
+
+
+def test_clipped_windows_equal_unclipped_ones_within_the_bound(data):
+    """`state_clip` bounds the states of every window and changes nothing else: statistics with
+    Meta-World's sds squeezed 100-fold put a task's states far out of scale."""
+    std = data.state_std.copy()
+    std[:39] /= 100
+    stats = (data.state_mean, std)
+    plain = TrajectoryData(data.root, "reach-v3", state_stats=stats, layout=data.layout)
+    clipped = TrajectoryData(data.root, "reach-v3", state_stats=stats, layout=data.layout, state_clip=5.0)
+    a, b = (WindowSampler(d, 3, 32, seed=2).sample() for d in (plain, clipped))
+    assert np.abs(a["states"]).max() > 5 and np.abs(b["states"]).max() == 5
+    np.testing.assert_array_equal(b["states"], np.clip(a["states"], -5, 5))
+    assert all(np.array_equal(a[k], b[k]) for k in a if k != "states")
+    with pytest.raises(ValueError, match="state_clip must be positive"):
+        TrajectoryData(data.root, "reach-v3", state_stats=stats, layout=data.layout, state_clip=-1)
+
+
+def test_scale_report_finds_the_column_out_of_scale(data):
+    mean, std = data.state_mean.copy(), data.state_std.copy()
+    cols = data.layout.columns(get_task("reach-v3"))
+    obs = np.concatenate([t.obs for t in data.domains[0].tasks if t.spec.name == "reach-v3"])
+    varying = cols[np.argmax(obs.std(0))]  # the column that varies most: squeeze its sd
+    std[varying] = obs.std(0).max() / 1000
+    squeezed = TrajectoryData(data.root, "reach-v3", state_stats=(mean, std), layout=data.layout)
+    report = squeezed.scale_report(data.layout.column_names())["reach-v3"]
+    assert report["worst_column"] == data.layout.column_names()[varying] == f"metaworld/obs[{varying}]"
+    assert report["max_abs_z"] > 100 and 0 < report["frac_beyond_limit"] <= 1 / 39
+    assert report["worst_column_std"] == pytest.approx(std[varying]) and report["clip"] is None
+    own = data.scale_report()["reach-v3"]  # the data's own statistics: in scale
+    assert own["max_abs_z"] < 10 and own["frac_beyond_limit"] == 0
+
+
 def test_statistics_read_a_few_rows_at_a_time_and_equal_the_whole_arrays(data, monkeypatch):
     """The statistics pass reads the memory-mapped observations in chunks (no float64 copy of a whole
     task); chunks of 7 rows give what the whole arrays give."""
     whole = np.concatenate([t.obs for t in data.domains[0].tasks]).astype(np.float64)
     monkeypatch.setattr(TrajectoryData, "STATS_ROWS", 7)
-    mean, std = data._compute_stats()
+    mean, std = data.own_stats()
     np.testing.assert_allclose(mean[:39], whole.mean(0), rtol=1e-6, atol=1e-7)
     expect = np.where(whole.std(0) > 1e-6, whole.std(0), 1.0)
     np.testing.assert_allclose(std[:39], expect, rtol=1e-6)

@@ -51,6 +51,17 @@ def test_dt_agent_needs_the_model_layout():
         evaluate_agent(DTAgent(model, layout_for("mt40")), "cartpole-balance", episodes=1, horizon=5, progress=False)
 
 
+def test_dt_agent_clips_states_as_its_model_says():
+    """The agent z-scores observations with the model's statistics and clips them at the model's
+    `state_clip`, as the training windows were."""
+    model = build_model(preset("tiny", state_dim=39, act_dim=4, state_clip=2.0)).eval()
+    model.state_std.fill_(0.01)
+    agent = DTAgent(model, layout_for("mt40"))
+    agent.start([get_task("reach-v3")] * 2, [1.0, 1.0])
+    agent.act([np.full(39, 0.5, np.float32), np.full(39, -0.001, np.float32)], 0)
+    np.testing.assert_allclose(agent.states, np.stack([np.full(39, 2.0), np.full(39, -0.1)]), rtol=1e-5)
+
+
 def test_dt_agent_evaluates_in_bf16_on_request():
     """`precision="bf16"` runs the policy under autocast: actions near fp32's, not equal to them."""
     import torch

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from dtune import tuners
+from dtune.tuners import NORMALISER
 from dtune.cli import main
 from dtune.recipes.adapt import AdaptConfig, adapt
 from dtune.recipes import adapt as adapt_module
@@ -28,8 +30,9 @@ def test_adapt_saves_only_the_adapter_and_reloads_it(base, tiny_data, tmp_path):
     files = {p.name for p in (tmp_path / "a").iterdir()}
     assert {"adapter.safetensors", "adapter.json", "config.json", "metrics.csv", "result.json", "result.md"} <= files
     saved = load_file(str(tmp_path / "a" / "adapter.safetensors"))
-    assert saved and all(k.startswith("tuner.") for k in saved)  # LoRA: no base weight is saved
-    assert res["trainable"] == sum(v.numel() for v in saved.values())
+    # LoRA: no base weight is saved, only its tensors and the state statistics
+    assert saved and all(k.startswith("tuner.") or k in NORMALISER for k in saved) and set(NORMALISER) <= set(saved)
+    assert res["trainable"] == sum(v.numel() for k, v in saved.items() if k not in NORMALISER)
     assert 0 < res["trainable_pct"] < 100 and res["steps"] == 4
     for key in ("new_task_before", "new_task_score", "pretrain_before", "pretrain_after", "train_s", "wall_s"):
         assert key in res
@@ -175,3 +178,74 @@ def test_cli_l2m_with_the_routing_options(base, tiny_data, tmp_path):
     assert "tuner.query_whiten" in tensors and not torch.equal(tensors["tuner.query_whiten"], torch.eye(32))
     result = json.loads((out / "result.json").read_text())
     assert result["routing_margin"] == pytest.approx(float(tensors["tuner.margin"])) and bool(tensors["tuner.calibrated"])
+
+
+@pytest.fixture(scope="module")
+def unseen_data(tmp_path_factory):
+    """pendulum-swingup, a DMC task `base` never saw: its columns have no pre-training statistics."""
+    from tests.conftest import collect_tiny
+
+    root = tmp_path_factory.mktemp("unseen")
+    collect_tiny(root, tasks="pendulum-swingup", episodes=2, horizon=30, source="random")
+    return root
+
+
+def test_unseen_columns_take_the_new_tasks_statistics(base, unseen_data, tmp_path):
+    """`--new-columns task` (the default) z-scores the columns no pre-training task fills with the
+    new task's own statistics and keeps them in the adapter; every other column keeps the base's;
+    `raw` leaves them as they were. The adapted model evaluates with them (`dtune evaluate`)."""
+    from dtune.data.dataset import TrajectoryData
+    from dtune.models.io import load_model, run_layout
+    from dtune.tasks import get_task
+
+    task = "pendulum-swingup"
+    kw = dict(task=task, steps=2, eval_episodes=1, pretrain_eval=False, horizon=10, data_dir=str(unseen_data))
+    adapt(cfg(base, unseen_data, tmp_path / "task", **kw))
+    adapt(cfg(base, unseen_data, tmp_path / "raw", new_columns="raw", **kw))
+    model, run_config = load_model(base)
+    cols = run_layout(run_config).columns(get_task(task))
+    own_mean, own_std = TrajectoryData(unseen_data, task, layout=run_layout(run_config)).own_stats()
+    others = np.setdiff1d(np.arange(model.cfg.state_dim), cols)
+    for name, mean, std in (("task", own_mean, own_std), ("raw", model.state_mean.numpy(), model.state_std.numpy())):
+        adapted, _, doc = tuners.load_adapted(base, tmp_path / name)
+        np.testing.assert_array_equal(adapted.state_mean[cols].numpy(), mean[cols])
+        np.testing.assert_array_equal(adapted.state_std[cols].numpy(), std[cols])
+        assert torch.equal(adapted.state_mean[others], model.state_mean[others])
+        assert torch.equal(adapted.state_std[others], model.state_std[others])
+        assert doc["task_info"][task]["state_scale"]["worst_column"].startswith("dmc/pendulum/")
+        again = evaluate(EvalConfig(adapter=str(tmp_path / name), episodes=1, horizon=10, progress=False))
+        result = json.loads((tmp_path / name / "result.json").read_text())
+        assert again["tasks"][task]["return_mean"] == result["new_task_return"]
+    assert np.all(model.state_mean[cols].numpy() == 0) and not np.all(own_mean[cols] == 0)
+
+
+def test_state_clip_replaces_the_checkpoints_and_old_runs_resume_as_they_ran(base, tiny_data, tmp_path, capsys):
+    """`--state-clip` overrides the checkpoint's clip (kept in the adapter); the run warns of a task
+    whose states are out of scale. A run whose config predates `new_columns` resumes with `raw`,
+    the behaviour it ran with, and refuses `task`."""
+    from dtune.recipes.adapt import resume
+
+    assert load_model_config(base)["state_clip"] == 10.0  # `dtune pretrain`'s default
+    res = adapt(cfg(base, tiny_data, tmp_path / "a", steps=2, state_clip=3.0, pretrain_eval=False, eval_episodes=1))
+    assert json.loads((tmp_path / "a" / "adapter.json").read_text())["state_clip"] == 3.0
+    adapted, _, _ = tuners.load_adapted(base, tmp_path / "a")
+    assert adapted.cfg.state_clip == 3.0
+    scale = json.loads((tmp_path / "a" / "adapter.json").read_text())["task_info"]["door-open-v3"]["state_scale"]
+    assert scale["clip"] == 3.0 and scale["max_abs_z"] > 0
+    if scale["frac_beyond_limit"] > tuning.SCALE_WARNING:
+        assert "door-open-v3's states lie outside the checkpoint's state statistics" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--state-clip must be positive"):
+        adapt(cfg(base, tiny_data, tmp_path / "bad", steps=2, state_clip=-1.0))
+    path = tmp_path / "a" / "config.json"
+    saved = json.loads(path.read_text())
+    del saved["adapt"]["new_columns"]  # as written before the option existed
+    saved["adapt"]["state_clip"] = 3.0
+    path.write_text(json.dumps(saved))
+    with pytest.raises(ValueError, match="new_columns: 'raw' -> 'task'"):
+        adapt(cfg(base, tiny_data, tmp_path / "a", steps=2, state_clip=3.0, pretrain_eval=False, eval_episodes=1,
+                  resume=True))
+    assert resume(str(tmp_path / "a"), progress=False) == res
+
+
+def load_model_config(run_dir) -> dict:
+    return json.loads((run_dir / "config.json").read_text())["model"]

@@ -230,3 +230,43 @@ def test_replay_from_cuts_the_sequences_replay_buffers_and_keeps_its_other_tasks
     with pytest.raises(ValueError, match="none of the run's datasets is one"):
         continual(cfg(base, root, tmp_path / "none", replay_from=0.5))
     assert not (tmp_path / "none" / "progress.json").exists()
+
+
+@pytest.fixture(scope="module")
+def unseen_data(tmp_path_factory):
+    """pendulum-swingup and finger-spin, DMC tasks `base` never saw (no pre-training statistics)."""
+    from tests.conftest import collect_tiny
+
+    root = tmp_path_factory.mktemp("unseen")
+    collect_tiny(root, tasks="pendulum-swingup,finger-spin", episodes=2, horizon=20, source="random")
+    return root
+
+
+def test_each_new_task_fills_its_unseen_columns_and_a_resume_keeps_them(base, unseen_data, tmp_path, monkeypatch):
+    """Each task of the sequence z-scores the columns nothing before it filled with its own
+    statistics, kept from then on (in the adapter, and in the state a resumed run restores)."""
+    from dtune.data.dataset import TrajectoryData
+    from dtune.models.io import load_model, run_layout
+    from dtune.tasks import get_task
+    from dtune.tuners import load_adapted
+
+    kw = dict(sequence="pendulum-swingup,finger-spin", eval_pretrain=False, eval_episodes=1, data_dir=str(unseen_data))
+    continual(cfg(base, unseen_data, tmp_path / "full", **kw))
+    die_after_save(monkeypatch, lambda step, extra: (extra.get("task"), step) == (1, 2))
+    with pytest.raises(KeyboardInterrupt):
+        continual(cfg(base, unseen_data, tmp_path / "cut", **kw))
+    monkeypatch.undo()
+    continual(cfg(base, unseen_data, tmp_path / "cut", resume=True, **kw))
+    model, run_config = load_model(base)
+    layout = run_layout(run_config)
+    seen = np.zeros(model.cfg.state_dim, bool)
+    for run in ("full", "cut"):
+        adapted, _, _ = load_adapted(base, tmp_path / run / "adapter")
+        for task in ("pendulum-swingup", "finger-spin"):
+            cols = layout.columns(get_task(task))
+            seen[cols] = True
+            mean, std = TrajectoryData(unseen_data, task, layout=layout).own_stats()
+            np.testing.assert_array_equal(adapted.state_mean[cols].numpy(), mean[cols])
+            np.testing.assert_array_equal(adapted.state_std[cols].numpy(), std[cols])
+        assert torch.equal(adapted.state_mean[~seen], model.state_mean[~seen])
+        assert torch.equal(adapted.state_std[~seen], model.state_std[~seen])

@@ -11,6 +11,7 @@ import torch
 
 from dtune.data.dataset import SUBSET_RULE
 from dtune.recipes.lamo import LAMO_SAVED, LamoConfig, lamo
+from dtune.tuners import NORMALISER
 from tests.data.test_text import CharTokenizer
 
 
@@ -67,7 +68,8 @@ def test_lamo_trains_lora_and_embeddings_and_reports_protocol_and_perplexity(set
     base_only = [k for k in saved_tensors if not k.startswith("tuner.")]
     biases = [k for k in base_only if k.startswith("transformer.")]
     assert biases and all(k.endswith((".attn.q.bias", ".attn.k.bias", ".attn.v.bias")) for k in biases)
-    assert all(k.split(".")[0] in LAMO_SAVED for k in base_only if k not in biases)
+    assert all(k.split(".")[0] in LAMO_SAVED for k in base_only if k not in biases and k not in NORMALISER)
+    assert set(NORMALISER) <= set(base_only)  # the state statistics travel with the adapter
     trained, base = load_file(tmp_path / "run" / "adapter.safetensors"), load_file(tmp_path / "run" / "base" / "model.safetensors")
     assert any(not torch.equal(trained[k], base[k]) for k in biases)
     rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()

@@ -7,7 +7,7 @@ from safetensors.torch import load_file, save_file
 
 from dtune.models import io
 from dtune.models.io import CheckpointError
-from dtune.recipes.pretrain import PretrainConfig, pretrain
+from dtune.recipes.pretrain import PretrainConfig, pretrain, resume
 from dtune.train import engine
 from dtune.train.optim import cosine_lr
 from tests.conftest import die_after_save
@@ -135,6 +135,25 @@ def test_state_statistics_travel_with_the_checkpoint(tiny_data, tmp_path):
     np.testing.assert_allclose(model.state_mean.numpy(), data.state_mean)
     np.testing.assert_allclose(model.state_std.numpy(), data.state_std)
     assert (model.state_std.numpy()[list(range(39))] != 1).any()
+
+
+def test_state_clip_is_kept_in_the_model_config_and_older_runs_resume_unclipped(tiny_data, tmp_path):
+    """New runs clip z-scored states at 10 sd (the model's config says so, every later use reads
+    it); 0 turns it off; a run made before the option existed resumes unclipped, and refuses a clip."""
+    pretrain(cfg(tiny_data, tmp_path / "r", steps=2))
+    assert io.load_model(tmp_path / "r")[0].cfg.state_clip == 10.0
+    pretrain(cfg(tiny_data, tmp_path / "off", steps=2, state_clip=0))
+    assert io.load_model(tmp_path / "off")[0].cfg.state_clip is None
+    with pytest.raises(ValueError, match="state_clip must be positive"):
+        pretrain(cfg(tiny_data, tmp_path / "neg", steps=2, state_clip=-1.0))
+    old = json.loads((tmp_path / "off" / "config.json").read_text())
+    del old["train"]["state_clip"], old["model"]["state_clip"]  # as written before 2026-12-06
+    (tmp_path / "off" / "config.json").write_text(json.dumps(old))
+    assert io.load_model(tmp_path / "off")[0].cfg.state_clip is None
+    with pytest.raises(ValueError, match="state_clip: None -> 10.0"):
+        pretrain(cfg(tiny_data, tmp_path / "off", steps=4, resume=True))
+    assert resume(str(tmp_path / "off"), steps=4, progress=False)["steps"] == 4
+    assert json.loads((tmp_path / "off" / "config.json").read_text())["model"]["state_clip"] is None
 
 
 def test_nested_arch_config_is_saved_and_resumed(tiny_data, tmp_path):

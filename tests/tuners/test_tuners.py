@@ -569,7 +569,7 @@ def test_committed_adapter_configs_give_the_tensors_they_list():
         doc = json.loads(path.read_text())
         model = copy.deepcopy(base_model)
         tuners.attach(model, doc["method"], tuners.config_from_dict(doc["method"], doc["config"]))
-        newer = {f"tuner.{k}" for k in model.tuner.state_defaults()}  # state added since (defaults fill it)
+        newer = {f"tuner.{k}" for k in model.tuner.state_defaults()} | set(tuners.NORMALISER)  # added since
         assert sorted(set(tuners.adapter_state(model)) - newer) == doc["tensors"], path
 
 
@@ -589,7 +589,8 @@ def test_committed_adapters_load_onto_the_committed_checkpoint(run, tmp_path):
     out = tmp_path / "adapter"
     out.mkdir()
     (out / tuners.ADAPTER_CONFIG).write_text((source / tuners.ADAPTER_CONFIG).read_text())
-    newer = {f"tuner.{k}" for k in model.tuner.state_defaults()}  # not in adapters of that time: filled in
+    newer = {f"tuner.{k}" for k in model.tuner.state_defaults()} | set(tuners.NORMALISER)  # filled in: not in
+    # adapters of that time (the state statistics: the base's)
     tensors = {k: v.detach().contiguous() for k, v in tuners.adapter_state(model).items() if k not in newer}
     assert sorted(tensors) == doc["tensors"]
     save_file(tensors, str(out / tuners.ADAPTER_WEIGHTS))

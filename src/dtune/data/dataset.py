@@ -11,9 +11,11 @@ Layout: each task's observation goes into its slots' columns of the run's state 
 slot); actions are padded to the layout's action size.
 
 Normalisation: states are z-scored per state column with statistics of the pre-training data
-(columns that are constant keep std 1; padding columns stay 0), applied to each window as it is
-drawn. Pass ``state_stats`` to reuse the statistics a model was trained with (adaptation to new
-tasks must not change them).
+(columns that are constant keep std 1; padding columns stay 0) and, with ``state_clip``, clipped to
+that many standard deviations (:func:`normalise_states`), applied to each window as it is drawn.
+Pass ``state_stats`` to reuse the statistics a model was trained with (adaptation to new tasks
+keeps them for every column the model saw; :meth:`TrajectoryData.scale_report` says how far a new
+task's states lie outside them).
 
 Sampling: a batch is split evenly over the suites present (suites balanced); within a suite
 the window's last timestep is uniform over all timesteps of its tasks, i.e. trajectories are
@@ -37,6 +39,20 @@ from dtune.data.storage import (DatasetError, dataset_dir, episode_returns, read
 from dtune.tasks import InputLayout, get_task, layout_for, resolve_tasks
 
 CACHE_VERSION = 3
+
+STATE_CLIP = 10.0
+"""Bound on z-scored states of new pre-training runs, in standard deviations (stable-baselines3's
+VecNormalize bound): a feature nearly constant in the pre-training data (cartpole-balance keeps
+its pole upright: sd 4e-5) cannot turn a new task's states into inputs of 10^4."""
+
+
+def normalise_states(obs: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float | None) -> np.ndarray:
+    """`(obs - mean) / std` per column, clipped to `[-clip, clip]` when `clip` is set (the one
+    normalisation of training windows and of evaluation rollouts)."""
+    z = (obs - mean) / std
+    if clip:
+        np.clip(z, -clip, clip, out=z)
+    return z
 
 
 def returns_to_go(rewards: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -207,7 +223,7 @@ class TrajectoryData:
     def __init__(self, root: str | os.PathLike, tasks: str | list[str], max_episodes: int | None = None,
                  state_stats: tuple[np.ndarray, np.ndarray] | None = None, layout: InputLayout | None = None,
                  source: str | dict[str, str] | None = None, data_ratio: float = 1.0, ratio_seed: int = 0,
-                 replay_from: float = 0.0):
+                 replay_from: float = 0.0, state_clip: float | None = None):
         if not 0.0 < data_ratio <= 1.0:
             raise ValueError(f"--data-ratio must be in (0, 1], got {data_ratio}")
         check_replay_from(replay_from)
@@ -252,18 +268,22 @@ class TrajectoryData:
                 arrays["rtg"], np.cumsum(lengths) - lengths))
         self.domains = [SuiteData(name, items) for name, items in by_suite.items()]
         if state_stats is None:
-            state_stats = self._compute_stats()
+            state_stats = self.own_stats()
         self.state_mean = np.asarray(state_stats[0], np.float32)
         self.state_std = np.asarray(state_stats[1], np.float32)
+        if state_clip is not None and state_clip < 0:
+            raise ValueError(f"state_clip must be positive (or 0/None: no clipping), got {state_clip}")
+        self.state_clip = float(state_clip) if state_clip else None
         self.act_dims = np.array([get_task(t).act_dim for t in self.tasks], dtype=np.int64)
 
     STATS_ROWS = 1 << 16
     """Rows of a task's (memory-mapped) observations read at a time for the statistics: a float64
     copy of 65,536 rows, not of the whole task (a paper-scale task of 2M x 39 would need 1.25 GB)."""
 
-    def _compute_stats(self) -> tuple[np.ndarray, np.ndarray]:
+    def own_stats(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-column mean and std over every step of the tasks that fill the column (two passes,
-        in float64, :attr:`STATS_ROWS` rows in memory at a time)."""
+        in float64, :attr:`STATS_ROWS` rows in memory at a time): these tasks' own statistics,
+        whatever statistics the data was given."""
         dim, rows = self.layout.state_dim, self.STATS_ROWS
         count, total, sq = np.zeros(dim), np.zeros(dim), np.zeros(dim)
         tasks = [t for d in self.domains for t in d.tasks]
@@ -282,6 +302,25 @@ class TrajectoryData:
     @property
     def steps(self) -> int:
         return sum(len(d) for d in self.domains)
+
+    SCALE_LIMIT = 10.0
+    """Standard deviations beyond which :meth:`scale_report` counts a z-scored entry as out of scale."""
+
+    def scale_report(self, column_names: list[str] | None = None, rows: int = 100_000) -> dict[str, dict]:
+        """How far each task's z-scored states (before clipping) lie outside the statistics: over
+        up to `rows` evenly spaced steps, the largest |z|, the fraction of entries beyond
+        :attr:`SCALE_LIMIT` and the column of the largest |z| (its name and sd)."""
+        out = {}
+        for d in self.domains:
+            for t in d.tasks:
+                obs = np.asarray(t.obs[:: max(1, len(t.obs) // rows)], np.float64)
+                a = np.abs((obs - self.state_mean[t.columns]) / self.state_std[t.columns])
+                worst = int(t.columns[a.max(0).argmax()])
+                out[t.spec.name] = {
+                    "max_abs_z": float(a.max()), "frac_beyond_limit": float((a > self.SCALE_LIMIT).mean()),
+                    "limit": self.SCALE_LIMIT, "worst_column": column_names[worst] if column_names else worst,
+                    "worst_column_std": float(self.state_std[worst]), "clip": self.state_clip}
+        return out
 
 
 class WindowSampler:
@@ -305,7 +344,7 @@ class WindowSampler:
         counts = np.full(len(doms), b // len(doms))
         counts[: b - counts.sum()] += 1
         state_dim, act_dim = self.data.layout.state_dim, self.data.layout.act_dim
-        mean, std = self.data.state_mean, self.data.state_std
+        mean, std, clip = self.data.state_mean, self.data.state_std, self.data.state_clip
         out = {
             "states": np.zeros((b, k, state_dim), np.float32),
             "actions": np.zeros((b, k, act_dim), np.float32),
@@ -331,7 +370,7 @@ class WindowSampler:
                 t = dom.tasks[j]
                 local, v, rows = idx[sel] - t.offset, valid[sel], row + sel
                 vf = v[..., None]
-                states = (t.obs[local] - mean[t.columns]) / std[t.columns] * vf
+                states = normalise_states(t.obs[local], mean[t.columns], std[t.columns], clip) * vf
                 cols = t.column_slice
                 if isinstance(cols, slice):
                     out["states"][rows, :, cols] = states

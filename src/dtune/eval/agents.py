@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from dtune.data.dataset import normalise_states
 from dtune.runtime.device import autocast
 from dtune.tasks import InputLayout, TaskSpec
 
@@ -63,12 +64,13 @@ class DTAgent:
         self.cols = [self.layout.columns(s) for s in specs]
         mean, std = self.model.state_mean.cpu().numpy(), self.model.state_std.cpu().numpy()
         self.norm = [(mean[c], std[c]) for c in self.cols]
+        self.clip = self.model.cfg.state_clip
         self.active = np.ones(n, bool)
 
     def act(self, obs: list[np.ndarray], t: int) -> np.ndarray:
         n = len(self.specs)
         for i in range(n):
-            self.states[i, self.cols[i]] = (obs[i] - self.norm[i][0]) / self.norm[i][1]
+            self.states[i, self.cols[i]] = normalise_states(obs[i], *self.norm[i], self.clip)
         with self.autocast():
             actions = self.policy.act(torch.from_numpy(self.states), torch.from_numpy(self.rtg),
                                       torch.full((n,), t)).cpu().numpy()

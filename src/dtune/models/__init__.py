@@ -43,6 +43,9 @@ class ModelConfig:
     for LaMo's auxiliary language loss (`dt`); 0: none."""
     tie_lm_head: bool = True
     """The language head shares the token embedding's weight (GPT-2, SmolLM2)."""
+    state_clip: float | None = None
+    """Bound on the z-scored states, in standard deviations (`state_mean`, `state_std`: the model's
+    buffers); unset: not clipped (every model made before 2026-12-06)."""
     lm: str | None = None
     """The pre-trained language model the backbone was initialised from (a record; see
     `dtune.models.lamo`)."""
@@ -57,6 +60,8 @@ class ModelConfig:
         for name, allowed in (("embedding", ("linear", "mlp")), ("head", ("tanh", "mlp"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"unknown {name} {getattr(self, name)!r}; choose one of {', '.join(allowed)}")
+        if self.state_clip is not None and not self.state_clip > 0:
+            raise ValueError(f"state_clip must be positive (or unset: no clipping), got {self.state_clip}")
         if self.kind == "mddt" and ((self.embedding, self.head) != ("linear", "tanh") or self.vocab_size):
             raise ValueError("embedding, head and language-model options are for `dt` models (the MDDT embeds "
                              "discrete action tokens)")

@@ -28,7 +28,8 @@ from dtune.models.io import load_model, weights_digest
 from dtune.recipes.common import (abspath, check_resume, dataset_statistics, fit, resolve_data_dir, resume_config,
                                   saved_config, start_fresh)
 from dtune.recipes.tuning import (TuneSettings, cached_eval, calibrate_routing, evaluate_model, optim_settings,
-                                  peak_lr, prepare_method, resumed_method_config, task_data)
+                                  peak_lr, prepare_method, resumed_method_config, set_state_clip,
+                                  task_data)
 from dtune.report.routing import write_routing
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import init_distributed, shutdown
@@ -64,7 +65,7 @@ class AdaptConfig(TuneSettings):
 
 RESUME_KEYS = ("checkpoint", "task", "method", "steps", "batch_size", "lr", "min_lr", "warmup_steps", "weight_decay",
                "grad_clip", "max_episodes", "replay_from", "data_ratio", "source", "seed", "eval_seed", "horizon", "eval_episodes", "pretrain_eval",
-               "pretrain_episodes", "eval_precision")
+               "pretrain_episodes", "eval_precision", "state_clip", "new_columns")
 
 
 def resume(out: str, **overrides) -> dict:
@@ -113,6 +114,7 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     device = dist.device if dist is not None else resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     model, run_config = load_model(cfg.checkpoint, "cpu")
+    set_state_clip(model, cfg)
     tuners.check_config(model, cfg.method, method_config)  # bad options fail now, not after the evaluations
     if cfg.task in run_config["tasks"]:
         print(f"note: {cfg.task} is one of the checkpoint's pre-training tasks")

@@ -101,7 +101,13 @@ def resume_config(cls, out: str | os.PathLike, section: str, kind: str, **overri
     if bad:
         raise ValueError(f"{cls.__name__} has no field(s) {', '.join(bad)}")
     values = {k: v for k, v in saved.items() if k in names}
-    return _build(cls, {**values, **overrides, "out": abspath(out), "resume": True})
+    return _build(cls, {**legacy(cls), **values, **overrides, "out": abspath(out), "resume": True})
+
+
+def legacy(cls) -> dict:
+    """`cls.LEGACY`: what a run whose saved config lacks a setting (written before the setting
+    existed) ran with, where that is not the setting's default."""
+    return dict(getattr(cls, "LEGACY", {}))
 
 
 def _build(cls, values: dict):
@@ -115,8 +121,9 @@ def _build(cls, values: dict):
 
 def check_resume(saved: dict, cfg, keys: tuple[str, ...], out) -> None:
     """Refuse to resume with settings that would change the run (a setting the saved config lacks,
-    written before the setting existed, had its default)."""
+    written before the setting existed, had its :func:`legacy` value, else its default)."""
     defaults = {f.name: f.default for f in dataclasses.fields(cfg) if f.default is not dataclasses.MISSING}
+    defaults.update(legacy(type(cfg)))
     diff = [f"{k}: {saved.get(k, defaults.get(k))!r} -> {getattr(cfg, k)!r}" for k in keys
             if saved.get(k, defaults.get(k)) != getattr(cfg, k)]
     if diff:

@@ -37,7 +37,8 @@ from dtune.models.io import load_model, weights_digest
 from dtune.recipes.common import (abspath, check_resume, fit, resolve_data_dir, resume_config, saved_config, start_fresh,
                                   task_statistics)
 from dtune.recipes.tuning import (TuneSettings, cached_eval, calibrate_routing, evaluate_model, optim_settings,
-                                  peak_lr, prepare_method, resumed_method_config, task_data)
+                                  peak_lr, prepare_method, resumed_method_config, seen_columns,
+                                  set_state_clip, task_data)
 from dtune.report.metrics import as_matrix, cl_metrics
 from dtune.report.routing import write_routing
 from dtune.runtime.device import resolve_device, resolve_precision
@@ -83,7 +84,7 @@ class ContinualConfig(TuneSettings):
 
 RESUME_KEYS = ("checkpoint", "sequence", "method", "steps_per_task", "batch_size", "lr", "min_lr", "warmup_steps",
                "weight_decay", "grad_clip", "max_episodes", "replay_from", "data_ratio", "source", "seed", "eval_episodes", "eval_pretrain",
-               "pretrain_episodes", "eval_pretrain_every", "eval_seed", "horizon", "eval_precision")
+               "pretrain_episodes", "eval_pretrain_every", "eval_seed", "horizon", "eval_precision", "state_clip", "new_columns")
 
 
 def sequence_tasks(sequence: str) -> list[str]:
@@ -139,6 +140,7 @@ class ContinualRun:
         for t in tasks:
             get_task(t)
         model, run_config = load_model(cfg.checkpoint, "cpu")
+        set_state_clip(model, cfg)
         tuners.check_config(model, cfg.method, self.method_config)
         root = resolve_data_dir(cfg.data_dir, run_config)
         cfg.data_dir = abspath(cfg.data_dir)
@@ -192,7 +194,8 @@ class ContinualRun:
         for i in range(first, len(tasks)):
             task = tasks[i]
             source = info[task]["source"]  # --replay-from cuts the sequence's replay buffers, keeps its other tasks whole
-            data = task_data(model, run_config, root, task, cfg, source, cfg.replay_from if is_replay_buffer(source) else 0.0)
+            data = task_data(model, run_config, root, task, cfg, source, cfg.replay_from if is_replay_buffer(source) else 0.0,
+                             seen=seen_columns(run_config, tasks[:i]))  # earlier tasks' columns keep their statistics
             sampler = WindowSampler(data, model.cfg.context_len, cfg.batch_size, seed=cfg.seed + 1000 * i)
             trainer = Trainer(model, sampler, [ActionLoss(), TunerLoss(), penalty], optim_settings(cfg, run_config),
                               cfg.steps_per_task, self.device, self.precision, log=log, log_every=cfg.log_every,

@@ -47,7 +47,7 @@ def export(cfg: ExportConfig) -> dict:
     model, config, doc = tuners.load_adapted(base, cfg.adapter)
     tuners.merge(model)  # raises for methods that cannot be folded, before anything is written
     tasks = list(dict.fromkeys(list(config.get("tasks", [])) + list(doc.get("tasks", []))))
-    new = {**config, "dtune_version": __version__, "tasks": tasks,
+    new = {**config, "dtune_version": __version__, "tasks": tasks, "model": model.cfg.to_dict(),  # the adapter's clip
            "exported": {"adapter": abspath(cfg.adapter), "method": doc["method"], "adapter_tasks": doc.get("tasks", []),
                         "base_checkpoint": abspath(base), "base_digest": weights_digest(base)}}
     new.setdefault("kind", "pretrain")

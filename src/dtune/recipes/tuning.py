@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -22,6 +22,7 @@ from dtune.eval.rollout import evaluate_agent
 from dtune.models.io import run_layout
 from dtune.recipes.common import recorded_sources
 from dtune.runtime.io import atomic_write_json
+from dtune.tasks import get_task
 from dtune.train.engine import OptimSettings, to_torch
 from dtune.train.optim import PRESET_LR
 
@@ -63,6 +64,16 @@ class TuneSettings:
     source: str | None = None
     """Dataset source of the new tasks (a comma-separated list takes per task the first it has;
     unset: the one each task has)."""
+    state_clip: float | None = None
+    """Clip the z-scored states to this many standard deviations, new and pre-training tasks alike,
+    in training and evaluation (kept in the adapter); unset: the checkpoint's own (10 for `dtune
+    pretrain` runs since 2026-12-06, none before); 0: no clipping. `10` bounds the inputs of a new
+    task whose states lie far outside a feature's pre-training spread (the run warns of those)."""
+    new_columns: Literal["task", "raw"] = "task"
+    """State columns that none of the checkpoint's tasks fills (slots of its suites it never saw,
+    e.g. cheetah's after MT40 + DMC10): `task` z-scores them with the new task's own data, fixed
+    from then on (the pre-training tasks never fill them, so they are unaffected); `raw` leaves
+    them unnormalised (dtune before 2026-12-06)."""
     seed: int = 0
     """Seed of the method's initialisation, sampling and dropout."""
     eval_seed: int = 1000
@@ -89,6 +100,9 @@ class TuneSettings:
     progress: bool = True
     """Show progress bars."""
 
+    LEGACY: ClassVar[dict] = {"new_columns": "raw"}
+    """Runs made before `new_columns` existed left unseen columns raw."""
+
 
 def resumed_method_config(saved: dict, method_config, out):
     """The method options a resumed run continues with: the run's own; options given now must
@@ -114,16 +128,62 @@ def model_stats(model) -> tuple[np.ndarray, np.ndarray]:
     return model.state_mean.cpu().numpy(), model.state_std.cpu().numpy()
 
 
+def set_state_clip(model, cfg: TuneSettings) -> None:
+    """`cfg.state_clip` (when set) replaces the checkpoint's clip; 0 turns clipping off."""
+    if cfg.state_clip is not None:
+        if cfg.state_clip < 0:
+            raise ValueError(f"--state-clip must be positive (or 0: no clipping), got {cfg.state_clip}")
+        model.cfg.state_clip = float(cfg.state_clip) or None
+
+
+def seen_columns(run_config: dict, tasks=()) -> np.ndarray:
+    """Mask of the state columns the checkpoint's tasks (and `tasks`, adapted to already) fill."""
+    layout = run_layout(run_config)
+    seen = np.zeros(layout.state_dim, bool)
+    for t in [*run_config.get("tasks", []), *tasks]:
+        seen[layout.columns(get_task(t))] = True
+    return seen
+
+
+SCALE_WARNING = 1e-3
+"""Fraction of a new task's z-scored entries beyond 10 standard deviations above which it is warned of."""
+
+
 def task_data(model, run_config: dict, root: Path, tasks, cfg: TuneSettings, source=None,
-              replay_from: float | None = None) -> TrajectoryData:
-    """New-task data in the base model's layout, z-scored with its statistics (`cfg`: the run's data
-    options; `source`, `replay_from`: unset, `cfg`'s)."""
+              replay_from: float | None = None, seen: np.ndarray | None = None) -> TrajectoryData:
+    """New-task data in the base model's layout, z-scored with its statistics and clip (`cfg`: the
+    run's data options; `source`, `replay_from`: unset, `cfg`'s). With `cfg.new_columns == "task"`,
+    columns outside `seen` (default: those of the checkpoint's tasks) take the new tasks' own
+    statistics, in the data and in the model's buffers. Each task's `task_info` gets its
+    `state_scale` (:meth:`TrajectoryData.scale_report`); a task far out of scale is warned of."""
     data = TrajectoryData(root, tasks, cfg.max_episodes, state_stats=model_stats(model), layout=run_layout(run_config),
                           source=source or cfg.source, data_ratio=cfg.data_ratio, ratio_seed=cfg.seed,
-                          replay_from=cfg.replay_from if replay_from is None else replay_from)
+                          replay_from=cfg.replay_from if replay_from is None else replay_from,
+                          state_clip=model.cfg.state_clip)
     if data.max_timestep > model.cfg.max_timestep:
         raise ValueError(f"episodes of {', '.join(data.tasks)} are longer than the model's timestep table "
                          f"({model.cfg.max_timestep})")
+    if cfg.new_columns == "task":
+        fill = ~(seen_columns(run_config) if seen is None else seen)
+        filled = np.zeros_like(fill)
+        for t in data.tasks:
+            filled[data.layout.columns(get_task(t))] = True
+        fill &= filled
+        if fill.any():
+            own_mean, own_std = data.own_stats()
+            data.state_mean = np.where(fill, own_mean, data.state_mean).astype(np.float32)
+            data.state_std = np.where(fill, own_std, data.state_std).astype(np.float32)
+            model.state_mean.copy_(torch.from_numpy(data.state_mean))
+            model.state_std.copy_(torch.from_numpy(data.state_std))
+    names = data.layout.column_names()
+    for task, scale in data.scale_report(names).items():
+        data.task_info[task]["state_scale"] = scale
+        if scale["frac_beyond_limit"] > SCALE_WARNING:
+            print(f"warning: {task}'s states lie outside the checkpoint's state statistics: "
+                  f"{100 * scale['frac_beyond_limit']:.1f}% of the z-scored entries beyond {scale['limit']:g} sd, up to "
+                  f"{scale['max_abs_z']:.3g} sd (in {scale['worst_column']}, whose sd is {scale['worst_column_std']:.2g}); "
+                  + (f"they are clipped to {scale['clip']:g} sd" if scale["clip"] else
+                     "they are not clipped (--state-clip 10 bounds them)"))
     return data
 
 
@@ -134,7 +194,7 @@ def pretrain_batches(model, run_config: dict, root: Path, n: int, batch_size: in
     data = TrajectoryData(root, run_config["tasks"], train.get("max_episodes"), state_stats=model_stats(model),
                           layout=run_layout(run_config), source=recorded_sources(run_config),  # its own datasets
                           data_ratio=train.get("data_ratio", 1.0), ratio_seed=train.get("seed", 0),
-                          replay_from=train.get("replay_from", 0.0))
+                          replay_from=train.get("replay_from", 0.0), state_clip=model.cfg.state_clip)
     sampler = WindowSampler(data, span or model.cfg.context_len, batch_size, seed=seed + 7919)
     return data, [sampler.sample() for _ in range(n)]
 
@@ -269,17 +329,22 @@ def cached_eval(checkpoint: str, model, run_config: dict, tasks: list[str], epis
                 desc: str | None = None) -> dict:
     """Evaluation of the *unadapted* checkpoint, cached in `CHECKPOINT/eval_cache/` under a key of
     everything that decides it: the weights, the evaluation settings (tasks, episodes, seed,
-    horizon, the tasks' targets and score references, the input layout, the device type and
-    precision), the dtune version and the digest of the evaluation code (:func:`eval_code_digest`).
-    A cache made by other code or settings is not read; it is recomputed."""
+    horizon, the tasks' targets and score references, the input layout, the state statistics of
+    the tasks' columns and the clip, the device type and precision), the dtune version and the
+    digest of the evaluation code (:func:`eval_code_digest`). A cache made by other code or
+    settings is not read; it is recomputed."""
     from dtune.models.io import weights_digest
 
     task_info = run_config.get("task_info", {})
+    layout = run_layout(run_config)
+    cols = np.unique(np.concatenate([layout.columns(get_task(t)) for t in tasks]))
+    norm = hashlib.sha256(model.state_mean[cols].cpu().numpy().tobytes() + model.state_std[cols].cpu().numpy().tobytes()
+                          + repr(model.cfg.state_clip).encode()).hexdigest()[:16]  # the statistics these tasks use
     key = json.loads(json.dumps({
         "dtune_version": __version__, "code": eval_code_digest(), "weights": weights_digest(checkpoint),
         "tasks": sorted(tasks), "episodes": episodes, "seed": seed, "horizon": horizon,
         "task_info": {t: task_info.get(t) for t in sorted(tasks)}, "layout": run_config.get("layout"),
-        "device": next(model.parameters()).device.type, "precision": precision}, sort_keys=True))
+        "device": next(model.parameters()).device.type, "precision": precision, "state_norm": norm}, sort_keys=True))
     name = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     path = Path(checkpoint) / "eval_cache" / f"{name}.json"
     if path.exists():

@@ -58,6 +58,10 @@ class InputLayout:
         offsets = self._offsets()
         return np.concatenate([np.arange(offsets[s][0], offsets[s][0] + offsets[s][1]) for s in task.slots]).astype(np.int64)
 
+    def column_names(self) -> list[str]:
+        """A name per state column: `slot[i]` (e.g. `dmc/cartpole/position[1]`)."""
+        return [f"{name}[{i}]" for name, size in self.slots for i in range(size)]
+
     def to_dict(self) -> dict:
         return {"slots": [[n, s] for n, s in self.slots], "act_dim": self.act_dim}
 

@@ -172,11 +172,17 @@ def parameter_counts(model: nn.Module) -> dict:
             "per_task": per_task, "per_task_pct": 100.0 * per_task / base}
 
 
+NORMALISER = ("state_mean", "state_std")
+"""The model's state statistics: adaptation fills the columns its pre-training never saw with the
+new task's (`dtune adapt --new-columns`), so adapters carry them (adapters made before 2026-12-06
+do not: they keep the base's)."""
+
+
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What the method trained: the tuner's tensors (parameters and buffers) and the base
-    parameters it updates."""
+    """What adaptation changed: the tuner's tensors (parameters and buffers), the base parameters
+    it updates and the state statistics (:data:`NORMALISER`)."""
     train = set(trainable_names(model))
-    return {k: v for k, v in model.state_dict().items() if k.startswith("tuner.") or k in train}
+    return {k: v for k, v in model.state_dict().items() if k.startswith("tuner.") or k in train or k in NORMALISER}
 
 
 def base_digest(run_dir: str | os.PathLike) -> str:
@@ -197,7 +203,7 @@ def save_adapter(out: str | os.PathLike, model: nn.Module, meta: dict) -> None:
     save_file(tensors, str(tmp))
     os.replace(tmp, out / ADAPTER_WEIGHTS)
     doc = {"method": tuner.name, "config": dataclasses.asdict(tuner.config), "state": tuner.extra_state(),
-           "tensors": sorted(tensors), **meta}
+           "state_clip": model.cfg.state_clip, "tensors": sorted(tensors), **meta}
     tmp = out / f".{ADAPTER_CONFIG}.tmp"
     tmp.write_text(json.dumps(doc, indent=1))
     os.replace(tmp, out / ADAPTER_CONFIG)
@@ -230,6 +236,10 @@ def apply_adapter(model: nn.Module, adapter_dir: str | os.PathLike, base_dir: st
     tuner = attach(model, doc["method"], config_from_dict(doc["method"], doc["config"]))
     tuner.load_extra_state(doc.get("state", {}))
     tensors.update({f"tuner.{k}": v for k, v in tuner.state_defaults().items() if f"tuner.{k}" not in tensors})
+    base = model.state_dict()
+    tensors.update({k: base[k] for k in NORMALISER if k not in tensors})  # an older adapter: the base's
+    if "state_clip" in doc:
+        model.cfg.state_clip = doc["state_clip"]
     expected = set(adapter_state(model))
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
@@ -258,4 +268,4 @@ def load_adapted(run_dir: str | os.PathLike, adapter_dir: str | os.PathLike | No
 
 __all__ = ["METHODS", "PRESETS", "REGISTRY", "Tuner", "TunerConfig", "AdapterError", "attach", "detach",
            "make_config", "config_class", "check_config", "resolve_method", "merge", "trainable_names", "parameter_counts",
-           "adapter_state", "save_adapter", "apply_adapter", "load_adapted", "read_adapter_config", "base_digest"]
+           "NORMALISER", "adapter_state", "save_adapter", "apply_adapter", "load_adapted", "read_adapter_config", "base_digest"]
