@@ -11,6 +11,9 @@
 # Resumable: a run kept in $OUT/runs is skipped; an unfinished one is started again. Finished runs are kept without
 # their weights in $OUT/runs/<task>/<method>/s<seed> (results/study.sh), and the report reads those copies.
 # The report committed before 2026-12-05 came from runs made before the fixes of issue 12 and not kept.
+# State normalisation (since 2026-12-06): --state-clip 10 (z-scored states clipped at 10 sd; the checkpoint
+# predates the clip) and the columns the checkpoint never saw z-scored with the new task's own statistics
+# (--new-columns task). The study before it: STATE_CLIP=0 NEW_COLUMNS=raw OUT=$OUT/unclipped RUNS=$RUNS-unclipped.
 set -euo pipefail
 source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}
@@ -22,6 +25,8 @@ OUT=${OUT:-results/adapt_dmc6}
 CKPT=${CKPT:-results/mt40_dmc10_dt_replay50/checkpoint}
 REPLAY_FROM=${REPLAY_FROM:-0.5}  # the new task's SAC buffer: its second half, like the checkpoint's DMC data
 STEPS=${STEPS:-500}
+STATE_CLIP=${STATE_CLIP:-10}
+NEW_COLUMNS=${NEW_COLUMNS:-task}
 SEEDS=${SEEDS:-"0"}
 IO="l2m-gauss-pre-io:--r=32,--lora-alpha=64,--pool-size=10,--target-modules,q,k,v,out,fc,proj"  # CW10's best L2M
 METHODS=${METHODS:-"full head last-k l2 ewc lora ia3 adapter prompt prefix ptuning-v2 l2p l2m l2m-ia3 l2m-oracle l2m-pretrain-keys l2m-gauss-pre $IO"}
@@ -39,7 +44,7 @@ run() {  # task method seed; a method may carry options: l2m-gauss-pre-io:--r=32
   kept_done "$kept" "$STEPS" && return 0
   # shellcheck disable=SC2206  # the options split into words
   local args=(--checkpoint "$CKPT" --data-dir "$DATA" --source sac-replay --task "$1" --method "$method" $opts --seed "$3"
-              --steps "$STEPS" --replay-from "$REPLAY_FROM" --eval-episodes 10 --pretrain-episodes 2 --no-progress --out "$out")
+              --steps "$STEPS" --replay-from "$REPLAY_FROM" --state-clip "$STATE_CLIP" --new-columns "$NEW_COLUMNS" --eval-episodes 10 --pretrain-episodes 2 --no-progress --out "$out")
   if [ -f "$out/result.json" ]; then  # finished: dtune checks it was made with these settings (another checkpoint: refused)
     OMP_NUM_THREADS=1 dtune adapt "${args[@]}" --resume >> "$out.log" 2>&1 ||
       { echo "$out: failed or made with other settings (see $out.log)" >&2; return 1; }
@@ -49,7 +54,7 @@ run() {  # task method seed; a method may carry options: l2m-gauss-pre-io:--r=32
   fi
   keep "$out" "$kept"
 }
-export -f run keep kept_done; export DATA RUNS OUT CKPT STEPS REPLAY_FROM
+export -f run keep kept_done; export DATA RUNS OUT CKPT STEPS REPLAY_FROM STATE_CLIP NEW_COLUMNS
 mkdir -p "$RUNS"
 # the unadapted model's MT40 + DMC10 score is cached in the checkpoint by the first run: one run alone first
 first=${TASKS%% *}; first_method=${METHODS%% *}; first_seed=${SEEDS%% *}

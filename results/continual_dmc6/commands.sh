@@ -7,6 +7,8 @@
 # Finished runs are kept without their weights in $OUT/runs/<method>/s<seed> (results/study.sh) and the report
 # reads those copies (the report committed before 2026-12-05 came from runs made before issue 12's fixes).
 # The adaptation study's kept runs (results/adapt_dmc6/runs) give the single-task reference scores.
+# State normalisation (since 2026-12-06) as in ../adapt_dmc6: --state-clip 10 and --new-columns task. The study
+# before it: STATE_CLIP=0 NEW_COLUMNS=raw OUT=$OUT/unclipped RUNS=$RUNS-unclipped REFERENCE=results/adapt_dmc6/unclipped/runs.
 set -euo pipefail
 source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}
@@ -18,6 +20,9 @@ OUT=${OUT:-results/continual_dmc6}
 CKPT=${CKPT:-results/mt40_dmc10_dt_replay50/checkpoint}
 REPLAY_FROM=${REPLAY_FROM:-0.5}  # the new task's SAC buffer: its second half, like the checkpoint's DMC data
 STEPS=${STEPS:-500}
+STATE_CLIP=${STATE_CLIP:-10}
+NEW_COLUMNS=${NEW_COLUMNS:-task}
+REFERENCE=${REFERENCE:-results/adapt_dmc6/runs}  # the single-task runs of the same normalisation
 SEEDS=${SEEDS:-"0 1 2"}
 IO="l2m-gauss-pre-io:--r=32,--lora-alpha=64,--pool-size=10,--target-modules,q,k,v,out,fc,proj"  # CW10's best L2M
 METHODS=${METHODS:-"l2m full ewc lora prompt l2p $IO"}
@@ -37,11 +42,11 @@ cl() {  # method seed; a method may carry options: l2m-gauss-pre-io:--r=32,--poo
   mkdir -p "$(dirname "$out")"
   # shellcheck disable=SC2086  # the options split into words
   OMP_NUM_THREADS=1 dtune continual --checkpoint "$CKPT" --data-dir "$DATA" --source sac-replay --sequence dmc6 \
-    --method "$method" $opts --seed "$2" --steps-per-task "$STEPS" --replay-from "$REPLAY_FROM" --eval-episodes 5 --eval-pretrain --pretrain-episodes 2 \
+    --method "$method" $opts --seed "$2" --steps-per-task "$STEPS" --replay-from "$REPLAY_FROM" --state-clip "$STATE_CLIP" --new-columns "$NEW_COLUMNS" --eval-episodes 5 --eval-pretrain --pretrain-episodes 2 \
     --no-progress --out "$out" $resume >> "$out.log" 2>&1 || { echo "$out: failed or made with other settings (see $out.log)" >&2; return 1; }
   keep "$out" "$kept"
 }
-export -f cl keep; export DATA RUNS OUT CKPT STEPS REPLAY_FROM
+export -f cl keep; export DATA RUNS OUT CKPT STEPS REPLAY_FROM STATE_CLIP NEW_COLUMNS
 mkdir -p "$RUNS"
 for s in $SEEDS; do for m in $METHODS; do echo "$m $s"; done; done | xargs -P "${LANES:-2}" -n 2 bash -c 'cl "$0" "$1"'
-dtune report "$OUT"/runs/*/*/ --reference results/adapt_dmc6/runs --out "$OUT"
+dtune report "$OUT"/runs/*/*/ --reference "$REFERENCE" --out "$OUT"
