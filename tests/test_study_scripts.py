@@ -122,7 +122,7 @@ def test_dmc6_study_scripts_pass_a_methods_options_and_keep_it_apart(tmp_path):
     assert all(c[c.index("--replay-from") + 1] == "0.5" for c in adapt)  # the buffers' second half, like the checkpoint
     assert adapt[0][adapt[0].index("--checkpoint") + 1] == "results/mt40_dmc10_dt_replay50/checkpoint"
     for c in adapt:  # the state normalisation of 2026-12-06
-        assert c[c.index("--state-clip") + 1] == "10" and c[c.index("--new-columns") + 1] == "task"
+        assert c[c.index("--state-clip") + 1] == "10" and c[c.index("--new-columns") + 1] == "raw"
     kept = tmp_path / "out" / "runs" / "walker-walk"
     assert sorted(p.name for p in kept.iterdir()) == ["l2m-gauss-pre-io_r_32_pool-size_10_target-modules_q_k", "lora"]
     calls = run_study("continual_dmc6/commands.sh", tmp_path, SEEDS="1", METHODS=io, DATA=str(data),

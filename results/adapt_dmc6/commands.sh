@@ -12,8 +12,8 @@
 # their weights in $OUT/runs/<task>/<method>/s<seed> (results/study.sh), and the report reads those copies.
 # The report committed before 2026-12-05 came from runs made before the fixes of issue 12 and not kept.
 # State normalisation (since 2026-12-06): --state-clip 10 (z-scored states clipped at 10 sd; the checkpoint
-# predates the clip) and the columns the checkpoint never saw z-scored with the new task's own statistics
-# (--new-columns task). The study before it: STATE_CLIP=0 NEW_COLUMNS=raw OUT=$OUT/unclipped RUNS=$RUNS-unclipped.
+# predates the clip); the columns the checkpoint never saw stay raw (NEW_COLUMNS=task z-scores them with the
+# new task's statistics). The study before the clip: STATE_CLIP=0 OUT=$OUT/unclipped RUNS=$RUNS-unclipped.
 set -euo pipefail
 source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}
@@ -26,7 +26,7 @@ CKPT=${CKPT:-results/mt40_dmc10_dt_replay50/checkpoint}
 REPLAY_FROM=${REPLAY_FROM:-0.5}  # the new task's SAC buffer: its second half, like the checkpoint's DMC data
 STEPS=${STEPS:-500}
 STATE_CLIP=${STATE_CLIP:-10}
-NEW_COLUMNS=${NEW_COLUMNS:-task}
+NEW_COLUMNS=${NEW_COLUMNS:-raw}
 SEEDS=${SEEDS:-"0"}
 IO="l2m-gauss-pre-io:--r=32,--lora-alpha=64,--pool-size=10,--target-modules,q,k,v,out,fc,proj"  # CW10's best L2M
 METHODS=${METHODS:-"full head last-k l2 ewc lora ia3 adapter prompt prefix ptuning-v2 l2p l2m l2m-ia3 l2m-oracle l2m-pretrain-keys l2m-gauss-pre $IO"}

@@ -7,8 +7,8 @@
 # Finished runs are kept without their weights in $OUT/runs/<method>/s<seed> (results/study.sh) and the report
 # reads those copies (the report committed before 2026-12-05 came from runs made before issue 12's fixes).
 # The adaptation study's kept runs (results/adapt_dmc6/runs) give the single-task reference scores.
-# State normalisation (since 2026-12-06) as in ../adapt_dmc6: --state-clip 10 and --new-columns task. The study
-# before it: STATE_CLIP=0 NEW_COLUMNS=raw OUT=$OUT/unclipped RUNS=$RUNS-unclipped REFERENCE=results/adapt_dmc6/unclipped/runs.
+# State normalisation (since 2026-12-06) as in ../adapt_dmc6: --state-clip 10, unseen columns raw. The study
+# before the clip: STATE_CLIP=0 OUT=$OUT/unclipped RUNS=$RUNS-unclipped REFERENCE=results/adapt_dmc6/unclipped/runs.
 set -euo pipefail
 source "$(dirname "$0")/../study.sh"
 DATA=${DATA:-/work/data/datasets}
@@ -21,7 +21,7 @@ CKPT=${CKPT:-results/mt40_dmc10_dt_replay50/checkpoint}
 REPLAY_FROM=${REPLAY_FROM:-0.5}  # the new task's SAC buffer: its second half, like the checkpoint's DMC data
 STEPS=${STEPS:-500}
 STATE_CLIP=${STATE_CLIP:-10}
-NEW_COLUMNS=${NEW_COLUMNS:-task}
+NEW_COLUMNS=${NEW_COLUMNS:-raw}
 REFERENCE=${REFERENCE:-results/adapt_dmc6/runs}  # the single-task runs of the same normalisation
 SEEDS=${SEEDS:-"0 1 2"}
 IO="l2m-gauss-pre-io:--r=32,--lora-alpha=64,--pool-size=10,--target-modules,q,k,v,out,fc,proj"  # CW10's best L2M

@@ -191,17 +191,17 @@ def unseen_data(tmp_path_factory):
 
 
 def test_unseen_columns_take_the_new_tasks_statistics(base, unseen_data, tmp_path):
-    """`--new-columns task` (the default) z-scores the columns no pre-training task fills with the
-    new task's own statistics and keeps them in the adapter; every other column keeps the base's;
-    `raw` leaves them as they were. The adapted model evaluates with them (`dtune evaluate`)."""
+    """`--new-columns task` z-scores the columns no pre-training task fills with the new task's
+    own statistics and keeps them in the adapter; every other column keeps the base's; `raw` (the
+    default) leaves them as they were. The adapted model evaluates with them (`dtune evaluate`)."""
     from dtune.data.dataset import TrajectoryData
     from dtune.models.io import load_model, run_layout
     from dtune.tasks import get_task
 
     task = "pendulum-swingup"
     kw = dict(task=task, steps=2, eval_episodes=1, pretrain_eval=False, horizon=10, data_dir=str(unseen_data))
-    adapt(cfg(base, unseen_data, tmp_path / "task", **kw))
-    adapt(cfg(base, unseen_data, tmp_path / "raw", new_columns="raw", **kw))
+    adapt(cfg(base, unseen_data, tmp_path / "task", new_columns="task", **kw))
+    adapt(cfg(base, unseen_data, tmp_path / "raw", **kw))
     model, run_config = load_model(base)
     cols = run_layout(run_config).columns(get_task(task))
     own_mean, own_std = TrajectoryData(unseen_data, task, layout=run_layout(run_config)).own_stats()
@@ -222,7 +222,8 @@ def test_unseen_columns_take_the_new_tasks_statistics(base, unseen_data, tmp_pat
 def test_state_clip_replaces_the_checkpoints_and_old_runs_resume_as_they_ran(base, tiny_data, tmp_path, capsys):
     """`--state-clip` overrides the checkpoint's clip (kept in the adapter); the run warns of a task
     whose states are out of scale. A run whose config predates `new_columns` resumes with `raw`,
-    the behaviour it ran with, and refuses `task`."""
+    the behaviour it ran with, and refuses `task`; one whose config predates `state_clip` (the
+    checkpoint's clip: none for a checkpoint of that time) refuses a clip."""
     from dtune.recipes.adapt import resume
 
     assert load_model_config(base)["state_clip"] == 10.0  # `dtune pretrain`'s default
@@ -238,12 +239,13 @@ def test_state_clip_replaces_the_checkpoints_and_old_runs_resume_as_they_ran(bas
         adapt(cfg(base, tiny_data, tmp_path / "bad", steps=2, state_clip=-1.0))
     path = tmp_path / "a" / "config.json"
     saved = json.loads(path.read_text())
-    del saved["adapt"]["new_columns"]  # as written before the option existed
-    saved["adapt"]["state_clip"] = 3.0
+    del saved["adapt"]["new_columns"], saved["adapt"]["state_clip"]  # as written before the options existed
     path.write_text(json.dumps(saved))
+    kw = dict(steps=2, pretrain_eval=False, eval_episodes=1, resume=True)
     with pytest.raises(ValueError, match="new_columns: 'raw' -> 'task'"):
-        adapt(cfg(base, tiny_data, tmp_path / "a", steps=2, state_clip=3.0, pretrain_eval=False, eval_episodes=1,
-                  resume=True))
+        adapt(cfg(base, tiny_data, tmp_path / "a", new_columns="task", **kw))
+    with pytest.raises(ValueError, match="state_clip: None -> 3.0"):
+        adapt(cfg(base, tiny_data, tmp_path / "a", state_clip=3.0, **kw))
     assert resume(str(tmp_path / "a"), progress=False) == res
 
 

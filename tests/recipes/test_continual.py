@@ -243,14 +243,16 @@ def unseen_data(tmp_path_factory):
 
 
 def test_each_new_task_fills_its_unseen_columns_and_a_resume_keeps_them(base, unseen_data, tmp_path, monkeypatch):
-    """Each task of the sequence z-scores the columns nothing before it filled with its own
-    statistics, kept from then on (in the adapter, and in the state a resumed run restores)."""
+    """With `--new-columns task` each task of the sequence z-scores the columns nothing before it
+    filled with its own statistics, kept from then on (in the adapter, and in the state a resumed
+    run restores)."""
     from dtune.data.dataset import TrajectoryData
     from dtune.models.io import load_model, run_layout
     from dtune.tasks import get_task
     from dtune.tuners import load_adapted
 
-    kw = dict(sequence="pendulum-swingup,finger-spin", eval_pretrain=False, eval_episodes=1, data_dir=str(unseen_data))
+    kw = dict(sequence="pendulum-swingup,finger-spin", new_columns="task", eval_pretrain=False, eval_episodes=1,
+              data_dir=str(unseen_data))
     continual(cfg(base, unseen_data, tmp_path / "full", **kw))
     die_after_save(monkeypatch, lambda step, extra: (extra.get("task"), step) == (1, 2))
     with pytest.raises(KeyboardInterrupt):

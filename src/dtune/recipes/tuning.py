@@ -10,7 +10,7 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Literal
 
 import numpy as np
 import torch
@@ -69,11 +69,13 @@ class TuneSettings:
     in training and evaluation (kept in the adapter); unset: the checkpoint's own (10 for `dtune
     pretrain` runs since 2026-12-06, none before); 0: no clipping. `10` bounds the inputs of a new
     task whose states lie far outside a feature's pre-training spread (the run warns of those)."""
-    new_columns: Literal["task", "raw"] = "task"
+    new_columns: Literal["raw", "task"] = "raw"
     """State columns that none of the checkpoint's tasks fills (slots of its suites it never saw,
-    e.g. cheetah's after MT40 + DMC10): `task` z-scores them with the new task's own data, fixed
-    from then on (the pre-training tasks never fill them, so they are unaffected); `raw` leaves
-    them unnormalised (dtune before 2026-12-06)."""
+    e.g. cheetah's after MT40 + DMC10): `raw` leaves them unnormalised; `task` z-scores them with
+    the new task's own data, fixed from then on (the pre-training tasks never fill them, so they
+    are unaffected). Their embedding weights never trained (weight decay only: about a tenth of the
+    others' norm); on DMC6's cheetah-run `task` scored lower with LoRA and within L2M's seed spread
+    (see the README's State normalisation)."""
     seed: int = 0
     """Seed of the method's initialisation, sampling and dropout."""
     eval_seed: int = 1000
@@ -99,9 +101,6 @@ class TuneSettings:
     minute (CPU needs a C++ compiler); numerically close to, not identical with, eager runs."""
     progress: bool = True
     """Show progress bars."""
-
-    LEGACY: ClassVar[dict] = {"new_columns": "raw"}
-    """Runs made before `new_columns` existed left unseen columns raw."""
 
 
 def resumed_method_config(saved: dict, method_config, out):

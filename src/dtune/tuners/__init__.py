@@ -173,9 +173,9 @@ def parameter_counts(model: nn.Module) -> dict:
 
 
 NORMALISER = ("state_mean", "state_std")
-"""The model's state statistics: adaptation fills the columns its pre-training never saw with the
-new task's (`dtune adapt --new-columns`), so adapters carry them (adapters made before 2026-12-06
-do not: they keep the base's)."""
+"""The model's state statistics: adaptation can fill the columns its pre-training never saw with
+the new task's (`dtune adapt --new-columns task`), so adapters carry them (adapters made before
+2026-12-06 do not: they keep the base's)."""
 
 
 def adapter_state(model: nn.Module) -> dict[str, torch.Tensor]:
