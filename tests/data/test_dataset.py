@@ -165,6 +165,15 @@ def test_normalise_states_z_scores_then_clips():
     np.testing.assert_array_equal(normalise_states(obs, mean, std, 0.0), normalise_states(obs, mean, std, None))
 
 
+def test_columns_without_statistics_are_not_clipped():
+    """A column with the placeholder statistics (mean 0, sd 1: no data varied it) has no sd to clip
+    in: its raw values pass."""
+    obs = np.array([[30.0, 30.0, 1.0], [-30.0, -30.0, -1.0]])
+    mean, std = np.array([0.0, 1.0, 0.0]), np.array([1.0, 1.0, 0.1])
+    np.testing.assert_array_equal(normalise_states(obs, mean, std, 10.0), [[30, 10, 10], [-30, -10, -10]])
+    np.testing.assert_array_equal(normalise_states(obs[0], mean, std, 10.0), [30, 10, 10])
+
+
 def test_clipped_windows_equal_unclipped_ones_within_the_bound(data):
     """`state_clip` bounds the states of every window and changes nothing else: statistics with
     Meta-World's sds squeezed 100-fold put a task's states far out of scale."""
@@ -190,7 +199,7 @@ def test_scale_report_finds_the_column_out_of_scale(data):
     squeezed = TrajectoryData(data.root, "reach-v3", state_stats=(mean, std), layout=data.layout)
     report = squeezed.scale_report(data.layout.column_names())["reach-v3"]
     assert report["worst_column"] == data.layout.column_names()[varying] == f"metaworld/obs[{varying}]"
-    assert report["max_abs_z"] > 100 and 0 < report["frac_beyond_limit"] <= 1 / 39
+    assert report["max_abs_z"] > 100 and 0 < report["frac_beyond_limit"] <= 1 / (39 - report["columns_without_statistics"])
     assert report["worst_column_std"] == pytest.approx(std[varying]) and report["clip"] is None
     own = data.scale_report()["reach-v3"]  # the data's own statistics: in scale
     assert own["max_abs_z"] < 10 and own["frac_beyond_limit"] == 0

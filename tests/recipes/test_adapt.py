@@ -212,7 +212,9 @@ def test_unseen_columns_take_the_new_tasks_statistics(base, unseen_data, tmp_pat
         np.testing.assert_array_equal(adapted.state_std[cols].numpy(), std[cols])
         assert torch.equal(adapted.state_mean[others], model.state_mean[others])
         assert torch.equal(adapted.state_std[others], model.state_std[others])
-        assert doc["task_info"][task]["state_scale"]["worst_column"].startswith("dmc/pendulum/")
+        scale = doc["task_info"][task]["state_scale"]  # raw: no statistics, nothing to report or clip
+        assert scale["worst_column"].startswith("dmc/pendulum/") if name == "task" else \
+            (scale["worst_column"], scale["columns_without_statistics"]) == (None, 3)
         again = evaluate(EvalConfig(adapter=str(tmp_path / name), episodes=1, horizon=10, progress=False))
         result = json.loads((tmp_path / name / "result.json").read_text())
         assert again["tasks"][task]["return_mean"] == result["new_task_return"]
@@ -251,3 +253,22 @@ def test_state_clip_replaces_the_checkpoints_and_old_runs_resume_as_they_ran(bas
 
 def load_model_config(run_dir) -> dict:
     return json.loads((run_dir / "config.json").read_text())["model"]
+
+
+def test_an_exported_adapter_keeps_its_state_normalisation(base, unseen_data, tmp_path):
+    """`dtune export` writes the adapter's clip and state statistics into the new checkpoint: it
+    evaluates as the adapted model did, and a later adaptation sees the filled columns as its own."""
+    from dtune.models.io import load_model
+    from dtune.recipes.export import ExportConfig, export
+
+    task = "pendulum-swingup"
+    kw = dict(task=task, steps=2, eval_episodes=1, pretrain_eval=False, horizon=10, data_dir=str(unseen_data))
+    res = adapt(cfg(base, unseen_data, tmp_path / "a", new_columns="task", state_clip=3.0, **kw))
+    export(ExportConfig(adapter=str(tmp_path / "a"), out=str(tmp_path / "m")))
+    adapted, _, _ = tuners.load_adapted(base, tmp_path / "a")
+    exported, config = load_model(tmp_path / "m")
+    assert exported.cfg.state_clip == 3.0 and config["model"]["state_clip"] == 3.0 and task in config["tasks"]
+    assert torch.equal(exported.state_mean, adapted.state_mean) and torch.equal(exported.state_std, adapted.state_std)
+    again = evaluate(EvalConfig(checkpoint=str(tmp_path / "m"), tasks=task, episodes=1, horizon=10, progress=False))
+    assert again["tasks"][task]["return_mean"] == res["new_task_return"]
+    assert tuning.seen_columns(config)[tuning.run_layout(config).columns(tuning.get_task(task))].all()

@@ -261,9 +261,10 @@ def test_each_new_task_fills_its_unseen_columns_and_a_resume_keeps_them(base, un
     continual(cfg(base, unseen_data, tmp_path / "cut", resume=True, **kw))
     model, run_config = load_model(base)
     layout = run_layout(run_config)
-    seen = np.zeros(model.cfg.state_dim, bool)
+    seen, scales = np.zeros(model.cfg.state_dim, bool), {}
     for run in ("full", "cut"):
-        adapted, _, _ = load_adapted(base, tmp_path / run / "adapter")
+        adapted, _, doc = load_adapted(base, tmp_path / run / "adapter")
+        scales[run] = {t: doc["task_info"][t]["state_scale"] for t in ("pendulum-swingup", "finger-spin")}
         for task in ("pendulum-swingup", "finger-spin"):
             cols = layout.columns(get_task(task))
             seen[cols] = True
@@ -272,3 +273,6 @@ def test_each_new_task_fills_its_unseen_columns_and_a_resume_keeps_them(base, un
             np.testing.assert_array_equal(adapted.state_std[cols].numpy(), std[cols])
         assert torch.equal(adapted.state_mean[~seen], model.state_mean[~seen])
         assert torch.equal(adapted.state_std[~seen], model.state_std[~seen])
+    # each task's scale report, made when it was trained, survives the resume (the progress file keeps it)
+    assert scales["cut"] == scales["full"]
+    assert all(v["worst_column"] is not None for v in scales["full"].values())  # statistics filled: a report

@@ -133,6 +133,11 @@ def test_classic_dt_and_ablations(setup, tmp_path):
     assert (dt["pretrained"], dt["mlp_embeddings"], dt["language_weight"], dt["lm_layers"]) == (False, False, 0.0, None)
     base = json.loads((tmp_path / "dt" / "base" / "config.json").read_text())["model"]
     assert base["gpt"]["n_layer"] == 3 and base["gpt"]["n_head"] == 1 and base["embedding"] == "linear"
+    assert base["state_clip"] is None  # the papers' DT: no clip unless asked for
+    clipped = lamo(cfg(setup, tmp_path / "clip", lm=None, state_clip=2.0))
+    assert json.loads((tmp_path / "clip" / "base" / "config.json").read_text())["model"]["state_clip"] == 2.0
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("dt", "clip")]
+    assert clipped["tuning"] == "full" and losses[0][0] != losses[1][0]  # the clip changed the training inputs
     ab = lamo(cfg(setup, tmp_path / "ab", pretrained=False, mlp_embeddings=False, tuning="full", language_weight=0.0))
     assert ab["perplexity_before"] is None and ab["tuning"] == "full"
     m = json.loads((tmp_path / "ab" / "base" / "config.json").read_text())["model"]

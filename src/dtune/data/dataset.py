@@ -48,11 +48,22 @@ its pole upright: sd 4e-5) cannot turn a new task's states into inputs of 10^4."
 
 def normalise_states(obs: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float | None) -> np.ndarray:
     """`(obs - mean) / std` per column, clipped to `[-clip, clip]` when `clip` is set (the one
-    normalisation of training windows and of evaluation rollouts)."""
+    normalisation of training windows and of evaluation rollouts). Columns without statistics
+    (mean 0 and sd 1 exactly: no data of the model varied them, e.g. a suite's slots it never saw)
+    have no sd to clip in and pass unclipped."""
     z = (obs - mean) / std
     if clip:
-        np.clip(z, -clip, clip, out=z)
+        bounded = has_statistics(mean, std)
+        if bounded.all():
+            np.clip(z, -clip, clip, out=z)
+        else:
+            z[..., bounded] = np.clip(z[..., bounded], -clip, clip)
     return z
+
+
+def has_statistics(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """Mask of the columns whose statistics came from data (not the placeholder mean 0, sd 1)."""
+    return (mean != 0) | (std != 1)
 
 
 def returns_to_go(rewards: np.ndarray, lengths: np.ndarray) -> np.ndarray:
@@ -308,18 +319,24 @@ class TrajectoryData:
 
     def scale_report(self, column_names: list[str] | None = None, rows: int = 100_000) -> dict[str, dict]:
         """How far each task's z-scored states (before clipping) lie outside the statistics: over
-        up to `rows` evenly spaced steps, the largest |z|, the fraction of entries beyond
-        :attr:`SCALE_LIMIT` and the column of the largest |z| (its name and sd)."""
+        up to `rows` evenly spaced steps of its columns that have statistics (:func:`has_statistics`;
+        the others are counted in `columns_without_statistics`), the largest |z|, the fraction of
+        entries beyond :attr:`SCALE_LIMIT` and the column of the largest |z| (its name and sd)."""
         out = {}
         for d in self.domains:
             for t in d.tasks:
-                obs = np.asarray(t.obs[:: max(1, len(t.obs) // rows)], np.float64)
-                a = np.abs((obs - self.state_mean[t.columns]) / self.state_std[t.columns])
-                worst = int(t.columns[a.max(0).argmax()])
-                out[t.spec.name] = {
-                    "max_abs_z": float(a.max()), "frac_beyond_limit": float((a > self.SCALE_LIMIT).mean()),
-                    "limit": self.SCALE_LIMIT, "worst_column": column_names[worst] if column_names else worst,
-                    "worst_column_std": float(self.state_std[worst]), "clip": self.state_clip}
+                cols = t.columns[has_statistics(self.state_mean[t.columns], self.state_std[t.columns])]
+                report = {"max_abs_z": 0.0, "frac_beyond_limit": 0.0, "limit": self.SCALE_LIMIT, "worst_column": None,
+                          "worst_column_std": None, "clip": self.state_clip,
+                          "columns_without_statistics": int(len(t.columns) - len(cols))}
+                if len(cols):
+                    obs = np.asarray(t.obs[:: max(1, len(t.obs) // rows)], np.float64)[:, np.isin(t.columns, cols)]
+                    a = np.abs((obs - self.state_mean[cols]) / self.state_std[cols])
+                    worst = int(cols[a.max(0).argmax()])
+                    report.update(max_abs_z=float(a.max()), frac_beyond_limit=float((a > self.SCALE_LIMIT).mean()),
+                                  worst_column=column_names[worst] if column_names else worst,
+                                  worst_column_std=float(self.state_std[worst]))
+                out[t.spec.name] = report
         return out
 
 

@@ -196,6 +196,7 @@ class ContinualRun:
             source = info[task]["source"]  # --replay-from cuts the sequence's replay buffers, keeps its other tasks whole
             data = task_data(model, run_config, root, task, cfg, source, cfg.replay_from if is_replay_buffer(source) else 0.0,
                              seen=seen_columns(run_config, tasks[:i]))  # earlier tasks' columns keep their statistics
+            progress.setdefault("state_scale", {})[task] = data.task_info[task]["state_scale"]  # saved with the progress
             sampler = WindowSampler(data, model.cfg.context_len, cfg.batch_size, seed=cfg.seed + 1000 * i)
             trainer = Trainer(model, sampler, [ActionLoss(), TunerLoss(), penalty], optim_settings(cfg, run_config),
                               cfg.steps_per_task, self.device, self.precision, log=log, log_every=cfg.log_every,
@@ -256,6 +257,8 @@ class ContinualRun:
                    "base_digest": digest, "pretrain_rows": progress["pretrain_rows"], **metrics, **counts,
                    "train_s": sum(t["train_s"] for t in progress["task_times"]),
                    "eval_s": sum(t["eval_s"] for t in progress["task_times"])}
+        scales = progress.get("state_scale", {})  # each task's, from the invocation that trained it
+        task_info = {t: {**v, **({"state_scale": scales[t]} if t in scales else {})} for t, v in task_info.items()}
         tuners.save_adapter(self.out / "adapter", model, {
             "base_checkpoint": cfg.checkpoint, "base_digest": digest, "tasks": tasks, "task_info": task_info})
         atomic_write_json(self.out / "metrics.json", summary)

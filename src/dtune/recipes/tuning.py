@@ -294,9 +294,9 @@ def evaluate_model(model, run_config: dict, tasks, episodes: int, seed: int, hor
                           desc=desc, env_workers=env_workers)
 
 
-EVAL_CODE = ("eval", "models", "tasks")
-"""The packages of dtune whose sources decide an evaluation's result (the evaluator, the model,
-the environments)."""
+EVAL_CODE = ("eval", "models", "tasks", "data/dataset.py")
+"""The packages (and modules) of dtune whose sources decide an evaluation's result (the evaluator,
+the model, the environments, the state normalisation)."""
 EVAL_LIBRARIES = ("torch", "numpy", "gymnasium", "metaworld", "dm_control", "mujoco")
 """Libraries whose versions decide it too."""
 
@@ -312,7 +312,7 @@ def eval_code_digest() -> str:
     h = hashlib.sha256()
     src = Path(dtune.__file__).parent
     for package in EVAL_CODE:
-        for path in sorted((src / package).rglob("*.py")):
+        for path in [src / package] if package.endswith(".py") else sorted((src / package).rglob("*.py")):
             h.update(str(path.relative_to(src)).encode() + b"\0" + path.read_bytes() + b"\0")
     for lib in EVAL_LIBRARIES:
         try:
