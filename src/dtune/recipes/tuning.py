@@ -137,11 +137,7 @@ def set_state_clip(model, cfg: TuneSettings) -> None:
 
 def seen_columns(run_config: dict, tasks=()) -> np.ndarray:
     """Mask of the state columns the checkpoint's tasks (and `tasks`, adapted to already) fill."""
-    layout = run_layout(run_config)
-    seen = np.zeros(layout.state_dim, bool)
-    for t in [*run_config.get("tasks", []), *tasks]:
-        seen[layout.columns(get_task(t))] = True
-    return seen
+    return run_layout(run_config).mask([get_task(t) for t in [*run_config.get("tasks", []), *tasks]])
 
 
 SCALE_WARNING = 1e-3
@@ -163,11 +159,7 @@ def task_data(model, run_config: dict, root: Path, tasks, cfg: TuneSettings, sou
         raise ValueError(f"episodes of {', '.join(data.tasks)} are longer than the model's timestep table "
                          f"({model.cfg.max_timestep})")
     if cfg.new_columns == "task":
-        fill = ~(seen_columns(run_config) if seen is None else seen)
-        filled = np.zeros_like(fill)
-        for t in data.tasks:
-            filled[data.layout.columns(get_task(t))] = True
-        fill &= filled
+        fill = ~(seen_columns(run_config) if seen is None else seen) & data.layout.mask([get_task(t) for t in data.tasks])
         if fill.any():
             own_mean, own_std = data.own_stats()
             data.state_mean = np.where(fill, own_mean, data.state_mean).astype(np.float32)
@@ -335,9 +327,8 @@ def cached_eval(checkpoint: str, model, run_config: dict, tasks: list[str], epis
     from dtune.models.io import weights_digest
 
     task_info = run_config.get("task_info", {})
-    layout = run_layout(run_config)
-    cols = np.unique(np.concatenate([layout.columns(get_task(t)) for t in tasks]))
-    norm = hashlib.sha256(model.state_mean[cols].cpu().numpy().tobytes() + model.state_std[cols].cpu().numpy().tobytes()
+    cols = torch.from_numpy(run_layout(run_config).mask([get_task(t) for t in tasks]))
+    norm = hashlib.sha256(model.state_mean.cpu()[cols].numpy().tobytes() + model.state_std.cpu()[cols].numpy().tobytes()
                           + repr(model.cfg.state_clip).encode()).hexdigest()[:16]  # the statistics these tasks use
     key = json.loads(json.dumps({
         "dtune_version": __version__, "code": eval_code_digest(), "weights": weights_digest(checkpoint),

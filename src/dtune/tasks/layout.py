@@ -58,6 +58,13 @@ class InputLayout:
         offsets = self._offsets()
         return np.concatenate([np.arange(offsets[s][0], offsets[s][0] + offsets[s][1]) for s in task.slots]).astype(np.int64)
 
+    def mask(self, tasks: list[TaskSpec]) -> np.ndarray:
+        """Boolean mask of the state columns any of `tasks` fills."""
+        out = np.zeros(self.state_dim, bool)
+        for task in tasks:
+            out[self.columns(task)] = True
+        return out
+
     def column_names(self) -> list[str]:
         """A name per state column: `slot[i]` (e.g. `dmc/cartpole/position[1]`)."""
         return [f"{name}[{i}]" for name, size in self.slots for i in range(size)]
