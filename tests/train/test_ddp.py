@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -58,6 +59,48 @@ def test_two_processes_train_like_one(tiny_data, tmp_path):
     assert "torch_rng" in state and "torch_rng.rank1" in state  # every rank's RNG, written once
     assert json.loads((two / "config.json").read_text())["resolved"]["processes"] == 2
     assert not list(two.glob(".*tmp"))
+
+
+COUNT_READS = """
+import os, sys
+from dtune.data import dataset
+real = dataset.read_episodes
+def read_episodes(root, task, source):  # what building a task's data cache reads from its Minari file
+    with open(os.environ["READS_LOG"], "a") as f:
+        f.write(f"{os.environ['RANK']} {task}\\n")
+    return real(root, task, source)
+dataset.read_episodes = read_episodes
+from dtune.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["pretrain", "adapt"])
+def test_rank_zero_alone_builds_the_data_cache(base, tiny_data, tmp_path, monkeypatch, command):
+    """The flat-array cache of each dataset is built by rank 0 only; the other ranks wait for it and
+    open it (each rank reading every Minari file would hold the episodes once per process). In
+    `adapt` with EWC: the new task's data and the pre-training data of the Fisher."""
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data, ignore=shutil.ignore_patterns(".cache"))  # no cache yet
+    script, log = tmp_path / "count.py", tmp_path / "reads.log"
+    script.write_text(COUNT_READS)
+    monkeypatch.setenv("READS_LOG", str(log))
+    expected = ["0 cartpole-balance", "0 reach-v3"]
+    if command == "pretrain":
+        p = run([], data, tmp_path / "run", procs=2, script=script)
+    else:
+        cmd = ["adapt", "--checkpoint", str(base), "--task", "door-open-v3", "--steps", "2", "--batch-size", "8",
+               "--precision", "fp32", "--device", "cpu", "--no-progress", "--no-pretrain-eval", "--eval-episodes", "0",
+               "--data-dir", str(data), "--out", str(tmp_path / "run"), "ewc"]
+        p = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                            str(script), *cmd], env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                           text=True, timeout=300)
+        expected = ["0 door-open-v3", *expected]
+    assert p.returncode == 0, p.stderr[-3000:]
+    reads = log.read_text().split("\n")[:-1]
+    assert sorted(reads) == sorted(expected), reads
+    assert len(list((data / ".cache").iterdir())) == len(expected)
 
 
 @pytest.mark.slow

@@ -32,7 +32,7 @@ from dtune.recipes.tuning import (TuneSettings, cached_eval, calibrate_routing, 
                                   task_data)
 from dtune.report.routing import write_routing
 from dtune.runtime.device import resolve_device, resolve_precision
-from dtune.runtime.dist import init_distributed, shutdown
+from dtune.runtime.dist import init_distributed, main_first, shutdown
 from dtune.runtime.io import atomic_write_json, atomic_write_text
 from dtune.runtime.runs import claim_out
 from dtune.tasks import get_task
@@ -120,7 +120,8 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
         print(f"note: {cfg.task} is one of the checkpoint's pre-training tasks")
     root = resolve_data_dir(cfg.data_dir, run_config)
     cfg.data_dir = abspath(cfg.data_dir)
-    data = task_data(model, run_config, root, cfg.task, cfg)
+    with main_first(dist):  # rank 0 builds the data cache, the other ranks open it
+        data = task_data(model, run_config, root, cfg.task, cfg)
     model = model.to(device)
     pre_tasks = list(run_config["tasks"])
     t_eval = 0.0
@@ -146,7 +147,8 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     model.to(device)
     tuner.begin_task(cfg.task)
     anchor = Anchor(model, method_config.l2_lambda, method_config.ewc_lambda, method_config.ewc_mode)
-    extra = {} if cfg.resume else prepare_method(model, tuner, method_config, anchor, run_config, root, device, cfg)
+    with main_first(dist):  # EWC's Fisher, L2M's pre-training keys: the pre-training data's cache too
+        extra = {} if cfg.resume else prepare_method(model, tuner, method_config, anchor, run_config, root, device, cfg)
     sampler = WindowSampler(data, model.cfg.context_len, cfg.batch_size, seed=cfg.seed)
     trainer = Trainer(model, sampler, [ActionLoss(), TunerLoss(), AnchorPenalty(anchor)], optim_settings(cfg, run_config),
                       cfg.steps, device, precision, log_every=cfg.log_every, desc=f"adapt {method} on {cfg.task}",

@@ -25,7 +25,7 @@ from dtune.models.io import WEIGHTS, load_model, read_config, run_layout, save_w
 from dtune.recipes.common import (abspath, check_resume, dataset_statistics, fit, recorded_sources, resolve_data_dir,
                                   resume_command, resume_config, start_fresh)
 from dtune.runtime.device import resolve_device, resolve_precision
-from dtune.runtime.dist import init_distributed, shutdown
+from dtune.runtime.dist import init_distributed, main_first, shutdown
 from dtune.runtime.io import atomic_write_json
 from dtune.runtime.runs import claim_out
 from dtune.tasks import layout_for
@@ -207,9 +207,10 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
 
     recorded_info = saved.get("task_info", {}) if saved is not None else {}
     source = (recorded_sources(saved) if saved is not None else None) or cfg.source  # the data the run trained on
-    data = TrajectoryData(root, cfg.tasks, cfg.max_episodes, layout=layout, source=source,
-                          data_ratio=cfg.data_ratio, ratio_seed=cfg.seed, replay_from=cfg.replay_from,
-                          state_clip=model_cfg.state_clip)
+    with main_first(dist):  # rank 0 builds the data cache, the other ranks open it
+        data = TrajectoryData(root, cfg.tasks, cfg.max_episodes, layout=layout, source=source,
+                              data_ratio=cfg.data_ratio, ratio_seed=cfg.seed, replay_from=cfg.replay_from,
+                              state_clip=model_cfg.state_clip)
     # evaluation statistics (target returns) of each task's whole dataset, not of the part trained on
     task_info = {t: {**data.task_info[t], **dataset_statistics(root, t, data.sources[t])} for t in data.tasks}
     changed = [t for t in data.tasks if t in recorded_info and any(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -52,6 +53,21 @@ class Dist:
         out = [None] * self.world
         torch.distributed.all_gather_object(out, obj)
         return out
+
+
+@contextmanager
+def main_first(dist: Dist | None):
+    """Rank 0 runs the block first, every other rank after it: loading data, whose file cache (the
+    flat ``.npy`` arrays of :mod:`dtune.data.dataset`) rank 0 then builds alone, reading each Minari
+    file and holding its episodes in memory once per node instead of once per process; the others
+    open what it wrote. The block must not use collectives. Without `dist`: just the block."""
+    if dist is not None and not dist.main:
+        dist.barrier()  # until rank 0 has run the block
+    try:
+        yield
+    finally:  # also when rank 0 fails: the others go on and fail on their own, instead of waiting
+        if dist is not None and dist.main:
+            dist.barrier()
 
 
 def single_process(command: str) -> None:
