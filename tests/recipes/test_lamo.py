@@ -134,6 +134,7 @@ def test_classic_dt_and_ablations(setup, tmp_path):
     base = json.loads((tmp_path / "dt" / "base" / "config.json").read_text())["model"]
     assert base["gpt"]["n_layer"] == 3 and base["gpt"]["n_head"] == 1 and base["embedding"] == "linear"
     assert base["state_clip"] is None  # the papers' DT: no clip unless asked for
+    assert lamo(cfg(setup, tmp_path / "dt", lm=None, state_clip=0, resume=True)) == dt  # 0 = no clip = unset
     clipped = lamo(cfg(setup, tmp_path / "clip", lm=None, state_clip=2.0))
     assert json.loads((tmp_path / "clip" / "base" / "config.json").read_text())["model"]["state_clip"] == 2.0
     losses = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()] for r in ("dt", "clip")]

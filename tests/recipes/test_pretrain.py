@@ -152,6 +152,7 @@ def test_state_clip_is_kept_in_the_model_config_and_older_runs_resume_unclipped(
     assert io.load_model(tmp_path / "off")[0].cfg.state_clip is None
     with pytest.raises(ValueError, match="state_clip: None -> 10.0"):
         pretrain(cfg(tiny_data, tmp_path / "off", steps=4, resume=True))
+    assert pretrain(cfg(tiny_data, tmp_path / "off", steps=3, resume=True, state_clip=0))["steps"] == 3  # 0 = off = None
     assert resume(str(tmp_path / "off"), steps=4, progress=False)["steps"] == 4
     assert json.loads((tmp_path / "off" / "config.json").read_text())["model"]["state_clip"] is None
 

@@ -184,12 +184,15 @@ def lamo(cfg: LamoConfig) -> dict:
     for name in ("steps", "batch_size", "context_len", "eval_episodes", "ckpt_every"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    cfg.state_clip = cfg.state_clip or None  # 0 and unset both mean no clipping: one value, so a resume compares alike
     if cfg.lm is None:  # the classic DT: no LM to load, linear embeddings, every weight trains, nothing to speak
         cfg.tuning, cfg.language_weight, cfg.pretrained, cfg.mlp_embeddings, cfg.lm_layers = "full", 0.0, False, False, None
     root = data_root(cfg.data_dir)
     cfg.data_dir = str(root)
     if cfg.resume:
         saved = saved_config(out, "lamo")["lamo"]
+        if "state_clip" in saved:
+            saved["state_clip"] = saved["state_clip"] or None
         check_resume(saved, cfg, RESUME_KEYS, out)  # a setting an older run lacks had its default
         if (out / "result.json").exists():  # finished: its result, if it was evaluated as asked
             ran = {k: saved.get(k, getattr(LamoConfig, k)) for k in ("eval_episodes", "eval_seed")}  # older: defaults

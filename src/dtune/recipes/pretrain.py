@@ -179,8 +179,11 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
     device = dist.device if dist is not None else resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     saved = None
+    cfg.state_clip = cfg.state_clip or None  # 0 and unset both mean no clipping: one value, so a resume compares alike
     if cfg.resume:
         saved = read_config(out)
+        if "state_clip" in saved["train"]:
+            saved["train"]["state_clip"] = saved["train"]["state_clip"] or None
         state = read_state_meta(out)
         if state is None or not (out / WEIGHTS).exists():
             raise ValueError(f"--resume: the run in {out} has no checkpoint yet (it was stopped before its first one); "
