@@ -59,8 +59,9 @@ class Dist:
 def main_first(dist: Dist | None):
     """Rank 0 runs the block first, every other rank after it: loading data, whose file cache (the
     flat ``.npy`` arrays of :mod:`dtune.data.dataset`) rank 0 then builds alone, reading each Minari
-    file and holding its episodes in memory once per node instead of once per process; the others
-    open what it wrote. The block must not use collectives. Without `dist`: just the block."""
+    file and holding its episodes in memory once instead of once per process (ranks that share the
+    data folder's filesystem; a node with its own copy builds it once per process, as before); the
+    others open what it wrote. The block must not use collectives. Without `dist`: just the block."""
     if dist is not None and not dist.main:
         dist.barrier()  # until rank 0 has run the block
     try:
