@@ -75,7 +75,8 @@ def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Caus
     """A pre-trained causal LM converted into dtune modules, in eval mode.
 
     Args:
-        path: a Hugging Face checkpoint directory (GPT-2 or Llama family) or a `.gguf` file.
+        path: a Hugging Face checkpoint directory (GPT-2 or Llama family), a `.gguf` file, or a
+            `dtune lm pretrain` run folder (its `model/` checkpoint).
         dtype: dtype of the parameters (GGUF weights are dequantised first).
     """
     path = _resolve(path)

