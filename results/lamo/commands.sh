@@ -13,7 +13,8 @@
 # 3. ABLATIONS=1: at 1% data, LaMo without MLP embeddings (not on hopper: that is its LaMo already), without the
 #    language loss, with full fine-tuning.
 # Budget: STEPS updates per transformer run (default 3K, warm-up WARMUP 300: the engine caps warm-up at a tenth
-# of the updates; LaMo: 100K, warm-up 2.5K), BASE_STEPS
+# of the updates; LaMo: 100K, warm-up 2.5K), every transformer arm with LaMo's AdamW (betas (0.9, 0.999), eps 1e-6;
+# dtune lamo's defaults are (0.9, 0.95) and 1e-8, which results/offline_rl's DT keeps), BASE_STEPS
 # for the baselines (CQL: CQL_STEPS); one torch thread per run, two runs at a time. Resumable: kept runs are
 # skipped, interrupted ones continue from their last checkpoint (every 500 updates), a finished one not yet kept
 # is checked by dtune (--resume) to have these settings first. Finished runs are kept without their weights in
@@ -62,7 +63,7 @@ run() {  # task:source:ratio method seed
   mkdir -p "$(dirname "$out")"
   local k=20; [ "$task" = reacher2d ] && k=5
   local dt=(dtune lamo --task "$task" --source "$src" --data-ratio "$ratio" --seed "$3" --steps "$n"
-            --warmup-steps "$WARMUP" --context-len $k --eval-episodes 10 --ckpt-every 500 --data-dir "$DATA"
+            --warmup-steps "$WARMUP" --adam-beta2 0.999 --adam-epsilon 1e-6 --context-len $k --eval-episodes 10 --ckpt-every 500 --data-dir "$DATA"
             --no-progress --out "$out" $resume)
   local lamo=("${dt[@]}" --lm "$LM" --text-block 256)
   [ "$task" = hopper ] && lamo+=(--no-mlp-embeddings)  # LaMo's Hopper: linear embeddings, tanh head

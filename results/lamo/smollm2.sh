@@ -31,7 +31,7 @@ run() {  # method seed
   { [ -f "$out/result.json" ] || [ -f "$out/train_state.json" ]; } && resume="--resume"
   mkdir -p "$(dirname "$out")"
   local args=(dtune lamo --task reacher2d --source medium --data-ratio 0.1 --seed "$2" --steps "$STEPS"
-              --warmup-steps 200 --batch-size 16 --context-len 5 --lm "$GGUF" --text-block 128 --text-batch 1
+              --warmup-steps 200 --adam-beta2 0.999 --adam-epsilon 1e-6 --batch-size 16 --context-len 5 --lm "$GGUF" --text-block 128 --text-batch 1
               --eval-episodes 10 --ckpt-every 250 --data-dir "$DATA" --no-progress --out "$out" $resume)
   case "$1" in
     smollm2)        OMP_NUM_THREADS=1 "${args[@]}" ;;

@@ -194,3 +194,21 @@ def test_an_exported_lamo_run_reads_back_the_data_subset_it_trained_on(setup, tm
     same = TrajectoryData(setup[0] / "data", "hopper", data_ratio=0.5, ratio_seed=3)  # what the run trained on
     assert data.task_info["hopper"]["episodes"] == 3  # of 6
     np.testing.assert_array_equal(data.domains[0].tasks[0].obs, same.domains[0].tasks[0].obs)
+
+
+def test_adam_settings_reach_the_optimiser_and_a_resume_keeps_them(setup, tmp_path):
+    """LaMo's code trains with AdamW's eps 1e-6 and PyTorch's betas (0.9, 0.999); dtune's defaults are
+    (0.9, 0.95) and 1e-8. The options reach every parameter group, are saved, and a resume that would
+    change them is refused; a beta outside [0, 1) is refused up front."""
+    lamo(cfg(setup, tmp_path / "a", lm=None, adam_beta2=0.999, adam_epsilon=1e-6))
+    groups = json.loads((tmp_path / "a" / "train_state.json").read_text())["param_groups"]
+    assert groups and all(g["betas"] == [0.9, 0.999] and g["eps"] == 1e-6 for g in groups)
+    saved = json.loads((tmp_path / "a" / "config.json").read_text())["lamo"]
+    assert (saved["adam_beta1"], saved["adam_beta2"], saved["adam_epsilon"]) == (0.9, 0.999, 1e-6)
+    with pytest.raises(ValueError, match="adam_epsilon: 1e-06 -> 1e-08"):
+        lamo(cfg(setup, tmp_path / "a", lm=None, adam_beta2=0.999, resume=True))
+    lamo(cfg(setup, tmp_path / "d", lm=None, steps=3))
+    groups = json.loads((tmp_path / "d" / "train_state.json").read_text())["param_groups"]
+    assert all(g["betas"] == [0.9, 0.95] and g["eps"] == 1e-8 for g in groups)  # dtune's defaults
+    with pytest.raises(ValueError, match="--adam-beta2 must lie in"):
+        lamo(cfg(setup, tmp_path / "b", adam_beta2=1.0))

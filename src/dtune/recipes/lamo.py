@@ -111,7 +111,13 @@ class LamoConfig:
     warmup_steps: int = 2500
     """Linear warm-up."""
     weight_decay: float = 1e-5
-    """AdamW weight decay."""
+    """AdamW weight decay (on weight matrices; LaMo's code decays every trained parameter)."""
+    adam_beta1: float = 0.9
+    """AdamW's beta1."""
+    adam_beta2: float = 0.95
+    """AdamW's beta2 (dtune's default, nanoGPT's; LaMo's and the DT papers' code use PyTorch's 0.999)."""
+    adam_epsilon: float = 1e-8
+    """AdamW's epsilon (LaMo's code: 1e-6)."""
     grad_clip: float = 0.25
     """Gradient-norm clip."""
     eval_episodes: int = 10
@@ -140,7 +146,8 @@ class LamoConfig:
 
 RESUME_KEYS = ("task", "source", "data_ratio", "replay_from", "state_clip", "lm", "pretrained", "lm_layers", "tuning", "r", "lora_alpha", "lora_dropout",
                "mlp_embeddings", "dropout", "language_weight", "text_file", "text_block", "text_batch", "context_len", "steps",
-               "batch_size", "lr", "warmup_steps", "weight_decay", "grad_clip", "seed")
+               "batch_size", "lr", "warmup_steps", "weight_decay", "adam_beta1", "adam_beta2", "adam_epsilon", "grad_clip",
+               "seed")
 
 
 def _base_model(cfg: LamoConfig, state_dim: int, act_dim: int, horizon: int):
@@ -184,6 +191,11 @@ def lamo(cfg: LamoConfig) -> dict:
     for name in ("steps", "batch_size", "context_len", "eval_episodes", "ckpt_every"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    for name in ("adam_beta1", "adam_beta2"):
+        if not 0 <= getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(cfg, name)}")
+    if cfg.adam_epsilon <= 0:
+        raise ValueError(f"--adam-epsilon must be positive, got {cfg.adam_epsilon}")
     cfg.state_clip = cfg.state_clip or None  # 0 and unset both mean no clipping: one value, so a resume compares alike
     if cfg.lm is None:  # the classic DT: no LM to load, linear embeddings, every weight trains, nothing to speak
         cfg.tuning, cfg.language_weight, cfg.pretrained, cfg.mlp_embeddings, cfg.lm_layers = "full", 0.0, False, False, None
@@ -250,7 +262,7 @@ def lamo(cfg: LamoConfig) -> dict:
         ppl_before = perplexity(model.language_logits, held, cfg.text_block, cfg.heldout_blocks, model)
     sampler = WindowSampler(data, cfg.context_len, cfg.batch_size, seed=cfg.seed)
     optim = OptimSettings(lr=cfg.lr, min_lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
-                          grad_clip=cfg.grad_clip)
+                          grad_clip=cfg.grad_clip, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
     trainer = Trainer(model, sampler, objectives, optim, cfg.steps, device, precision, log_every=cfg.log_every,
                       desc=f"lamo on {cfg.task}", progress=cfg.progress)
     before = 0.0  # training seconds of the earlier invocations of a resumed run

@@ -75,6 +75,10 @@ class OptimSettings:
     """AdamW weight decay on weight matrices."""
     grad_clip: float = 0.25
     """Gradient-norm clip."""
+    betas: tuple[float, float] = (0.9, 0.95)
+    """AdamW's betas."""
+    eps: float = 1e-8
+    """AdamW's epsilon."""
 
 
 # -- objectives -----------------------------------------------------------------------------------
@@ -219,7 +223,7 @@ class Trainer:
         self.total, self.device, self.precision = total_steps, device, precision
         self.log, self.log_every, self.row_extra = log, log_every, row_extra or {}
         self.desc, self.progress, self.tokens_per_batch = desc, progress, tokens_per_batch
-        self.optimizer = make_optimizer(model, optim.lr, optim.weight_decay)
+        self.optimizer = make_optimizer(model, optim.lr, optim.weight_decay, betas=optim.betas, eps=optim.eps)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.step = 0
         self.dist, self.view = dist, model
