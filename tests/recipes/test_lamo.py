@@ -212,3 +212,11 @@ def test_adam_settings_reach_the_optimiser_and_a_resume_keeps_them(setup, tmp_pa
     assert all(g["betas"] == [0.9, 0.95] and g["eps"] == 1e-8 for g in groups)  # dtune's defaults
     with pytest.raises(ValueError, match="--adam-beta2 must lie in"):
         lamo(cfg(setup, tmp_path / "b", adam_beta2=1.0))
+    with pytest.raises(ValueError, match="--adam-epsilon must be positive"):
+        lamo(cfg(setup, tmp_path / "b", adam_epsilon=float("nan")))
+    with pytest.raises(ValueError, match="--state-clip must be positive"):
+        lamo(cfg(setup, tmp_path / "b", state_clip=float("nan")))
+    saved = json.loads((tmp_path / "d" / "config.json").read_text())
+    saved["lamo"]["state_clip"] = 0  # an explicit --state-clip 0 as saved before 2026-12-06 (11:00)
+    (tmp_path / "d" / "config.json").write_text(json.dumps(saved))
+    assert lamo(cfg(setup, tmp_path / "d", lm=None, steps=3, resume=True))["method"] == "dt"

@@ -144,7 +144,7 @@ def test_state_clip_is_kept_in_the_model_config_and_older_runs_resume_unclipped(
     assert io.load_model(tmp_path / "r")[0].cfg.state_clip == 10.0
     pretrain(cfg(tiny_data, tmp_path / "off", steps=2, state_clip=0))
     assert io.load_model(tmp_path / "off")[0].cfg.state_clip is None
-    with pytest.raises(ValueError, match="state_clip must be positive"):
+    with pytest.raises(ValueError, match="state.clip must be positive"):
         pretrain(cfg(tiny_data, tmp_path / "neg", steps=2, state_clip=-1.0))
     old = json.loads((tmp_path / "off" / "config.json").read_text())
     del old["train"]["state_clip"], old["model"]["state_clip"]  # as written before 2026-12-06
@@ -154,6 +154,12 @@ def test_state_clip_is_kept_in_the_model_config_and_older_runs_resume_unclipped(
         pretrain(cfg(tiny_data, tmp_path / "off", steps=4, resume=True))
     assert pretrain(cfg(tiny_data, tmp_path / "off", steps=3, resume=True, state_clip=0))["steps"] == 3  # 0 = off = None
     assert resume(str(tmp_path / "off"), steps=4, progress=False)["steps"] == 4
+    saved = json.loads((tmp_path / "off" / "config.json").read_text())
+    saved["train"]["state_clip"] = 0  # as an explicit --state-clip 0 was saved before 2026-12-06 (11:00)
+    (tmp_path / "off" / "config.json").write_text(json.dumps(saved))
+    assert resume(str(tmp_path / "off"), steps=5, progress=False)["steps"] == 5
+    with pytest.raises(ValueError, match="state-clip must be positive"):
+        pretrain(cfg(tiny_data, tmp_path / "nan", steps=2, state_clip=float("nan")))
     assert json.loads((tmp_path / "off" / "config.json").read_text())["model"]["state_clip"] is None
 
 

@@ -147,7 +147,9 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     model.to(device)
     tuner.begin_task(cfg.task)
     anchor = Anchor(model, method_config.l2_lambda, method_config.ewc_lambda, method_config.ewc_mode)
-    with main_first(dist):  # EWC's Fisher, L2M's pre-training keys: the pre-training data's cache too
+    # EWC's Fisher, L2M's pre-training keys: the pre-training data's cache too (rank 0 computes them first, then the
+    # others; no collectives in there: the pools' all_reduce runs in training mode only, and these run in eval mode)
+    with main_first(dist):
         extra = {} if cfg.resume else prepare_method(model, tuner, method_config, anchor, run_config, root, device, cfg)
     sampler = WindowSampler(data, model.cfg.context_len, cfg.batch_size, seed=cfg.seed)
     trainer = Trainer(model, sampler, [ActionLoss(), TunerLoss(), AnchorPenalty(anchor)], optim_settings(cfg, run_config),

@@ -194,8 +194,10 @@ def lamo(cfg: LamoConfig) -> dict:
     for name in ("adam_beta1", "adam_beta2"):
         if not 0 <= getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(cfg, name)}")
-    if cfg.adam_epsilon <= 0:
+    if not cfg.adam_epsilon > 0:  # NaN too
         raise ValueError(f"--adam-epsilon must be positive, got {cfg.adam_epsilon}")
+    if cfg.state_clip is not None and not cfg.state_clip >= 0:  # NaN too
+        raise ValueError(f"--state-clip must be positive (or 0: no clipping), got {cfg.state_clip}")
     cfg.state_clip = cfg.state_clip or None  # 0 and unset both mean no clipping: one value, so a resume compares alike
     if cfg.lm is None:  # the classic DT: no LM to load, linear embeddings, every weight trains, nothing to speak
         cfg.tuning, cfg.language_weight, cfg.pretrained, cfg.mlp_embeddings, cfg.lm_layers = "full", 0.0, False, False, None

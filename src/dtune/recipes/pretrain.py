@@ -179,6 +179,8 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
     device = dist.device if dist is not None else resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     saved = None
+    if cfg.state_clip is not None and not cfg.state_clip >= 0:  # NaN too
+        raise ValueError(f"--state-clip must be positive (or 0: no clipping), got {cfg.state_clip}")
     cfg.state_clip = cfg.state_clip or None  # 0 and unset both mean no clipping: one value, so a resume compares alike
     if cfg.resume:
         saved = read_config(out)
