@@ -20,9 +20,8 @@ import numpy as np
 import torch
 
 from _common import race
-from dtune import tuners
 from dtune.data.text import BlockSampler
-from dtune.recipes.lamo import LAMO_SAVED, LamoConfig, _base_model
+from dtune.recipes.lamo import LamoConfig, _base_model, attach_tuning
 from dtune.train.engine import ActionLoss, OptimSettings, Trainer
 from dtune.train.language import LanguageLoss
 
@@ -52,17 +51,10 @@ class RandomWindows:
 
 
 def trainer(lm: str | None, language: bool, mlp: bool, batch: int, k: int, lora: bool = True) -> Trainer:
-    cfg = LamoConfig(lm=lm, mlp_embeddings=mlp, language_weight=0.1 if language else 0.0, context_len=k)
+    cfg = LamoConfig(lm=lm, mlp_embeddings=mlp, language_weight=0.1 if language else 0.0, context_len=k,
+                     tuning="lora" if lora and lm is not None else "full")
     model = _base_model(cfg, STATE, ACT, HORIZON)
-    lora = lora and lm is not None
-    if not lora:
-        method = tuners.make_config("full")
-    else:
-        method = tuners.make_config("lora", r=16, lora_alpha=32, lora_dropout=0.1, target_modules=["q", "k", "v"],
-                                    bias="lora_only", modules_to_save=LAMO_SAVED)
-    tuners.attach(model, "lora" if lora else "full", method)
-    if getattr(model, "lm_wte", None) is not None:
-        model.lm_wte.requires_grad_(False)
+    attach_tuning(model, cfg)  # as `dtune lamo` does
     objectives = [ActionLoss()]
     if language:
         ids = np.random.default_rng(1).integers(0, model.cfg.vocab_size, 200_000)

@@ -165,6 +165,19 @@ def _base_model(cfg: LamoConfig, state_dim: int, act_dim: int, horizon: int):
                       dropout=cfg.dropout, n_layer=cfg.lm_layers)
 
 
+def attach_tuning(model, cfg: LamoConfig):
+    """What trains: LoRA on q, k, v (with their biases) plus LaMo's embeddings, LayerNorm and head, or
+    every weight (`--tuning full`); the LM's token embedding (and tied head) stay frozen, as LaMo's.
+    Returns the tuner and its config."""
+    method_config = (tuners.make_config("lora", r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                                        target_modules=["q", "k", "v"], bias="lora_only", modules_to_save=LAMO_SAVED)
+                     if cfg.tuning == "lora" else tuners.make_config("full"))
+    tuner = tuners.attach(model, cfg.tuning, method_config)
+    if getattr(model, "lm_wte", None) is not None:
+        model.lm_wte.requires_grad_(False)
+    return tuner, method_config
+
+
 def _text(cfg: LamoConfig, seed: int, vocab: int):
     """Training blocks sampler and held-out tokens of the language loss."""
     from dtune.data.text import BlockSampler, split_heldout, text_documents, tokenize
@@ -248,13 +261,8 @@ def lamo(cfg: LamoConfig) -> dict:
             "train": {"note": f"initialised by `dtune lamo` ({'LM ' + cfg.lm if cfg.lm else 'random init'}), "
                               "not trained", "data_dir": str(root), "max_episodes": None, "seed": cfg.seed,
                       "data_ratio": cfg.data_ratio, "replay_from": cfg.replay_from}})  # the LaMo run's data, for EWC & co.
-    method_config = (tuners.make_config("lora", r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
-                                        target_modules=["q", "k", "v"], bias="lora_only", modules_to_save=LAMO_SAVED)
-                     if cfg.tuning == "lora" else tuners.make_config("full"))
     model = model.to(device)
-    tuner = tuners.attach(model, cfg.tuning, method_config)
-    if getattr(model, "lm_wte", None) is not None:
-        model.lm_wte.requires_grad_(False)  # the LM's token embedding (and tied head) stay frozen, as LaMo's
+    tuner, method_config = attach_tuning(model, cfg)
     tuner.begin_task(cfg.task)
 
     objectives, held, ppl_before = [ActionLoss()], None, None
@@ -316,4 +324,4 @@ def lamo(cfg: LamoConfig) -> dict:
     return result
 
 
-__all__ = ["LamoConfig", "lamo", "LAMO_SAVED"]
+__all__ = ["LamoConfig", "lamo", "LAMO_SAVED", "attach_tuning"]
