@@ -459,3 +459,18 @@ def test_one_pretraining_domain_gets_no_per_domain_column(tmp_path):
     run = adapt_run(tmp_path / "a")
     (run / "eval_pretrain.json").write_text(json.dumps({"tasks": {"reach-v3": {"domain": "metaworld", "score": 1.0}}}))
     assert "by domain" not in report([str(run)])
+
+
+def test_offline_runs_with_other_optimiser_settings_are_rows_of_their_own(tmp_path):
+    """`dtune lamo` runs of one arm but other AdamW settings (results/lamo uses LaMo's, dtune's defaults
+    differ) are not pooled as seeds of one row; a config without the settings ran with the defaults."""
+    runs = [offline_run(tmp_path / f"lamo{s}", "lamo", "dt", s, 0.3) for s in range(2)]
+    for p in runs:
+        (p / "config.json").write_text(json.dumps({"kind": "lamo", "lamo": {"adam_beta2": 0.999, "adam_epsilon": 1e-6}}))
+    runs.append(offline_run(tmp_path / "old", "lamo", "dt", 0, 0.5))  # written before the options: the defaults
+    runs.append(offline_run(tmp_path / "bc", "baseline", "bc", 0, 0.4))
+    text = " ".join(report([str(r) for r in runs]).split())
+    assert "| dt [AdamW (0.9, 0.999), eps 1e-06] | 2 |" in text and "| dt [AdamW (0.9, 0.95), eps 1e-08] | 1 |" in text
+    assert "| bc | 1 |" in text
+    same = [offline_run(tmp_path / f"same{s}", "lamo", "dt", s, 0.3) for s in range(2)]
+    assert "| dt | 2 |" in " ".join(report([str(r) for r in same]).split())  # one setting: no suffix

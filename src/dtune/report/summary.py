@@ -57,15 +57,30 @@ def _budget(r: dict) -> str:
     return f"{r.get('steps')} updates"
 
 
-def _separate(runs: list[dict], key: str, where) -> None:
-    """Runs of one row label but other budgets become rows of their own (`label [budget]`); two runs
+def _optimiser(r: dict) -> str:
+    """A `dtune lamo` run's AdamW settings, as a label suffix (configs written before the options
+    existed ran with the defaults); empty for other runs."""
+    if r.get("kind") != "lamo":
+        return ""
+    cfg_file = Path(r["dir"]) / "config.json"
+    c = json.loads(cfg_file.read_text()).get("lamo", {}) if cfg_file.exists() else {}
+    return (f"AdamW ({c.get('adam_beta1', 0.9):g}, {c.get('adam_beta2', 0.95):g}), "
+            f"eps {c.get('adam_epsilon', 1e-8):g}")
+
+
+def _separate(runs: list[dict], key: str, where, settings=(_budget,)) -> None:
+    """Runs of one row label but other settings (`settings`: the budget; for offline-RL runs the
+    optimiser too) become rows of their own, labelled with what differs (`label [budget]`); two runs
     of one row with the same seed (and task or dataset, `where`) are refused: a seed counted twice."""
-    budgets: dict[str, set] = {}
+    found: dict[str, list[set]] = {}
     for r in runs:
-        budgets.setdefault(r[key], set()).add(_budget(r))
+        r["_settings"] = [f(r) for f in settings]
+        for seen, v in zip(found.setdefault(r[key], [set() for _ in settings]), r["_settings"]):
+            seen.add(v)
     for r in runs:
-        if len(budgets[r[key]]) > 1:
-            r[key] = f"{r[key]} [{_budget(r)}]"
+        differ = [v for seen, v in zip(found[r[key]], r.pop("_settings")) if len(seen) > 1]
+        if differ:
+            r[key] = f"{r[key]} [{', '.join(differ)}]"
     seen: dict[tuple, str] = {}
     for r in runs:
         k = (r[key], where(r), r.get("seed"))
@@ -160,7 +175,7 @@ def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str
                          "arguments (" + "; ".join(notes) + ")")
     _separate(adapt, "method", lambda r: r["task"])
     _separate(cont, "method", lambda r: ",".join(r["tasks"]))
-    _separate(offline, "label", lambda r: (r["task"], r.get("source"), r.get("data_ratio", 1.0)))
+    _separate(offline, "label", lambda r: (r["task"], r.get("source"), r.get("data_ratio", 1.0)), (_budget, _optimiser))
     return adapt, cont, offline, notes
 
 
@@ -433,7 +448,7 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict], list
             "the protocol's targets, chosen on the evaluation episodes themselves, as the LaMo code reports it "
             "(optimistic). Baselines are not return-conditioned: one score. * Published scores on D4RL's own "
             "datasets (dtune.report.published), beside runs on whatever data these runs used: compare orderings, "
-            "not values.")
+            "not values. Runs of one method at other budgets or AdamW settings are rows of their own ([...]).")
     parts = [per_dataset, overall, note]
     if orderings_md:
         parts += ["Method orderings against the publications, per dataset (scores at the standard target; a pair "
