@@ -46,6 +46,15 @@ VecNormalize bound): a feature nearly constant in the pre-training data (cartpol
 its pole upright: sd 4e-5) cannot turn a new task's states into inputs of 10^4."""
 
 
+def state_clip_value(clip: float | None, name: str = "state_clip") -> float | None:
+    """A clip setting as the one value it means: a positive float, or None for no clipping (0 and
+    unset alike, so that a resumed run compares them as equal); negative or NaN is refused, naming
+    the setting `name` (`--state-clip` on the command line)."""
+    if clip is not None and not clip >= 0:  # NaN too
+        raise ValueError(f"{name} must be positive (or 0: no clipping), got {clip}")
+    return float(clip) if clip else None
+
+
 def normalise_states(obs: np.ndarray, mean: np.ndarray, std: np.ndarray, clip: float | None) -> np.ndarray:
     """`(obs - mean) / std` per column, clipped to `[-clip, clip]` when `clip` is set (the one
     normalisation of training windows and of evaluation rollouts). Columns without statistics
@@ -282,9 +291,7 @@ class TrajectoryData:
             state_stats = self.own_stats()
         self.state_mean = np.asarray(state_stats[0], np.float32)
         self.state_std = np.asarray(state_stats[1], np.float32)
-        if state_clip is not None and state_clip < 0:
-            raise ValueError(f"state_clip must be positive (or 0/None: no clipping), got {state_clip}")
-        self.state_clip = float(state_clip) if state_clip else None
+        self.state_clip = state_clip_value(state_clip)
         self.act_dims = np.array([get_task(t).act_dim for t in self.tasks], dtype=np.int64)
 
     STATS_ROWS = 1 << 16

@@ -32,7 +32,7 @@ from typing import Literal
 import torch
 
 from dtune import __version__, tuners
-from dtune.data.dataset import TrajectoryData, WindowSampler, check_subset_rule
+from dtune.data.dataset import TrajectoryData, WindowSampler, check_subset_rule, state_clip_value
 from dtune.data.text import perplexity
 from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_protocol
@@ -209,9 +209,7 @@ def lamo(cfg: LamoConfig) -> dict:
             raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(cfg, name)}")
     if not cfg.adam_epsilon > 0:  # NaN too
         raise ValueError(f"--adam-epsilon must be positive, got {cfg.adam_epsilon}")
-    if cfg.state_clip is not None and not cfg.state_clip >= 0:  # NaN too
-        raise ValueError(f"--state-clip must be positive (or 0: no clipping), got {cfg.state_clip}")
-    cfg.state_clip = cfg.state_clip or None  # 0 and unset both mean no clipping: one value, so a resume compares alike
+    cfg.state_clip = state_clip_value(cfg.state_clip, "--state-clip")
     if cfg.lm is None:  # the classic DT: no LM to load, linear embeddings, every weight trains, nothing to speak
         cfg.tuning, cfg.language_weight, cfg.pretrained, cfg.mlp_embeddings, cfg.lm_layers = "full", 0.0, False, False, None
     root = data_root(cfg.data_dir)
@@ -219,7 +217,7 @@ def lamo(cfg: LamoConfig) -> dict:
     if cfg.resume:
         saved = saved_config(out, "lamo")["lamo"]
         if "state_clip" in saved:
-            saved["state_clip"] = saved["state_clip"] or None
+            saved["state_clip"] = state_clip_value(saved["state_clip"])
         check_resume(saved, cfg, RESUME_KEYS, out)  # a setting an older run lacks had its default
         if (out / "result.json").exists():  # finished: its result, if it was evaluated as asked
             ran = {k: saved.get(k, getattr(LamoConfig, k)) for k in ("eval_episodes", "eval_seed")}  # older: defaults

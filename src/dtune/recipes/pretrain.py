@@ -19,7 +19,7 @@ from typing import ClassVar, Literal
 import torch
 
 from dtune import __version__
-from dtune.data.dataset import STATE_CLIP, TrajectoryData, WindowSampler
+from dtune.data.dataset import STATE_CLIP, TrajectoryData, WindowSampler, state_clip_value
 from dtune.models import ModelConfig, build_model, preset
 from dtune.models.io import WEIGHTS, load_model, read_config, run_layout, save_weights
 from dtune.recipes.common import (abspath, check_resume, dataset_statistics, fit, recorded_sources, resolve_data_dir,
@@ -179,13 +179,11 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
     device = dist.device if dist is not None else resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     saved = None
-    if cfg.state_clip is not None and not cfg.state_clip >= 0:  # NaN too
-        raise ValueError(f"--state-clip must be positive (or 0: no clipping), got {cfg.state_clip}")
-    cfg.state_clip = cfg.state_clip or None  # 0 and unset both mean no clipping: one value, so a resume compares alike
+    cfg.state_clip = state_clip_value(cfg.state_clip, "--state-clip")
     if cfg.resume:
         saved = read_config(out)
         if "state_clip" in saved["train"]:
-            saved["train"]["state_clip"] = saved["train"]["state_clip"] or None
+            saved["train"]["state_clip"] = state_clip_value(saved["train"]["state_clip"])
         state = read_state_meta(out)
         if state is None or not (out / WEIGHTS).exists():
             raise ValueError(f"--resume: the run in {out} has no checkpoint yet (it was stopped before its first one); "

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from dtune import __version__
-from dtune.data.dataset import TrajectoryData, WindowSampler
+from dtune.data.dataset import TrajectoryData, WindowSampler, state_clip_value
 from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_agent
 from dtune.models.io import run_layout
@@ -130,9 +130,7 @@ def model_stats(model) -> tuple[np.ndarray, np.ndarray]:
 def set_state_clip(model, cfg: TuneSettings) -> None:
     """`cfg.state_clip` (when set) replaces the checkpoint's clip; 0 turns clipping off."""
     if cfg.state_clip is not None:
-        if cfg.state_clip < 0:
-            raise ValueError(f"--state-clip must be positive (or 0: no clipping), got {cfg.state_clip}")
-        model.cfg.state_clip = float(cfg.state_clip) or None
+        model.cfg.state_clip = state_clip_value(cfg.state_clip, "--state-clip")
 
 
 def seen_columns(run_config: dict, tasks=()) -> np.ndarray:
