@@ -45,6 +45,7 @@ from dtune.runtime.io import atomic_write_json
 from dtune.tasks import get_task, layout_for
 from dtune.train.engine import STATE_J, ActionLoss, OptimSettings, Trainer
 from dtune.train.log import MetricsLog
+from dtune.train.optim import ADAM_BETAS, ADAM_EPS
 
 LAMO_SAVED = ["embed_timestep", "embed_state", "embed_return", "embed_action", "embed_ln", "head"]
 """What trains besides LoRA (peft's `modules_to_save`): LaMo's embeddings, LayerNorm and head."""
@@ -112,11 +113,11 @@ class LamoConfig:
     """Linear warm-up."""
     weight_decay: float = 1e-5
     """AdamW weight decay (on weight matrices; LaMo's code decays every trained parameter)."""
-    adam_beta1: float = 0.9
+    adam_beta1: float = ADAM_BETAS[0]
     """AdamW's beta1."""
-    adam_beta2: float = 0.95
+    adam_beta2: float = ADAM_BETAS[1]
     """AdamW's beta2 (dtune's default, nanoGPT's; LaMo's and the DT papers' code use PyTorch's 0.999)."""
-    adam_epsilon: float = 1e-8
+    adam_epsilon: float = ADAM_EPS
     """AdamW's epsilon (LaMo's code: 1e-6)."""
     grad_clip: float = 0.25
     """Gradient-norm clip."""

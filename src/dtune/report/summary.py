@@ -20,6 +20,7 @@ import numpy as np
 from dtune.report import markdown_table
 from dtune.report.continual import reference_scores, run_base_digest
 from dtune.report.published import PUBLISHED_METHODS, SOURCES, ordering_agreement, published_method, published_scores
+from dtune.train.optim import ADAM_BETAS, ADAM_EPS
 
 
 def method_label(method: str, method_config: dict | None) -> str:
@@ -64,8 +65,8 @@ def _optimiser(r: dict) -> str:
         return ""
     cfg_file = Path(r["dir"]) / "config.json"
     c = json.loads(cfg_file.read_text()).get("lamo", {}) if cfg_file.exists() else {}
-    return (f"AdamW ({c.get('adam_beta1', 0.9):g}, {c.get('adam_beta2', 0.95):g}), "
-            f"eps {c.get('adam_epsilon', 1e-8):g}")
+    return (f"AdamW ({c.get('adam_beta1', ADAM_BETAS[0]):g}, {c.get('adam_beta2', ADAM_BETAS[1]):g}), "
+            f"eps {c.get('adam_epsilon', ADAM_EPS):g}")
 
 
 def _separate(runs: list[dict], key: str, where, settings=(_budget,)) -> None:

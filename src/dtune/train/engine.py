@@ -31,7 +31,7 @@ from dtune.runtime.device import autocast
 from dtune.runtime.dist import Dist
 from dtune.runtime.io import atomic_save_tensors, atomic_write_json
 from dtune.train.log import MetricsLog
-from dtune.train.optim import cosine_lr, make_optimizer, set_lr
+from dtune.train.optim import ADAM_BETAS, ADAM_EPS, cosine_lr, make_optimizer, set_lr
 
 STATE_T, STATE_J = "train_state.safetensors", "train_state.json"
 
@@ -75,9 +75,9 @@ class OptimSettings:
     """AdamW weight decay on weight matrices."""
     grad_clip: float = 0.25
     """Gradient-norm clip."""
-    betas: tuple[float, float] = (0.9, 0.95)
+    betas: tuple[float, float] = ADAM_BETAS
     """AdamW's betas."""
-    eps: float = 1e-8
+    eps: float = ADAM_EPS
     """AdamW's epsilon."""
 
 

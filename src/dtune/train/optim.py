@@ -20,8 +20,14 @@ def cosine_lr(step: int, total: int, peak: float, warmup_steps: int, min_lr: flo
     return min_lr + 0.5 * (peak - min_lr) * (1 + math.cos(math.pi * progress))
 
 
+ADAM_BETAS = (0.9, 0.95)
+"""dtune's AdamW betas (nanoGPT's; PyTorch's own are (0.9, 0.999))."""
+ADAM_EPS = 1e-8
+"""dtune's AdamW epsilon."""
+
+
 def make_optimizer(model: torch.nn.Module, lr: float, weight_decay: float, fused: bool | None = None,
-                   betas: tuple[float, float] = (0.9, 0.95), eps: float = 1e-8) -> torch.optim.AdamW:
+                   betas: tuple[float, float] = ADAM_BETAS, eps: float = ADAM_EPS) -> torch.optim.AdamW:
     """AdamW over the trainable parameters: weight decay on weight matrices only (not on
     embeddings, not on the parameters of a pool, `Tuner.pooled_parameters`: L2P/L2M keys,
     prompts and modulators, whose entries not selected in a step would otherwise shrink); an
