@@ -255,12 +255,13 @@ def test_offline_runs_get_seed_statistics_and_rliable_iqm(tmp_path):
     runs = [offline_run(tmp_path / f"cql{s}", "baseline", "cql", s, 0.40 + 0.02 * s) for s in range(3)]
     runs += [offline_run(tmp_path / f"cqlw{s}", "baseline", "cql", s, 0.70, task="walker2d") for s in range(3)]
     runs += [offline_run(tmp_path / f"dt{s}", "lamo", "dt", s, 0.30, best=0.50) for s in range(3)]
+    # hopper: LaMo's own recipe there has linear embeddings
     runs += [offline_run(tmp_path / f"lamo{s}", "lamo", "lamo", s, 0.55, lm="/x/lm-brown", pretrained=True,
-                         mlp_embeddings=True, language_weight=0.1, tuning="lora") for s in range(2)]
+                         mlp_embeddings=False, language_weight=0.1, tuning="lora") for s in range(2)]
     runs += [offline_run(tmp_path / "rand", "lamo", "lamo", 0, 0.2, lm="/x/lm-brown", pretrained=False,
-                         mlp_embeddings=True, language_weight=0.1, tuning="lora")]
+                         mlp_embeddings=False, language_weight=0.1, tuning="lora")]
     runs += [offline_run(tmp_path / "short", "lamo", "lamo", 0, 0.3, lm="/x/lm-brown", pretrained=True, lm_layers=2,
-                         mlp_embeddings=True, language_weight=0.1, tuning="lora")]
+                         mlp_embeddings=False, language_weight=0.1, tuning="lora")]
     # the same task from another dataset is another stratum, not more seeds of hopper-medium
     runs += [offline_run(tmp_path / f"cqlr{s}", "baseline", "cql", s, 0.1, source="medium-replay") for s in range(3)]
     lm = tmp_path / "lmrun"  # a language-model run has a result.json too: skipped with a note
@@ -340,13 +341,17 @@ def test_lamo_claims_are_paired_differences_per_ratio_and_pooled_over_the_low_da
     for task, ratio, (l, d, rnd) in (("hopper", 0.005, (0.50, 0.30, 0.40)), ("walker2d", 0.005, (0.60, 0.55, None)),
                                      ("hopper", 0.01, (0.55, 0.50, 0.45)), ("hopper", 0.1, (0.70, 0.75, None))):
         p = tmp_path / f"{task}{ratio}"
+        recipe = {**lamo, "mlp_embeddings": task != "hopper"}  # LaMo's hopper runs had linear embeddings
         runs += [offline_run(p / f"lamo{s}", "lamo", "lamo", s, l + 0.01 * (2 * s - 1), task=task, ratio=ratio,
-                             **lamo) for s in range(2)]  # two seeds: the dataset's mean is l
+                             **recipe) for s in range(2)]  # two seeds: the dataset's mean is l
         runs.append(offline_run(p / "dt", "lamo", "dt", 0, d, task=task, ratio=ratio))
         if rnd is not None:
             runs.append(offline_run(p / "rand", "lamo", "lamo", 0, rnd, task=task, ratio=ratio,
-                                    **{**lamo, "pretrained": False}))
-    runs.append(offline_run(tmp_path / "lin", "lamo", "lamo", 0, 0.35, ratio=0.01, **{**lamo, "mlp_embeddings": False}))
+                                    **{**recipe, "pretrained": False}))
+    # the embeddings ablation is the other kind on each task: MLP on hopper, linear elsewhere
+    runs.append(offline_run(tmp_path / "mlp", "lamo", "lamo", 0, 0.35, ratio=0.01, **lamo))
+    runs.append(offline_run(tmp_path / "lin", "lamo", "lamo", 0, 0.45, ratio=0.005, task="walker2d",
+                            **{**lamo, "mlp_embeddings": False}))
     runs.append(offline_run(tmp_path / "cql", "baseline", "cql", 0, 0.9, ratio=0.01))  # not part of any claim
     md = report([str(r) for r in runs], str(tmp_path / "out"))
     gaps = {(g["method"], g["against"], g["data_ratio"]): g
@@ -361,8 +366,10 @@ def test_lamo_claims_are_paired_differences_per_ratio_and_pooled_over_the_low_da
     # pre-trained minus random init, only where both ran; an ablation minus LaMo; the paper has neither
     rand = gaps[("lamo [lm-brown]", "lamo, random init [lm-brown]", "0.005 and 0.01")]
     assert rand["difference"] == pytest.approx((10 + 10) / 2) and rand["paper_difference"] is None
-    lin = gaps[("lamo, linear embeddings [lm-brown]", "lamo [lm-brown]", "0.01")]
-    assert lin["difference"] == pytest.approx(-20)
+    mlp = gaps[("lamo, MLP embeddings [lm-brown]", "lamo [lm-brown]", "0.01")]
+    assert mlp["difference"] == pytest.approx(-20) and mlp["datasets"] == ["hopper medium 0.01"]
+    lin = gaps[("lamo, linear embeddings [lm-brown]", "lamo [lm-brown]", "0.005")]
+    assert lin["difference"] == pytest.approx(-15) and lin["datasets"] == ["walker2d medium 0.005"]
     assert not any("cql" in k for key in gaps for k in key)
     assert "| lamo [lm-brown] | dt | 0.005 and 0.01 | 3 | +10.0 | 3 of 3 |" in " ".join(md.split())
 

@@ -47,6 +47,11 @@ _LAMO_LOW_DATA = {  # MuJoCo medium at data ratios 0.005 / 0.01 / 0.1: (LaMo, DT
 PUBLISHED_METHODS = ("bc", "cql", "iql", "td3+bc", "dt")
 """Report labels that are published methods as they stand (LaMo's label carries its LM's name)."""
 
+LAMO_LINEAR_EMBEDDINGS = frozenset({"hopper"})
+"""Tasks on which LaMo's own runs used linear embeddings and a Linear + Tanh action head (its `run_hopper.sh`
+leaves out `--mlp_embedding`; papers.md, section 2): there, that is LaMo's recipe, and MLP embeddings the
+ablation."""
+
 SOURCES = {"corl": "CORL (D4RL v2, last score)", "lamo": "LaMo paper (D4RL, mean of 3 seeds)"}
 """The publications, as the report's column headers name them."""
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from dtune.report import markdown_table
 from dtune.report.continual import reference_scores, run_base_digest
-from dtune.report.published import PUBLISHED_METHODS, SOURCES, ordering_agreement, published_method, published_scores
+from dtune.report.published import (LAMO_LINEAR_EMBEDDINGS, PUBLISHED_METHODS, SOURCES, ordering_agreement,
+                                    published_method, published_scores)
 from dtune.train.optim import ADAM_BETAS, ADAM_EPS
 
 
@@ -362,7 +363,10 @@ OFFLINE_KINDS = ("lamo", "baseline")
 
 def offline_label(r: dict, run_dir: Path) -> str:
     """The row name of an offline-RL run: the algorithm (`bc`, `cql`, ..., `dt`) or, for LaMo,
-    `lamo` with its ablations and the LM it started from (`lamo, random init [lm-brown]`)."""
+    `lamo` with its ablations and the LM it started from (`lamo, random init [lm-brown]`). An ablation is a
+    departure from LaMo's recipe for the run's task: on hopper LaMo used linear embeddings
+    (:data:`LAMO_LINEAR_EMBEDDINGS`), so a hopper run with them is `lamo [LM]` and one with MLP embeddings
+    is `lamo, MLP embeddings [LM]`."""
     if r.get("kind") != "lamo" or r.get("method") != "lamo":
         return r["method"]
     c = dict(r)
@@ -376,8 +380,9 @@ def offline_label(r: dict, run_dir: Path) -> str:
         parts.append(f"first {c['lm_layers']} blocks")
     if c.get("tuning") == "full":
         parts.append("full fine-tuning")
-    if c.get("mlp_embeddings") is False:
-        parts.append("linear embeddings")
+    recipe = r.get("task") not in LAMO_LINEAR_EMBEDDINGS  # LaMo's own embeddings for this task: MLP or linear
+    if c.get("mlp_embeddings") is not None and c["mlp_embeddings"] != recipe:
+        parts.append("MLP embeddings" if c["mlp_embeddings"] else "linear embeddings")
     if c.get("language_weight") == 0:
         parts.append("no language loss")
     lm = Path(c["lm"]).name if c.get("lm") else "?"
