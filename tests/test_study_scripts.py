@@ -206,7 +206,13 @@ def test_lamo_study_trains_every_transformer_arm_with_lamos_optimiser(tmp_path):
                       METHODS="lamo lamo-random dt iql", LM=str(tmp_path / "lm"), LM_STORE=str(store),
                       DATA=str(tmp_path / "data"), DTUNE_STORE=str(tmp_path / "store"))
     arms = [c for c in calls if c[0] == "lamo"]
-    assert len(arms) == 3 + 3 * 3 - 1  # 3 arms, then 3 ablations on 3 tasks, hopper without lamo-linear
+    assert len(arms) == 3 + 3 * 3  # 3 arms, then 3 ablations on 3 tasks
+    # hopper's LaMo has linear embeddings (LaMo's own hopper runs): its embeddings ablation has MLP ones
+    hopper = [c for c in arms if c[c.index("--task") + 1] == "hopper"]
+    assert len(hopper) == 3 and all("--lm" in c for c in hopper)
+    assert sum("--no-mlp-embeddings" not in c for c in hopper) == 1
+    other = [c for c in arms[3:] if c[c.index("--task") + 1] != "hopper"]
+    assert sum("--no-mlp-embeddings" in c for c in other) == 2  # lamo-linear on halfcheetah and walker2d
     for c in arms:
         assert c[c.index("--adam-beta2") + 1] == "0.999" and c[c.index("--adam-epsilon") + 1] == "1e-6", c
     assert "--lm" not in arms[2] and "--no-pretrained" in arms[1]

@@ -10,8 +10,8 @@
 #    reacher2d medium at 10%; DATASETS adds e.g. "hopper:medium:0.1 reacher2d:medium:1".
 #    Hopper's LaMo arms use linear embeddings and a tanh head, as LaMo's own Hopper runs did (its
 #    run_hopper.sh leaves out --mlp_embedding); the other tasks use LaMo's MLP embeddings and head.
-# 3. ABLATIONS=1: at 1% data, LaMo without MLP embeddings (not on hopper: that is its LaMo already), without the
-#    language loss, with full fine-tuning.
+# 3. ABLATIONS=1: at 1% data, LaMo without MLP embeddings (on hopper, whose LaMo has none: with them, `lamo-mlp`),
+#    without the language loss, with full fine-tuning.
 # Budget: STEPS updates per transformer run (default 3K, warm-up WARMUP 300: the engine caps warm-up at a tenth
 # of the updates; LaMo: 100K, warm-up 2.5K), every transformer arm with LaMo's AdamW (betas (0.9, 0.999), eps 1e-6;
 # dtune lamo's defaults are (0.9, 0.95) and 1e-8, which results/offline_rl's DT keeps), BASE_STEPS
@@ -71,6 +71,7 @@ run() {  # task:source:ratio method seed
     lamo)             OMP_NUM_THREADS=1 "${lamo[@]}" ;;
     lamo-random)      OMP_NUM_THREADS=1 "${lamo[@]}" --no-pretrained ;;
     lamo-linear)      OMP_NUM_THREADS=1 "${lamo[@]}" --no-mlp-embeddings ;;
+    lamo-mlp)         OMP_NUM_THREADS=1 "${dt[@]}" --lm "$LM" --text-block 256 ;;  # MLP embeddings and head, also on hopper
     lamo-no-language) OMP_NUM_THREADS=1 "${lamo[@]}" --language-weight 0 ;;
     lamo-full)        OMP_NUM_THREADS=1 "${lamo[@]}" --tuning full ;;
     dt)               OMP_NUM_THREADS=1 "${dt[@]}" ;;
@@ -87,7 +88,7 @@ restore_mujoco_data "$DATA"
   for s in $SEEDS; do for d in $DATASETS; do for m in $METHODS; do echo "$d $m $s"; done; done; done
   if [ "$ABLATIONS" = 1 ]; then
     for s in $SEEDS; do for t in hopper halfcheetah walker2d; do for m in lamo-linear lamo-no-language lamo-full; do
-      [ "$t/$m" = hopper/lamo-linear ] || echo "$t:medium:0.01 $m $s"; done; done; done
+      [ "$t/$m" = hopper/lamo-linear ] && m=lamo-mlp; echo "$t:medium:0.01 $m $s"; done; done; done
   fi
 } | xargs -P "${LANES:-2}" -n 3 bash -c 'run "$0" "$1" "$2"'
 dtune report "$OUT"/runs/*/*/*/ --out "$OUT"

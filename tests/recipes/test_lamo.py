@@ -49,8 +49,9 @@ def cfg(setup, out, **kw) -> LamoConfig:
                          "device": "cpu", "precision": "fp32", "progress": False, **kw})
 
 
-def test_lamo_trains_lora_and_embeddings_and_reports_protocol_and_perplexity(setup, tmp_path):
+def test_lamo_trains_lora_and_embeddings_and_reports_protocol_and_perplexity(setup, tmp_path, capsys):
     r = lamo(cfg(setup, tmp_path / "run"))
+    assert "LaMo's own hopper runs used linear embeddings" in capsys.readouterr().out  # MLP on hopper: an ablation
     assert r["method"] == "lamo" and r["tuning"] == "lora"
     assert [t["target"] for t in r["protocol"]["tasks"]["hopper"]["by_target"]] == [3600.0, 2600.0, 2200.0, 1800.0]
     assert r["target_standard"] == 3600.0 and r["score_best"] >= r["score_standard"]

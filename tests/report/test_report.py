@@ -374,6 +374,27 @@ def test_lamo_claims_are_paired_differences_per_ratio_and_pooled_over_the_low_da
     assert "| lamo [lm-brown] | dt | 0.005 and 0.01 | 3 | +10.0 | 3 of 3 |" in " ".join(md.split())
 
 
+def test_lamo_labels_read_the_config_where_the_result_lacks_a_field_and_follow_the_tasks_recipe(tmp_path):
+    """An ablation is a departure from LaMo's recipe for the task: MLP embeddings elsewhere, linear on hopper.
+    A result without `mlp_embeddings` takes it from the run's config.json."""
+    from dtune.report.summary import offline_label
+
+    lamo = dict(lm="/x/lm-brown", pretrained=True, language_weight=0.1, tuning="lora")
+    labels = {}
+    for task in ("hopper", "walker2d"):
+        for mlp in (True, False):
+            for pre in (True, False):
+                run = offline_run(tmp_path / f"{task}{mlp}{pre}", "lamo", "lamo", 0, 0.5, task=task,
+                                  **{**lamo, "pretrained": pre})
+                (run / "config.json").write_text(json.dumps({"lamo": {"task": task, "mlp_embeddings": mlp}}))
+                labels[task, mlp, pre] = offline_label(json.loads((run / "result.json").read_text()), run)
+    assert labels["hopper", False, True] == labels["walker2d", True, True] == "lamo [lm-brown]"
+    assert labels["hopper", True, True] == "lamo, MLP embeddings [lm-brown]"
+    assert labels["walker2d", False, True] == "lamo, linear embeddings [lm-brown]"
+    assert labels["hopper", False, False] == "lamo, random init [lm-brown]"
+    assert labels["hopper", True, False] == "lamo, random init, MLP embeddings [lm-brown]"
+
+
 def test_iqm_drops_a_quarter_at_each_end():
     from dtune.report.metrics import iqm
 

@@ -3,7 +3,7 @@ where a pre-trained one goes (`dtune evaluate --checkpoint`, `dtune adapt --chec
 method, L2M included), e.g. a LaMo model trained with LoRA, or a model fine-tuned on a task that
 later adaptations should start from.
 
-    dtune export --adapter runs/lamo-hopper --out runs/lamo-hopper-model
+    dtune export --adapter runs/lamo-walker2d --out runs/lamo-walker2d-model
 
 Methods that change the weights (full fine-tuning and its variants, LoRA, (IA)3; and every
 `modules_to_save`) fold in exactly (the exported model computes what the adapted one did; tested);

@@ -2,7 +2,7 @@
 trained on one offline-RL task with LoRA, MLP embeddings and an auxiliary language loss; or, with
 no `--lm`, the classic Decision Transformer on the same data, as its baseline.
 
-    dtune lamo --lm path/to/gpt2-or.gguf --task hopper --source medium --out runs/lamo-hopper
+    dtune lamo --lm path/to/gpt2-or.gguf --task walker2d --source medium --out runs/lamo-walker2d
     dtune lamo --task hopper --source medium --out runs/dt-hopper          # the classic DT
 
 The run folder holds `base/` (the initialised model as a pre-training checkpoint: the LM's blocks
@@ -10,7 +10,9 @@ and, for the language loss, its token embedding), the trained part as an adapter
 (`adapter.safetensors` + `adapter.json`: LoRA and the embeddings and heads, or every weight with
 `--tuning full`), `config.json`, `metrics.csv`, and `result.json`. The ablations of the paper are
 switches: `--no-pretrained` (the LM's architecture, randomly initialised), `--no-mlp-embeddings`
-(linear embeddings, tanh head), `--tuning full` (no LoRA), `--language-weight 0`.
+(linear embeddings, tanh head), `--tuning full` (no LoRA), `--language-weight 0`. On hopper LaMo's own
+runs used linear embeddings and a tanh head: there `--no-mlp-embeddings` is LaMo's recipe and MLP
+embeddings the ablation (`dtune.report.published.LAMO_LINEAR_EMBEDDINGS`).
 
 Each update draws a batch of K-step windows (states z-scored with the training subset's
 statistics, returns-to-go divided by the suite's reward scale) and, with the language loss, a
@@ -38,6 +40,7 @@ from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_protocol
 from dtune.models import GPTConfig, ModelConfig, build_model
 from dtune.models.io import load_model, save_weights, weights_digest
+from dtune.report.published import LAMO_LINEAR_EMBEDDINGS
 from dtune.recipes.common import abspath, check_resume, claim_out, dataset_statistics, fit, saved_config, start_fresh
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import single_process
@@ -87,7 +90,8 @@ class LamoConfig:
     lora_dropout: float = 0.1
     """Dropout on LoRA's input."""
     mlp_embeddings: bool = True
-    """MLP embeddings and an MLP head without tanh (LaMo); off: linear embeddings and a tanh head."""
+    """MLP embeddings and an MLP head without tanh (LaMo); off: linear embeddings and a tanh head (LaMo's
+    own Hopper runs: pass `--no-mlp-embeddings` on hopper to run LaMo as its paper did)."""
     dropout: float | None = None
     """Dropout in the backbone (unset: the LM's own: GPT-2 0.1, as LaMo; SmolLM2 0, as it was
     trained; the classic DT 0.1)."""
@@ -213,6 +217,9 @@ def lamo(cfg: LamoConfig) -> dict:
     cfg.state_clip = state_clip_value(cfg.state_clip, "--state-clip")
     if cfg.lm is None:  # the classic DT: no LM to load, linear embeddings, every weight trains, nothing to speak
         cfg.tuning, cfg.language_weight, cfg.pretrained, cfg.mlp_embeddings, cfg.lm_layers = "full", 0.0, False, False, None
+    elif cfg.mlp_embeddings and cfg.task in LAMO_LINEAR_EMBEDDINGS:
+        print(f"note: LaMo's own {cfg.task} runs used linear embeddings and a tanh head (--no-mlp-embeddings); this run "
+              "has MLP embeddings, which `dtune report` labels an ablation (`lamo, MLP embeddings`)")
     root = data_root(cfg.data_dir)
     cfg.data_dir = str(root)
     if cfg.resume:

@@ -3,7 +3,7 @@ initialisation at a scale a CPU can afford, so "started from an LM vs from rando
 compared with the same architecture (a 124M GPT-2 costs seconds per update on 2 cores).
 
     dtune lm pretrain --out runs/lm-brown                     # Brown corpus, BPE of 8,192 tokens
-    dtune lamo --lm runs/lm-brown --task hopper --source medium --data-ratio 0.01 --out runs/lamo-hopper
+    dtune lamo --lm runs/lm-brown --task walker2d --source medium --data-ratio 0.01 --out runs/lamo-walker2d
 
 The model has GPT-2's architecture (LayerNorm, GELU MLP, learned positions, head tied to the
 token embedding) in dtune's backbone. The run folder holds `model/`, a Hugging Face GPT-2

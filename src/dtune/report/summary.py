@@ -380,7 +380,7 @@ def offline_label(r: dict, run_dir: Path) -> str:
         parts.append(f"first {c['lm_layers']} blocks")
     if c.get("tuning") == "full":
         parts.append("full fine-tuning")
-    recipe = r.get("task") not in LAMO_LINEAR_EMBEDDINGS  # LaMo's own embeddings for this task: MLP or linear
+    recipe = c.get("task") not in LAMO_LINEAR_EMBEDDINGS  # LaMo's own embeddings for this task: MLP or linear
     if c.get("mlp_embeddings") is not None and c["mlp_embeddings"] != recipe:
         parts.append("MLP embeddings" if c["mlp_embeddings"] else "linear embeddings")
     if c.get("language_weight") == 0:
