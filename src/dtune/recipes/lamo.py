@@ -40,8 +40,8 @@ from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_protocol
 from dtune.models import GPTConfig, ModelConfig, build_model
 from dtune.models.io import load_model, save_weights, weights_digest
-from dtune.report.published import LAMO_LINEAR_EMBEDDINGS
 from dtune.recipes.common import abspath, check_resume, claim_out, dataset_statistics, fit, saved_config, start_fresh
+from dtune.report.published import LAMO_LINEAR_EMBEDDINGS
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import single_process
 from dtune.runtime.io import atomic_write_json

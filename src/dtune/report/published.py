@@ -109,4 +109,5 @@ def ordering_agreement(ours: dict[str, float], theirs: dict[str, float],
     return {"methods": common, "agree": agree, "disagree": disagree, "ties": ties}
 
 
-__all__ = ["LAMO_LINEAR_EMBEDDINGS", "PUBLISHED", "PUBLISHED_METHODS", "SOURCES", "ordering_agreement", "published_method", "published_scores"]
+__all__ = ["LAMO_LINEAR_EMBEDDINGS", "PUBLISHED", "PUBLISHED_METHODS", "SOURCES", "ordering_agreement", "published_method",
+           "published_scores"]
