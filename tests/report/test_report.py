@@ -371,7 +371,29 @@ def test_lamo_claims_are_paired_differences_per_ratio_and_pooled_over_the_low_da
     lin = gaps[("lamo, linear embeddings [lm-brown]", "lamo [lm-brown]", "0.005")]
     assert lin["difference"] == pytest.approx(-15) and lin["datasets"] == ["walker2d medium 0.005"]
     assert not any("cql" in k for key in gaps for k in key)
-    assert "| lamo [lm-brown] | dt | 0.005 and 0.01 | 3 | +10.0 | 3 of 3 |" in " ".join(md.split())
+    assert "| lamo [lm-brown] | dt | 0.005 and 0.01 | 3 | +10.0 | (one seed a dataset) | 3 of 3 |" in " ".join(md.split())
+    assert pooled["ci"] is None and pooled["paired_seeds"] == 3  # dt has seed 0 only: one pair a dataset
+
+
+def test_lamo_claims_interval_bootstraps_the_differences_paired_by_seed(tmp_path):
+    """Seed s of LaMo is paired with seed s of DT (the same data subset); seeds are resampled within each
+    dataset. Walker2d: pairs +20 and +10; hopper: 0 and 0 (its seed 2 has no partner: left out of the pairs, not of the
+    means), so the pooled mean of a replicate is 10, 7.5 or 5 with probabilities 1/4, 1/2, 1/4: [5, 10]."""
+    lamo = dict(lm="/x/lm-brown", pretrained=True, mlp_embeddings=True, language_weight=0.1, tuning="lora")
+    runs = []
+    for task, ls, ds in (("walker2d", (0.5, 0.6), (0.3, 0.5)), ("hopper", (0.4, 0.4, 0.9), (0.4, 0.4))):
+        recipe = {**lamo, "mlp_embeddings": task != "hopper"}
+        runs += [offline_run(tmp_path / task / f"lamo{s}", "lamo", "lamo", s, v, task=task, ratio=0.01, **recipe)
+                 for s, v in enumerate(ls)]
+        runs += [offline_run(tmp_path / task / f"dt{s}", "lamo", "dt", s, v, task=task, ratio=0.01)
+                 for s, v in enumerate(ds)]
+    md = report([str(r) for r in runs], str(tmp_path / "out"))
+    gaps = {(g["method"], g["against"], g["data_ratio"]): g
+            for g in json.loads((tmp_path / "out" / "report.json").read_text())["lamo_gaps"]}
+    g = gaps[("lamo [lm-brown]", "dt", "0.01")]
+    assert g["paired_seeds"] == 4 and g["ci"] == pytest.approx([5.0, 10.0]) and g["paired_difference"] == 7.5
+    assert g["difference"] == pytest.approx((15 + (0.5667 - 0.4) * 100) / 2, abs=0.01)  # means over all seeds
+    assert "| +15.8 | +7.5 [+5.0, +10.0] (4 pairs) | 2 of 2 |" in " ".join(md.split())
 
 
 def test_lamo_labels_read_the_config_where_the_result_lacks_a_field_and_follow_the_tasks_recipe(tmp_path):

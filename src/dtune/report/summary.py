@@ -419,7 +419,8 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict], list
         rs = groups[key]
         row = {"task": key[0], "source": key[1], "data_ratio": key[2], "method": key[3],
                "seeds": sorted(r.get("seed") for r in rs), "standard": _stats([std(r) for r in rs]),
-               "best": _stats([best(r) for r in rs]), "train_s": _stats([r.get("train_s") for r in rs])}
+               "best": _stats([best(r) for r in rs]), "train_s": _stats([r.get("train_s") for r in rs]),
+               "per_seed": {r.get("seed"): std(r) for r in rs if std(r) is not None}}
         rows.append(row)
         method = published_method(key[3])
         row["published"] = published_scores(key[0], key[1], key[2], method) if method else {}
@@ -462,7 +463,10 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict], list
     gaps_md, gaps = lamo_gaps(rows)
     if gaps_md:
         parts += ["LaMo's claims, as differences of normalised scores (x100, at the standard target): per dataset the "
-                  "difference of the two methods' means over seeds, then the mean over the datasets both were run on. "
+                  "difference of the two methods' means over seeds, then the mean over the datasets both were run on; "
+                  "beside it, the mean of the differences paired by seed (seed s of both methods: the same data subset "
+                  "and evaluation episodes; seeds without a partner left out) with a 95% interval, a stratified "
+                  "bootstrap that resamples the pairs within each dataset. "
                   "The LaMo paper's difference is over the same datasets, where it published both methods on all of "
                   "them.", gaps_md]
     return "\n\n".join(parts), rows + [{"aggregate": True, **r} for r in summary_rows], orderings, gaps
@@ -476,8 +480,11 @@ def lamo_gaps(rows: list[dict]) -> tuple[str, list[dict]]:
     """LaMo's claims as paired differences per data ratio (and pooled over :data:`LOW_DATA`): `lamo [LM]`
     against the classic `dt` and against `lamo, random init [LM]`, and each other ablation of that LM against
     `lamo [LM]`. `rows` are :func:`offline_summary`'s per-dataset rows. Returns the text and the rows."""
+    from dtune.report.metrics import stratified_bootstrap
+
     means = {(r["task"], r["source"], r["data_ratio"], r["method"]): r["standard"][0] for r in rows
              if r["standard"][0] is not None}
+    per_seed = {(r["task"], r["source"], r["data_ratio"], r["method"]): r.get("per_seed", {}) for r in rows}
     labels = sorted({k[3] for k in means})
     pairs = []
     for a in labels:
@@ -498,6 +505,10 @@ def lamo_gaps(rows: list[dict]) -> tuple[str, list[dict]]:
             if not keys:
                 continue
             diffs = [100 * (means[(*k, a)] - means[(*k, b)]) for k in keys]
+            paired = {k: [100 * (per_seed[(*k, a)][s] - per_seed[(*k, b)][s])
+                          for s in sorted(set(per_seed[(*k, a)]) & set(per_seed[(*k, b)]), key=str)] for k in keys}
+            ci = (stratified_bootstrap({" ".join(map(str, k)): v for k, v in paired.items()}, "mean")
+                  if any(len(v) > 1 for v in paired.values()) else None)
             pa, pb = published_method(a), published_method(b)
             paper = [published_scores(*k, pa).get("lamo") if pa else None for k in keys], \
                 [published_scores(*k, pb).get("lamo") if pb else None for k in keys]
@@ -505,14 +516,19 @@ def lamo_gaps(rows: list[dict]) -> tuple[str, list[dict]]:
                       if all(v is not None for v in paper[0] + paper[1]) else None)
             row = {"method": a, "against": b, "data_ratio": name, "datasets": [" ".join(map(str, k)) for k in keys],
                    "difference": float(np.mean(diffs)), "per_dataset": diffs,
+                   "paired_seeds": sum(len(v) for v in paired.values()),
+                   "paired_difference": None if ci is None else ci[0], "ci": None if ci is None else list(ci[1:]),
                    "better_on": sum(d > 0 for d in diffs), "paper_difference": theirs}
             out.append(row)
-            table.append([a, b, name, len(keys), f"{row['difference']:+.1f}", f"{row['better_on']} of {len(keys)}",
+            table.append([a, b, name, len(keys), f"{row['difference']:+.1f}",
+                          "(one seed a dataset)" if ci is None else
+                          f"{ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}] ({row['paired_seeds']} pairs)",
+                          f"{row['better_on']} of {len(keys)}",
                           ", ".join(f"{k[0]} {k[2]:g}: {d:+.1f}" for k, d in zip(keys, diffs)),
                           "" if theirs is None else f"{theirs:+.1f}"])
     if not table:
         return "", []
-    return markdown_table(["method", "against", "data ratio", "datasets", "mean difference", "better on",
+    return markdown_table(["method", "against", "data ratio", "datasets", "mean difference", "paired by seed [95% CI]", "better on",
                            "per dataset", "LaMo paper's difference"], table), out
 
 
