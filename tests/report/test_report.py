@@ -371,8 +371,9 @@ def test_lamo_claims_are_paired_differences_per_ratio_and_pooled_over_the_low_da
     lin = gaps[("lamo, linear embeddings [lm-brown]", "lamo [lm-brown]", "0.005")]
     assert lin["difference"] == pytest.approx(-15) and lin["datasets"] == ["walker2d medium 0.005"]
     assert not any("cql" in k for key in gaps for k in key)
-    assert "| lamo [lm-brown] | dt | 0.005 and 0.01 | 3 | +10.0 | (one seed a dataset) | 3 of 3 |" in " ".join(md.split())
+    assert "| lamo [lm-brown] | dt | 0.005 and 0.01 | 3 | +10.0 | +9.0 (3 pairs, one a dataset: no interval) | 3 of 3 |" in " ".join(md.split())
     assert pooled["ci"] is None and pooled["paired_seeds"] == 3  # dt has seed 0 only: one pair a dataset
+    assert pooled["paired_difference"] == pytest.approx((19 + 4 + 4) / 3)  # seed 0 of LaMo (l - 0.01) minus DT
 
 
 def test_lamo_claims_interval_bootstraps_the_differences_paired_by_seed(tmp_path):

@@ -509,6 +509,8 @@ def lamo_gaps(rows: list[dict]) -> tuple[str, list[dict]]:
                           for s in sorted(set(per_seed[(*k, a)]) & set(per_seed[(*k, b)]), key=str)] for k in keys}
             ci = (stratified_bootstrap({" ".join(map(str, k)): v for k, v in paired.items()}, "mean")
                   if any(len(v) > 1 for v in paired.values()) else None)
+            n_pairs = sum(len(v) for v in paired.values())
+            single = float(np.mean([x for v in paired.values() for x in v])) if n_pairs and ci is None else None
             pa, pb = published_method(a), published_method(b)
             paper = [published_scores(*k, pa).get("lamo") if pa else None for k in keys], \
                 [published_scores(*k, pb).get("lamo") if pb else None for k in keys]
@@ -516,13 +518,14 @@ def lamo_gaps(rows: list[dict]) -> tuple[str, list[dict]]:
                       if all(v is not None for v in paper[0] + paper[1]) else None)
             row = {"method": a, "against": b, "data_ratio": name, "datasets": [" ".join(map(str, k)) for k in keys],
                    "difference": float(np.mean(diffs)), "per_dataset": diffs,
-                   "paired_seeds": sum(len(v) for v in paired.values()),
-                   "paired_difference": None if ci is None else ci[0], "ci": None if ci is None else list(ci[1:]),
+                   "paired_seeds": n_pairs, "paired_difference": single if ci is None else ci[0],
+                   "ci": None if ci is None else list(ci[1:]),
                    "better_on": sum(d > 0 for d in diffs), "paper_difference": theirs}
             out.append(row)
             table.append([a, b, name, len(keys), f"{row['difference']:+.1f}",
-                          "(one seed a dataset)" if ci is None else
-                          f"{ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}] ({row['paired_seeds']} pairs)",
+                          ("(no seed in common)" if single is None else
+                           f"{single:+.1f} ({n_pairs} pair{'s' * (n_pairs != 1)}, one a dataset: no interval)") if ci is None else
+                          f"{ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}] ({n_pairs} pairs)",
                           f"{row['better_on']} of {len(keys)}",
                           ", ".join(f"{k[0]} {k[2]:g}: {d:+.1f}" for k, d in zip(keys, diffs)),
                           "" if theirs is None else f"{theirs:+.1f}"])
