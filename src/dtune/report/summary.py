@@ -522,10 +522,13 @@ def lamo_gaps(rows: list[dict]) -> tuple[str, list[dict]]:
                    "ci": None if ci is None else list(ci[1:]),
                    "better_on": sum(d > 0 for d in diffs), "paper_difference": theirs}
             out.append(row)
-            table.append([a, b, name, len(keys), f"{row['difference']:+.1f}",
-                          ("(no seed in common)" if single is None else
-                           f"{single:+.1f} ({n_pairs} pair{'s' * (n_pairs != 1)}, one a dataset: no interval)") if ci is None else
-                          f"{ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}] ({n_pairs} pairs)",
+            if ci is not None:
+                paired_md = f"{ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}] ({n_pairs} pairs)"
+            elif single is not None:
+                paired_md = f"{single:+.1f} ({n_pairs} pair{'s' * (n_pairs != 1)}, one a dataset: no interval)"
+            else:
+                paired_md = "(no seed in common)"
+            table.append([a, b, name, len(keys), f"{row['difference']:+.1f}", paired_md,
                           f"{row['better_on']} of {len(keys)}",
                           ", ".join(f"{k[0]} {k[2]:g}: {d:+.1f}" for k, d in zip(keys, diffs)),
                           "" if theirs is None else f"{theirs:+.1f}"])
