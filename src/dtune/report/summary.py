@@ -477,7 +477,8 @@ LOW_DATA = (0.005, 0.01)
 
 
 def lamo_gaps(rows: list[dict]) -> tuple[str, list[dict]]:
-    """LaMo's claims as paired differences per data ratio (and pooled over :data:`LOW_DATA`): `lamo [LM]`
+    """LaMo's claims as paired differences per data ratio (and pooled over :data:`LOW_DATA` where a pair
+    of methods was run at more than one of them): `lamo [LM]`
     against the classic `dt` and against `lamo, random init [LM]`, and each other ablation of that LM against
     `lamo [LM]`. `rows` are :func:`offline_summary`'s per-dataset rows. Returns the text and the rows."""
     from dtune.report.metrics import stratified_bootstrap
@@ -502,8 +503,8 @@ def lamo_gaps(rows: list[dict]) -> tuple[str, list[dict]]:
     for a, b in pairs:
         for group, name in groups:
             keys = sorted({k[:3] for k in means if k[2] in group and (*k[:3], a) in means and (*k[:3], b) in means})
-            if not keys:
-                continue
+            if not keys or (len(group) > 1 and len({k[2] for k in keys}) < 2):
+                continue  # nothing to compare, or a pooled row that would repeat one ratio's row
             diffs = [100 * (means[(*k, a)] - means[(*k, b)]) for k in keys]
             paired = {k: [100 * (per_seed[(*k, a)][s] - per_seed[(*k, b)][s])
                           for s in sorted(set(per_seed[(*k, a)]) & set(per_seed[(*k, b)]), key=str)] for k in keys}
