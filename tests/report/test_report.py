@@ -370,6 +370,7 @@ def test_lamo_claims_are_paired_differences_per_ratio_and_pooled_over_the_low_da
     assert mlp["difference"] == pytest.approx(-20) and mlp["datasets"] == ["hopper medium 0.01"]
     # run at 1% only: no pooled row repeating the 1% one
     assert ("lamo, MLP embeddings [lm-brown]", "lamo [lm-brown]", "0.005 and 0.01") not in gaps
+    assert ("lamo, linear embeddings [lm-brown]", "lamo [lm-brown]", "0.005 and 0.01") not in gaps
     lin = gaps[("lamo, linear embeddings [lm-brown]", "lamo [lm-brown]", "0.005")]
     assert lin["difference"] == pytest.approx(-15) and lin["datasets"] == ["walker2d medium 0.005"]
     assert not any("cql" in k for key in gaps for k in key)

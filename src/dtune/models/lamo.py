@@ -1,7 +1,8 @@
 """LaMo's Decision Transformer: a classic DT whose backbone starts from a pre-trained causal LM.
 
 :func:`lamo_config` and :func:`lamo_model` build it from a language model that
-:func:`dtune.models.lm.load_lm` reads (GPT-2 or Llama-family directory, GGUF file):
+:func:`dtune.models.lm.load_lm` reads (GPT-2 or Llama-family directory, GGUF file, `dtune lm
+pretrain` run, installed LM's name such as `smollm2`):
 
 * the LM's blocks become the DT's `transformer` (same module names, so LoRA on `q`, `k`, `v`
   targets them); a learned position table (GPT-2's `wpe`) is dropped, as in LaMo's reference
@@ -54,10 +55,10 @@ def lamo_model(lm_path: str | os.PathLike, state_dim: int, act_dim: int, pretrai
     ablation). Keyword arguments go to :func:`lamo_config`."""
     import torch
 
-    from dtune.models.lm import load_lm
+    from dtune.models.lm import lm_path as resolve, load_lm
 
     lm = load_lm(lm_path)
-    cfg = lamo_config(lm.config, state_dim, act_dim, lm_path=str(lm_path), **kw)
+    cfg = lamo_config(lm.config, state_dim, act_dim, lm_path=str(resolve(lm_path)), **kw)  # a name: its file
     model = build_model(cfg)
     if not pretrained:
         return model

