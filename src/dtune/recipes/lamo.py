@@ -17,7 +17,8 @@ embeddings the ablation (`dtune.report.published.LAMO_LINEAR_EMBEDDINGS`).
 Each update draws a batch of K-step windows (states z-scored with the training subset's
 statistics, returns-to-go divided by the suite's reward scale) and, with the language loss, a
 batch of text blocks (the Brown corpus by default, `--text-file` for another) through the same
-adapted backbone; the LM's perplexity on held-out text is measured before and after training.
+adapted backbone; the LM's perplexity on held-out text is measured before and after training (without
+the language loss, through the pre-trained LM's own token embedding and head, kept outside the model).
 The trained model is evaluated at every target of the task's protocol
 (:func:`dtune.eval.rollout.evaluate_protocol`): the standard target's score and the best over
 targets are reported apart. `--resume` continues an interrupted run exactly.
@@ -185,18 +186,39 @@ def attach_tuning(model, cfg: LamoConfig):
     return tuner, method_config
 
 
-def _text(cfg: LamoConfig, seed: int, vocab: int):
-    """Training blocks sampler and held-out tokens of the language loss."""
+def _text(cfg: LamoConfig, seed: int, vocab: int, train: bool = True):
+    """Training blocks sampler (None when not `train`) and held-out tokens of the language loss."""
     from dtune.data.text import BlockSampler, split_heldout, text_documents, tokenize
     from dtune.models.lm import load_tokenizer
 
     tok = load_tokenizer(cfg.lm)
-    train, held = split_heldout(text_documents(cfg.text_file))
-    train_ids, held_ids = tokenize(train, tok), tokenize(held, tok)
+    train_docs, held = split_heldout(text_documents(cfg.text_file))
+    held_ids = tokenize(held, tok)
+    train_ids = tokenize(train_docs, tok) if train else held_ids
     if max(train_ids.max(), held_ids.max()) >= vocab:
         raise ValueError(f"the tokenizer of {cfg.lm} gives token ids up to {max(train_ids.max(), held_ids.max())}, beyond "
                          f"the model's vocabulary of {vocab}: they are not the same model's")
-    return BlockSampler(train_ids, cfg.text_block, cfg.text_batch, seed=seed), held_ids
+    return (BlockSampler(train_ids, cfg.text_block, cfg.text_batch, seed=seed) if train else None), held_ids
+
+
+def _language_probe(cfg: LamoConfig, model, device):
+    """Without the language loss the model keeps no language embedding or head; the pre-trained LM's own
+    (frozen, outside the model, so the run's initialisation and training are those of any run without
+    it) read the model's blocks, so the perplexity before and after training still says what RL training
+    did to the language. Returns (logits function, held-out tokens), or (None, None) with a note when
+    no text is at hand (no `--text-file`, no Brown corpus)."""
+    import torch.nn.functional as F
+
+    from dtune.models.lm import load_lm
+
+    lm = load_lm(cfg.lm)
+    try:
+        _, held = _text(cfg, cfg.seed, lm.config.vocab_size, train=False)
+    except FileNotFoundError as e:
+        print(f"dtune lamo: the LM's perplexity is not measured (no text: {e})")
+        return None, None
+    wte, head = lm.wte.to(device).requires_grad_(False), lm.lm_head.weight.detach().to(device)
+    return (lambda ids: F.linear(model.transformer(wte(ids)), head)), held
 
 
 def lamo(cfg: LamoConfig) -> dict:
@@ -275,11 +297,15 @@ def lamo(cfg: LamoConfig) -> dict:
     tuner, method_config = attach_tuning(model, cfg)
     tuner.begin_task(cfg.task)
 
-    objectives, held, ppl_before = [ActionLoss()], None, None
+    objectives, held, ppl_before, language = [ActionLoss()], None, None, None
     if cfg.lm is not None and cfg.language_weight > 0:
         text, held = _text(cfg, cfg.seed, model.cfg.vocab_size)
         objectives.append(LanguageLoss(text, cfg.language_weight, device))
-        ppl_before = perplexity(model.language_logits, held, cfg.text_block, cfg.heldout_blocks, model)
+        language = model.language_logits
+    elif cfg.lm is not None and cfg.pretrained:  # the ablation without the language loss: the LM's own head reads
+        language, held = _language_probe(cfg, model, device)
+    if language is not None:
+        ppl_before = perplexity(language, held, cfg.text_block, cfg.heldout_blocks, model)
     sampler = WindowSampler(data, cfg.context_len, cfg.batch_size, seed=cfg.seed)
     optim = OptimSettings(lr=cfg.lr, min_lr=cfg.lr, warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay,
                           grad_clip=cfg.grad_clip, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
@@ -310,8 +336,8 @@ def lamo(cfg: LamoConfig) -> dict:
     tuner.end_task()
     tuners.save_adapter(out, model, {"base_checkpoint": str(base_dir), "base_digest": weights_digest(base_dir),
                                      "tasks": [cfg.task], "task_info": info, "steps": cfg.steps})
-    ppl_after = (perplexity(model.language_logits, held, cfg.text_block, cfg.heldout_blocks, model)
-                 if held is not None else None)
+    ppl_after = (perplexity(language, held, cfg.text_block, cfg.heldout_blocks, model)
+                 if language is not None else None)
     model.eval()
     res = evaluate_protocol(DTAgent(model, layout), cfg.task, episodes=cfg.eval_episodes, seed=cfg.eval_seed,
                             task_info=info, progress=cfg.progress)
