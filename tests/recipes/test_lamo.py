@@ -252,3 +252,18 @@ def test_without_the_language_loss_the_lms_own_head_measures_the_perplexity(setu
     bare = lamo(cfg(setup, tmp_path / "bare", language_weight=0.0, text_file=None))
     assert bare["perplexity_before"] is None and bare["perplexity_after"] is None
     assert "perplexity is not measured" in capsys.readouterr().out and np.isfinite(bare["score_standard"])
+
+
+def test_a_fully_fine_tuned_lamo_run_keeps_the_language_embedding_frozen_and_evaluates(setup, tmp_path):
+    """Full fine-tuning trains every weight but the LM's token embedding (LaMo's); its adapter has no
+    `lm_wte` and applies to the base again (`dtune evaluate`), scoring as the run did."""
+    from safetensors.torch import load_file
+
+    from dtune.recipes.evaluate import EvalConfig, evaluate
+
+    r = lamo(cfg(setup, tmp_path / "full", tuning="full"))
+    assert r["perplexity_before"] > 1
+    tensors = load_file(tmp_path / "full" / "adapter.safetensors")
+    assert "lm_wte.weight" not in tensors and "transformer.h.0.attn.q.weight" in tensors
+    res = evaluate(EvalConfig(adapter=str(tmp_path / "full"), episodes=1, targets="protocol", progress=False))
+    assert res["protocol"]["tasks"]["hopper"]["standard"]["score"] == pytest.approx(r["score_standard"])

@@ -180,9 +180,7 @@ def attach_tuning(model, cfg: LamoConfig):
     method_config = (tuners.make_config("lora", r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                         target_modules=["q", "k", "v"], bias="lora_only", modules_to_save=LAMO_SAVED)
                      if cfg.tuning == "lora" else tuners.make_config("full"))
-    tuner = tuners.attach(model, cfg.tuning, method_config)
-    if getattr(model, "lm_wte", None) is not None:
-        model.lm_wte.requires_grad_(False)
+    tuner = tuners.attach(model, cfg.tuning, method_config)  # every method leaves lm_wte (and lm_head) frozen
     return tuner, method_config
 
 

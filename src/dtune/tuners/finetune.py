@@ -13,13 +13,18 @@ import torch.nn as nn
 from dtune.tuners.base import Tuner, TunerConfig, register
 
 
+LANGUAGE = ("lm_wte.", "lm_head.")
+"""A LaMo model's language-model token embedding and head (its language loss reads text through them):
+frozen under every method, as in LaMo, so an adapter never holds them and reloads without them."""
+
+
 def _base_params(model: nn.Module, keep) -> list[str]:
-    return [n for n, _ in model.named_parameters() if not n.startswith("tuner.") and keep(n)]
+    return [n for n, _ in model.named_parameters() if not n.startswith(("tuner.",) + LANGUAGE) and keep(n)]
 
 
 @dataclass
 class FullConfig(TunerConfig):
-    """Full fine-tuning: every weight of the model trains."""
+    """Full fine-tuning: every weight of the model trains (but a LaMo model's language embedding and head)."""
 
 
 @register
