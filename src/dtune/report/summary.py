@@ -389,6 +389,16 @@ def offline_label(r: dict, run_dir: Path) -> str:
     return ", ".join(parts) + f" [{lm}]"
 
 
+def _perplexity(row: dict) -> str:
+    """The LM's held-out perplexity before -> after RL training (mean ± sd over the runs that measured it;
+    LaMo's claim that the language ability is kept), or "" where none did."""
+    (b, bsd), (a, sd) = row["perplexity"]
+    if a is None:
+        return ""
+    return ("" if b is None else f"{b:.1f}" + (f" ± {bsd:.1f}" if bsd else "") + " -> ") + f"{a:.1f}" + \
+        (f" ± {sd:.1f}" if sd else "")
+
+
 def _offline_order(labels: list[str]) -> list[str]:
     first = PUBLISHED_METHODS
     return sorted(labels, key=lambda m: (first.index(m) if m in first else len(first), m))
@@ -420,7 +430,8 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict], list
         row = {"task": key[0], "source": key[1], "data_ratio": key[2], "method": key[3],
                "seeds": sorted(r.get("seed") for r in rs), "standard": _stats([std(r) for r in rs]),
                "best": _stats([best(r) for r in rs]), "train_s": _stats([r.get("train_s") for r in rs]),
-               "per_seed": {r.get("seed"): std(r) for r in rs if std(r) is not None}}
+               "per_seed": {r.get("seed"): std(r) for r in rs if std(r) is not None},
+               "perplexity": [_stats([r.get(f"perplexity_{w}") for r in rs]) for w in ("before", "after")]}
         rows.append(row)
         method = published_method(key[3])
         row["published"] = published_scores(key[0], key[1], key[2], method) if method else {}
@@ -428,9 +439,12 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict], list
         table.append([key[0], key[1], f"{key[2]:g}", key[3], len(rs), _pm(*row["standard"]),
                       _pm(*row["best"]) if conditioned else "(same)",
                       *(f"{row['published'][p]:.1f}" if p in row["published"] else "" for p in SOURCES),
-                      "n/a" if row["train_s"][0] is None else f"{row['train_s'][0]:.0f}"])
-    per_dataset = markdown_table(["task", "source", "data ratio", "method", "seeds", "score at standard target",
-                                  "best over targets", *(f"{v} *" for v in SOURCES.values()), "train s"], table)
+                      "n/a" if row["train_s"][0] is None else f"{row['train_s'][0]:.0f}", _perplexity(row)])
+    heads = ["task", "source", "data ratio", "method", "seeds", "score at standard target", "best over targets",
+             *(f"{v} *" for v in SOURCES.values()), "train s", "LM perplexity, before -> after"]
+    if not any(row["perplexity"][1][0] is not None for row in rows):  # no LaMo run measured one: no column
+        heads, table = heads[:-1], [t[:-1] for t in table]
+    per_dataset = markdown_table(heads, table)
     orderings_md, orderings = _offline_orderings(rows)
     agg: dict[tuple, list[dict]] = {}
     for r in runs:
