@@ -252,6 +252,10 @@ def test_without_the_language_loss_the_lms_own_head_measures_the_perplexity(setu
     bare = lamo(cfg(setup, tmp_path / "bare", language_weight=0.0, text_file=None))
     assert bare["perplexity_before"] is None and bare["perplexity_after"] is None
     assert "perplexity is not measured" in capsys.readouterr().out and np.isfinite(bare["score_standard"])
+    # the probe, outside the model, changes nothing of the training: the same losses with it and without
+    losses = [[json.loads(x)["loss"] for x in (tmp_path / r / "metrics.jsonl").read_text().splitlines()]
+              for r in ("quiet", "bare")]
+    assert losses[0] == losses[1] and bare["score_standard"] == quiet["score_standard"]
 
 
 def test_a_fully_fine_tuned_lamo_run_keeps_the_language_embedding_frozen_and_evaluates(setup, tmp_path):

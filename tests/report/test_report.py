@@ -534,13 +534,14 @@ def test_lamo_runs_that_measured_the_lms_perplexity_show_it_before_and_after(tmp
     """LaMo's claim that the language ability is kept: mean ± sd over the runs that measured it; a column only
     where some run did (other offline reports keep their columns)."""
     lamo = dict(lm="/x/lm-brown", pretrained=True, mlp_embeddings=False, language_weight=0.1, tuning="lora")
-    runs = [offline_run(tmp_path / f"lamo{s}", "lamo", "lamo", s, 0.5, perplexity_before=95.5,
-                        perplexity_after=a, **lamo) for s, a in enumerate((91.0, 93.0))]
+    runs = [offline_run(tmp_path / f"lamo{s}", "lamo", "lamo", s, 0.5, perplexity_before=b,
+                        perplexity_after=a, **lamo) for s, (b, a) in enumerate(((95.5, 91.0), (95.5 + 1e-13, 93.0)))]
+    runs += [offline_run(tmp_path / "lamo2", "lamo", "lamo", 2, 0.5, **lamo)]  # made before it was measured
     runs += [offline_run(tmp_path / "dt", "lamo", "dt", 0, 0.4, perplexity_before=None, perplexity_after=None)]
     md = report([str(r) for r in runs], str(tmp_path / "out"))
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in md.splitlines() if line.startswith("| hopper")]
     assert rows[0][3] == "dt" and rows[0][-1] == ""
-    assert rows[1][3] == "lamo [lm-brown]" and rows[1][-1] == "95.5 -> 92.0 ± 1.4"
+    assert rows[1][3] == "lamo [lm-brown]" and rows[1][-1] == "95.5 -> 92.0 ± 1.4 (2 of 3 runs)"  # no "± 0.0"
     assert "LM perplexity, before -> after" in md
     bare = report([str(runs[-1])], str(tmp_path / "bare"))
     assert "perplexity" not in bare

@@ -1103,3 +1103,34 @@ def test_l2m_gaussians_stay_finite_for_a_task_far_outside_the_pretraining_scale(
     assert (tuner.infer_task(pre[2000:]) == -1).float().mean() > 0.97  # pre-training windows: unmodulated
     tuner.density_logdet[0] = float("nan")  # an adapter fitted before the fix
     assert (tuner.infer_task(pre[2000:]) == -1).all()
+
+
+@pytest.mark.parametrize("method", ["full", "l2", "ewc"])
+def test_no_method_trains_a_lamo_models_language_embedding_or_untied_head(method, tmp_path):
+    """LaMo keeps the LM's token embedding and head frozen: full fine-tuning and its penalised variants
+    leave them out of what trains and of the adapter; an older adapter that saved them unchanged still
+    applies, one that changed them is refused."""
+    from dtune.models import GPTConfig, ModelConfig
+
+    cfg = ModelConfig(kind="dt", state_dim=5, act_dim=3, context_len=4, max_timestep=50, vocab_size=11,
+                      tie_lm_head=False, gpt=GPTConfig(n_layer=1, n_head=1, n_embd=16))
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    assert model.lm_head is not None
+    base = copy.deepcopy(model.state_dict())
+    tuners.attach(model, method)
+    names = set(tuners.trainable_names(model))
+    assert names and not any(n.startswith(("lm_wte.", "lm_head.")) for n in names)
+    assert not any(k.startswith(("lm_wte.", "lm_head.")) for k in tuners.adapter_state(model))
+    tuners.save_adapter(tmp_path / "ad", model, {})
+    file = tmp_path / "ad" / tuners.ADAPTER_WEIGHTS
+    tensors = load_file(str(file))
+    save_file({**tensors, "lm_wte.weight": base["lm_wte.weight"]}, str(file))  # as full fine-tuning saved it before
+    loaded = build_model(cfg)
+    loaded.load_state_dict(base)
+    tuners.apply_adapter(loaded, tmp_path / "ad")
+    save_file({**tensors, "lm_wte.weight": base["lm_wte.weight"] + 1}, str(file))
+    again = build_model(cfg)
+    again.load_state_dict(base)
+    with pytest.raises(tuners.AdapterError, match="differs from the base's"):
+        tuners.apply_adapter(again, tmp_path / "ad")

@@ -16,8 +16,8 @@ pretrain` run, installed LM's name such as `smollm2`):
   as `lm_wte` / `lm_head` for the auxiliary language loss
   (:meth:`dtune.models.dt.DecisionTransformer.language_logits`).
 
-Which parameters train (LoRA on q/k/v plus the embeddings and heads, or everything) is the
-adaptation method's business (`dtune.tuners`), not this module's.
+Which parameters train (LoRA on q/k/v plus the embeddings and heads, or everything but the LM's token
+embedding and head) is the adaptation method's business (`dtune.tuners`), not this module's.
 """
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ no `--lm`, the classic Decision Transformer on the same data, as its baseline.
 
 The run folder holds `base/` (the initialised model as a pre-training checkpoint: the LM's blocks
 and, for the language loss, its token embedding), the trained part as an adapter
-(`adapter.safetensors` + `adapter.json`: LoRA and the embeddings and heads, or every weight with
-`--tuning full`), `config.json`, `metrics.csv`, and `result.json`. The ablations of the paper are
+(`adapter.safetensors` + `adapter.json`: LoRA and the embeddings and heads, or every weight but the LM's
+token embedding and head with `--tuning full`), `config.json`, `metrics.csv`, and `result.json`. The ablations of the paper are
 switches: `--no-pretrained` (the LM's architecture, randomly initialised), `--no-mlp-embeddings`
 (linear embeddings, tanh head), `--tuning full` (no LoRA), `--language-weight 0`. On hopper LaMo's own
 runs used linear embeddings and a tanh head: there `--no-mlp-embeddings` is LaMo's recipe and MLP
@@ -18,7 +18,8 @@ Each update draws a batch of K-step windows (states z-scored with the training s
 statistics, returns-to-go divided by the suite's reward scale) and, with the language loss, a
 batch of text blocks (the Brown corpus by default, `--text-file` for another) through the same
 adapted backbone; the LM's perplexity on held-out text is measured before and after training (without
-the language loss, through the pre-trained LM's own token embedding and head, kept outside the model).
+the language loss, through the pre-trained LM's own token embedding and head, kept outside the model, where
+the text and tokenizer are at hand; not for a randomly initialised LM without the language loss).
 The trained model is evaluated at every target of the task's protocol
 (:func:`dtune.eval.rollout.evaluate_protocol`): the standard target's score and the best over
 targets are reported apart. `--resume` continues an interrupted run exactly.
@@ -85,7 +86,7 @@ class LamoConfig:
     """Keep only the LM's first N blocks (unset: all); a CPU budget for a deep LM (SmolLM2 has 30)."""
     tuning: Literal["lora", "full"] = "lora"
     """`lora`: the blocks frozen, LoRA on q, k, v plus the embeddings, LayerNorm and head trained
-    (LaMo); `full`: every weight but the LM's token embedding trains."""
+    (LaMo); `full`: every weight but the LM's token embedding and head trains."""
     r: int = 16
     """LoRA rank."""
     lora_alpha: float = 32.0
@@ -175,7 +176,7 @@ def _base_model(cfg: LamoConfig, state_dim: int, act_dim: int, horizon: int):
 
 def attach_tuning(model, cfg: LamoConfig):
     """What trains: LoRA on q, k, v (with their biases) plus LaMo's embeddings, LayerNorm and head, or
-    every weight (`--tuning full`); the LM's token embedding (and tied head) stay frozen, as LaMo's.
+    every weight (`--tuning full`); the LM's token embedding and head stay frozen, as LaMo's.
     Returns the tuner and its config."""
     method_config = (tuners.make_config("lora", r=cfg.r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                                         target_modules=["q", "k", "v"], bias="lora_only", modules_to_save=LAMO_SAVED)
@@ -203,8 +204,10 @@ def _language_probe(cfg: LamoConfig, model, device):
     """Without the language loss the model keeps no language embedding or head; the pre-trained LM's own
     (frozen, outside the model, so the run's initialisation and training are those of any run without
     it) read the model's blocks, so the perplexity before and after training still says what RL training
-    did to the language. Returns (logits function, held-out tokens), or (None, None) with a note when
-    no text is at hand (no `--text-file`, no Brown corpus)."""
+    did to the language. Best effort, since the run itself needs neither text nor tokenizer: returns
+    (logits function, held-out tokens), or (None, None) with a note when no text or tokenizer is at hand
+    (no `--text-file` or Brown corpus, no `transformers`, a checkpoint without tokenizer files, too
+    little text for one held-out block)."""
     import torch.nn.functional as F
 
     from dtune.models.lm import load_lm
@@ -212,8 +215,10 @@ def _language_probe(cfg: LamoConfig, model, device):
     lm = load_lm(cfg.lm)
     try:
         _, held = _text(cfg, cfg.seed, lm.config.vocab_size, train=False)
-    except FileNotFoundError as e:
-        print(f"dtune lamo: the LM's perplexity is not measured (no text: {e})")
+        if len(held) < cfg.text_block:
+            raise ValueError(f"held-out text of {len(held)} tokens is shorter than one block of {cfg.text_block}")
+    except (OSError, ImportError, ValueError) as e:  # FileNotFoundError is an OSError
+        print(f"dtune lamo: the LM's perplexity is not measured ({type(e).__name__}: {e})")
         return None, None
     wte, head = lm.wte.to(device).requires_grad_(False), lm.lm_head.weight.detach().to(device)
     return (lambda ids: F.linear(model.transformer(wte(ids)), head)), held

@@ -395,8 +395,11 @@ def _perplexity(row: dict) -> str:
     (b, bsd), (a, sd) = row["perplexity"]
     if a is None:
         return ""
-    return ("" if b is None else f"{b:.1f}" + (f" ± {bsd:.1f}" if bsd else "") + " -> ") + f"{a:.1f}" + \
-        (f" ± {sd:.1f}" if sd else "")
+
+    def pm(mean, sd):
+        return f"{mean:.1f}" + (f" ± {sd:.1f}" if round(sd or 0.0, 1) else "")
+
+    return ("" if b is None else pm(b, bsd) + " -> ") + pm(a, sd) + row["perplexity_runs"]
 
 
 def _offline_order(labels: list[str]) -> list[str]:
@@ -407,7 +410,8 @@ def _offline_order(labels: list[str]) -> list[str]:
 def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict], list[dict]]:
     """Offline-RL runs: per dataset (task, source, data ratio) and method, the score over seeds
     (mean ± sd) at the standard target and, for return-conditioned models, the best over the
-    protocol's targets, beside the published scores of the method on D4RL's dataset of that name;
+    protocol's targets, beside the published scores of the method on D4RL's dataset of that name
+    (and, where LaMo runs measured it, the LM's held-out perplexity before -> after RL training);
     then per method and data ratio over datasets (task and source): the mean of the dataset means
     and the IQM over every run (datasets x seeds), rliable's aggregate; then, per dataset, how the
     methods' ordering agrees with each publication's. Returns the text, the rows, the orderings and
@@ -431,7 +435,8 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict], list
                "seeds": sorted(r.get("seed") for r in rs), "standard": _stats([std(r) for r in rs]),
                "best": _stats([best(r) for r in rs]), "train_s": _stats([r.get("train_s") for r in rs]),
                "per_seed": {r.get("seed"): std(r) for r in rs if std(r) is not None},
-               "perplexity": [_stats([r.get(f"perplexity_{w}") for r in rs]) for w in ("before", "after")]}
+               "perplexity": [_stats([r.get(f"perplexity_{w}") for r in rs]) for w in ("before", "after")],
+               "perplexity_runs": _scored([r.get("perplexity_after") for r in rs])}
         rows.append(row)
         method = published_method(key[3])
         row["published"] = published_scores(key[0], key[1], key[2], method) if method else {}

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 # registration order = listing order
 from dtune.tuners import finetune, lora, ia3, adapter, prompt, prefix, l2p, l2m  # noqa: F401,I001
 from dtune.tuners.base import PRESETS, REGISTRY, Tuner, TunerConfig
+from dtune.tuners.finetune import LANGUAGE
 
 PRESETS.update({
     "l2m-ia3": ("l2m", {"modulation": "ia3"}),
@@ -241,6 +242,11 @@ def apply_adapter(model: nn.Module, adapter_dir: str | os.PathLike, base_dir: st
     if "state_clip" in doc:
         model.cfg.state_clip = doc["state_clip"]
     expected = set(adapter_state(model))
+    for k in [k for k in tensors if k.startswith(LANGUAGE) and k not in expected and k in base]:
+        if not torch.equal(tensors[k], base[k]):  # saved by full fine-tuning before it left them frozen
+            raise AdapterError(f"adapter tensor {k} in {adapter_dir} differs from the base's: the method no longer "
+                               "trains the language embedding, so this adapter cannot be applied as trained")
+        del tensors[k]
     if set(tensors) != expected:
         missing, extra = sorted(expected - set(tensors)), sorted(set(tensors) - expected)
         raise AdapterError(f"adapter tensors in {adapter_dir} do not match method {doc['method']!r} with its saved "

@@ -15,7 +15,8 @@ from dtune.tuners.base import Tuner, TunerConfig, register
 
 LANGUAGE = ("lm_wte.", "lm_head.")
 """A LaMo model's language-model token embedding and head (its language loss reads text through them):
-frozen under every method, as in LaMo, so an adapter never holds them and reloads without them."""
+no method trains them, as in LaMo (only an explicit `modules_to_save` entry would), so adapters leave them
+out; `apply_adapter` drops them from an older adapter that saved them unchanged."""
 
 
 def _base_params(model: nn.Module, keep) -> list[str]:
