@@ -15,21 +15,21 @@ import torch
 
 from dtune.data.text import perplexity
 from dtune.recipes.lamo import LamoConfig, _language_probe
-from dtune.tuners import load_adapted
+from dtune.tuners import apply_adapter, load_adapted
 
 
-def probe(run: Path) -> tuple[float, float, dict]:
-    """(perplexity of the base model, of the trained model, the run's result)."""
+def probe(run: Path) -> tuple[float, float]:
+    """Perplexity of the base model, then of the same model with the run's adapter applied (the LM and
+    the held-out text are read once)."""
     cfg = LamoConfig(**{k: v for k, v in json.loads((run / "config.json").read_text())["lamo"].items()
                         if k in LamoConfig.__dataclass_fields__})
-    out = []
-    for adapter in (None, run):
-        model, _, _ = load_adapted(run / "base", adapter)
-        language, held = _language_probe(cfg, model, "cpu")
-        if language is None:
-            sys.exit(f"{run}: no held-out text (run `make corpus`)")
-        out.append(perplexity(language, held, cfg.text_block, cfg.heldout_blocks, model))
-    return out[0], out[1], json.loads((run / "result.json").read_text())
+    model, _, _ = load_adapted(run / "base", None)
+    language, held = _language_probe(cfg, model, "cpu")
+    if language is None:
+        sys.exit(f"{run}: no held-out text (run `make corpus`)")
+    before = perplexity(language, held, cfg.text_block, cfg.heldout_blocks, model)
+    apply_adapter(model, run, run / "base")  # the probe reads this model's blocks: now the trained ones
+    return before, perplexity(language, held, cfg.text_block, cfg.heldout_blocks, model)
 
 
 def main(runs: list[str]) -> None:
@@ -44,7 +44,7 @@ def main(runs: list[str]) -> None:
         if r.get("lm") is None or not r.get("pretrained", True):
             print(f"{run}: no pre-trained LM (a DT or a random-init LM has no language to keep); skipped", file=sys.stderr)
             continue
-        before, after, r = probe(run)
+        before, after = probe(run)
         reported = ("-" if r.get("perplexity_before") is None
                     else f"{r['perplexity_before']:.1f} / {r['perplexity_after']:.1f}")
         print(f"| {run} | {r['language_weight']:g} | {r['tuning']} | {before:.1f} | {after:.1f} | {reported} |",
