@@ -238,7 +238,12 @@ def test_without_the_language_loss_the_lms_own_head_measures_the_perplexity(setu
     """The ablation keeps no language head in its model, yet reports what RL training did to the language:
     before training (LoRA's B is zero) its blocks are the LaMo run's, so the perplexity is the same."""
     full = lamo(cfg(setup, tmp_path / "lamo"))
+    import dtune.models.lm as lm_module
+
+    reads, load = [], lm_module.load_lm
+    monkeypatch.setattr(lm_module, "load_lm", lambda path, **kw: reads.append(path) or load(path, **kw))
     quiet = lamo(cfg(setup, tmp_path / "quiet", language_weight=0.0))
+    assert len(reads) == 1  # the LM is read once, for the model and the probe
     assert quiet["perplexity_before"] == pytest.approx(full["perplexity_before"], rel=1e-5)
     assert quiet["perplexity_after"] > 1 and quiet["perplexity_after"] != quiet["perplexity_before"]  # trained blocks
     assert json.loads((tmp_path / "quiet" / "base" / "config.json").read_text())["model"]["vocab_size"] == 0

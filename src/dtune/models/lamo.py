@@ -49,15 +49,16 @@ def lamo_config(lm_config, state_dim: int, act_dim: int, context_len: int = 20, 
                        tie_lm_head=lm_config.tie_word_embeddings, lm=lm_path)
 
 
-def lamo_model(lm_path: str | os.PathLike, state_dim: int, act_dim: int, pretrained: bool = True, **kw):
+def lamo_model(lm_path: str | os.PathLike, state_dim: int, act_dim: int, pretrained: bool = True, lm=None, **kw):
     """A LaMo Decision Transformer whose blocks (and language embedding/head) hold the LM's
     weights; `pretrained=False` keeps the same architecture randomly initialised (the paper's
-    ablation). Keyword arguments go to :func:`lamo_config`."""
+    ablation). `lm`: the LM of `lm_path` already loaded by `load_lm` (not read again). Other keyword
+    arguments go to :func:`lamo_config`."""
     import torch
 
     from dtune.models.lm import lm_path as resolve, load_lm
 
-    lm = load_lm(lm_path)
+    lm = load_lm(lm_path) if lm is None else lm
     cfg = lamo_config(lm.config, state_dim, act_dim, lm_path=str(resolve(lm_path)), **kw)  # a name: its file
     model = build_model(cfg)
     if not pretrained:

@@ -159,8 +159,9 @@ RESUME_KEYS = ("task", "source", "data_ratio", "replay_from", "state_clip", "lm"
                "seed")
 
 
-def _base_model(cfg: LamoConfig, state_dim: int, act_dim: int, horizon: int):
-    """The initialised model: LaMo's DT on the LM, or the classic DT."""
+def _base_model(cfg: LamoConfig, state_dim: int, act_dim: int, horizon: int, lm=None):
+    """The initialised model: LaMo's DT on the LM (`lm`: that LM already loaded, else read from `cfg.lm`),
+    or the classic DT."""
     torch.manual_seed(cfg.seed)
     if cfg.lm is None:
         return build_model(ModelConfig(kind="dt", state_dim=state_dim, act_dim=act_dim, context_len=cfg.context_len,
@@ -171,7 +172,7 @@ def _base_model(cfg: LamoConfig, state_dim: int, act_dim: int, horizon: int):
 
     return lamo_model(cfg.lm, state_dim, act_dim, pretrained=cfg.pretrained, context_len=cfg.context_len,
                       max_timestep=horizon, mlp_embeddings=cfg.mlp_embeddings, language=cfg.language_weight > 0,
-                      dropout=cfg.dropout, n_layer=cfg.lm_layers)
+                      dropout=cfg.dropout, n_layer=cfg.lm_layers, lm=lm)
 
 
 def attach_tuning(model, cfg: LamoConfig):
@@ -185,8 +186,9 @@ def attach_tuning(model, cfg: LamoConfig):
     return tuner, method_config
 
 
-def _text(cfg: LamoConfig, seed: int, vocab: int, train: bool = True):
-    """Training blocks sampler (None when not `train`) and held-out tokens of the language loss."""
+def _text(cfg: LamoConfig, seed: int, vocab: int | None, train: bool = True):
+    """Training blocks sampler (None when not `train`) and held-out tokens of the language loss; the
+    token ids are checked to lie in the model's vocabulary `vocab` (None: not checked)."""
     from dtune.data.text import BlockSampler, split_heldout, text_documents, tokenize
     from dtune.models.lm import load_tokenizer
 
@@ -194,29 +196,32 @@ def _text(cfg: LamoConfig, seed: int, vocab: int, train: bool = True):
     train_docs, held = split_heldout(text_documents(cfg.text_file))
     held_ids = tokenize(held, tok)
     train_ids = tokenize(train_docs, tok) if train else held_ids
-    if max(train_ids.max(), held_ids.max()) >= vocab:
+    if vocab is not None and max(train_ids.max(), held_ids.max()) >= vocab:
         raise ValueError(f"the tokenizer of {cfg.lm} gives token ids up to {max(train_ids.max(), held_ids.max())}, beyond "
                          f"the model's vocabulary of {vocab}: they are not the same model's")
     return (BlockSampler(train_ids, cfg.text_block, cfg.text_batch, seed=seed) if train else None), held_ids
 
 
-def _language_probe(cfg: LamoConfig, model, device):
+def _language_probe(cfg: LamoConfig, model, device, lm=None):
     """Without the language loss the model keeps no language embedding or head; the pre-trained LM's own
-    (frozen, outside the model, so the run's initialisation and training are those of any run without
-    it) read the model's blocks, so the perplexity before and after training still says what RL training
-    did to the language. Best effort, since the run itself needs neither text nor tokenizer: returns
-    (logits function, held-out tokens), or (None, None) with a note when no text or tokenizer is at hand
-    (no `--text-file` or Brown corpus, no `transformers`, a checkpoint without tokenizer files, too
-    little text for one held-out block)."""
+    (`lm`, else read from `cfg.lm`; frozen, outside the model, so the run's initialisation and training are
+    those of any run without it) read the model's blocks, so the perplexity before and after training still
+    says what RL training did to the language. Best effort, since the run itself needs neither text nor
+    tokenizer: returns (logits function, held-out tokens), or (None, None) with a note when no text or
+    tokenizer is at hand (no `--text-file` or Brown corpus, no `transformers`, a checkpoint without
+    tokenizer files, too little text for one held-out block); the text is looked at before the LM is read."""
     import torch.nn.functional as F
 
     from dtune.models.lm import load_lm
 
-    lm = load_lm(cfg.lm)
     try:
-        _, held = _text(cfg, cfg.seed, lm.config.vocab_size, train=False)
+        _, held = _text(cfg, cfg.seed, None, train=False)
         if len(held) < cfg.text_block:
             raise ValueError(f"held-out text of {len(held)} tokens is shorter than one block of {cfg.text_block}")
+        lm = load_lm(cfg.lm) if lm is None else lm
+        if held.max() >= lm.config.vocab_size:
+            raise ValueError(f"the tokenizer of {cfg.lm} gives token ids up to {held.max()}, beyond the LM's "
+                             f"vocabulary of {lm.config.vocab_size}")
     except (OSError, ImportError, ValueError) as e:  # FileNotFoundError is an OSError
         print(f"dtune lamo: the LM's perplexity is not measured ({type(e).__name__}: {e})")
         return None, None
@@ -278,13 +283,19 @@ def lamo(cfg: LamoConfig) -> dict:
     precision = resolve_precision(cfg.precision, device)
 
     base_dir = out / "base"
+    probe = cfg.lm is not None and cfg.pretrained and cfg.language_weight == 0  # the LM's own head reads its blocks
+    lm = None  # read once, for both the model and the probe
+    if probe and not cfg.resume:
+        from dtune.models.lm import load_lm
+
+        lm = load_lm(cfg.lm)
     if cfg.resume:  # the initialised model as it was saved
         saved_info = json.loads((base_dir / "config.json").read_text()).get("task_info", {}).get(cfg.task, {})
         check_subset_rule(saved_info.get("data_subset"), info[cfg.task].get("data_subset"), out)
         model, _ = load_model(base_dir)
         model.train()
     else:
-        model = _base_model(cfg, layout.state_dim, layout.act_dim, max(spec.horizon, data.max_timestep))
+        model = _base_model(cfg, layout.state_dim, layout.act_dim, max(spec.horizon, data.max_timestep), lm=lm)
         model.state_mean.copy_(torch.as_tensor(data.state_mean))
         model.state_std.copy_(torch.as_tensor(data.state_std))
         model.cfg.state_clip = data.state_clip
@@ -305,8 +316,9 @@ def lamo(cfg: LamoConfig) -> dict:
         text, held = _text(cfg, cfg.seed, model.cfg.vocab_size)
         objectives.append(LanguageLoss(text, cfg.language_weight, device))
         language = model.language_logits
-    elif cfg.lm is not None and cfg.pretrained:  # the ablation without the language loss: the LM's own head reads
-        language, held = _language_probe(cfg, model, device)
+    elif probe:  # the ablation without the language loss
+        language, held = _language_probe(cfg, model, device, lm)
+    del lm  # the probe keeps the LM's embedding and head only
     if language is not None:
         ppl_before = perplexity(language, held, cfg.text_block, cfg.heldout_blocks, model)
     sampler = WindowSampler(data, cfg.context_len, cfg.batch_size, seed=cfg.seed)
