@@ -276,3 +276,15 @@ def test_a_fully_fine_tuned_lamo_run_keeps_the_language_embedding_frozen_and_eva
     assert "lm_wte.weight" not in tensors and "transformer.h.0.attn.q.weight" in tensors
     res = evaluate(EvalConfig(adapter=str(tmp_path / "full"), episodes=1, targets="protocol", progress=False))
     assert res["protocol"]["tasks"]["hopper"]["standard"]["score"] == pytest.approx(r["score_standard"])
+
+
+def test_a_tokenizer_beyond_the_lms_vocabulary_is_refused_and_the_probe_says_so(setup, tmp_path, monkeypatch, capsys):
+    """Token ids the LM has no embedding for: the language loss refuses them before training, the probe of a run
+    without it skips the perplexity with a note, naming the largest id and the vocabulary."""
+    from dtune.recipes.lamo import _language_probe, _text
+
+    monkeypatch.setattr("dtune.models.lm.load_tokenizer", lambda path: CharTokenizer())  # ids beyond 50
+    with pytest.raises(ValueError, match="beyond the model's vocabulary of 50: they are not the same model's"):
+        _text(cfg(setup, tmp_path / "t"), 0, 50)
+    assert _language_probe(cfg(setup, tmp_path / "p", language_weight=0.0), None, "cpu") == (None, None)
+    assert "beyond the LM's vocabulary of 50" in capsys.readouterr().out

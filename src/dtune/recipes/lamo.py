@@ -186,6 +186,13 @@ def attach_tuning(model, cfg: LamoConfig):
     return tuner, method_config
 
 
+def _check_token_ids(cfg: LamoConfig, top: int, vocab: int, whose: str = "model") -> None:
+    """The tokenizer's largest token id `top` must lie in the vocabulary (`vocab` ids) of the `whose`."""
+    if top >= vocab:
+        raise ValueError(f"the tokenizer of {cfg.lm} gives token ids up to {top}, beyond the {whose}'s vocabulary of "
+                         f"{vocab}: they are not the same model's")
+
+
 def _text(cfg: LamoConfig, seed: int, vocab: int | None, train: bool = True):
     """Training blocks sampler (None when not `train`) and held-out tokens of the language loss; the
     token ids are checked to lie in the model's vocabulary `vocab` (None: not checked)."""
@@ -196,9 +203,8 @@ def _text(cfg: LamoConfig, seed: int, vocab: int | None, train: bool = True):
     train_docs, held = split_heldout(text_documents(cfg.text_file))
     held_ids = tokenize(held, tok)
     train_ids = tokenize(train_docs, tok) if train else held_ids
-    if vocab is not None and max(train_ids.max(), held_ids.max()) >= vocab:
-        raise ValueError(f"the tokenizer of {cfg.lm} gives token ids up to {max(train_ids.max(), held_ids.max())}, beyond "
-                         f"the model's vocabulary of {vocab}: they are not the same model's")
+    if vocab is not None:
+        _check_token_ids(cfg, max(train_ids.max(), held_ids.max()), vocab)
     return (BlockSampler(train_ids, cfg.text_block, cfg.text_batch, seed=seed) if train else None), held_ids
 
 
@@ -219,9 +225,7 @@ def _language_probe(cfg: LamoConfig, model, device, lm=None):
         if len(held) < cfg.text_block:
             raise ValueError(f"held-out text of {len(held)} tokens is shorter than one block of {cfg.text_block}")
         lm = load_lm(cfg.lm) if lm is None else lm
-        if held.max() >= lm.config.vocab_size:
-            raise ValueError(f"the tokenizer of {cfg.lm} gives token ids up to {held.max()}, beyond the LM's "
-                             f"vocabulary of {lm.config.vocab_size}")
+        _check_token_ids(cfg, held.max(), lm.config.vocab_size, "LM")
     except (OSError, ImportError, ValueError) as e:  # FileNotFoundError is an OSError
         print(f"dtune lamo: the LM's perplexity is not measured ({type(e).__name__}: {e})")
         return None, None
