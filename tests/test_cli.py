@@ -1,6 +1,9 @@
 """End to end through the command line, on tiny sizes, with a Meta-World and a DMC task."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -103,3 +106,14 @@ def test_resume_takes_the_run_settings(tiny_data, tmp_path, capsys):
     from dtune.recipes.pretrain import resume
 
     assert resume(run, steps=7, progress=False)["steps_this_session"] == 1
+
+
+@pytest.mark.parametrize("argv", [["lamo", "--help"], ["tasks"]])  # a long help (written while printing), a short output
+def test_a_closed_pipe_ends_quietly(argv):  # (written at the end): `dtune ... | head` shows no traceback
+    r, w = os.pipe()
+    os.close(r)  # the reader has left before dtune writes a byte
+    p = subprocess.run([sys.executable, "-c", "import sys; from dtune.cli import main; sys.exit(main())", *argv],
+                       stdout=w, stderr=subprocess.PIPE, text=True, timeout=120)
+    os.close(w)
+    assert p.returncode == 141, p.stderr
+    assert "Traceback" not in p.stderr and "Exception ignored" not in p.stderr, p.stderr

@@ -534,8 +534,7 @@ COMMANDS = {"tasks": _tasks, "data": _data, "pretrain": _pretrain, "evaluate": _
             "continual": _continual, "lamo": _lamo, "lm": _lm, "export": _export, "baselines": _baselines, "report": _report, "demo": _demo}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one command; returns the exit code (2: bad input, with a message on stderr; 130: interrupted)."""
+def _main(argv: list[str] | None) -> int:
     import warnings
 
     from dtune.data.storage import DatasetError
@@ -575,6 +574,19 @@ def main(argv: list[str] | None = None) -> int:
         print("\ndtune: interrupted", file=sys.stderr)
         return 130
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run one command; returns the exit code (2: bad input, with a message on stderr; 130: interrupted;
+    141: stdout's reader left, as in `dtune lamo --help | head`, quietly, as other Unix tools)."""
+    try:
+        try:
+            return _main(argv)
+        finally:  # here, so that a closed pipe surfaces in this try and not in the interpreter's exit
+            sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not raise again
+        return 141  # 128 + SIGPIPE: what the shell reports for a tool its closed pipe stopped
 
 
 if __name__ == "__main__":
