@@ -51,6 +51,10 @@ def test_text_file_split_and_tokens(tmp_path):
     assert ids.dtype == np.int32 and (ids == 0).sum() == 2 and len(ids) == len(docs[0]) + len(docs[1]) + 2
     with pytest.raises(ValueError, match="two documents"):
         split_heldout(["one"])
+    with pytest.raises(FileNotFoundError, match="--text-file .*missing.txt: no such file"):  # not a bare errno
+        text_documents(tmp_path / "missing.txt")
+    with pytest.raises(FileNotFoundError, match="no such file"):  # a folder is no corpus either
+        text_documents(tmp_path)
 
 
 def test_block_sampler_is_seeded_covers_each_epoch_and_resumes():

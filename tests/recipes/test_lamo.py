@@ -197,6 +197,19 @@ def test_an_exported_lamo_run_reads_back_the_data_subset_it_trained_on(setup, tm
     np.testing.assert_array_equal(data.domains[0].tasks[0].obs, same.domains[0].tasks[0].obs)
 
 
+@pytest.mark.parametrize("field, value, message", [
+    ("language_weight", -1.0, r"--language-weight must not be negative, got -1.0 \(0: no language loss\)"),
+    ("text_batch", 0, "--text-batch must be positive"), ("text_block", -4, "--text-block must be positive"),
+    ("heldout_blocks", 0, "--heldout-blocks must be positive"), ("lr", float("nan"), "--lr must be positive"),
+    ("warmup_steps", -1, "--warmup-steps must not be negative"), ("lora_dropout", 1.0, "--lora-dropout must lie in"),
+    ("dropout", -0.1, "--dropout must lie in"), ("text_file", "/nonexistent/corpus.txt", "--text-file .* no such file"),
+])
+def test_bad_settings_are_refused_before_anything_is_written(setup, tmp_path, field, value, message):
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        lamo(cfg(setup, tmp_path / "bad", **{field: value}))
+    assert not (tmp_path / "bad").exists()
+
+
 def test_adam_settings_reach_the_optimiser_and_a_resume_keeps_them(setup, tmp_path):
     """LaMo's code trains with AdamW's eps 1e-6 and PyTorch's betas (0.9, 0.999); dtune's defaults are
     (0.9, 0.95) and 1e-8. The options reach every parameter group, are saved, and a resume that would

@@ -61,9 +61,17 @@ def brown_documents(folder: str | os.PathLike) -> list[str]:
     return docs
 
 
+def check_text_file(text_file: str | os.PathLike) -> None:
+    """A FileNotFoundError that says what `--text-file` expects when `text_file` is not a file."""
+    if not Path(text_file).is_file():
+        raise FileNotFoundError(f"--text-file {text_file}: no such file (a plain-text corpus, documents separated by "
+                                "blank lines; unset: the Brown corpus of `make corpus`)")
+
+
 def text_documents(text_file: str | os.PathLike | None = None, brown_dir: str | os.PathLike | None = None) -> list[str]:
     """Documents of a plain-text file (split at blank lines) or, by default, of the Brown corpus."""
     if text_file is not None:
+        check_text_file(text_file)
         raw = Path(text_file).read_text(encoding="utf-8", errors="replace")
         docs = [d.strip() for d in re.split(r"\n\s*\n", raw) if d.strip()]
         if not docs:

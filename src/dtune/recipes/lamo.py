@@ -37,7 +37,7 @@ import torch
 
 from dtune import __version__, tuners
 from dtune.data.dataset import TrajectoryData, WindowSampler, check_subset_rule, state_clip_value
-from dtune.data.text import perplexity
+from dtune.data.text import check_text_file, perplexity
 from dtune.eval.agents import DTAgent
 from dtune.eval.rollout import evaluate_protocol
 from dtune.models import GPTConfig, ModelConfig, build_model
@@ -244,9 +244,19 @@ def lamo(cfg: LamoConfig) -> dict:
     out = claim_out(cfg.out, "lamo", cfg.resume)
     cfg.out = str(out)
     spec = get_task(cfg.task)
-    for name in ("steps", "batch_size", "context_len", "eval_episodes", "ckpt_every"):
-        if getattr(cfg, name) <= 0:
+    for name in ("steps", "batch_size", "context_len", "eval_episodes", "ckpt_every", "text_block", "text_batch",
+                 "heldout_blocks", "lr", "grad_clip"):
+        if not getattr(cfg, name) > 0:  # NaN too
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    for name in ("warmup_steps", "weight_decay", "language_weight"):
+        if not getattr(cfg, name) >= 0:
+            raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}"
+                             + (" (0: no language loss)" if name == "language_weight" else ""))
+    for name in ("lora_dropout", "dropout"):
+        if getattr(cfg, name) is not None and not 0 <= getattr(cfg, name) < 1:
+            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(cfg, name)}")
+    if cfg.lm is not None and cfg.text_file is not None:
+        check_text_file(cfg.text_file)  # before the data and the LM are read
     for name in ("adam_beta1", "adam_beta2"):
         if not 0 <= getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(cfg, name)}")
