@@ -82,7 +82,7 @@ def test_lamo_trains_lora_and_embeddings_and_reports_protocol_and_perplexity(set
     assert res["protocol"]["tasks"]["hopper"]["standard"]["target"] == 3600.0
 
 
-def test_resume_equals_uninterrupted(setup, tmp_path):
+def test_resume_equals_uninterrupted(setup, tmp_path, capsys):
     from safetensors.torch import load_file
 
     from tests.conftest import die_after_save
@@ -94,15 +94,23 @@ def test_resume_equals_uninterrupted(setup, tmp_path):
         lamo(cfg(setup, tmp_path / "cut"))
     mp.undo()
     cut_s = json.loads((tmp_path / "cut" / "train_state.json").read_text())["train_s"]
+    path = tmp_path / "cut" / "config.json"  # as if begun on a CPU with native bf16 (`auto` resolves per machine)
+    doc = json.loads(path.read_text())
+    assert doc["resolved"]["precision"] == "fp32"
+    doc["resolved"]["precision"] = "bf16"
+    path.write_text(json.dumps(doc))
+    capsys.readouterr()
     res = lamo(cfg(setup, tmp_path / "cut", resume=True))
+    assert "trained in bf16 so far and goes on in fp32" in capsys.readouterr().out
+    assert res["precision"] == "bf16 then fp32" == json.loads(path.read_text())["resolved"]["precision"]
+    assert json.loads((tmp_path / "whole" / "result.json").read_text())["precision"] == "fp32"
     assert cut_s > 0 and res["train_s"] > cut_s  # training time over both invocations
     a = load_file(str(tmp_path / "whole" / "adapter.safetensors"))
     b = load_file(str(tmp_path / "cut" / "adapter.safetensors"))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     with pytest.raises(ValueError, match="--resume with settings that differ"):
         lamo(cfg(setup, tmp_path / "cut", resume=True, r=4))
-    path = tmp_path / "cut" / "config.json"  # a run written before a setting existed resumes with its default
-    doc = json.loads(path.read_text())
+    doc = json.loads(path.read_text())  # a run written before a setting existed resumes with its default
     del doc["lamo"]["replay_from"]
     path.write_text(json.dumps(doc))
     assert lamo(cfg(setup, tmp_path / "cut", resume=True))["train_s"] == res["train_s"]  # finished: its result

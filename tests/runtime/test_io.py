@@ -41,3 +41,14 @@ def test_an_interrupted_checkpoint_leaves_the_previous_one_whole(tmp_path):
 def test_a_flat_layout_of_older_versions_is_read_in_place(tmp_path):
     (tmp_path / "state.json").write_text(json.dumps({"step": 5}))
     assert checkpoint_files(tmp_path) == ({"step": 5}, tmp_path)
+
+
+def test_resumed_precision_records_a_change_with_a_note(capsys):
+    from dtune.runtime.device import resumed_precision
+
+    assert resumed_precision("bf16", "bf16", "auto") == "bf16" and capsys.readouterr().out == ""
+    assert resumed_precision(None, "fp32", "auto") == "fp32"  # an older run: nothing known
+    assert resumed_precision("bf16", "fp32", "auto") == "bf16 then fp32"
+    assert "pass --precision bf16 to keep bf16" in capsys.readouterr().out
+    assert resumed_precision("bf16 then fp32", "fp32", "auto") == "bf16 then fp32"  # a third start, same machine
+    assert resumed_precision("bf16 then fp32", "bf16", "bf16") == "bf16 then fp32 then bf16"

@@ -45,7 +45,7 @@ from dtune.models.io import load_model, save_weights, weights_digest
 from dtune.models.lm import lm_path
 from dtune.recipes.common import abspath, check_resume, claim_out, dataset_statistics, fit, saved_config, start_fresh
 from dtune.report.published import LAMO_LINEAR_EMBEDDINGS
-from dtune.runtime.device import resolve_device, resolve_precision
+from dtune.runtime.device import resolve_device, resolve_precision, resumed_precision
 from dtune.runtime.dist import single_process
 from dtune.runtime.io import atomic_write_json
 from dtune.tasks import get_task, layout_for
@@ -295,6 +295,8 @@ def lamo(cfg: LamoConfig) -> dict:
     info = {cfg.task: {**data.task_info[cfg.task], **dataset_statistics(root, cfg.task, source)}}
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    trained_in = precision if not cfg.resume else resumed_precision(  # (recorded; it may change on another machine)
+        json.loads((out / "config.json").read_text()).get("resolved", {}).get("precision"), precision, cfg.precision)
 
     base_dir = out / "base"
     probe = cfg.lm is not None and cfg.pretrained and cfg.language_weight == 0  # the LM's own head reads its blocks
@@ -351,7 +353,7 @@ def lamo(cfg: LamoConfig) -> dict:
     atomic_write_json(out / "config.json", {
         "kind": "lamo", "dtune_version": __version__, "lamo": asdict(cfg), "method": cfg.tuning,
         "method_config": dataclasses.asdict(method_config),
-        "resolved": {"device": str(device), "precision": precision, "source": source, **counts}})
+        "resolved": {"device": str(device), "precision": trained_in, "source": source, **counts}})
     trainer.log = MetricsLog(out, (lambda row: row["step"] <= start) if cfg.resume else None)
 
     def checkpoint(step: int):
@@ -384,7 +386,7 @@ def lamo(cfg: LamoConfig) -> dict:
               "transformer_params": transformer,
               "lora_share_of_transformer": sum(p.numel() for n, p in model.named_parameters()
                                                if n.startswith("tuner.") and p.requires_grad) / transformer,
-              "train_s": train_s, "protocol": res}
+              "train_s": train_s, "precision": trained_in, "protocol": res}
     atomic_write_json(out / "result.json", result)
     return result
 

@@ -32,6 +32,18 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return "bf16" if native else "fp32"
 
 
+def resumed_precision(before: str | None, now: str, requested: str) -> str:
+    """The precision record of a resumed run: `now` when it trained in `now` so far (or `before` is unknown),
+    else `before` + " then " + `now`, with a note that says so: `auto` resolves per machine, so a run begun
+    where the CPU has native bf16 goes on in fp32 on one without (and the other way round)."""
+    last = (before or now).split(" then ")[-1]
+    if last == now:
+        return before or now
+    print(f"note: this run trained in {last} so far and goes on in {now} (--precision {requested} on this machine); "
+          f"pass --precision {last} to keep {last} (on a CPU without native bf16, bf16 is emulated and slow)")
+    return f"{before} then {now}"
+
+
 def autocast(device: torch.device, precision: str):
     """The autocast context of a resolved precision."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
