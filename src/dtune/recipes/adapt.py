@@ -26,7 +26,7 @@ from dtune import __version__, tuners
 from dtune.data.dataset import WindowSampler
 from dtune.models.io import load_model, weights_digest
 from dtune.recipes.common import (abspath, check_resume, dataset_statistics, fit, resolve_data_dir, resume_config,
-                                  saved_config, start_fresh)
+                                  saved_config, start_fresh, trained_precision)
 from dtune.recipes.tuning import (TuneSettings, cached_eval, calibrate_routing, evaluate_model, optim_settings,
                                   peak_lr, prepare_method, resumed_method_config, set_state_clip,
                                   task_data)
@@ -168,7 +168,8 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
             "kind": "adapt", "dtune_version": __version__, "adapt": asdict(cfg), "method": method,
             "method_config": dataclasses.asdict(method_config),
             "method_config_resolved": dataclasses.asdict(tuner.config),
-            "resolved": {"device": str(device), "precision": precision, "lr": peak_lr(cfg, run_config),
+            "resolved": {"device": str(device), "precision": trained_precision(out, cfg.resume, precision, cfg.precision),
+                         "lr": peak_lr(cfg, run_config),
                          "data_dir": str(root), **counts, "method_setup": extra,
                          "processes": 1 if dist is None else dist.world},
         })

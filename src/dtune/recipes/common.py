@@ -164,3 +164,14 @@ def fit(trainer, stop: int, checkpoint, ckpt_every: int, kind: str, out: Path, w
         kept = "checkpoint saved" if e.saved else "the last checkpoint is kept" if resumable else "nothing was saved"
         then = f"Continue with: {resume_command(kind, out)}" if resumable else "Run the same command again to start over."
         raise Interrupted(e.step, resumable, f"interrupted at {where.format(step=e.step)}; {kept}. {then}") from None
+
+
+def trained_precision(out: Path, resume: bool, precision: str, requested: str) -> str:
+    """The precision a run's config records: `precision`, or on a resume the earlier record, with this one
+    appended (and a note) when it changed: `--precision auto` resolves per machine."""
+    from dtune.runtime.device import resumed_precision
+
+    if not resume or not (out / "config.json").exists():
+        return precision
+    before = json.loads((out / "config.json").read_text()).get("resolved", {}).get("precision")
+    return resumed_precision(before, precision, requested)

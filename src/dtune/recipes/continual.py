@@ -35,7 +35,7 @@ from dtune import __version__, tuners
 from dtune.data.dataset import WindowSampler, check_replay_from, is_replay_buffer
 from dtune.models.io import load_model, weights_digest
 from dtune.recipes.common import (abspath, check_resume, fit, resolve_data_dir, resume_config, saved_config, start_fresh,
-                                  task_statistics)
+                                  task_statistics, trained_precision)
 from dtune.recipes.tuning import (TuneSettings, cached_eval, calibrate_routing, evaluate_model, optim_settings,
                                   peak_lr, prepare_method, resumed_method_config, seen_columns,
                                   set_state_clip, task_data)
@@ -179,7 +179,9 @@ class ContinualRun:
             "kind": "continual", "dtune_version": __version__, "continual": asdict(cfg), "tasks": tasks,
             "method": self.method, "method_config": dataclasses.asdict(self.method_config),
             "method_config_resolved": dataclasses.asdict(tuner.config),
-            "resolved": {"device": str(self.device), "precision": self.precision, "lr": peak_lr(cfg, run_config),
+            "resolved": {"device": str(self.device),
+                         "precision": trained_precision(self.out, state is not None, self.precision, cfg.precision),
+                         "lr": peak_lr(cfg, run_config),
                          "data_dir": str(root), **counts,
                          "method_setup": setup if state is None else _saved_setup(self.out)},
         })

@@ -43,9 +43,10 @@ from dtune.eval.rollout import evaluate_protocol
 from dtune.models import GPTConfig, ModelConfig, build_model
 from dtune.models.io import load_model, save_weights, weights_digest
 from dtune.models.lm import lm_path
-from dtune.recipes.common import abspath, check_resume, claim_out, dataset_statistics, fit, saved_config, start_fresh
+from dtune.recipes.common import (abspath, check_resume, claim_out, dataset_statistics, fit, saved_config, start_fresh,
+                                  trained_precision)
 from dtune.report.published import LAMO_LINEAR_EMBEDDINGS
-from dtune.runtime.device import resolve_device, resolve_precision, resumed_precision
+from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import single_process
 from dtune.runtime.io import atomic_write_json
 from dtune.tasks import get_task, layout_for
@@ -295,8 +296,7 @@ def lamo(cfg: LamoConfig) -> dict:
     info = {cfg.task: {**data.task_info[cfg.task], **dataset_statistics(root, cfg.task, source)}}
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
-    trained_in = precision if not cfg.resume else resumed_precision(  # (recorded; it may change on another machine)
-        json.loads((out / "config.json").read_text()).get("resolved", {}).get("precision"), precision, cfg.precision)
+    trained_in = trained_precision(out, cfg.resume, precision, cfg.precision)  # it may change on another machine
 
     base_dir = out / "base"
     probe = cfg.lm is not None and cfg.pretrained and cfg.language_weight == 0  # the LM's own head reads its blocks

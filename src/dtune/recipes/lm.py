@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from dtune import __version__
 from dtune.data.text import perplexity
 from dtune.models import GPTConfig
-from dtune.recipes.common import abspath, check_resume, claim_out, fit, saved_config, start_fresh
+from dtune.recipes.common import abspath, check_resume, claim_out, fit, saved_config, start_fresh, trained_precision
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import single_process
 from dtune.runtime.io import atomic_write_json
@@ -202,7 +202,8 @@ def lm_pretrain(cfg: LMPretrainConfig) -> dict:
     n_params = sum(p.numel() for p in model.parameters())
     atomic_write_json(out / "config.json", {
         "kind": "lm", "dtune_version": __version__, "lm": asdict(cfg),
-        "resolved": {"device": str(device), "precision": precision, "vocab_size": vocab, "parameters": n_params,
+        "resolved": {"device": str(device), "precision": trained_precision(out, cfg.resume, precision, cfg.precision),
+                     "vocab_size": vocab, "parameters": n_params,
                      "train_tokens": int(len(train_ids)), "heldout_tokens": int(len(held_ids))}})
     trainer.log = MetricsLog(out, (lambda row: row["step"] <= start) if cfg.resume else None)
     t0 = time.perf_counter()

@@ -23,7 +23,7 @@ from dtune.data.dataset import STATE_CLIP, TrajectoryData, WindowSampler, state_
 from dtune.models import ModelConfig, build_model, preset
 from dtune.models.io import WEIGHTS, load_model, read_config, run_layout, save_weights
 from dtune.recipes.common import (abspath, check_resume, dataset_statistics, fit, recorded_sources, resolve_data_dir,
-                                  resume_command, resume_config, start_fresh)
+                                  resume_command, resume_config, start_fresh, trained_precision)
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import init_distributed, main_first, shutdown
 from dtune.runtime.io import atomic_write_json
@@ -245,7 +245,8 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
         atomic_write_json(out / "config.json", {
             "kind": "pretrain", "dtune_version": __version__, "model": model_cfg.to_dict(), "train": asdict(cfg),
             "layout": layout.to_dict(),
-            "resolved": {"device": str(device), "precision": precision, "lr": peak_lr(cfg), "data_dir": str(root),
+            "resolved": {"device": str(device), "precision": trained_precision(out, cfg.resume, precision, cfg.precision),
+                         "lr": peak_lr(cfg), "data_dir": str(root),
                          "n_params": n_params, "processes": 1 if dist is None else dist.world},
             "tasks": data.tasks, "task_info": task_info,
         })
