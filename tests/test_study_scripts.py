@@ -246,6 +246,7 @@ def test_smollm2_study_runs_both_arms_on_all_blocks_with_lamos_optimiser(tmp_pat
         assert "--lm-layers" not in c
         assert c[c.index("--steps") + 1] == "40" and c[c.index("--warmup-steps") + 1] == "4"
         assert c[c.index("--adam-beta2") + 1] == "0.999" and c[c.index("--adam-epsilon") + 1] == "1e-6"
+        assert c[c.index("--precision") + 1] == "auto"  # PRECISION pins it
     assert (tmp_path / "out" / "runs" / "reacher2d-medium-0.1" / "smollm2-random" / "s0" / "result.json").exists()
     assert run_study("lamo/smollm2.sh", tmp_path, STEPS="40", WARMUP="4", PY=sys.executable,  # kept: skipped
                      PYTHONPATH=str(tmp_path / "site"), DATA=str(tmp_path / "data"),

@@ -20,6 +20,7 @@ SEEDS=${SEEDS:-0}
 STEPS=${STEPS:-3000}
 WARMUP=${WARMUP:-300}
 METHODS=${METHODS:-"smollm2 smollm2-random"}
+PRECISION=${PRECISION:-auto}  # as in commands.sh; seed 0 (2026-12-06) trained in bf16, what auto gave on that CPU (without native bf16: fp32)
 PY=${PY:-python}
 GGUF=$("$PY" -c 'import sys
 from dtune.models.lm import installed_lm
@@ -35,7 +36,7 @@ run() {  # method seed
   mkdir -p "$(dirname "$out")"
   local args=(dtune lamo --task reacher2d --source medium --data-ratio 0.1 --seed "$2" --steps "$STEPS"
               --warmup-steps "$WARMUP" --adam-beta2 0.999 --adam-epsilon 1e-6 --batch-size 16 --context-len 5 --lm "$GGUF" --text-block 128 --text-batch 1
-              --eval-episodes 10 --ckpt-every 250 --data-dir "$DATA" --no-progress --out "$out" $resume)
+              --eval-episodes 10 --ckpt-every 250 --data-dir "$DATA" --precision "$PRECISION" --no-progress --out "$out" $resume)
   case "$1" in
     smollm2)        OMP_NUM_THREADS=1 "${args[@]}" ;;
     smollm2-random) OMP_NUM_THREADS=1 "${args[@]}" --no-pretrained ;;
@@ -43,7 +44,7 @@ run() {  # method seed
   esac >> "$out.log" 2>&1 || { echo "$out: failed or made with other settings (see $out.log)" >&2; return 1; }
   keep "$out" "$kept"
 }
-export -f run keep kept_done; export DATA RUNS OUT STEPS WARMUP GGUF
+export -f run keep kept_done; export DATA RUNS OUT STEPS WARMUP GGUF PRECISION
 mkdir -p "$RUNS"
 restore_mujoco_data "$DATA"
 for s in $SEEDS; do for m in $METHODS; do echo "$m $s"; done; done | xargs -P "${LANES:-2}" -n 2 bash -c 'run "$0" "$1"'
