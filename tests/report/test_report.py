@@ -515,6 +515,23 @@ def test_one_pretraining_domain_gets_no_per_domain_column(tmp_path):
     assert "by domain" not in report([str(run)])
 
 
+def test_runs_trained_in_other_precisions_are_rows_of_their_own(tmp_path):
+    """`--precision auto` resolves per machine: a bf16 run and an fp32 run of one arm are not pooled as seeds
+    of one row (bf16 against fp32 moved LaMo runs by 4-5 points); the run's own record, else its config's."""
+    runs = [offline_run(tmp_path / f"b{s}", "lamo", "dt", s, 0.3) for s in range(2)]
+    for p in runs:
+        (p / "config.json").write_text(json.dumps({"kind": "lamo", "lamo": {}, "resolved": {"precision": "bf16"}}))
+    runs.append(offline_run(tmp_path / "f", "lamo", "dt", 0, 0.5))
+    r = json.loads((runs[-1] / "result.json").read_text())
+    (runs[-1] / "result.json").write_text(json.dumps({**r, "precision": "fp32"}))
+    text = " ".join(report([str(r) for r in runs]).split())
+    assert "| dt [bf16] | 2 |" in text and "| dt [fp32] | 1 |" in text
+    assert "| dt | 2 |" in " ".join(report([str(r) for r in runs[:2]]).split())  # one precision: no suffix
+    a = [adapt_run(tmp_path / f"a{s}", seed=s) for s in range(2)]
+    (a[1] / "config.json").write_text(json.dumps({"resolved": {"precision": "bf16 then fp32"}}))
+    assert "[bf16 then fp32]" in report([str(p) for p in a])  # adaptation rows too
+
+
 def test_offline_runs_with_other_optimiser_settings_are_rows_of_their_own(tmp_path):
     """`dtune lamo` runs of one arm but other AdamW settings (results/lamo uses LaMo's, dtune's defaults
     differ) are not pooled as seeds of one row; a config without the settings ran with the defaults."""

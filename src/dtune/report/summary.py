@@ -70,8 +70,18 @@ def _optimiser(r: dict) -> str:
             f"eps {c.get('adam_epsilon', ADAM_EPS):g}")
 
 
-def _separate(runs: list[dict], key: str, where, settings=(_budget,)) -> None:
-    """Runs of one row label but other settings (`settings`: the budget; for offline-RL runs the
+def _precision(r: dict) -> str:
+    """The precision a run trained in (`bf16`, `fp32`, `bf16 then fp32`: `--precision auto` resolves per
+    machine), as a label suffix; `precision not recorded` for runs that kept none (d3rlpy's baselines)."""
+    if r.get("precision"):
+        return r["precision"]
+    cfg_file = Path(r["dir"]) / "config.json"
+    c = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
+    return (c.get("resolved") or {}).get("precision") or "precision not recorded"
+
+
+def _separate(runs: list[dict], key: str, where, settings=(_budget, _precision)) -> None:
+    """Runs of one row label but other settings (`settings`: the budget and precision; for offline-RL runs the
     optimiser too) become rows of their own, labelled with what differs (`label [budget]`); two runs
     of one row with the same seed (and task or dataset, `where`) are refused: a seed counted twice."""
     found: dict[str, list[set]] = {}
@@ -177,7 +187,8 @@ def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str
                          "arguments (" + "; ".join(notes) + ")")
     _separate(adapt, "method", lambda r: r["task"])
     _separate(cont, "method", lambda r: ",".join(r["tasks"]))
-    _separate(offline, "label", lambda r: (r["task"], r.get("source"), r.get("data_ratio", 1.0)), (_budget, _optimiser))
+    _separate(offline, "label", lambda r: (r["task"], r.get("source"), r.get("data_ratio", 1.0)),
+              (_budget, _optimiser, _precision))
     return adapt, cont, offline, notes
 
 
@@ -327,8 +338,8 @@ def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
                (["pre-train after by domain %"] if domains else []) + ["trains % of base", "one task trains % of base"])
     note = ("± : the sample standard deviation over the seeds; retention: the mean of the seeds' after / before "
             "ratios. Intervals: rliable's stratified bootstrap over the final scores (tasks x seeds, seeds resampled "
-            "within each task), 2,000 replicates, percentile 95%. Runs of one method at other budgets are rows of "
-            "their own ([N updates/task]). \"(k of n runs)\": only k of the method's runs have that figure defined "
+            "within each task), 2,000 replicates, percentile 95%. Runs of one method at other budgets or precisions are rows "
+            "of their own ([N updates/task], [fp32]). \"(k of n runs)\": only k of the method's runs have that figure defined "
             "(e.g. forward transfer needs single-task references), and it is over those." +
             (" " + _domain_note("after the sequence's last task") if domains else ""))
     return markdown_table(headers, table) + "\n\n" + note, rows
@@ -474,7 +485,7 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict], list
             "the protocol's targets, chosen on the evaluation episodes themselves, as the LaMo code reports it "
             "(optimistic). Baselines are not return-conditioned: one score. * Published scores on D4RL's own "
             "datasets (dtune.report.published), beside runs on whatever data these runs used: compare orderings, "
-            "not values. Runs of one method at other budgets or AdamW settings are rows of their own ([...]).")
+            "not values. Runs of one method at other budgets, AdamW settings or precisions are rows of their own ([...]).")
     parts = [per_dataset, overall, note]
     if orderings_md:
         parts += ["Method orderings against the publications, per dataset (scores at the standard target; a pair "
