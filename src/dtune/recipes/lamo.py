@@ -253,14 +253,11 @@ def lamo(cfg: LamoConfig) -> dict:
         if not getattr(cfg, name) >= 0:
             raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}"
                              + (" (0: no language loss)" if name == "language_weight" else ""))
-    for name in ("lora_dropout", "dropout"):
+    for name in ("lora_dropout", "dropout", "adam_beta1", "adam_beta2"):
         if getattr(cfg, name) is not None and not 0 <= getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(cfg, name)}")
     if cfg.lm is not None and cfg.text_file is not None:
         check_text_file(cfg.text_file)  # before the data and the LM are read
-    for name in ("adam_beta1", "adam_beta2"):
-        if not 0 <= getattr(cfg, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(cfg, name)}")
     if not cfg.adam_epsilon > 0:  # NaN too
         raise ValueError(f"--adam-epsilon must be positive, got {cfg.adam_epsilon}")
     cfg.state_clip = state_clip_value(cfg.state_clip, "--state-clip")

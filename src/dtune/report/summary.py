@@ -59,13 +59,18 @@ def _budget(r: dict) -> str:
     return f"{r.get('steps')} updates"
 
 
+def _config(run_dir) -> dict:
+    """A run's `config.json` ({} where it kept none)."""
+    f = Path(run_dir) / "config.json"
+    return json.loads(f.read_text()) if f.exists() else {}
+
+
 def _optimiser(r: dict) -> str:
     """A `dtune lamo` run's AdamW settings, as a label suffix (configs written before the options
     existed ran with the defaults); empty for other runs."""
     if r.get("kind") != "lamo":
         return ""
-    cfg_file = Path(r["dir"]) / "config.json"
-    c = json.loads(cfg_file.read_text()).get("lamo", {}) if cfg_file.exists() else {}
+    c = _config(r["dir"]).get("lamo", {})
     return (f"AdamW ({c.get('adam_beta1', ADAM_BETAS[0]):g}, {c.get('adam_beta2', ADAM_BETAS[1]):g}), "
             f"eps {c.get('adam_epsilon', ADAM_EPS):g}")
 
@@ -75,9 +80,7 @@ def _precision(r: dict) -> str:
     machine), as a label suffix; `precision not recorded` for runs that kept none (d3rlpy's baselines)."""
     if r.get("precision"):
         return r["precision"]
-    cfg_file = Path(r["dir"]) / "config.json"
-    c = json.loads(cfg_file.read_text()) if cfg_file.exists() else {}
-    return (c.get("resolved") or {}).get("precision") or "precision not recorded"
+    return (_config(r["dir"]).get("resolved") or {}).get("precision") or "precision not recorded"
 
 
 def _separate(runs: list[dict], key: str, where, settings=(_budget, _precision)) -> None:
@@ -381,9 +384,8 @@ def offline_label(r: dict, run_dir: Path) -> str:
     if r.get("kind") != "lamo" or r.get("method") != "lamo":
         return r["method"]
     c = dict(r)
-    cfg_file = Path(run_dir) / "config.json"
-    if any(k not in c for k in ("pretrained", "lm_layers", "mlp_embeddings", "language_weight")) and cfg_file.exists():
-        c = {**json.loads(cfg_file.read_text()).get("lamo", {}), **c}
+    if any(k not in c for k in ("pretrained", "lm_layers", "mlp_embeddings", "language_weight")):
+        c = {**_config(run_dir).get("lamo", {}), **c}
     parts = ["lamo"]
     if c.get("pretrained") is False:
         parts.append("random init")
