@@ -15,7 +15,8 @@
 # Budget: STEPS updates per transformer run (default 3K, warm-up WARMUP 300: the engine caps warm-up at a tenth
 # of the updates; LaMo: 100K, warm-up 2.5K), every transformer arm with LaMo's AdamW (betas (0.9, 0.999), eps 1e-6;
 # dtune lamo's defaults are (0.9, 0.95) and 1e-8, which results/offline_rl's DT keeps), PRECISION (default auto,
-# resolved per machine: the 3K tables trained in bf16, results/lamo/10k and fp32 in fp32), BASE_STEPS
+# resolved per machine: the 3K tables trained in bf16, results/lamo/10k and fp32 in fp32), EVAL_EVERY (learning
+# curves; default 0: none), BASE_STEPS
 # for the baselines (CQL: CQL_STEPS); one torch thread per run, two runs at a time. Resumable: kept runs are
 # skipped, interrupted ones continue from their last checkpoint (every 500 updates), a finished one not yet kept
 # is checked by dtune (--resume) to have these settings first. Finished runs are kept without their weights in
@@ -33,6 +34,7 @@ BASE_STEPS=${BASE_STEPS:-10000}
 CQL_STEPS=${CQL_STEPS:-5000}
 LM_STEPS=${LM_STEPS:-3000}
 WARMUP=${WARMUP:-300}
+EVAL_EVERY=${EVAL_EVERY:-0}  # >0: the transformer arms also log a learning curve (evaluated every EVAL_EVERY updates)
 PRECISION=${PRECISION:-auto}  # auto: bf16 autocast where the CPU has native bf16, else fp32; pin it to compare machines
 DATASETS=${DATASETS:-"hopper:medium:0.005 halfcheetah:medium:0.005 walker2d:medium:0.005 hopper:medium:0.01 halfcheetah:medium:0.01 walker2d:medium:0.01 reacher2d:medium:0.1"}
 METHODS=${METHODS-"lamo lamo-random dt cql iql bc"}  # METHODS="" (set, empty): none, e.g. with ABLATIONS=1
@@ -66,7 +68,7 @@ run() {  # task:source:ratio method seed
   local k=20; [ "$task" = reacher2d ] && k=5
   local dt=(dtune lamo --task "$task" --source "$src" --data-ratio "$ratio" --seed "$3" --steps "$n"
             --warmup-steps "$WARMUP" --adam-beta2 0.999 --adam-epsilon 1e-6 --context-len $k --eval-episodes 10 --ckpt-every 500 --data-dir "$DATA"
-            --precision "$PRECISION" --no-progress --out "$out" $resume)
+            --precision "$PRECISION" --eval-every "$EVAL_EVERY" --no-progress --out "$out" $resume)
   local lamo=("${dt[@]}" --lm "$LM" --text-block 256)
   [ "$task" = hopper ] && lamo+=(--no-mlp-embeddings)  # LaMo's Hopper: linear embeddings, tanh head
   case "$2" in
@@ -83,7 +85,7 @@ run() {  # task:source:ratio method seed
   esac >> "$out.log" 2>&1 || { echo "$out: failed or made with other settings (see $out.log)" >&2; return 1; }
   keep "$out" "$kept"
 }
-export -f run keep kept_done; export DATA RUNS OUT LM STEPS BASE_STEPS CQL_STEPS WARMUP PRECISION
+export -f run keep kept_done; export DATA RUNS OUT LM STEPS BASE_STEPS CQL_STEPS WARMUP PRECISION EVAL_EVERY
 mkdir -p "$RUNS"
 restore_mujoco_data "$DATA"
 {

@@ -25,3 +25,20 @@ def test_trained_precision_appends_a_change_on_resume(tmp_path, capsys):
     assert trained_precision(tmp_path, True, "bf16", "auto") == "bf16" and capsys.readouterr().out == ""
     assert trained_precision(tmp_path, True, "fp32", "auto") == "bf16 then fp32"
     assert "trained in bf16 so far and goes on in fp32" in capsys.readouterr().out
+
+
+def test_untouched_rng_restores_every_random_stream():
+    import random
+
+    import numpy as np
+    import torch
+
+    from dtune.recipes.common import untouched_rng
+
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    expected = (torch.rand(2), np.random.rand(2), random.random())
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    with untouched_rng(torch.device("cpu")):
+        torch.rand(5), np.random.rand(5), random.random()
+    assert torch.equal(torch.rand(2), expected[0]) and np.array_equal(np.random.rand(2), expected[1])
+    assert random.random() == expected[2]

@@ -118,6 +118,53 @@ def test_resume_equals_uninterrupted(setup, tmp_path, capsys):
         lamo(cfg(setup, tmp_path / "cut", resume=True, eval_episodes=3))  # not its result under other settings
 
 
+def test_a_learning_curve_leaves_training_unchanged_and_survives_a_resume(setup, tmp_path):
+    from safetensors.torch import load_file
+
+    from tests.conftest import die_after_save
+
+    plain = lamo(cfg(setup, tmp_path / "plain"))
+    assert "curve" not in plain and not (tmp_path / "plain" / "curve.jsonl").exists()
+    whole = lamo(cfg(setup, tmp_path / "whole", eval_every=2))
+    curve = whole["curve"]
+    assert [c["step"] for c in curve] == [2, 4, 6]
+    assert all(c["target"] == 3600.0 and c["perplexity"] > 1 and np.isfinite(c["score_standard"]) for c in curve)
+    assert curve[-1]["score_standard"] == whole["score_standard"] and curve[-1]["perplexity"] == whole["perplexity_after"]
+    lines = (tmp_path / "whole" / "curve.jsonl").read_text().splitlines()
+    assert [json.loads(x)["step"] for x in lines] == [2, 4]
+    a, b = load_file(str(tmp_path / "plain" / "adapter.safetensors")), load_file(str(tmp_path / "whole" / "adapter.safetensors"))
+    assert all(torch.equal(a[k], b[k]) for k in a)  # evaluating did not touch training's random streams
+    assert whole["score_standard"] == plain["score_standard"]
+    # cut after the checkpoint at step 3 (past the point at 2), resumed: the same run, the same curve
+    mp = pytest.MonkeyPatch()
+    die_after_save(mp, lambda step, extra: step == 3)
+    with pytest.raises(KeyboardInterrupt):
+        lamo(cfg(setup, tmp_path / "cut", eval_every=2))
+    mp.undo()
+    assert [json.loads(x)["step"] for x in (tmp_path / "cut" / "curve.jsonl").read_text().splitlines()] == [2]
+    res = lamo(cfg(setup, tmp_path / "cut", eval_every=2, resume=True))
+    assert res["curve"] == curve
+    c = load_file(str(tmp_path / "cut" / "adapter.safetensors"))
+    assert all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_an_interrupt_while_evaluating_the_curve_says_how_to_resume(setup, tmp_path, monkeypatch):
+    import dtune.recipes.lamo as mod
+
+    real = mod.evaluate_protocol
+
+    def evaluate(*args, standard_only=False, **kw):
+        if standard_only:
+            raise KeyboardInterrupt
+        return real(*args, **kw)
+
+    monkeypatch.setattr(mod, "evaluate_protocol", evaluate)
+    with pytest.raises(KeyboardInterrupt, match=r"while evaluating at step 4 of 6; the last checkpoint is kept.*--resume"):
+        lamo(cfg(setup, tmp_path / "run", eval_every=4))
+    monkeypatch.setattr(mod, "evaluate_protocol", real)
+    assert lamo(cfg(setup, tmp_path / "run", eval_every=4, resume=True))["curve"][0]["step"] == 4
+
+
 def test_resume_refuses_a_run_whose_data_subset_an_older_rule_chose(setup, tmp_path):
     from tests.conftest import die_after_save
 
@@ -210,7 +257,8 @@ def test_an_exported_lamo_run_reads_back_the_data_subset_it_trained_on(setup, tm
     ("text_batch", 0, "--text-batch must be positive"), ("text_block", -4, "--text-block must be positive"),
     ("heldout_blocks", 0, "--heldout-blocks must be positive"), ("lr", float("nan"), "--lr must be positive"),
     ("warmup_steps", -1, "--warmup-steps must not be negative"), ("lora_dropout", 1.0, "--lora-dropout must lie in"),
-    ("dropout", -0.1, "--dropout must lie in"), ("text_file", "/nonexistent/corpus.txt", "--text-file .* no such file"),
+    ("dropout", -0.1, "--dropout must lie in"),
+    ("eval_every", -5, r"--eval-every must not be negative, got -5 \(0: no learning curve\)"), ("text_file", "/nonexistent/corpus.txt", "--text-file .* no such file"),
 ])
 def test_bad_settings_are_refused_before_anything_is_written(setup, tmp_path, field, value, message):
     with pytest.raises((ValueError, FileNotFoundError), match=message):

@@ -562,3 +562,30 @@ def test_lamo_runs_that_measured_the_lms_perplexity_show_it_before_and_after(tmp
     assert "LM perplexity, before -> after" in md
     bare = report([str(runs[-1])], str(tmp_path / "bare"))
     assert "perplexity" not in bare
+
+
+def test_offline_learning_curves_are_tabled_per_dataset_and_plotted(tmp_path):
+    def curve(*scores):
+        return [{"step": 1000 * (i + 1), "score_standard": s, "target": 6000.0} for i, s in enumerate(scores)]
+
+    runs = [offline_run(tmp_path / f"dt{s}", "lamo", "dt", s, 0.3 + 0.1 * s, task="halfcheetah", steps=3000,
+                        curve=curve(0.1, 0.2, 0.3 + 0.1 * s)) for s in range(2)]
+    runs.append(offline_run(tmp_path / "dt2", "lamo", "dt", 2, 0.5, task="halfcheetah", steps=3000))  # no curve
+    runs.append(offline_run(tmp_path / "lamo0", "lamo", "lamo", 0, 0.6, task="halfcheetah", steps=3000,
+                            lm="/x/lm-brown", pretrained=True, mlp_embeddings=True, language_weight=0.1,
+                            tuning="lora", curve=curve(0.4, None, 0.6)))
+    runs.append(offline_run(tmp_path / "bc0", "baseline", "bc", 0, 0.4, task="halfcheetah"))
+    md = report([str(r) for r in runs], str(tmp_path / "out"))
+    text = md[md.index("### Learning curves"):]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in text.splitlines() if line.startswith("| ")]
+    assert rows[0] == ["updates", "dt", "lamo [lm-brown]"]
+    by_step = {r[0]: r[1:] for r in rows[1:]}
+    assert by_step["1,000"] == ["10.0 (2)", "40.0 (1)"]
+    assert by_step["2,000"] == ["20.0 (2)", "n/a (0)"]  # an undefined score is counted out
+    assert by_step["3,000"] == ["35.0 ± 7.1 (2)", "60.0 (1)"]
+    data = json.loads((tmp_path / "out" / "report.json").read_text())["offline_curves"]
+    assert {(r["method"].split(" [")[0], r["step"]) for r in data} >= {("dt", 1000), ("lamo", 3000)}
+    assert all(not r["method"].startswith("bc") for r in data)  # baselines log no curve
+    assert (tmp_path / "out" / "offline_curves.png").stat().st_size > 0
+    none = report([str(runs[2]), str(runs[-1])])  # no run with a curve: no section
+    assert "Learning curves" not in none

@@ -245,14 +245,17 @@ def evaluate_agent(agent: Agent, tasks, episodes: int = 10, seed: int = 1000, ho
     }
 
 
-def evaluate_protocol(agent: Agent, tasks, **kw) -> dict:
+def evaluate_protocol(agent: Agent, tasks, standard_only: bool = False, **kw) -> dict:
     """Evaluate at every target return of each task's protocol (`TaskSpec.target_returns`: the
     DT and LaMo papers evaluate D4RL tasks at 3-4 targets) and report, labelled apart, the score
     at the standard target (the first) and the best over targets, which is what LaMo's reported
     numbers are (its authors said so); users of that code mixed the two up. Tasks without a
-    protocol are evaluated at their usual target. `kw` goes to :func:`evaluate_agent`."""
+    protocol are evaluated at their usual target. `standard_only`: at the standard target only
+    (then `best` is that one too; a learning curve's points). `kw` goes to :func:`evaluate_agent`."""
     tasks = resolve_tasks(tasks)
     lists = {t: list(get_task(t, kw.get("horizon")).target_returns) or [None] for t in tasks}  # scaled to a horizon
+    if standard_only:
+        lists = {t: v[:1] for t, v in lists.items()}
     per_task: dict[str, list[dict]] = {t: [] for t in tasks}
     for i in range(max(len(v) for v in lists.values())):
         these = [t for t in tasks if i < len(lists[t])]

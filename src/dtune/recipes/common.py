@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -11,6 +12,7 @@ from pathlib import Path
 
 from dtune.data.storage import (DatasetError, data_root, episode_stats, read_episodes, read_metadata,
                                 resolve_sources)
+from dtune.runtime.io import atomic_write_text
 from dtune.runtime.runs import COMMANDS, claim_out, run_kind
 from dtune.tasks import resolve_tasks
 from dtune.train.engine import Interrupted, read_state_meta
@@ -135,7 +137,8 @@ def resume_command(kind: str, out: str | os.PathLike) -> str:
     return f"{COMMANDS[kind]} --out {shlex.quote(str(out))} --resume"
 
 
-RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "tb", "evals", "progress.json")
+RUN_FILES = ("config.json", "metrics.csv", "metrics.jsonl", "summary.json", "tb", "evals", "progress.json",
+             "curve.jsonl")
 """What a run writes before its first checkpoint: cleared when it starts over."""
 
 
@@ -152,9 +155,8 @@ def start_fresh(out: Path, kind: str, markers: tuple[str, ...]) -> None:
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
 
 
-def fit(trainer, stop: int, checkpoint, ckpt_every: int, kind: str, out: Path, where: str) -> None:
-    """``trainer.fit`` that turns an interrupt into a message saying what was kept and the
-    command that resumes (``where``: the run's position, e.g. "step 40 of 100")."""
+def _fit(trainer, stop: int, checkpoint, ckpt_every: int, kind: str, out: Path, where: str) -> None:
+    """``trainer.fit`` up to `stop`; an interrupt becomes a message with the command that resumes."""
     try:
         trainer.fit(stop, checkpoint, ckpt_every)
     except Interrupted as e:
@@ -164,6 +166,69 @@ def fit(trainer, stop: int, checkpoint, ckpt_every: int, kind: str, out: Path, w
         kept = "checkpoint saved" if e.saved else "the last checkpoint is kept" if resumable else "nothing was saved"
         then = f"Continue with: {resume_command(kind, out)}" if resumable else "Run the same command again to start over."
         raise Interrupted(e.step, resumable, f"interrupted at {where.format(step=e.step)}; {kept}. {then}") from None
+
+
+CURVE = "curve.jsonl"
+"""A run's learning curve: one JSON row per evaluation during training (`fit(eval_every=...)`)."""
+
+
+def read_curve(out: Path) -> list[dict]:
+    """The rows of `out`'s learning curve (none when it has no curve)."""
+    path = Path(out) / CURVE
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
+
+
+@contextlib.contextmanager
+def untouched_rng(device):
+    """Random streams (torch's, CUDA's on `device`, numpy's and Python's global ones) restored on exit, so
+    that what runs inside (an evaluation during training) leaves the training's random numbers as they were."""
+    import random
+
+    import numpy as np
+    import torch
+
+    py, npy = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
+def fit(trainer, stop: int, checkpoint, ckpt_every: int, kind: str, out: Path, where: str, eval_every: int = 0,
+        evaluate=None) -> None:
+    """``trainer.fit`` that turns an interrupt into a message saying what was kept and the
+    command that resumes (``where``: the run's position, e.g. "step 40 of 100").
+
+    `eval_every` > 0: training pauses every `eval_every` updates before `stop` for `evaluate(step)`
+    (a dict), whose rows, with their step, make the run's learning curve (:data:`CURVE`: rows past the
+    resume point are dropped, those before it kept). Evaluating neither uses nor moves the random
+    streams of training, so a run trains exactly as it would without (tested)."""
+    rows = [r for r in read_curve(out) if r["step"] <= trainer.step]
+    if rows or (Path(out) / CURVE).exists():
+        atomic_write_text(Path(out) / CURVE, "".join(json.dumps(r) + "\n" for r in rows))
+    done = {r["step"] for r in rows}
+    for at in range(eval_every, stop, eval_every) if eval_every else ():
+        if at < trainer.step:  # evaluated by an earlier invocation of a resumed run (or before the curve was asked)
+            continue
+        _fit(trainer, at, checkpoint, ckpt_every, kind, out, where)
+        if at in done:
+            continue
+        try:
+            with untouched_rng(trainer.device):
+                row = {"step": at, **evaluate(at)}
+        except KeyboardInterrupt:
+            if trainer.log is not None:
+                trainer.log.close()
+            resumable = read_state_meta(out) is not None
+            then = f"Continue with: {resume_command(kind, out)}" if resumable else "Run the same command again to start over."
+            raise Interrupted(at, resumable, f"interrupted while evaluating at {where.format(step=at)}; "
+                                             f"{'the last checkpoint is kept' if resumable else 'nothing was saved'}. "
+                                             f"{then}") from None
+        rows.append(row)
+        atomic_write_text(Path(out) / CURVE, "".join(json.dumps(r) + "\n" for r in rows))
+    _fit(trainer, stop, checkpoint, ckpt_every, kind, out, where)
 
 
 def trained_precision(out: Path, resume: bool, precision: str, requested: str) -> str:

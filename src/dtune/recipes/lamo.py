@@ -43,8 +43,8 @@ from dtune.eval.rollout import evaluate_protocol
 from dtune.models import GPTConfig, ModelConfig, build_model
 from dtune.models.io import load_model, save_weights, weights_digest
 from dtune.models.lm import lm_path
-from dtune.recipes.common import (abspath, check_resume, claim_out, dataset_statistics, fit, saved_config, start_fresh,
-                                  trained_precision)
+from dtune.recipes.common import (abspath, check_resume, claim_out, dataset_statistics, fit, read_curve, saved_config,
+                                  start_fresh, trained_precision)
 from dtune.report.published import LAMO_LINEAR_EMBEDDINGS
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import single_process
@@ -134,6 +134,10 @@ class LamoConfig:
     """Evaluation episodes per target return."""
     eval_seed: int = 1000
     """Base seed of the evaluation episodes."""
+    eval_every: int = 0
+    """Updates between evaluations during training, at the standard target with `eval_episodes` episodes (and
+    the held-out perplexity where the run has one): the learning curve, `curve.jsonl` and `result.json`'s
+    `curve` (0: none). The run trains exactly as without them."""
     ckpt_every: int = 5000
     """Updates between checkpoints."""
     log_every: int = 100
@@ -249,10 +253,11 @@ def lamo(cfg: LamoConfig) -> dict:
                  "heldout_blocks", "lr", "grad_clip"):
         if not getattr(cfg, name) > 0:  # NaN too
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
-    for name in ("warmup_steps", "weight_decay", "language_weight"):
+    for name in ("warmup_steps", "weight_decay", "language_weight", "eval_every"):
         if not getattr(cfg, name) >= 0:
             raise ValueError(f"--{name.replace('_', '-')} must not be negative, got {getattr(cfg, name)}"
-                             + (" (0: no language loss)" if name == "language_weight" else ""))
+                             + {"language_weight": " (0: no language loss)", "eval_every": " (0: no learning curve)"}
+                             .get(name, ""))
     for name in ("lora_dropout", "dropout", "adam_beta1", "adam_beta2"):
         if getattr(cfg, name) is not None and not 0 <= getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(cfg, name)}")
@@ -354,12 +359,25 @@ def lamo(cfg: LamoConfig) -> dict:
     trainer.log = MetricsLog(out, (lambda row: row["step"] <= start) if cfg.resume else None)
 
     def checkpoint(step: int):
-        trainer.save(out, {"tuner": tuner.extra_state(), "train_s": before + time.perf_counter() - t0},
+        trainer.save(out, {"tuner": tuner.extra_state(), "train_s": before + time.perf_counter() - t0 - sum(eval_s)},
                      tuners.adapter_state(model))
 
-    t0 = time.perf_counter()
-    fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "lamo", out, f"step {{step}} of {cfg.steps}")
-    train_s = before + time.perf_counter() - t0  # over every invocation of a resumed run
+    def evaluate(step: int) -> dict:  # a point of the learning curve
+        t = time.perf_counter()
+        model.eval()  # no dropout (training turns it on again)
+        r = evaluate_protocol(DTAgent(model, layout), cfg.task, standard_only=True, episodes=cfg.eval_episodes,
+                              seed=cfg.eval_seed, task_info=info, progress=False)["tasks"][cfg.task]["standard"]
+        row = {"score_standard": r["score"], "return_mean": r["return_mean"], "return_std": r["return_std"],
+               "target": r["target"]}
+        if language is not None:
+            row["perplexity"] = perplexity(language, held, cfg.text_block, cfg.heldout_blocks, model)
+        eval_s.append(time.perf_counter() - t)
+        return row
+
+    t0, eval_s = time.perf_counter(), []
+    fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "lamo", out, f"step {{step}} of {cfg.steps}",
+        eval_every=cfg.eval_every, evaluate=evaluate)
+    train_s = before + time.perf_counter() - t0 - sum(eval_s)  # over every invocation of a resumed run
     trainer.log.close()
     tuner.end_task()
     tuners.save_adapter(out, model, {"base_checkpoint": str(base_dir), "base_digest": weights_digest(base_dir),
@@ -384,6 +402,13 @@ def lamo(cfg: LamoConfig) -> dict:
               "lora_share_of_transformer": sum(p.numel() for n, p in model.named_parameters()
                                                if n.startswith("tuner.") and p.requires_grad) / transformer,
               "train_s": train_s, "precision": trained_in, "protocol": res}
+    curve = read_curve(out)
+    if curve:  # its last point: the final model at the standard target
+        std = r["standard"]
+        curve.append({"step": cfg.steps, "score_standard": std["score"], "return_mean": std["return_mean"],
+                      "return_std": std["return_std"], "target": std["target"],
+                      **({"perplexity": ppl_after} if ppl_after is not None else {})})
+        result["curve"] = curve
     atomic_write_json(out / "result.json", result)
     return result
 

@@ -92,6 +92,36 @@ def plot_methods_curve(curves: dict[str, list[np.ndarray]], tasks: list[str], pa
     plt.close(fig)
 
 
+def plot_score_curves(rows: list[dict], path: Path, title: str = "score at the standard target during training") -> None:
+    """One panel per dataset: each method's score against updates, mean over seeds with a ±1 sd band
+    (the legend says so). `rows`: :func:`dtune.report.summary.offline_curves`'s rows."""
+    plt = _plt()
+    panels: dict[str, dict[str, list[dict]]] = {}
+    for r in rows:
+        name = f"{r['task']} {r['source']}, {r['data_ratio']:g}"
+        panels.setdefault(name, {}).setdefault(r["method"], []).append(r)
+    n = len(panels)
+    fig, axes = plt.subplots(1, n, figsize=(5 * n, 3.6), squeeze=False)
+    for ax, (name, methods) in zip(axes.flat, panels.items()):
+        for method, pts in methods.items():
+            pts = sorted((p for p in pts if p["mean"] is not None), key=lambda p: p["step"])
+            x = np.array([p["step"] for p in pts], float)
+            m = 100 * np.array([p["mean"] for p in pts])
+            sd = 100 * np.array([p["sd"] for p in pts])
+            seeds = max(len(p["seeds"]) for p in pts)
+            ax.plot(x, m, marker="o", ms=3, label=f"{method} (up to {seeds} seed{'s' * (seeds > 1)})")
+            ax.fill_between(x, m - sd, m + sd, alpha=0.15)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("updates", fontsize=8)
+        ax.set_ylabel("normalised score x100", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.legend(fontsize=6, title="line: mean over seeds; band: ±1 sd", title_fontsize=6)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def place_labels(ax, items: list[tuple], fontsize: float = 7, marker_px: float = 6.0) -> list:
     """Label every point without overlaps. ``items``: ``(text, x, y)`` or ``(text, x, y, style)``
     with ``style`` a dict of text options plus ``marker_px`` (the point's marker radius in pixels).

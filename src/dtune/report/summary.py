@@ -504,6 +504,48 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict], list
     return "\n\n".join(parts), rows + [{"aggregate": True, **r} for r in summary_rows], orderings, gaps
 
 
+def offline_curves(runs: list[dict]) -> tuple[str, list[dict]]:
+    """Learning curves of the `dtune lamo` runs that logged one (`--eval-every`): per dataset, the score
+    at the standard target after each number of updates, mean ± sd over the runs (seeds) of each method
+    that were evaluated there. Returns the text (one table per dataset: rows updates, columns methods)
+    and the rows (dataset, method, step, mean, sd, seeds)."""
+    groups: dict[tuple, dict[str, list[dict]]] = {}
+    for r in runs:
+        if r.get("curve"):
+            groups.setdefault((r["task"], r.get("source"), r.get("data_ratio", 1.0)), {}).setdefault(r["label"], []).append(r)
+    parts, rows = [], []
+    for key in sorted(groups, key=lambda k: (k[0], str(k[1]), k[2])):
+        methods = _offline_order(list(groups[key]))
+        cells: dict[tuple[str, int], list[float | None]] = {}
+        seeds: dict[tuple[str, int], list] = {}
+        for m in methods:
+            for r in groups[key][m]:
+                for point in r["curve"]:
+                    cells.setdefault((m, point["step"]), []).append(point.get("score_standard"))
+                    seeds.setdefault((m, point["step"]), []).append(r.get("seed"))
+        steps = sorted({step for _, step in cells})
+        table = []
+        for step in steps:
+            line = [f"{step:,}"]
+            for m in methods:
+                vals = cells.get((m, step))
+                if vals is None:
+                    line.append("")
+                    continue
+                mean, sd = _stats(vals)
+                rows.append({"task": key[0], "source": key[1], "data_ratio": key[2], "method": m, "step": step,
+                             "mean": mean, "sd": sd, "seeds": sorted(seeds[(m, step)])})
+                line.append(_pm(mean, sd) + f" ({sum(v is not None for v in vals)})")
+            table.append(line)
+        parts += [f"{key[0]} {key[1]}, data ratio {key[2]:g}:", markdown_table(["updates", *methods], table)]
+    if not parts:
+        return "", []
+    note = ("Learning curves (runs with `--eval-every`): the score at the standard target after that many updates, "
+            "mean ± sd over the runs evaluated there (their number in brackets); the last row is the runs' final "
+            "evaluation. Evaluating during training leaves the training itself unchanged.")
+    return "\n\n".join([note, *parts]), rows
+
+
 LOW_DATA = (0.005, 0.01)
 """The data ratios of LaMo's headline claim (LaMo beats DT at 0.5% and 1% of the data), pooled in one row."""
 
@@ -603,7 +645,7 @@ def _offline_orderings(rows: list[dict]) -> tuple[str, list[dict]]:
 def report(dirs: list[str], out: str | None = None, reference: str | None = None) -> str:
     """The Markdown report of ``dirs``; with ``out`` also JSON, CSV and PNG files there; with
     ``reference`` (single-task ``dtune adapt`` runs) continual runs get their forward transfer."""
-    from dtune.report.plots import plot_intervals, plot_methods_curve, plot_tradeoff
+    from dtune.report.plots import plot_intervals, plot_methods_curve, plot_score_curves, plot_tradeoff
 
     if not dirs:
         raise ValueError("dtune report needs at least one run directory")
@@ -660,6 +702,12 @@ def report(dirs: list[str], out: str | None = None, reference: str | None = None
             data["offline_orderings"] = orderings
         if gaps:
             data["lamo_gaps"] = gaps
+        curves_md, curve_rows = offline_curves(offline)
+        if curves_md:
+            parts += ["", "### Learning curves", "", curves_md]
+            data["offline_curves"] = curve_rows
+            if outp:
+                plot_score_curves(curve_rows, outp / "offline_curves.png")
         if outp:
             panels: dict[str, dict] = {}
             for r in rows:
