@@ -75,6 +75,28 @@ def test_resume_continues_exactly(hopper_data, tmp_path):
         train_baseline(cfg(hopper_data, tmp_path / "parts", algo="td3+bc"))
 
 
+def test_a_learning_curve_leaves_training_unchanged_and_survives_a_resume(hopper_data, tmp_path):
+    from safetensors.torch import load_file
+
+    with pytest.raises(ValueError, match="multiple of --steps-per-epoch"):
+        train_baseline(cfg(hopper_data, tmp_path / "bad", algo="iql", eval_every=6))
+    assert not (tmp_path / "bad").exists()
+    plain = train_baseline(cfg(hopper_data, tmp_path / "plain", algo="iql", steps=12))
+    whole = train_baseline(cfg(hopper_data, tmp_path / "whole", algo="iql", steps=12, eval_every=4))
+    assert "curve" not in plain and [c["step"] for c in whole["curve"]] == [4, 8, 12]
+    assert whole["curve"][-1]["score_standard"] == whole["score"] == plain["score"]
+    assert all(np.isfinite(c["score_standard"]) for c in whole["curve"])
+    a = load_file(str(tmp_path / "plain" / "checkpoint" / "ckpt-12" / "networks.safetensors"))
+    b = load_file(str(tmp_path / "whole" / "checkpoint" / "ckpt-12" / "networks.safetensors"))
+    assert all(np.array_equal(a[k].numpy(), b[k].numpy()) for k in a)  # evaluating did not touch training
+    # in two invocations, the second cut between its checkpoint at 8 and the point there: the same curve
+    train_baseline(cfg(hopper_data, tmp_path / "parts", algo="iql", steps=8, eval_every=4))
+    curve = tmp_path / "parts" / "curve.jsonl"
+    assert [json.loads(x)["step"] for x in curve.read_text().splitlines()] == [4]  # 8 was the end: not a point
+    res = train_baseline(cfg(hopper_data, tmp_path / "parts", algo="iql", steps=12, eval_every=4, resume=True))
+    assert res["curve"] == whole["curve"]
+
+
 def test_a_run_interrupted_while_saving_resumes_from_the_last_whole_checkpoint(hopper_data, tmp_path, monkeypatch):
     """The second epoch's save dies after its networks are written, before its optimiser states:
     the checkpoint on disk is still the first epoch's, whole, and resuming gives the uninterrupted run."""

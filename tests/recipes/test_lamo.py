@@ -118,13 +118,21 @@ def test_resume_equals_uninterrupted(setup, tmp_path, capsys):
         lamo(cfg(setup, tmp_path / "cut", resume=True, eval_episodes=3))  # not its result under other settings
 
 
-def test_a_learning_curve_leaves_training_unchanged_and_survives_a_resume(setup, tmp_path):
+def test_a_learning_curve_leaves_training_unchanged_and_survives_a_resume(setup, tmp_path, monkeypatch):
     from safetensors.torch import load_file
 
+    import dtune.recipes.lamo as mod
     from tests.conftest import die_after_save
 
     plain = lamo(cfg(setup, tmp_path / "plain"))
     assert "curve" not in plain and not (tmp_path / "plain" / "curve.jsonl").exists()
+    real = mod.evaluate_protocol
+
+    def drawing(*args, **kw):  # an evaluation that draws from the global random streams (dropout's is torch's)
+        torch.rand(3), np.random.rand(3)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(mod, "evaluate_protocol", drawing)
     whole = lamo(cfg(setup, tmp_path / "whole", eval_every=2))
     curve = whole["curve"]
     assert [c["step"] for c in curve] == [2, 4, 6]
@@ -148,21 +156,55 @@ def test_a_learning_curve_leaves_training_unchanged_and_survives_a_resume(setup,
     assert all(torch.equal(a[k], c[k]) for k in a)
 
 
-def test_an_interrupt_while_evaluating_the_curve_says_how_to_resume(setup, tmp_path, monkeypatch):
+@pytest.mark.parametrize("how", ["signal", "second ctrl-c"])
+def test_an_interrupt_while_evaluating_the_curve_saves_a_checkpoint_there(setup, tmp_path, monkeypatch, how):
+    import os
+    import signal
+
     import dtune.recipes.lamo as mod
 
-    real = mod.evaluate_protocol
+    real, calls = mod.evaluate_protocol, []
 
     def evaluate(*args, standard_only=False, **kw):
         if standard_only:
-            raise KeyboardInterrupt
-        return real(*args, **kw)
+            calls.append(1)
+            if len(calls) == 1:  # the first point: Ctrl-C (or SIGTERM) while it is evaluated
+                if how == "second ctrl-c":
+                    raise KeyboardInterrupt
+                os.kill(os.getpid(), signal.SIGINT)
+        return real(*args, standard_only=standard_only, **kw)
 
     monkeypatch.setattr(mod, "evaluate_protocol", evaluate)
-    with pytest.raises(KeyboardInterrupt, match=r"while evaluating at step 4 of 6; the last checkpoint is kept.*--resume"):
+    with pytest.raises(KeyboardInterrupt, match=r"while evaluating at step 4 of 6; checkpoint saved.*--resume"):
         lamo(cfg(setup, tmp_path / "run", eval_every=4))
-    monkeypatch.setattr(mod, "evaluate_protocol", real)
-    assert lamo(cfg(setup, tmp_path / "run", eval_every=4, resume=True))["curve"][0]["step"] == 4
+    assert json.loads((tmp_path / "run" / "train_state.json").read_text())["step"] == 4  # not the one at 3
+    path = tmp_path / "run" / "curve.jsonl"
+    kept = path.read_text().splitlines() if path.exists() else []
+    assert len(kept) == (1 if how == "signal" else 0)  # a signal lets the evaluation finish; a second Ctrl-C not
+    res = lamo(cfg(setup, tmp_path / "run", eval_every=4, resume=True))
+    assert [c["step"] for c in res["curve"]] == [4, 6]
+    assert len(calls) == (1 if how == "signal" else 2)  # a kept point is not evaluated again
+
+
+def test_a_curve_keeps_the_points_up_to_the_checkpoint_it_resumes_from(setup, tmp_path):
+    from tests.conftest import die_after_save
+
+    whole = lamo(cfg(setup, tmp_path / "whole", eval_every=2))
+    mp = pytest.MonkeyPatch()
+    die_after_save(mp, lambda step, extra: step == 3)
+    with pytest.raises(KeyboardInterrupt):
+        lamo(cfg(setup, tmp_path / "cut", eval_every=2))
+    mp.undo()
+    path = tmp_path / "cut" / "curve.jsonl"  # as if it had gone on to evaluate at 4 and died before its next checkpoint
+    path.write_text(path.read_text() + json.dumps({"step": 4, "score_standard": -1.0}) + "\n")
+    assert lamo(cfg(setup, tmp_path / "cut", eval_every=2, resume=True))["curve"] == whole["curve"]
+
+
+@pytest.mark.parametrize("every, message", [(6, "between 0 and --steps"), (3, "multiples of --log-every")])
+def test_a_curve_off_the_grid_is_refused(setup, tmp_path, every, message):
+    with pytest.raises(ValueError, match=message):
+        lamo(cfg(setup, tmp_path / "bad", eval_every=every, log_every=2))
+    assert not (tmp_path / "bad").exists()
 
 
 def test_resume_refuses_a_run_whose_data_subset_an_older_rule_chose(setup, tmp_path):

@@ -585,7 +585,11 @@ def test_offline_learning_curves_are_tabled_per_dataset_and_plotted(tmp_path):
     assert by_step["3,000"] == ["35.0 ± 7.1 (2)", "60.0 (1)"]
     data = json.loads((tmp_path / "out" / "report.json").read_text())["offline_curves"]
     assert {(r["method"].split(" [")[0], r["step"]) for r in data} >= {("dt", 1000), ("lamo", 3000)}
-    assert all(not r["method"].startswith("bc") for r in data)  # baselines log no curve
-    assert (tmp_path / "out" / "offline_curves.png").stat().st_size > 0
+    assert next(r for r in data if r["method"] == "dt" and r["step"] == 3000)["runs"] == 2
+    assert (tmp_path / "out" / "offline_curves.png").stat().st_size > 10_000
+    from dtune.report.plots import plot_score_curves  # a method without a defined score anywhere: no line, no crash
+
+    plot_score_curves([{**r, "mean": None, "sd": None, "runs": 0} for r in data], tmp_path / "none.png")
+    assert (tmp_path / "none.png").exists()
     none = report([str(runs[2]), str(runs[-1])])  # no run with a curve: no section
     assert "Learning curves" not in none

@@ -233,3 +233,17 @@ def test_a_non_finite_loss_stops_training_before_anything_is_saved(log_every, ck
     assert calls == saved and e.value.step == raised_at
     assert e.value.saved == (saved[-1] if saved else None)
     assert ("no checkpoint was written" in str(e.value)) == (not saved) and "--resume" in str(e.value)
+
+
+@pytest.mark.parametrize("first_stop,saved", [(3, 2), (1, None)])
+def test_a_non_finite_loss_after_a_pause_names_the_last_checkpoint_not_the_pause(first_stop, saved):
+    # fit called again (a learning curve's pauses): the message names the checkpoint at 2, or none
+    torch.manual_seed(0)
+    model = build_model(preset("tiny", state_dim=10, act_dim=2))
+    trainer = Trainer(model, RandomBatches(0), [ActionLoss(), NaNFrom(5)], OptimSettings(lr=1e-3, warmup_steps=2), 10,
+                      torch.device("cpu"), "fp32", log_every=1, progress=False)
+    trainer.saved_step = 0  # a new run (what recipes.common.fit sets)
+    trainer.fit(first_stop, checkpoint=lambda step: None, ckpt_every=2)
+    with pytest.raises(NonFiniteLoss) as e:
+        trainer.fit(10, checkpoint=lambda step: None, ckpt_every=100)
+    assert e.value.saved == saved

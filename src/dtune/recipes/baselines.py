@@ -64,6 +64,10 @@ class BaselineConfig:
     """Evaluation episodes at the end."""
     eval_seed: int = 1000
     """Base seed of the evaluation episodes (the evaluator's default, as for DT runs)."""
+    eval_every: int = 0
+    """Updates between evaluations during training (a multiple of `steps_per_epoch`, below `steps`): the
+    learning curve, `curve.jsonl`, and `result.json`'s `curve` with the final evaluation as its last point,
+    as `dtune lamo --eval-every` (0: none). The run trains exactly as without them."""
     seed: int = 0
     """Seed of d3rlpy's networks and sampling and of the data subset."""
     out: str = "runs/baseline"
@@ -265,10 +269,11 @@ def train_baseline(cfg: BaselineConfig) -> dict:
     single_process("dtune baselines")
     quiet_legacy_gym()
     import d3rlpy
+    import torch
 
     from dtune.data.storage import data_root, resolve_sources
     from dtune.eval.rollout import evaluate_agent
-    from dtune.recipes.common import claim_out, start_fresh
+    from dtune.recipes.common import Curve, claim_out, due, start_fresh, untouched_rng
     from dtune.tasks import get_task
 
     if cfg.algo not in ALGOS:
@@ -276,6 +281,10 @@ def train_baseline(cfg: BaselineConfig) -> dict:
     for name in ("steps", "steps_per_epoch", "batch_size", "eval_episodes"):
         if getattr(cfg, name) <= 0:
             raise ValueError(f"--{name.replace('_', '-')} must be positive, got {getattr(cfg, name)}")
+    if cfg.eval_every < 0 or cfg.eval_every % cfg.steps_per_epoch or 0 < cfg.steps <= cfg.eval_every:
+        raise ValueError(f"--eval-every must be 0 (no learning curve) or a multiple of --steps-per-epoch "
+                         f"({cfg.steps_per_epoch}; the networks are evaluated between epochs) below --steps "
+                         f"({cfg.steps}); got {cfg.eval_every}")
     spec = get_task(cfg.task)
     out = Path(cfg.out)
     root = data_root(cfg.data_dir)
@@ -310,15 +319,29 @@ def train_baseline(cfg: BaselineConfig) -> dict:
     algo = built_algo(cfg.algo, cfg.batch_size, dataset)
     step, before = _load(out, algo) if cfg.resume and (out / "checkpoint" / "state.json").exists() else (0, 0.0)
     _drop_log_rows_after(out / "d3rlpy" / cfg.algo, step)
+    curve, eval_s = Curve(out, step), []
+
+    def point():  # the learning curve's point at `step`, when due and not yet there (a resume after a cut)
+        if due(step, cfg.eval_every, cfg.steps) and not curve.has(step):
+            t = time.perf_counter()
+            with untouched_rng(torch.device("cpu")):  # d3rlpy's networks live there
+                r = evaluate_agent(BaselineAgent(algo), cfg.task, episodes=cfg.eval_episodes, seed=cfg.eval_seed,
+                                   task_info={cfg.task: info}, progress=False)["tasks"][cfg.task]
+            curve.add(step, {"score_standard": r["score"], "return_mean": r["return_mean"],
+                             "return_std": r["return_std"], "episodes": r["episodes"]})
+            eval_s.append(time.perf_counter() - t)
+
     t0 = time.perf_counter()
+    point()
     while step < cfg.steps:
         n = min(cfg.steps_per_epoch, cfg.steps - step)
         logger = _file_logger(out / "d3rlpy", step // cfg.steps_per_epoch, step)
         algo.fit(dataset, n_steps=n, n_steps_per_epoch=n, experiment_name=cfg.algo, with_timestamp=False,
                  logger_adapter=logger, show_progress=cfg.progress, save_interval=10 ** 9)
         step += n
-        _save(out, algo, step, before + time.perf_counter() - t0)
-    train_s = before + time.perf_counter() - t0  # over every invocation of a resumed run
+        _save(out, algo, step, before + time.perf_counter() - t0 - sum(eval_s))
+        point()
+    train_s = before + time.perf_counter() - t0 - sum(eval_s)  # over every invocation of a resumed run
     res = evaluate_agent(BaselineAgent(algo), cfg.task, episodes=cfg.eval_episodes, seed=cfg.eval_seed,
                          task_info={cfg.task: info}, progress=cfg.progress)
     task_res = res["tasks"][cfg.task]
@@ -326,6 +349,10 @@ def train_baseline(cfg: BaselineConfig) -> dict:
               "replay_from": cfg.replay_from, "seed": cfg.seed, "steps": step, "score": task_res["score"], "score_kind": spec.score,
               "return_mean": task_res["return_mean"], "return_std": task_res["return_std"], "train_s": train_s,
               "data": info, "eval": res}
+    ended = curve.ended(step, {"score_standard": task_res["score"], "return_mean": task_res["return_mean"],
+                               "return_std": task_res["return_std"], "episodes": task_res["episodes"]})
+    if ended:
+        result["curve"] = ended
     atomic_write_json(out / "result.json", result)
     return result
 

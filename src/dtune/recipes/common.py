@@ -15,7 +15,7 @@ from dtune.data.storage import (DatasetError, data_root, episode_stats, read_epi
 from dtune.runtime.io import atomic_write_text
 from dtune.runtime.runs import COMMANDS, claim_out, run_kind
 from dtune.tasks import resolve_tasks
-from dtune.train.engine import Interrupted, read_state_meta
+from dtune.train.engine import InterruptFlag, Interrupted, read_state_meta
 
 
 def abspath(path: str | os.PathLike | None) -> str | None:
@@ -178,6 +178,38 @@ def read_curve(out: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
 
 
+class Curve:
+    """The learning curve of the run in `out` that trains on from update `step` (0: a new run): the rows of
+    :data:`CURVE` up to `step` are kept, later ones (an interrupted invocation's) dropped, and each row
+    added is written at once (the file replaced whole, never half-written)."""
+
+    def __init__(self, out: Path, step: int):
+        self.path = Path(out) / CURVE
+        self.rows = [r for r in read_curve(out) if r["step"] <= step]
+        if self.path.exists():
+            self._write()
+
+    def _write(self) -> None:
+        atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self.rows))
+
+    def has(self, step: int) -> bool:
+        return any(r["step"] == step for r in self.rows)
+
+    def add(self, step: int, row: dict) -> None:
+        self.rows.append({"step": step, **row})
+        self._write()
+
+    def ended(self, step: int, row: dict) -> list[dict] | None:
+        """The curve with the final evaluation (at `step`) as its last point; None when there is no curve."""
+        return [*self.rows, {"step": step, **row}] if self.rows else None
+
+
+def due(step: int, every: int, stop: int) -> bool:
+    """Whether a learning curve evaluated every `every` updates has a point at `step` (before `stop`, where
+    the run's final evaluation is its last point)."""
+    return every > 0 and 0 < step < stop and step % every == 0
+
+
 @contextlib.contextmanager
 def untouched_rng(device):
     """Random streams (torch's, CUDA's on `device`, numpy's and Python's global ones) restored on exit, so
@@ -204,30 +236,33 @@ def fit(trainer, stop: int, checkpoint, ckpt_every: int, kind: str, out: Path, w
     `eval_every` > 0: training pauses every `eval_every` updates before `stop` for `evaluate(step)`
     (a dict), whose rows, with their step, make the run's learning curve (:data:`CURVE`: rows past the
     resume point are dropped, those before it kept). Evaluating neither uses nor moves the random
-    streams of training, so a run trains exactly as it would without (tested)."""
-    rows = [r for r in read_curve(out) if r["step"] <= trainer.step]
-    if rows or (Path(out) / CURVE).exists():
-        atomic_write_text(Path(out) / CURVE, "".join(json.dumps(r) + "\n" for r in rows))
-    done = {r["step"] for r in rows}
+    streams of training, so a run trains to the same weights as without (tested); its logged losses are
+    the same too where `eval_every` is a multiple of the trainer's `log_every` (a pause ends a row; the
+    timings of the rows leave the evaluations out).
+    An interrupt while evaluating lets the evaluation finish (a second Ctrl-C: not), saves a checkpoint
+    there and raises :class:`Interrupted`."""
+    curve = Curve(out, trainer.step)
+    if trainer.saved_step is None:  # what a non-finite loss's message names in a later segment
+        trainer.saved_step = trainer.step
     for at in range(eval_every, stop, eval_every) if eval_every else ():
         if at < trainer.step:  # evaluated by an earlier invocation of a resumed run (or before the curve was asked)
             continue
         _fit(trainer, at, checkpoint, ckpt_every, kind, out, where)
-        if at in done:
+        if curve.has(at):
             continue
-        try:
-            with untouched_rng(trainer.device):
-                row = {"step": at, **evaluate(at)}
-        except KeyboardInterrupt:
+        with InterruptFlag() as flag:  # Ctrl-C or SIGTERM: the evaluation ends, is kept, then the run stops
+            try:
+                with untouched_rng(trainer.device):
+                    curve.add(at, evaluate(at))
+            except KeyboardInterrupt:  # a second Ctrl-C: at once, without this point
+                flag.hit = True
+        if flag.hit:
             if trainer.log is not None:
                 trainer.log.close()
-            resumable = read_state_meta(out) is not None
-            then = f"Continue with: {resume_command(kind, out)}" if resumable else "Run the same command again to start over."
-            raise Interrupted(at, resumable, f"interrupted while evaluating at {where.format(step=at)}; "
-                                             f"{'the last checkpoint is kept' if resumable else 'nothing was saved'}. "
-                                             f"{then}") from None
-        rows.append(row)
-        atomic_write_text(Path(out) / CURVE, "".join(json.dumps(r) + "\n" for r in rows))
+            if trainer.saved_step != at:
+                checkpoint(at)
+            raise Interrupted(at, True, f"interrupted while evaluating at {where.format(step=at)}; checkpoint saved. "
+                                        f"Continue with: {resume_command(kind, out)}")
     _fit(trainer, stop, checkpoint, ckpt_every, kind, out, where)
 
 

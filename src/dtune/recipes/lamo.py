@@ -43,7 +43,7 @@ from dtune.eval.rollout import evaluate_protocol
 from dtune.models import GPTConfig, ModelConfig, build_model
 from dtune.models.io import load_model, save_weights, weights_digest
 from dtune.models.lm import lm_path
-from dtune.recipes.common import (abspath, check_resume, claim_out, dataset_statistics, fit, read_curve, saved_config,
+from dtune.recipes.common import (Curve, abspath, check_resume, claim_out, dataset_statistics, fit, saved_config,
                                   start_fresh, trained_precision)
 from dtune.report.published import LAMO_LINEAR_EMBEDDINGS
 from dtune.runtime.device import resolve_device, resolve_precision
@@ -135,9 +135,10 @@ class LamoConfig:
     eval_seed: int = 1000
     """Base seed of the evaluation episodes."""
     eval_every: int = 0
-    """Updates between evaluations during training, at the standard target with `eval_episodes` episodes (and
-    the held-out perplexity where the run has one): the learning curve, `curve.jsonl` and `result.json`'s
-    `curve` (0: none). The run trains exactly as without them."""
+    """Updates between evaluations during training (below `steps`, a multiple of `log_every`), at the standard
+    target with `eval_episodes` episodes (and the held-out perplexity where the run has one): the learning
+    curve, `curve.jsonl`, and `result.json`'s `curve` with the final evaluation as its last point (0: none).
+    The run trains to the same weights and logs the same losses as without them."""
     ckpt_every: int = 5000
     """Updates between checkpoints."""
     log_every: int = 100
@@ -261,6 +262,9 @@ def lamo(cfg: LamoConfig) -> dict:
     for name in ("lora_dropout", "dropout", "adam_beta1", "adam_beta2"):
         if getattr(cfg, name) is not None and not 0 <= getattr(cfg, name) < 1:
             raise ValueError(f"--{name.replace('_', '-')} must lie in [0, 1), got {getattr(cfg, name)}")
+    if cfg.eval_every and (cfg.eval_every >= cfg.steps or cfg.eval_every % cfg.log_every):
+        raise ValueError(f"--eval-every {cfg.eval_every}: a learning curve's points lie between 0 and --steps "
+                         f"({cfg.steps}), at multiples of --log-every ({cfg.log_every}); pick one such, or 0 for none")
     if cfg.lm is not None and cfg.text_file is not None:
         check_text_file(cfg.text_file)  # before the data and the LM are read
     if not cfg.adam_epsilon > 0:  # NaN too
@@ -285,7 +289,10 @@ def lamo(cfg: LamoConfig) -> dict:
                 raise ValueError(f"the run in {out} finished and was evaluated with {' '.join(diff)}: resume with those, "
                                  f"or evaluate its model otherwise with `dtune evaluate --adapter {out} --targets protocol "
                                  "--episodes N`")
-            return json.loads((out / "result.json").read_text())
+            done = json.loads((out / "result.json").read_text())
+            if cfg.eval_every and "curve" not in done:
+                print(f"note: the run in {out} finished without a learning curve; --eval-every adds none to it")
+            return done
         if not (out / STATE_J).exists():
             raise ValueError(f"--resume: the run in {out} has no checkpoint yet; run the same command without "
                              "--resume to start it over")
@@ -368,7 +375,7 @@ def lamo(cfg: LamoConfig) -> dict:
         r = evaluate_protocol(DTAgent(model, layout), cfg.task, standard_only=True, episodes=cfg.eval_episodes,
                               seed=cfg.eval_seed, task_info=info, progress=False)["tasks"][cfg.task]["standard"]
         row = {"score_standard": r["score"], "return_mean": r["return_mean"], "return_std": r["return_std"],
-               "target": r["target"]}
+               "target": r["target"], "episodes": r["episodes"]}
         if language is not None:
             row["perplexity"] = perplexity(language, held, cfg.text_block, cfg.heldout_blocks, model)
         eval_s.append(time.perf_counter() - t)
@@ -402,12 +409,12 @@ def lamo(cfg: LamoConfig) -> dict:
               "lora_share_of_transformer": sum(p.numel() for n, p in model.named_parameters()
                                                if n.startswith("tuner.") and p.requires_grad) / transformer,
               "train_s": train_s, "precision": trained_in, "protocol": res}
-    curve = read_curve(out)
-    if curve:  # its last point: the final model at the standard target
-        std = r["standard"]
-        curve.append({"step": cfg.steps, "score_standard": std["score"], "return_mean": std["return_mean"],
-                      "return_std": std["return_std"], "target": std["target"],
-                      **({"perplexity": ppl_after} if ppl_after is not None else {})})
+    std = r["standard"]
+    curve = Curve(out, cfg.steps).ended(cfg.steps, {  # its last point: the final model at the standard target
+        "score_standard": std["score"], "return_mean": std["return_mean"], "return_std": std["return_std"],
+        "target": std["target"], "episodes": std["episodes"],
+        **({"perplexity": ppl_after} if ppl_after is not None else {})})
+    if curve:
         result["curve"] = curve
     atomic_write_json(out / "result.json", result)
     return result

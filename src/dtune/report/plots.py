@@ -105,17 +105,20 @@ def plot_score_curves(rows: list[dict], path: Path, title: str = "score at the s
     for ax, (name, methods) in zip(axes.flat, panels.items()):
         for method, pts in methods.items():
             pts = sorted((p for p in pts if p["mean"] is not None), key=lambda p: p["step"])
+            if not pts:  # no defined score anywhere on its curve
+                continue
             x = np.array([p["step"] for p in pts], float)
             m = 100 * np.array([p["mean"] for p in pts])
             sd = 100 * np.array([p["sd"] for p in pts])
-            seeds = max(len(p["seeds"]) for p in pts)
-            ax.plot(x, m, marker="o", ms=3, label=f"{method} (up to {seeds} seed{'s' * (seeds > 1)})")
-            ax.fill_between(x, m - sd, m + sd, alpha=0.15)
+            seeds = max(p["runs"] for p in pts)
+            line, = ax.plot(x, m, marker="o", ms=3, label=f"{method} (up to {seeds} seed{'s' * (seeds > 1)})")
+            ax.fill_between(x, m - sd, m + sd, alpha=0.15, color=line.get_color())
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("updates", fontsize=8)
         ax.set_ylabel("normalised score x100", fontsize=8)
         ax.tick_params(labelsize=7)
-        ax.legend(fontsize=6, title="line: mean over seeds; band: ±1 sd", title_fontsize=6)
+        if ax.lines:
+            ax.legend(fontsize=6, title="line: mean over seeds; band: ±1 sd", title_fontsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -508,7 +508,7 @@ def offline_curves(runs: list[dict]) -> tuple[str, list[dict]]:
     """Learning curves of the `dtune lamo` runs that logged one (`--eval-every`): per dataset, the score
     at the standard target after each number of updates, mean ± sd over the runs (seeds) of each method
     that were evaluated there. Returns the text (one table per dataset: rows updates, columns methods)
-    and the rows (dataset, method, step, mean, sd, seeds)."""
+    and the rows (dataset, method, step, mean, sd, runs: how many had a defined score, seeds: those evaluated)."""
     groups: dict[tuple, dict[str, list[dict]]] = {}
     for r in runs:
         if r.get("curve"):
@@ -533,16 +533,18 @@ def offline_curves(runs: list[dict]) -> tuple[str, list[dict]]:
                     line.append("")
                     continue
                 mean, sd = _stats(vals)
+                defined = sum(v is not None for v in vals)
                 rows.append({"task": key[0], "source": key[1], "data_ratio": key[2], "method": m, "step": step,
-                             "mean": mean, "sd": sd, "seeds": sorted(seeds[(m, step)])})
-                line.append(_pm(mean, sd) + f" ({sum(v is not None for v in vals)})")
+                             "mean": mean, "sd": sd, "runs": defined, "seeds": sorted(seeds[(m, step)])})
+                line.append(_pm(mean, sd) + f" ({defined})")
             table.append(line)
         parts += [f"{key[0]} {key[1]}, data ratio {key[2]:g}:", markdown_table(["updates", *methods], table)]
     if not parts:
         return "", []
     note = ("Learning curves (runs with `--eval-every`): the score at the standard target after that many updates, "
-            "mean ± sd over the runs evaluated there (their number in brackets); the last row is the runs' final "
-            "evaluation. Evaluating during training leaves the training itself unchanged.")
+            "mean ± sd over the runs evaluated there whose score is defined (their number in brackets); each run's "
+            "last point is its final evaluation. Evaluating during training leaves the training unchanged (the same "
+            "weights).")
     return "\n\n".join([note, *parts]), rows
 
 

@@ -154,7 +154,7 @@ def to_torch(batch: dict[str, np.ndarray], device: torch.device) -> dict:
     return out
 
 
-class _InterruptFlag:
+class InterruptFlag:
     """SIGINT/SIGTERM set a flag read between updates; a second SIGINT raises at once."""
 
     def __init__(self):
@@ -226,6 +226,9 @@ class Trainer:
         self.optimizer = make_optimizer(model, optim.lr, optim.weight_decay, betas=optim.betas, eps=optim.eps)
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.step = 0
+        self.saved_step: int | None = None
+        """The update of the last checkpoint (None: unknown, `fit` takes the step it starts from; :meth:`load`
+        sets it): what a non-finite loss's message names, also when `fit` is called again."""
         self.dist, self.view = dist, model
         loss_fn = _LossModule(model)
         if dist is not None:
@@ -298,7 +301,8 @@ class Trainer:
         # is sampled.
         acc: dict[str, torch.Tensor] = {}
         n_acc, t_log, t0 = 0, time.perf_counter(), time.perf_counter()
-        last_saved, checked = self.step, self.step
+        last_saved = self.saved_step if self.saved_step is not None else self.step  # fit may be called again
+        checked = self.step
 
         def check_finite():  # before a row is logged or anything saved: the updates since the last check
             nonlocal checked
@@ -308,7 +312,7 @@ class Trainer:
 
         bar = tqdm(total=stop, initial=self.step, desc=self.desc, disable=not self.progress, unit="step")
         try:
-            with _InterruptFlag() as flag:
+            with InterruptFlag() as flag:
                 while self.step < stop:
                     m, lr = self._update()
                     for k, v in m.items():
@@ -333,13 +337,14 @@ class Trainer:
                     if checkpoint is not None and ckpt_every and self.step % ckpt_every == 0:
                         check_finite()
                         checkpoint(self.step)
-                        last_saved = self.step
+                        last_saved = self.saved_step = self.step
                     if flag.hit if self.dist is None else self.dist.any(flag.hit):
                         saved = False
                         if checkpoint is not None and self.step > 0:
                             if self.step != last_saved:
                                 check_finite()
                                 checkpoint(self.step)
+                                self.saved_step = self.step
                             saved = True
                         raise Interrupted(self.step, saved)
         finally:
@@ -363,7 +368,7 @@ class Trainer:
         meta, model_tensors = load_state(run_dir, self.optimizer, self.sampler, self.objectives, weights_file,
                                          rank=0 if self.dist is None else self.dist.rank, device=self.device,
                                          world=1 if self.dist is None else self.dist.world)
-        self.step = int(meta["step"])
+        self.step = self.saved_step = int(meta["step"])
         return meta, model_tensors
 
 
