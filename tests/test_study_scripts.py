@@ -216,14 +216,16 @@ def test_lamo_study_trains_every_transformer_arm_with_lamos_optimiser(tmp_path):
     for c in arms:
         assert c[c.index("--adam-beta2") + 1] == "0.999" and c[c.index("--adam-epsilon") + 1] == "1e-6", c
         assert c[c.index("--precision") + 1] == "auto", c  # PRECISION pins it (fp32 here, bf16 elsewhere)
+        assert c[c.index("--eval-every") + 1] == "0", c  # EVAL_EVERY: no learning curve unless asked
     assert "--lm" not in arms[2] and "--no-pretrained" in arms[1]
     base = [c for c in calls if c[0] == "baselines"]
-    assert len(base) == 1 and "--adam-beta2" not in base[0]
+    assert len(base) == 1 and "--adam-beta2" not in base[0] and base[0][base[0].index("--eval-every") + 1] == "0"
     # METHODS="" runs the ablations alone (no default arms, no baselines)
     only = run_study("lamo/commands.sh", tmp_path, SEEDS="1", DATASETS="walker2d:medium:0.01", ABLATIONS="1",
                      METHODS="", LM=str(tmp_path / "lm"), LM_STORE=str(store), DATA=str(tmp_path / "data"),
-                     DTUNE_STORE=str(tmp_path / "store"), PRECISION="fp32")
+                     DTUNE_STORE=str(tmp_path / "store"), PRECISION="fp32", EVAL_EVERY="1000")
     assert all(c[c.index("--precision") + 1] == "fp32" for c in only if c[0] == "lamo")
+    assert all(c[c.index("--eval-every") + 1] == "1000" for c in only if c[0] == "lamo")  # learning curves
     assert [c[0] for c in only if c[0] != "report"] == ["lamo"] * 9 and all(c[c.index("--seed") + 1] == "1" for c in only
                                                                             if c[0] == "lamo")
 

@@ -34,7 +34,8 @@ BASE_STEPS=${BASE_STEPS:-10000}
 CQL_STEPS=${CQL_STEPS:-5000}
 LM_STEPS=${LM_STEPS:-3000}
 WARMUP=${WARMUP:-300}
-EVAL_EVERY=${EVAL_EVERY:-0}  # >0: the transformer arms also log a learning curve (evaluated every EVAL_EVERY updates)
+EVAL_EVERY=${EVAL_EVERY:-0}  # >0: every run also logs a learning curve (evaluated every EVAL_EVERY updates; a multiple of 1000
+# for the baselines); kept or finished runs are not redone for it
 PRECISION=${PRECISION:-auto}  # auto: bf16 autocast where the CPU has native bf16, else fp32; pin it to compare machines
 DATASETS=${DATASETS:-"hopper:medium:0.005 halfcheetah:medium:0.005 walker2d:medium:0.005 hopper:medium:0.01 halfcheetah:medium:0.01 walker2d:medium:0.01 reacher2d:medium:0.1"}
 METHODS=${METHODS-"lamo lamo-random dt cql iql bc"}  # METHODS="" (set, empty): none, e.g. with ABLATIONS=1
@@ -80,7 +81,7 @@ run() {  # task:source:ratio method seed
     lamo-full)        OMP_NUM_THREADS=1 "${lamo[@]}" --tuning full ;;
     dt)               OMP_NUM_THREADS=1 "${dt[@]}" ;;
     *) OMP_NUM_THREADS=1 dtune baselines --algo "$2" --task "$task" --source "$src" --data-ratio "$ratio" \
-         --seed "$3" --steps $n --steps-per-epoch 1000 --eval-episodes 10 --data-dir "$DATA" --no-progress \
+         --seed "$3" --steps $n --steps-per-epoch 1000 --eval-episodes 10 --eval-every "$EVAL_EVERY" --data-dir "$DATA" --no-progress \
          --out "$out" $resume ;;
   esac >> "$out.log" 2>&1 || { echo "$out: failed or made with other settings (see $out.log)" >&2; return 1; }
   keep "$out" "$kept"
