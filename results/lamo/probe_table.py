@@ -1,7 +1,8 @@
 """The 10K-update probe's table (results/lamo/README.md, "More updates"): per arm and seed the normalised
 score x100 at the standard target after 3K updates in bf16 (the headline runs), after 3K in fp32 (the fp32
 control run, or the 10K run's learning-curve point at 3,000: the same computation), along the 10K run's
-curve, and at 10K; the action loss logged at 3K and 10K; then mean ± sd over seeds. Reads the kept runs:
+curve, at 10K, and the mean of the curve's last three points (8K, 9K, 10K; one evaluation is noisy);
+the action loss logged at 3K and 10K; then mean ± sd over seeds (their number in brackets). Reads the kept runs:
 
     .venv/bin/python results/lamo/probe_table.py [--cell halfcheetah-medium-0.01]
 """
@@ -53,11 +54,11 @@ def main() -> None:
     ap.add_argument("--seeds", default="0,1,2")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
-    lines = ["| arm | seed | 3K, bf16 | 3K, fp32 | 5K, fp32 | 7K, fp32 | 10K, fp32 | action loss 3K -> 10K (fp32) |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = ["| arm | seed | 3K, bf16 | 3K, fp32 | 5K, fp32 | 7K, fp32 | 10K, fp32 | 8K-10K mean, fp32 | "
+             "action loss 3K -> 10K (fp32) |", "|---|---|---|---|---|---|---|---|---|"]
     means = []
     for arm, name in ARMS.items():
-        cols: dict[str, list] = {k: [] for k in ("bf16", "3k", "5k", "7k", "10k")}
+        cols: dict[str, list] = {k: [] for k in ("bf16", "3k", "5k", "7k", "10k", "late")}
         for s in seeds:
             bf16 = _result(HERE / "runs" / args.cell / arm / f"s{s}")
             ctrl = _result(HERE / "fp32" / "runs" / args.cell / arm / f"s{s}")
@@ -68,8 +69,10 @@ def main() -> None:
             if ctrl and 3000 in curve and abs(ctrl["score_standard"] - curve[3000]) > 1e-9:
                 raise SystemExit(f"{arm} s{s}: the fp32 control ({ctrl['score_standard']}) and the curve at 3,000 "
                                  f"({curve[3000]}) differ: they should be the same computation")
+            late = [curve.get(k) for k in (8000, 9000, 10000)]  # the curve's last three points: less noisy than one
             row = {"bf16": bf16 and bf16["score_standard"], "3k": at3, "5k": curve.get(5000), "7k": curve.get(7000),
-                   "10k": long and long["score_standard"]}
+                   "10k": long and long["score_standard"],
+                   "late": float(np.mean(late)) if all(v is not None for v in late) else None}
             for k, v in row.items():
                 cols[k].append(v)
             l3 = _loss_at(run, 3000) if long else None
@@ -79,9 +82,9 @@ def main() -> None:
             loss = "" if l3 is None or l10 is None else f"{l3:.3f} -> {l10:.3f}"
             src = "" if ctrl or at3 is None else " (curve)"
             lines.append(f"| {name} | {s} | {_fmt(row['bf16'])} | {_fmt(row['3k'])}{src} | {_fmt(row['5k'])} | "
-                         f"{_fmt(row['7k'])} | {_fmt(row['10k'])} | {loss} |")
+                         f"{_fmt(row['7k'])} | {_fmt(row['10k'])} | {_fmt(row['late'])} | {loss} |")
         means.append(f"| **{name}** | mean ± sd (n) | {_pm(cols['bf16'])} | {_pm(cols['3k'])} | {_pm(cols['5k'])} | "
-                     f"{_pm(cols['7k'])} | {_pm(cols['10k'])} | |")
+                     f"{_pm(cols['7k'])} | {_pm(cols['10k'])} | {_pm(cols['late'])} | |")
     print("\n".join(lines + means))
 
 
