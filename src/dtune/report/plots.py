@@ -111,7 +111,8 @@ def plot_score_curves(rows: list[dict], path: Path, title: str = "score at the s
             m = 100 * np.array([p["mean"] for p in pts])
             sd = 100 * np.array([p["sd"] for p in pts])
             seeds = max(p["runs"] for p in pts)
-            line, = ax.plot(x, m, marker="o", ms=3, label=f"{method} (up to {seeds} seed{'s' * (seeds > 1)})")
+            upto = "up to " if min(p["runs"] for p in pts) < seeds else ""
+            line, = ax.plot(x, m, marker="o", ms=3, label=f"{method} ({upto}{seeds} seed{'s' * (seeds > 1)})")
             ax.fill_between(x, m - sd, m + sd, alpha=0.15, color=line.get_color())
         ax.set_title(name, fontsize=9)
         ax.set_xlabel("updates", fontsize=8)
