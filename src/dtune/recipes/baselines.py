@@ -273,7 +273,7 @@ def train_baseline(cfg: BaselineConfig) -> dict:
 
     from dtune.data.storage import data_root, resolve_sources
     from dtune.eval.rollout import evaluate_agent
-    from dtune.recipes.common import Curve, claim_out, due, start_fresh, untouched_rng
+    from dtune.recipes.common import Curve, claim_out, curve_point, due, start_fresh, untouched_rng
     from dtune.tasks import get_task
 
     if cfg.algo not in ALGOS:
@@ -327,8 +327,7 @@ def train_baseline(cfg: BaselineConfig) -> dict:
             with untouched_rng(torch.device("cpu")):  # d3rlpy's networks live there
                 r = evaluate_agent(BaselineAgent(algo), cfg.task, episodes=cfg.eval_episodes, seed=cfg.eval_seed,
                                    task_info={cfg.task: info}, progress=False)["tasks"][cfg.task]
-            curve.add(step, {"score_standard": r["score"], "return_mean": r["return_mean"],
-                             "return_std": r["return_std"], "episodes": r["episodes"]})
+            curve.add(step, curve_point(r))
             eval_s.append(time.perf_counter() - t)
 
     t0 = time.perf_counter()
@@ -349,8 +348,7 @@ def train_baseline(cfg: BaselineConfig) -> dict:
               "replay_from": cfg.replay_from, "seed": cfg.seed, "steps": step, "score": task_res["score"], "score_kind": spec.score,
               "return_mean": task_res["return_mean"], "return_std": task_res["return_std"], "train_s": train_s,
               "data": info, "eval": res}
-    ended = curve.ended(step, {"score_standard": task_res["score"], "return_mean": task_res["return_mean"],
-                               "return_std": task_res["return_std"], "episodes": task_res["episodes"]})
+    ended = curve.ended(step, curve_point(task_res))
     if ended:
         result["curve"] = ended
     atomic_write_json(out / "result.json", result)

@@ -172,12 +172,6 @@ CURVE = "curve.jsonl"
 """A run's learning curve: one JSON row per evaluation during training (`fit(eval_every=...)`)."""
 
 
-def read_curve(out: Path) -> list[dict]:
-    """The rows of `out`'s learning curve (none when it has no curve)."""
-    path = Path(out) / CURVE
-    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()] if path.exists() else []
-
-
 class Curve:
     """The learning curve of the run in `out` that trains on from update `step` (0: a new run): the rows of
     :data:`CURVE` up to `step` are kept, later ones (an interrupted invocation's) dropped, and each row
@@ -185,8 +179,9 @@ class Curve:
 
     def __init__(self, out: Path, step: int):
         self.path = Path(out) / CURVE
-        self.rows = [r for r in read_curve(out) if r["step"] <= step]
-        if self.path.exists():
+        rows = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()] if self.path.exists() else []
+        self.rows = [r for r in rows if r["step"] <= step]
+        if len(self.rows) < len(rows):
             self._write()
 
     def _write(self) -> None:
@@ -202,6 +197,13 @@ class Curve:
     def ended(self, step: int, row: dict) -> list[dict] | None:
         """The curve with the final evaluation (at `step`) as its last point; None when there is no curve."""
         return [*self.rows, {"step": step, **row}] if self.rows else None
+
+
+def curve_point(r: dict) -> dict:
+    """A curve row's figures from one task's evaluation (:func:`dtune.eval.rollout.evaluate_agent`'s per-task
+    result, or a protocol target's row, which also names its target return)."""
+    return {"score_standard": r["score"], "return_mean": r["return_mean"], "return_std": r["return_std"],
+            "episodes": r["episodes"], **({"target": r["target"]} if "target" in r else {})}
 
 
 def due(step: int, every: int, stop: int) -> bool:
@@ -229,7 +231,7 @@ def untouched_rng(device):
 
 
 def fit(trainer, stop: int, checkpoint, ckpt_every: int, kind: str, out: Path, where: str, eval_every: int = 0,
-        evaluate=None) -> None:
+        evaluate=None) -> Curve:
     """``trainer.fit`` that turns an interrupt into a message saying what was kept and the
     command that resumes (``where``: the run's position, e.g. "step 40 of 100").
 
@@ -240,7 +242,7 @@ def fit(trainer, stop: int, checkpoint, ckpt_every: int, kind: str, out: Path, w
     the same too where `eval_every` is a multiple of the trainer's `log_every` (a pause ends a row; the
     timings of the rows leave the evaluations out).
     An interrupt while evaluating lets the evaluation finish (a second Ctrl-C: not), saves a checkpoint
-    there and raises :class:`Interrupted`."""
+    there and raises :class:`Interrupted`. Returns the run's :class:`Curve`."""
     curve = Curve(out, trainer.step)
     if trainer.saved_step is None:  # what a non-finite loss's message names in a later segment
         trainer.saved_step = trainer.step
@@ -264,6 +266,7 @@ def fit(trainer, stop: int, checkpoint, ckpt_every: int, kind: str, out: Path, w
             raise Interrupted(at, True, f"interrupted while evaluating at {where.format(step=at)}; checkpoint saved. "
                                         f"Continue with: {resume_command(kind, out)}")
     _fit(trainer, stop, checkpoint, ckpt_every, kind, out, where)
+    return curve
 
 
 def trained_precision(out: Path, resume: bool, precision: str, requested: str) -> str:

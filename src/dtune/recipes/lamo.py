@@ -43,8 +43,8 @@ from dtune.eval.rollout import evaluate_protocol
 from dtune.models import GPTConfig, ModelConfig, build_model
 from dtune.models.io import load_model, save_weights, weights_digest
 from dtune.models.lm import lm_path
-from dtune.recipes.common import (Curve, abspath, check_resume, claim_out, dataset_statistics, fit, saved_config,
-                                  start_fresh, trained_precision)
+from dtune.recipes.common import (abspath, check_resume, claim_out, curve_point, dataset_statistics, fit,
+                                  saved_config, start_fresh, trained_precision)
 from dtune.report.published import LAMO_LINEAR_EMBEDDINGS
 from dtune.runtime.device import resolve_device, resolve_precision
 from dtune.runtime.dist import single_process
@@ -374,16 +374,15 @@ def lamo(cfg: LamoConfig) -> dict:
         model.eval()  # no dropout (training turns it on again)
         r = evaluate_protocol(DTAgent(model, layout), cfg.task, standard_only=True, episodes=cfg.eval_episodes,
                               seed=cfg.eval_seed, task_info=info, progress=False)["tasks"][cfg.task]["standard"]
-        row = {"score_standard": r["score"], "return_mean": r["return_mean"], "return_std": r["return_std"],
-               "target": r["target"], "episodes": r["episodes"]}
+        row = curve_point(r)
         if language is not None:
             row["perplexity"] = perplexity(language, held, cfg.text_block, cfg.heldout_blocks, model)
         eval_s.append(time.perf_counter() - t)
         return row
 
     t0, eval_s = time.perf_counter(), []
-    fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "lamo", out, f"step {{step}} of {cfg.steps}",
-        eval_every=cfg.eval_every, evaluate=evaluate)
+    curve = fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "lamo", out, f"step {{step}} of {cfg.steps}",
+                eval_every=cfg.eval_every, evaluate=evaluate)
     train_s = before + time.perf_counter() - t0 - sum(eval_s)  # over every invocation of a resumed run
     trainer.log.close()
     tuner.end_task()
@@ -409,13 +408,10 @@ def lamo(cfg: LamoConfig) -> dict:
               "lora_share_of_transformer": sum(p.numel() for n, p in model.named_parameters()
                                                if n.startswith("tuner.") and p.requires_grad) / transformer,
               "train_s": train_s, "precision": trained_in, "protocol": res}
-    std = r["standard"]
-    curve = Curve(out, cfg.steps).ended(cfg.steps, {  # its last point: the final model at the standard target
-        "score_standard": std["score"], "return_mean": std["return_mean"], "return_std": std["return_std"],
-        "target": std["target"], "episodes": std["episodes"],
-        **({"perplexity": ppl_after} if ppl_after is not None else {})})
-    if curve:
-        result["curve"] = curve
+    ended = curve.ended(cfg.steps, {**curve_point(r["standard"]),  # its last point: the final model
+                                    **({"perplexity": ppl_after} if ppl_after is not None else {})})
+    if ended:
+        result["curve"] = ended
     atomic_write_json(out / "result.json", result)
     return result
 
