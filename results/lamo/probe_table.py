@@ -2,7 +2,8 @@
 score x100 at the standard target after 3K updates in bf16 (the headline runs), after 3K in fp32 (the fp32
 control run, or the 10K run's learning-curve point at 3,000: the same computation), along the 10K run's
 curve, at 10K, and the mean of the curve's last three points (8K, 9K, 10K; one evaluation is noisy);
-the action loss logged at 3K and 10K; then mean ± sd over seeds (their number in brackets). Reads the kept runs:
+the action loss logged at 3K and 10K; then mean ± sd over seeds (their number in brackets); then the paired
+differences of PAIRS at 10K and over 8K-10K, per seed, with their mean and range. Reads the kept runs:
 
     .venv/bin/python results/lamo/probe_table.py [--cell halfcheetah-medium-0.01]
 """
@@ -17,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 HERE = Path(__file__).parent
-ARMS = {"lamo": "LaMo (LoRA)", "dt": "DT", "lamo-full": "LaMo, full fine-tuning"}
+ARMS = {"lamo": "LaMo (LoRA)", "lamo-random": "LaMo, random init", "dt": "DT", "lamo-full": "LaMo, full fine-tuning"}
+PAIRS = [("lamo", "dt"), ("lamo", "lamo-random"), ("lamo-random", "dt")]  # paired differences by seed
 
 
 def _result(path: Path) -> dict | None:
@@ -57,6 +59,7 @@ def main() -> None:
     lines = ["| arm | seed | 3K, bf16 | 3K, fp32 | 5K, fp32 | 7K, fp32 | 10K, fp32 | 8K-10K mean, fp32 | "
              "action loss 3K -> 10K (fp32) |", "|---|---|---|---|---|---|---|---|---|"]
     means = []
+    kept: dict[str, dict[str, dict[int, float | None]]] = {}
     for arm, name in ARMS.items():
         cols: dict[str, list] = {k: [] for k in ("bf16", "3k", "5k", "7k", "10k", "late")}
         for s in seeds:
@@ -75,6 +78,7 @@ def main() -> None:
                    "late": float(np.mean(late)) if all(v is not None for v in late) else None}
             for k, v in row.items():
                 cols[k].append(v)
+                kept.setdefault(arm, {}).setdefault(k, {})[s] = v
             l3 = _loss_at(run, 3000) if long else None
             if l3 is None and ctrl:
                 l3 = _loss_at(HERE / "fp32" / "runs" / args.cell / arm / f"s{s}", 3000)
@@ -85,7 +89,16 @@ def main() -> None:
                          f"{_fmt(row['7k'])} | {_fmt(row['10k'])} | {_fmt(row['late'])} | {loss} |")
         means.append(f"| **{name}** | mean ± sd (n) | {_pm(cols['bf16'])} | {_pm(cols['3k'])} | {_pm(cols['5k'])} | "
                      f"{_pm(cols['7k'])} | {_pm(cols['10k'])} | {_pm(cols['late'])} | |")
-    print("\n".join(lines + means))
+    diffs = ["", "| difference | at | per seed | mean [min, max] |", "|---|---|---|---|"]
+    for a, b in PAIRS:
+        for k, at in (("10k", "10K"), ("late", "8K-10K mean")):
+            d = {s: 100 * (kept[a][k][s] - kept[b][k][s]) for s in seeds
+                 if kept[a][k].get(s) is not None and kept[b][k].get(s) is not None}
+            if d:
+                per = ", ".join(f"s{s} {v:+.1f}" for s, v in d.items())
+                v = list(d.values())
+                diffs.append(f"| {ARMS[a]} - {ARMS[b]} | {at} | {per} | {np.mean(v):+.1f} [{min(v):+.1f}, {max(v):+.1f}] |")
+    print("\n".join(lines + means + diffs))
 
 
 if __name__ == "__main__":
