@@ -91,6 +91,41 @@ def test_resume_equals_uninterrupted(tmp_path):
         torch.testing.assert_close(a, b, atol=0, rtol=0, msg=n)
 
 
+def test_elapsed_counts_training_only_across_fit_calls_and_resumes(tmp_path, monkeypatch):
+    """`elapsed_s` and the checkpoints' `train_s` count the seconds in `fit`: a pause between two calls
+    (a recipe's evaluation) is left out, and a resumed run goes on from the time its state recorded."""
+    import csv
+    import json
+    import types
+
+    from dtune.train import engine
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    clock = [0.0]
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    _, trainer = make()
+    real = trainer.sampler.sample
+    trainer.sampler.sample = lambda: (clock.__setitem__(0, clock[0] + 1.0), real())[1]  # an update: 1 s
+    trainer.log = MetricsLog(tmp_path / "a")
+    trainer.fit(2)
+    clock[0] += 100.0  # an evaluation between the calls
+    trainer.fit(4)
+    trainer.save(tmp_path / "a")
+    trainer.log.close()
+    assert [float(r["elapsed_s"]) for r in csv.DictReader(open(tmp_path / "a" / "metrics.csv"))] == [1, 2, 3, 4]
+    assert trainer.train_s == 4.0 and json.loads((tmp_path / "a" / "train_state.json").read_text())["train_s"] == 4.0
+    _, again = make()
+    again.sampler.sample = lambda: (clock.__setitem__(0, clock[0] + 1.0), real())[1]
+    again.load(tmp_path / "a")
+    assert again.train_s == 4.0
+    again.log = MetricsLog(tmp_path / "b")
+    clock[0] += 1000.0  # the time between the invocations
+    again.fit(6)
+    again.log.close()
+    assert [float(r["elapsed_s"]) for r in csv.DictReader(open(tmp_path / "b" / "metrics.csv"))] == [5, 6]
+
+
 def test_sigint_checkpoints_between_updates_and_raises_interrupted(tmp_path):
     _, trainer = make()
     real = trainer.sampler.sample

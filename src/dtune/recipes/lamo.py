@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -351,12 +350,10 @@ def lamo(cfg: LamoConfig) -> dict:
                           grad_clip=cfg.grad_clip, betas=(cfg.adam_beta1, cfg.adam_beta2), eps=cfg.adam_epsilon)
     trainer = Trainer(model, sampler, objectives, optim, cfg.steps, device, precision, log_every=cfg.log_every,
                       desc=f"lamo on {cfg.task}", progress=cfg.progress)
-    before = 0.0  # training seconds of the earlier invocations of a resumed run
     if cfg.resume:
         meta, tensors = trainer.load(out)
         model.load_state_dict(tensors, strict=False)
         tuner.load_extra_state(meta["tuner"])
-        before = float(meta.get("train_s", 0.0))
     counts = tuners.parameter_counts(model)
     start = trainer.step
     atomic_write_json(out / "config.json", {
@@ -366,24 +363,20 @@ def lamo(cfg: LamoConfig) -> dict:
     trainer.log = MetricsLog(out, (lambda row: row["step"] <= start) if cfg.resume else None)
 
     def checkpoint(step: int):
-        trainer.save(out, {"tuner": tuner.extra_state(), "train_s": before + time.perf_counter() - t0 - sum(eval_s)},
-                     tuners.adapter_state(model))
+        trainer.save(out, {"tuner": tuner.extra_state()}, tuners.adapter_state(model))
 
     def evaluate(step: int) -> dict:  # a point of the learning curve
-        t = time.perf_counter()
         model.eval()  # no dropout (training turns it on again)
         r = evaluate_protocol(DTAgent(model, layout), cfg.task, standard_only=True, episodes=cfg.eval_episodes,
                               seed=cfg.eval_seed, task_info=info, progress=False)["tasks"][cfg.task]["standard"]
         row = curve_point(r)
         if language is not None:
             row["perplexity"] = perplexity(language, held, cfg.text_block, cfg.heldout_blocks, model)
-        eval_s.append(time.perf_counter() - t)
         return row
 
-    t0, eval_s = time.perf_counter(), []
     curve = fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "lamo", out, f"step {{step}} of {cfg.steps}",
                 eval_every=cfg.eval_every, evaluate=evaluate)
-    train_s = before + time.perf_counter() - t0 - sum(eval_s)  # over every invocation of a resumed run
+    train_s = trainer.train_s  # over every invocation of a resumed run, without the evaluations
     trainer.log.close()
     tuner.end_task()
     tuners.save_adapter(out, model, {"base_checkpoint": str(base_dir), "base_digest": weights_digest(base_dir),

@@ -22,7 +22,6 @@ is not the run that had asked for N from the start.
 from __future__ import annotations
 
 import json
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -187,13 +186,13 @@ def lm_pretrain(cfg: LMPretrainConfig) -> dict:
     trainer = Trainer(model, TextBatches(blocks), [NextTokenLoss()], optim, cfg.steps, device, precision,
                       log_every=cfg.log_every, desc="lm pretrain", progress=cfg.progress,
                       tokens_per_batch=cfg.batch_size * (cfg.block - 1))
-    ppl_before, train_s_before = None, 0.0
+    ppl_before = None
     if cfg.resume:
         meta, tensors = trainer.load(out)
         missing, unexpected = model.load_state_dict(tensors, strict=False)
         if unexpected or set(missing) - {"lm_head.weight"}:
             raise ValueError(f"the checkpoint in {out} does not fit the model (missing {missing}, unexpected {unexpected})")
-        ppl_before, train_s_before = meta["perplexity_before"], meta["train_s"]
+        ppl_before = meta["perplexity_before"]
     else:
         model_dir.mkdir(parents=True, exist_ok=True)
         tok.save_pretrained(str(model_dir))
@@ -206,15 +205,14 @@ def lm_pretrain(cfg: LMPretrainConfig) -> dict:
                      "vocab_size": vocab, "parameters": n_params,
                      "train_tokens": int(len(train_ids)), "heldout_tokens": int(len(held_ids))}})
     trainer.log = MetricsLog(out, (lambda row: row["step"] <= start) if cfg.resume else None)
-    t0 = time.perf_counter()
 
     def checkpoint(step: int):
-        trainer.save(out, {"perplexity_before": ppl_before, "train_s": train_s_before + time.perf_counter() - t0},
+        trainer.save(out, {"perplexity_before": ppl_before},
                      {k: v.detach() for k, v in model.state_dict().items() if k != "lm_head.weight"})  # tied to wte
 
     fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "lm", out, f"step {{step}} of {cfg.steps}")
     trainer.log.close()
-    train_s = train_s_before + time.perf_counter() - t0
+    train_s = trainer.train_s  # over every invocation of a resumed run
     checkpoint(cfg.steps)
     save_gpt2(model.cpu(), model_dir, tok.eos_token_id)
     ppl_after = perplexity(model, held_ids, cfg.block, cfg.heldout_blocks, model)

@@ -229,6 +229,12 @@ class Trainer:
         self.saved_step: int | None = None
         """The update of the last checkpoint (None: unknown, `fit` takes the step it starts from; :meth:`load`
         sets it): what a non-finite loss's message names, also when `fit` is called again."""
+        self.train_s = 0.0
+        """Seconds spent in :meth:`fit` by the calls that ended (updates, logging, checkpoints; not what a
+        recipe does between calls, such as evaluations), over every invocation of a resumed run: :meth:`save`
+        records it and :meth:`load` restores it (0 from a state saved without it). :attr:`elapsed` adds the
+        running call's."""
+        self._fit_t0: float | None = None
         self.dist, self.view = dist, model
         loss_fn = _LossModule(model)
         if dist is not None:
@@ -241,6 +247,12 @@ class Trainer:
             loss_fn = torch.compile(loss_fn)
         if dist is not None or compile:
             self.view = _LossView(model, loss_fn)
+
+    @property
+    def elapsed(self) -> float:
+        """Training seconds of the run so far: :attr:`train_s` plus the running :meth:`fit` call's. It is
+        the metrics' ``elapsed_s`` and what checkpoints record."""
+        return self.train_s + (time.perf_counter() - self._fit_t0 if self._fit_t0 is not None else 0.0)
 
     @property
     def main(self) -> bool:
@@ -300,7 +312,8 @@ class Trainer:
         # update would make the host wait for the GPU, which then idles while the next batch
         # is sampled.
         acc: dict[str, torch.Tensor] = {}
-        n_acc, t_log, t0 = 0, time.perf_counter(), time.perf_counter()
+        n_acc, t_log = 0, time.perf_counter()
+        self._fit_t0 = t_log
         last_saved = self.saved_step if self.saved_step is not None else self.step  # fit may be called again
         checked = self.step
 
@@ -327,7 +340,7 @@ class Trainer:
                             means = self.dist.mean(means)
                         now = time.perf_counter()
                         row = {**self.row_extra, "step": self.step, **means, "lr": lr,
-                               "steps_per_s": n_acc / max(now - t_log, 1e-9), "elapsed_s": now - t0}
+                               "steps_per_s": n_acc / max(now - t_log, 1e-9), "elapsed_s": self.elapsed}
                         if self.tokens_per_batch:
                             row["tokens_per_s"] = row["steps_per_s"] * self.tokens_per_batch
                         if self.log is not None:
@@ -348,18 +361,21 @@ class Trainer:
                             saved = True
                         raise Interrupted(self.step, saved)
         finally:
+            self.train_s, self._fit_t0 = self.elapsed, None
             bar.close()
             self.model.eval()
 
     # -- state ------------------------------------------------------------------------------
     def save(self, run_dir: str | Path, extra: dict | None = None, model_tensors: dict | None = None) -> None:
-        """Write the training state (rank 0; every rank must call it: it gathers their RNG states)."""
+        """Write the training state (rank 0; every rank must call it: it gathers their RNG states), with
+        :attr:`elapsed` as ``train_s``."""
         rng = rng_states(self.device)
         if self.dist is not None:
             per_rank = self.dist.gather(rng)
             rng = {f"{k}.rank{r}" if r else k: v for r, states in enumerate(per_rank) for k, v in states.items()}
         if self.main:
-            save_state(run_dir, self.step, self.optimizer, self.sampler, self.objectives, extra, model_tensors, rng)
+            save_state(run_dir, self.step, self.optimizer, self.sampler, self.objectives,
+                       {"train_s": self.elapsed, **(extra or {})}, model_tensors, rng)
         if self.dist is not None:
             self.dist.barrier()
 
@@ -369,6 +385,7 @@ class Trainer:
                                          rank=0 if self.dist is None else self.dist.rank, device=self.device,
                                          world=1 if self.dist is None else self.dist.world)
         self.step = self.saved_step = int(meta["step"])
+        self.train_s = float(meta.get("train_s", 0.0))
         return meta, model_tensors
 
 
