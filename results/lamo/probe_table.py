@@ -59,9 +59,9 @@ def main() -> None:
     lines = ["| arm | seed | 3K, bf16 | 3K, fp32 | 5K, fp32 | 7K, fp32 | 10K, fp32 | 8K-10K mean, fp32 | "
              "action loss 3K -> 10K (fp32) |", "|---|---|---|---|---|---|---|---|---|"]
     means = []
-    kept: dict[str, dict[str, dict[int, float | None]]] = {}
+    kept: dict[str, dict[str, dict[int, float | None]]] = {}  # arm -> column -> seed -> score
     for arm, name in ARMS.items():
-        cols: dict[str, list] = {k: [] for k in ("bf16", "3k", "5k", "7k", "10k", "late")}
+        cols = kept[arm] = {k: {} for k in ("bf16", "3k", "5k", "7k", "10k", "late")}
         for s in seeds:
             bf16 = _result(HERE / "runs" / args.cell / arm / f"s{s}")
             ctrl = _result(HERE / "fp32" / "runs" / args.cell / arm / f"s{s}")
@@ -77,8 +77,7 @@ def main() -> None:
                    "10k": long and long["score_standard"],
                    "late": float(np.mean(late)) if all(v is not None for v in late) else None}
             for k, v in row.items():
-                cols[k].append(v)
-                kept.setdefault(arm, {}).setdefault(k, {})[s] = v
+                cols[k][s] = v
             l3 = _loss_at(run, 3000) if long else None
             if l3 is None and ctrl:
                 l3 = _loss_at(HERE / "fp32" / "runs" / args.cell / arm / f"s{s}", 3000)
@@ -87,8 +86,9 @@ def main() -> None:
             src = "" if ctrl or at3 is None else " (curve)"
             lines.append(f"| {name} | {s} | {_fmt(row['bf16'])} | {_fmt(row['3k'])}{src} | {_fmt(row['5k'])} | "
                          f"{_fmt(row['7k'])} | {_fmt(row['10k'])} | {_fmt(row['late'])} | {loss} |")
-        means.append(f"| **{name}** | mean ± sd (n) | {_pm(cols['bf16'])} | {_pm(cols['3k'])} | {_pm(cols['5k'])} | "
-                     f"{_pm(cols['7k'])} | {_pm(cols['10k'])} | {_pm(cols['late'])} | |")
+        pm = {k: _pm(list(v.values())) for k, v in cols.items()}
+        means.append(f"| **{name}** | mean ± sd (n) | {pm['bf16']} | {pm['3k']} | {pm['5k']} | {pm['7k']} | {pm['10k']} | "
+                     f"{pm['late']} | |")
     diffs = ["", "| difference | at | per seed | mean [min, max] |", "|---|---|---|---|"]
     for a, b in PAIRS:
         for k, at in (("10k", "10K"), ("late", "8K-10K mean")):
