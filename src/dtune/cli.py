@@ -455,6 +455,10 @@ class ReportArgs:
     """Also write report.md/json, CSV and PNG plots into this directory."""
     reference: str | None = None
     """Single-task `dtune adapt` runs (searched recursively) for the forward transfer of continual runs."""
+    pool_precision: bool = False
+    """Give a method's runs one row whatever precision they trained in (bf16 autocast or fp32), with a note of
+    which runs trained in which; by default each precision is a row of its own. Pool only where a control showed
+    that the precision does not move the scores."""
 
 
 def _lamo(argv):
@@ -516,7 +520,7 @@ def _report(argv):
     from dtune.report.summary import report
 
     args = _parse(ReportArgs, argv, "dtune report")
-    print(report(list(args.runs), args.out, args.reference))
+    print(report(list(args.runs), args.out, args.reference, args.pool_precision))
     if args.out:
         print(f"\ntables, JSON, CSV and plots in {args.out}")
 

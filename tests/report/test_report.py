@@ -379,6 +379,34 @@ def test_lamo_claims_are_paired_differences_per_ratio_and_pooled_over_the_low_da
     assert pooled["paired_difference"] == pytest.approx((19 + 4 + 4) / 3)  # seed 0 of LaMo (l - 0.01) minus DT
 
 
+def test_lamo_claims_are_repeated_over_the_papers_datasets_where_it_published_only_some(tmp_path):
+    """The paper has no reacher2d at 0.005 or 0.01: the claims over all datasets have no paper figure, so each is
+    repeated over the datasets the paper published, beside its figure; none where it published all or none."""
+    lamo = dict(lm="/x/lm-brown", pretrained=True, mlp_embeddings=True, language_weight=0.1, tuning="lora")
+    runs = []
+    for task, ratio, (l, d) in (("hopper", 0.005, (0.50, 0.30)), ("reacher2d", 0.005, (0.20, 0.10)),
+                                ("hopper", 0.01, (0.55, 0.50)), ("reacher2d", 0.01, (0.10, 0.30)),
+                                ("reacher2d", 0.1, (0.40, 0.35)), ("reacher2d", 1.0, (0.30, 0.30))):
+        for s in range(2):
+            runs.append(offline_run(tmp_path / f"{task}{ratio}lamo{s}", "lamo", "lamo", s, l, task=task, ratio=ratio,
+                                    **{**lamo, "mlp_embeddings": task != "hopper"}))  # LaMo's own hopper recipe
+            runs.append(offline_run(tmp_path / f"{task}{ratio}dt{s}", "lamo", "dt", s, d, task=task, ratio=ratio))
+    md = " ".join(report([str(r) for r in runs], str(tmp_path / "out")).split())
+    gaps = {g["data_ratio"]: g for g in json.loads((tmp_path / "out" / "report.json").read_text())["lamo_gaps"]}
+    assert gaps["0.005"]["difference"] == pytest.approx((20 + 10) / 2) and gaps["0.005"]["paper_difference"] is None
+    ours = gaps["0.005, the paper's datasets"]
+    assert ours["datasets"] == ["hopper medium 0.005"] and ours["difference"] == pytest.approx(20)
+    assert ours["paper_difference"] == pytest.approx(57.0 - 35.8)
+    assert gaps["0.005 and 0.01"]["difference"] == pytest.approx((20 + 10 + 5 - 20) / 4)
+    both = gaps["0.005 and 0.01, the paper's datasets"]
+    assert both["difference"] == pytest.approx((20 + 5) / 2) and both["paper_difference"] == pytest.approx(
+        ((57.0 - 35.8) + (52.0 - 41.9)) / 2)
+    assert gaps["0.1"]["paper_difference"] == pytest.approx(12.4 - 2.3) and gaps["1"]["paper_difference"] == pytest.approx(10.2)
+    assert set(gaps) == {"0.005", "0.005, the paper's datasets", "0.01", "0.01, the paper's datasets", "0.1", "1",
+                         "0.005 and 0.01", "0.005 and 0.01, the paper's datasets"}
+    assert "| lamo [lm-brown] | dt | 0.005, the paper's datasets | 1 | +20.0 |" in md
+
+
 def test_lamo_claims_interval_bootstraps_the_differences_paired_by_seed(tmp_path):
     """Seed s of LaMo is paired with seed s of DT (the same data subset); seeds are resampled within each
     dataset. Walker2d: pairs +20 and +10; hopper: 0 and 0 (its seed 2 has no partner: left out of the pairs, not of the
@@ -530,6 +558,34 @@ def test_runs_trained_in_other_precisions_are_rows_of_their_own(tmp_path):
     a = [adapt_run(tmp_path / f"a{s}", seed=s) for s in range(2)]
     (a[1] / "config.json").write_text(json.dumps({"resolved": {"precision": "bf16 then fp32"}}))
     assert "[bf16 then fp32]" in report([str(p) for p in a])  # adaptation rows too
+
+
+def test_pool_precision_gives_one_row_says_which_run_trained_in_which_and_still_refuses_a_seed_twice(tmp_path):
+    """`dtune report --pool-precision` (results/lamo: the 3K grid trained in bf16 on one machine, its other data ratios
+    in fp32 on another): one row a method, paired differences across both, and a note of which runs are which."""
+    from dtune.cli import main
+
+    def run(name, method, seed, score, precision, **kw):
+        p = offline_run(tmp_path / name, "lamo", method, seed, score, precision=precision, **kw)
+        (p / "config.json").write_text(json.dumps({"kind": "lamo", "lamo": {}}))
+        return p
+
+    runs = [run(f"dt{s}", "dt", s, 0.3, "bf16") for s in range(2)] + [run("dtw", "dt", 0, 0.5, "fp32", task="walker2d")]
+    runs += [run(f"lamo{s}", "lamo", s, 0.4, "bf16", lm="/x/lm-brown", pretrained=True) for s in range(2)]
+    runs += [run("lamow", "lamo", 0, 0.8, "fp32", task="walker2d", lm="/x/lm-brown", pretrained=True)]
+    split = " ".join(report([str(r) for r in runs]).split())
+    assert "| dt [bf16] |" in split and "| dt [fp32] |" in split and "pools precisions" not in split
+    text = " ".join(report([str(r) for r in runs], pool_precision=True).split())
+    assert "[bf16]" not in text and "[fp32]" not in text
+    assert "Note: dt pools precisions (--pool-precision): bf16 on hopper medium 0.01 (2 runs); fp32 on walker2d medium 0.01 (1 run)." in text
+    assert "| lamo [lm-brown] | dt | 0.01 | 2 | +20.0 |" in text  # the LaMo - DT claim pairs over both datasets
+    assert "| dt | 0.01 | 2 | 3 |" in text  # one aggregate row over the two datasets
+    main(["report", *map(str, runs), "--pool-precision", "--out", str(tmp_path / "rep")])
+    assert "dt pools precisions" in (tmp_path / "rep" / "report.md").read_text()
+    twice = run("dt0f", "dt", 0, 0.2, "fp32")  # seed 0 of dt on hopper, in fp32 as well: a seed counted twice
+    with pytest.raises(ValueError, match="both seed 0 of dt"):
+        report([str(r) for r in runs + [twice]], pool_precision=True)
+    assert "| dt [fp32] | 0.01 | 2 | 2 |" in " ".join(report([str(r) for r in runs + [twice]]).split())  # apart: rows
 
 
 def test_offline_runs_with_other_optimiser_settings_are_rows_of_their_own(tmp_path):

@@ -83,7 +83,7 @@ def _precision(r: dict) -> str:
     return (_config(r["dir"]).get("resolved") or {}).get("precision") or "precision not recorded"
 
 
-def _separate(runs: list[dict], key: str, where, settings=(_budget, _precision)) -> None:
+def _separate(runs: list[dict], key: str, where, settings) -> None:
     """Runs of one row label but other settings (`settings`: the budget and precision; for offline-RL runs the
     optimiser too) become rows of their own, labelled with what differs (`label [budget]`); two runs
     of one row with the same seed (and task or dataset, `where`) are refused: a seed counted twice."""
@@ -150,10 +150,26 @@ def _domain_note(after: str) -> str:
             "the \"pre-train after %\" column averages every scored task of all domains together.")
 
 
-def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str]]:
+def _precision_mix(runs: list[dict], key: str, where) -> list[str]:
+    """Notes on the rows (`key`) whose runs trained in more than one precision: per precision, the datasets or
+    tasks (`where`) and the number of runs (`--pool-precision` pools them into one row)."""
+    mix: dict[str, dict[str, dict[str, int]]] = {}
+    for r in runs:
+        w = where(r)
+        w = " ".join(f"{x:g}" if isinstance(x, float) else str(x) for x in w) if isinstance(w, tuple) else str(w)
+        cell = mix.setdefault(r[key], {}).setdefault(_precision(r), {})
+        cell[w] = cell.get(w, 0) + 1
+    return [f"{label} pools precisions (--pool-precision): " + "; ".join(
+                f"{prec} on {', '.join(sorted(cells))} ({sum(cells.values())} run{'s' * (sum(cells.values()) > 1)})"
+                for prec, cells in sorted(by.items()))
+            for label, by in mix.items() if len(by) > 1]
+
+
+def _load(dirs: list[str], pool_precision: bool = False) -> tuple[list[dict], list[dict], list[dict], list[str]]:
     """Adaptation runs, continual runs, offline-RL runs (`dtune lamo`, `dtune baselines`), and
     notes on the arguments skipped (duplicates, runs of other kinds). A folder given twice, under
-    any spelling, counts once."""
+    any spelling, counts once. Runs of one row at other budgets or precisions become rows of their own;
+    ``pool_precision`` keeps one row over precisions (with a note of which runs trained in which)."""
     from dtune.runtime.runs import run_kind
 
     adapt, cont, offline, notes, seen = [], [], [], [], set()
@@ -188,10 +204,13 @@ def _load(dirs: list[str]) -> tuple[list[dict], list[dict], list[dict], list[str
     if not adapt and not cont and not offline:
         raise ValueError("no finished `dtune adapt`, `dtune continual`, `dtune lamo` or `dtune baselines` run among the "
                          "arguments (" + "; ".join(notes) + ")")
-    _separate(adapt, "method", lambda r: r["task"])
-    _separate(cont, "method", lambda r: ",".join(r["tasks"]))
-    _separate(offline, "label", lambda r: (r["task"], r.get("source"), r.get("data_ratio", 1.0)),
-              (_budget, _optimiser, _precision))
+    kinds = [(adapt, "method", lambda r: r["task"], (_budget,)),
+             (cont, "method", lambda r: ",".join(r["tasks"]), (_budget,)),
+             (offline, "label", lambda r: (r["task"], r.get("source"), r.get("data_ratio", 1.0)), (_budget, _optimiser))]
+    for runs, key, where, settings in kinds:
+        if pool_precision:
+            notes += _precision_mix(runs, key, where)
+        _separate(runs, key, where, settings if pool_precision else settings + (_precision,))
     return adapt, cont, offline, notes
 
 
@@ -342,7 +361,7 @@ def continual_summary(runs: list[dict]) -> tuple[str, list[dict]]:
     note = ("± : the sample standard deviation over the seeds; retention: the mean of the seeds' after / before "
             "ratios. Intervals: rliable's stratified bootstrap over the final scores (tasks x seeds, seeds resampled "
             "within each task), 2,000 replicates, percentile 95%. Runs of one method at other budgets or precisions are rows "
-            "of their own ([N updates/task], [fp32]). \"(k of n runs)\": only k of the method's runs have that figure defined "
+            "of their own ([N updates/task], [fp32]; --pool-precision pools the precisions, with a note). \"(k of n runs)\": only k of the method's runs have that figure defined "
             "(e.g. forward transfer needs single-task references), and it is over those." +
             (" " + _domain_note("after the sequence's last task") if domains else ""))
     return markdown_table(headers, table) + "\n\n" + note, rows
@@ -487,7 +506,8 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict], list
             "the protocol's targets, chosen on the evaluation episodes themselves, as the LaMo code reports it "
             "(optimistic). Baselines are not return-conditioned: one score. * Published scores on D4RL's own "
             "datasets (dtune.report.published), beside runs on whatever data these runs used: compare orderings, "
-            "not values. Runs of one method at other budgets, AdamW settings or precisions are rows of their own ([...]).")
+            "not values. Runs of one method at other budgets, AdamW settings or precisions are rows of their own ([...]; "
+            "--pool-precision pools the precisions, with a note).")
     parts = [per_dataset, overall, note]
     if orderings_md:
         parts += ["Method orderings against the publications, per dataset (scores at the standard target; a pair "
@@ -500,7 +520,8 @@ def offline_summary(runs: list[dict]) -> tuple[str, list[dict], list[dict], list
                   "and evaluation episodes; seeds without a partner left out) with a 95% interval, a stratified "
                   "bootstrap that resamples the pairs within each dataset. "
                   "The LaMo paper's difference is over the same datasets, where it published both methods on all of "
-                  "them.", gaps_md]
+                  "them; where it published only some (e.g. no reacher2d at 0.005), a row \"..., the paper's datasets\" "
+                  "repeats the claim over those, beside the paper's figure.", gaps_md]
     return "\n\n".join(parts), rows + [{"aggregate": True, **r} for r in summary_rows], orderings, gaps
 
 
@@ -554,7 +575,8 @@ LOW_DATA = (0.005, 0.01)
 
 def lamo_gaps(rows: list[dict]) -> tuple[str, list[dict]]:
     """LaMo's claims as paired differences per data ratio (and pooled over :data:`LOW_DATA` where a pair
-    of methods was run at more than one of them): `lamo [LM]`
+    of methods was run at more than one of them; each also over the datasets with a published difference, where
+    the paper published only some of them): `lamo [LM]`
     against the classic `dt` and against `lamo, random init [LM]`, and each other ablation of that LM against
     `lamo [LM]`. `rows` are :func:`offline_summary`'s per-dataset rows. Returns the text and the rows."""
     from dtune.report.metrics import stratified_bootstrap
@@ -576,39 +598,49 @@ def lamo_gaps(rows: list[dict]) -> tuple[str, list[dict]]:
     groups = [((x,), f"{x:g}") for x in ratios]
     if all(x in ratios for x in LOW_DATA):
         groups.append((LOW_DATA, " and ".join(f"{x:g}" for x in LOW_DATA)))
+    def paper_gap(k, a, b):  # the LaMo paper's a - b on dataset k, or None where it did not publish both
+        pa, pb = published_method(a), published_method(b)
+        x = published_scores(*k, pa).get("lamo") if pa else None
+        y = published_scores(*k, pb).get("lamo") if pb else None
+        return None if x is None or y is None else x - y
+
+    def claim(a, b, name, keys):
+        diffs = [100 * (means[(*k, a)] - means[(*k, b)]) for k in keys]
+        paired = {k: [100 * (per_seed[(*k, a)][s] - per_seed[(*k, b)][s])
+                      for s in sorted(set(per_seed[(*k, a)]) & set(per_seed[(*k, b)]), key=str)] for k in keys}
+        ci = (stratified_bootstrap({" ".join(map(str, k)): v for k, v in paired.items()}, "mean")
+              if any(len(v) > 1 for v in paired.values()) else None)
+        n_pairs = sum(len(v) for v in paired.values())
+        single = float(np.mean([x for v in paired.values() for x in v])) if n_pairs and ci is None else None
+        paper = [paper_gap(k, a, b) for k in keys]
+        theirs = float(np.mean(paper)) if all(v is not None for v in paper) else None
+        row = {"method": a, "against": b, "data_ratio": name, "datasets": [" ".join(map(str, k)) for k in keys],
+               "difference": float(np.mean(diffs)), "per_dataset": diffs,
+               "paired_seeds": n_pairs, "paired_difference": single if ci is None else ci[0],
+               "ci": None if ci is None else list(ci[1:]),
+               "better_on": sum(d > 0 for d in diffs), "paper_difference": theirs}
+        out.append(row)
+        if ci is not None:
+            paired_md = f"{ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}] ({n_pairs} pairs)"
+        elif single is not None:
+            paired_md = f"{single:+.1f} ({n_pairs} pair{'s' * (n_pairs != 1)}, one a dataset: no interval)"
+        else:
+            paired_md = "(no seed in common)"
+        table.append([a, b, name, len(keys), f"{row['difference']:+.1f}", paired_md,
+                      f"{row['better_on']} of {len(keys)}",
+                      ", ".join(f"{k[0]} {k[2]:g}: {d:+.1f}" for k, d in zip(keys, diffs)),
+                      "" if theirs is None else f"{theirs:+.1f}"])
+
     for a, b in pairs:
         for group, name in groups:
             keys = sorted({k[:3] for k in means if k[2] in group and (*k[:3], a) in means and (*k[:3], b) in means})
             if not keys or (len(group) > 1 and len({k[2] for k in keys}) < 2):
                 continue  # nothing to compare, or a pooled row that would repeat one ratio's row
-            diffs = [100 * (means[(*k, a)] - means[(*k, b)]) for k in keys]
-            paired = {k: [100 * (per_seed[(*k, a)][s] - per_seed[(*k, b)][s])
-                          for s in sorted(set(per_seed[(*k, a)]) & set(per_seed[(*k, b)]), key=str)] for k in keys}
-            ci = (stratified_bootstrap({" ".join(map(str, k)): v for k, v in paired.items()}, "mean")
-                  if any(len(v) > 1 for v in paired.values()) else None)
-            n_pairs = sum(len(v) for v in paired.values())
-            single = float(np.mean([x for v in paired.values() for x in v])) if n_pairs and ci is None else None
-            pa, pb = published_method(a), published_method(b)
-            paper = [published_scores(*k, pa).get("lamo") if pa else None for k in keys], \
-                [published_scores(*k, pb).get("lamo") if pb else None for k in keys]
-            theirs = (float(np.mean([x - y for x, y in zip(*paper)]))
-                      if all(v is not None for v in paper[0] + paper[1]) else None)
-            row = {"method": a, "against": b, "data_ratio": name, "datasets": [" ".join(map(str, k)) for k in keys],
-                   "difference": float(np.mean(diffs)), "per_dataset": diffs,
-                   "paired_seeds": n_pairs, "paired_difference": single if ci is None else ci[0],
-                   "ci": None if ci is None else list(ci[1:]),
-                   "better_on": sum(d > 0 for d in diffs), "paper_difference": theirs}
-            out.append(row)
-            if ci is not None:
-                paired_md = f"{ci[0]:+.1f} [{ci[1]:+.1f}, {ci[2]:+.1f}] ({n_pairs} pairs)"
-            elif single is not None:
-                paired_md = f"{single:+.1f} ({n_pairs} pair{'s' * (n_pairs != 1)}, one a dataset: no interval)"
-            else:
-                paired_md = "(no seed in common)"
-            table.append([a, b, name, len(keys), f"{row['difference']:+.1f}", paired_md,
-                          f"{row['better_on']} of {len(keys)}",
-                          ", ".join(f"{k[0]} {k[2]:g}: {d:+.1f}" for k, d in zip(keys, diffs)),
-                          "" if theirs is None else f"{theirs:+.1f}"])
+            claim(a, b, name, keys)
+            # where the paper published only some of these datasets: the same claim over those, beside its figure
+            theirs = [k for k in keys if paper_gap(k, a, b) is not None]
+            if theirs and len(theirs) < len(keys) and (len(group) == 1 or len({k[2] for k in theirs}) > 1):
+                claim(a, b, f"{name}, the paper's datasets", theirs)
     if not table:
         return "", []
     return markdown_table(["method", "against", "data ratio", "datasets", "mean difference", "paired by seed [95% CI]", "better on",
@@ -644,14 +676,15 @@ def _offline_orderings(rows: list[dict]) -> tuple[str, list[dict]]:
                            "not separated", "ordered the other way here"], table), out
 
 
-def report(dirs: list[str], out: str | None = None, reference: str | None = None) -> str:
+def report(dirs: list[str], out: str | None = None, reference: str | None = None, pool_precision: bool = False) -> str:
     """The Markdown report of ``dirs``; with ``out`` also JSON, CSV and PNG files there; with
-    ``reference`` (single-task ``dtune adapt`` runs) continual runs get their forward transfer."""
+    ``reference`` (single-task ``dtune adapt`` runs) continual runs get their forward transfer; with
+    ``pool_precision`` runs of one method in bf16 and fp32 share a row (a note says which is which)."""
     from dtune.report.plots import plot_intervals, plot_methods_curve, plot_score_curves, plot_tradeoff
 
     if not dirs:
         raise ValueError("dtune report needs at least one run directory")
-    adapt, cont, offline, notes = _load(dirs)
+    adapt, cont, offline, notes = _load(dirs, pool_precision)
     if reference:
         cont = [with_reference(r, reference) for r in cont]
     parts, data = [f"Note: {n}." for n in notes] + ([""] if notes else []), {}
