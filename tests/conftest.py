@@ -72,6 +72,26 @@ def die_after_save(monkeypatch, when):
     monkeypatch.setattr(engine, "save_state", save)
 
 
+def training_clock(monkeypatch) -> list[float]:
+    """Give the engine a fake clock that each update advances by one second and nothing else advances, so a
+    run's training seconds (`Trainer.train_s`, the results' `train_s`) equal its updates. Returns the clock
+    (a one-element list); ``monkeypatch.undo()`` ends it."""
+    import types
+
+    from dtune.train import engine
+
+    clock = [0.0]
+    real = engine.Trainer._update
+
+    def update(self):
+        clock[0] += 1.0
+        return real(self)
+
+    monkeypatch.setattr(engine, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    monkeypatch.setattr(engine.Trainer, "_update", update)
+    return clock
+
+
 def process_gone(pid: int) -> bool:
     """Whether a process has exited (no such process, or a zombie waiting for its parent)."""
     import os

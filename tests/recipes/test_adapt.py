@@ -119,16 +119,21 @@ def test_cli_bad_input(base, tiny_data, tmp_path, capsys):
 @pytest.mark.parametrize("method", ["lora", "l2m-pretrain-keys", "ewc"])
 def test_adapt_resume_equals_the_uninterrupted_run(base, tiny_data, tmp_path, monkeypatch, method):
     from dtune.recipes.adapt import resume
-    from tests.conftest import die_after_save
+    from tests.conftest import die_after_save, training_clock
 
     kw = dict(method=method, steps=6, pretrain_eval=False, ckpt_every=2, log_every=1)
+    training_clock(monkeypatch)  # one second an update
     full = adapt(cfg(base, tiny_data, tmp_path / "full", **kw))
     die_after_save(monkeypatch, lambda step, extra: step == 4)
     with pytest.raises(KeyboardInterrupt):
         adapt(cfg(base, tiny_data, tmp_path / "cut", **kw))
     monkeypatch.undo()
+    training_clock(monkeypatch)
     again = resume(str(tmp_path / "cut"), progress=False)  # the run's own settings and method options
+    monkeypatch.undo()
     assert again["new_task_score"] == full["new_task_score"] and again["new_task_return"] == full["new_task_return"]
+    # the training time is the run's, over both invocations; the rate is this invocation's (2 updates in 2 s)
+    assert full["train_s"] == again["train_s"] == 6.0 and full["steps_per_s"] == again["steps_per_s"] == 1.0
     a = load_file(str(tmp_path / "full" / "adapter.safetensors"))
     b = load_file(str(tmp_path / "cut" / "adapter.safetensors"))
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)

@@ -13,7 +13,7 @@ from dtune.cli import main
 from dtune.recipes import tuning
 from dtune.recipes.continual import ContinualConfig, continual
 from dtune.report.metrics import cl_metrics
-from tests.conftest import die_after_save
+from tests.conftest import die_after_save, training_clock
 
 SEQ = "door-open-v3,reach-v3"
 
@@ -84,6 +84,7 @@ def test_a_run_resumed_without_its_pretraining_before_file_gets_it(base, tiny_da
 
 @pytest.mark.parametrize("method", ["ewc", "l2m", "l2m-gauss", "l2m-gauss-pre"])
 def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tiny_data, tmp_path, monkeypatch, method):
+    training_clock(monkeypatch)  # one second an update
     full = continual(cfg(base, tiny_data, tmp_path / "full", method=method))
     die_after_save(monkeypatch, lambda step, extra: (extra.get("task"), step) == (1, 2))
     with pytest.raises(KeyboardInterrupt):
@@ -91,8 +92,14 @@ def test_resume_after_an_interruption_equals_the_uninterrupted_run(base, tiny_da
     monkeypatch.undo()
     with pytest.raises(ValueError, match="already holds"):
         continual(cfg(base, tiny_data, tmp_path / "cut", method=method))
+    training_clock(monkeypatch)
     resumed = continual(cfg(base, tiny_data, tmp_path / "cut", method=method, resume=True))
+    monkeypatch.undo()
     assert resumed["matrix"] == full["matrix"]
+    # each task's training seconds are its updates', the interrupted task's over both invocations
+    times = [[t["train_s"] for t in json.loads((tmp_path / d / "progress.json").read_text())["task_times"]]
+             for d in ("full", "cut")]
+    assert times[0] == times[1] == [4.0, 4.0] and resumed["train_s"] == full["train_s"] == 8.0
     setup = [json.loads((tmp_path / d / "config.json").read_text())["resolved"]["method_setup"] for d in ("full", "cut")]
     assert setup[1] == setup[0]  # the set-up the first invocation recorded survives the resume
     for i, task in enumerate(SEQ.split(",")):

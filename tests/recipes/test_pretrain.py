@@ -10,7 +10,7 @@ from dtune.models.io import CheckpointError
 from dtune.recipes.pretrain import PretrainConfig, pretrain, resume
 from dtune.train import engine
 from dtune.train.optim import cosine_lr
-from tests.conftest import die_after_save
+from tests.conftest import die_after_save, training_clock
 
 TASKS = "reach-v3,door-open-v3,cartpole-balance"
 
@@ -33,6 +33,7 @@ def test_lr_schedule_warms_up_then_decays():
 
 
 def test_resume_equals_uninterrupted(tiny_data, tmp_path, monkeypatch):
+    training_clock(monkeypatch)  # one second an update
     full = pretrain(cfg(tiny_data, tmp_path / "full"))
     assert full["steps"] == 12
     # the same run killed right after its step-6 checkpoint (and after logging step 7) ...
@@ -41,8 +42,11 @@ def test_resume_equals_uninterrupted(tiny_data, tmp_path, monkeypatch):
         pretrain(cfg(tiny_data, tmp_path / "cut"))
     monkeypatch.undo()
     # ... and resumed
+    training_clock(monkeypatch)
     resumed = pretrain(cfg(tiny_data, tmp_path / "cut", resume=True))
+    monkeypatch.undo()
     assert resumed["steps_this_session"] == 6
+    assert full["train_s"] == resumed["train_s"] == 12.0  # the run's training seconds, both invocations'
     assert losses(tmp_path / "cut") == losses(tmp_path / "full")
     a = load_file(str(tmp_path / "full" / io.WEIGHTS))
     b = load_file(str(tmp_path / "cut" / io.WEIGHTS))

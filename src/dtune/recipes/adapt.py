@@ -178,9 +178,9 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     def checkpoint(step: int):
         trainer.save(out, {"tuner": tuner.extra_state()}, tuners.adapter_state(model))
 
-    t_start = time.perf_counter()
+    before_s = trainer.train_s  # what the checkpoint it resumed from recorded (0 for a new run)
     fit(trainer, cfg.steps, checkpoint, cfg.ckpt_every, "adapt", out, f"step {{step}} of {cfg.steps}")
-    train_s = time.perf_counter() - t_start
+    train_s = trainer.train_s  # the run's training seconds, over every invocation
     tuner.end_task()
     margin = calibrate_routing(model, tuner, sampler.data, device, cfg.seed)
     if not main:
@@ -192,7 +192,7 @@ def _adapt(cfg: AdaptConfig, method_config, dist) -> dict:
     tuners.save_adapter(out, model, meta)
 
     result = {"method": cfg.method, "task": cfg.task, "steps": cfg.steps, **counts, "base_checkpoint": cfg.checkpoint,
-              "base_digest": meta["base_digest"], "train_s": train_s, "steps_per_s": (cfg.steps - start) / max(train_s, 1e-9)}
+              "base_digest": meta["base_digest"], "train_s": train_s, "steps_per_s": (cfg.steps - start) / max(train_s - before_s, 1e-9)}
     if (pool := getattr(tuner, "pool", None)) is not None:  # L2P / L2M: the keys this task chose
         result["pool_entries_used"] = torch.nonzero(pool.prev_counts).flatten().tolist()
     if margin is not None:

@@ -213,10 +213,9 @@ class ContinualRun:
             def checkpoint(step: int, i=i, trainer=trainer):
                 trainer.save(self.out, {"task": i, "tuner": tuner.extra_state()}, tuners.adapter_state(model))
 
-            t0 = time.perf_counter()
             fit(trainer, cfg.steps_per_task, checkpoint, cfg.ckpt_every, "continual", self.out,
                 f"task {i + 1}/{len(tasks)} ({task}), step {{step}}")
-            train_s = time.perf_counter() - t0
+            train_s = trainer.train_s  # the task's training seconds, before an interruption too
             tuner.end_task()
             calibrate_routing(model, tuner, sampler.data, self.device, cfg.seed + i)
             if anchor.active and i < len(tasks) - 1:  # task switch: anchor here, EWC adds (or takes) its Fisher

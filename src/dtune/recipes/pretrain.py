@@ -263,6 +263,7 @@ def _pretrain(cfg: PretrainConfig, dist) -> dict:
         checkpoint(cfg.steps)
     wall = time.perf_counter() - t0
     summary = {"steps": trainer.step, "steps_this_session": trainer.step - start_step, "wall_s": wall,
+               "train_s": trainer.train_s,  # the run's training seconds, over every invocation
                "steps_per_s": (trainer.step - start_step) / max(wall, 1e-9), "n_params": n_params,
                "precision": precision, "device": str(device), "train_steps_in_data": data.steps, "out": str(out),
                "processes": 1 if dist is None else dist.world}
