@@ -218,6 +218,8 @@ def test_lamo_study_trains_every_transformer_arm_with_lamos_optimiser(tmp_path):
         assert c[c.index("--precision") + 1] == "auto", c  # PRECISION pins it (fp32 here, bf16 elsewhere)
         assert c[c.index("--eval-every") + 1] == "0", c  # EVAL_EVERY: no learning curve unless asked
     assert "--lm" not in arms[2] and "--no-pretrained" in arms[1]
+    report = [c for c in calls if c[0] == "report"]  # one row a method over the grid's bf16 and fp32 cells
+    assert len(report) == 1 and "--pool-precision" in report[0]
     base = [c for c in calls if c[0] == "baselines"]
     assert len(base) == 1 and "--adam-beta2" not in base[0] and base[0][base[0].index("--eval-every") + 1] == "0"
     # METHODS="" runs the ablations alone (no default arms, no baselines)
