@@ -10,6 +10,8 @@ import json
 import sys
 from pathlib import Path
 
+from dtune.report.published import published_scores
+
 HEADLINE = {("hopper", 0.005), ("halfcheetah", 0.005), ("walker2d", 0.005), ("hopper", 0.01), ("halfcheetah", 0.01),
             ("walker2d", 0.01), ("reacher2d", 0.1)}  # the headline table's cells
 ARMS = [("lamo [lm-brown]", "LaMo"), ("lamo, random init [lm-brown]", "LaMo, random init"), ("dt", "DT"),
@@ -32,9 +34,7 @@ def main(path: str = "results/lamo/report.json") -> str:
     lines = ["| task, data | " + " | ".join(name for _, name in ARMS) + " | paper: LaMo / DT |",
              "|---" * (len(ARMS) + 2) + "|"]
     for t, x in cells:
-        pub = next((r["published"] for (tt, xx, m), r in by.items() if (tt, xx) == (t, x) and m == "dt"), {}) or {}
-        lamo = next((r["published"] for (tt, xx, m), r in by.items() if (tt, xx) == (t, x) and m.startswith("lamo [")), {}) or {}
-        paper = (lamo.get("lamo"), pub.get("lamo"))
+        paper = tuple(published_scores(t, "medium", x, m).get("lamo") for m in ("lamo", "dt"))
         paper_md = " / ".join("-" if v is None else f"{v:.1f}" for v in paper) if any(v is not None for v in paper) else "-"
         lines.append(f"| {t} medium, {100 * x:g}% | " + " | ".join(cell(by.get((t, x, m))) for m, _ in ARMS)
                      + f" | {paper_md} |")
