@@ -457,8 +457,8 @@ class ReportArgs:
     """Single-task `dtune adapt` runs (searched recursively) for the forward transfer of continual runs."""
     pool_precision: bool = False
     """Give a method's runs one row whatever precision they trained in (bf16 autocast or fp32), with a note of
-    which runs trained in which; by default each precision is a row of its own. Pool only where a control showed
-    that the precision does not move the scores."""
+    which runs trained in which; by default each precision is a row of its own. Pool only where a control measured
+    what the precision moves (results/lamo: its fp32 control)."""
 
 
 def _lamo(argv):

@@ -84,8 +84,8 @@ def _precision(r: dict) -> str:
 
 
 def _separate(runs: list[dict], key: str, where, settings) -> None:
-    """Runs of one row label but other settings (`settings`: the budget and precision; for offline-RL runs the
-    optimiser too) become rows of their own, labelled with what differs (`label [budget]`); two runs
+    """Runs of one row label but other settings (`settings`: functions of a run, e.g. its budget, precision or
+    optimiser) become rows of their own, labelled with what differs (`label [budget]`); two runs
     of one row with the same seed (and task or dataset, `where`) are refused: a seed counted twice."""
     found: dict[str, list[set]] = {}
     for r in runs:
@@ -598,6 +598,7 @@ def lamo_gaps(rows: list[dict]) -> tuple[str, list[dict]]:
     groups = [((x,), f"{x:g}") for x in ratios]
     if all(x in ratios for x in LOW_DATA):
         groups.append((LOW_DATA, " and ".join(f"{x:g}" for x in LOW_DATA)))
+
     def paper_gap(k, a, b):  # the LaMo paper's a - b on dataset k, or None where it did not publish both
         pa, pb = published_method(a), published_method(b)
         x = published_scores(*k, pa).get("lamo") if pa else None
@@ -638,9 +639,9 @@ def lamo_gaps(rows: list[dict]) -> tuple[str, list[dict]]:
                 continue  # nothing to compare, or a pooled row that would repeat one ratio's row
             claim(a, b, name, keys)
             # where the paper published only some of these datasets: the same claim over those, beside its figure
-            theirs = [k for k in keys if paper_gap(k, a, b) is not None]
-            if theirs and len(theirs) < len(keys) and (len(group) == 1 or len({k[2] for k in theirs}) > 1):
-                claim(a, b, f"{name}, the paper's datasets", theirs)
+            published = [k for k in keys if paper_gap(k, a, b) is not None]
+            if published and len(published) < len(keys) and (len(group) == 1 or len({k[2] for k in published}) > 1):
+                claim(a, b, f"{name}, the paper's datasets", published)
     if not table:
         return "", []
     return markdown_table(["method", "against", "data ratio", "datasets", "mean difference", "paired by seed [95% CI]", "better on",
