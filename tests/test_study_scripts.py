@@ -64,6 +64,9 @@ if sys.argv[1:3] == ["data", "sac"]:  # a finished dataset per task of the set
             json.dump({"task": task}, f)
 if "--resume" in sys.argv and os.environ.get("STUB_REFUSE"):  # a run made with other settings
     sys.exit("--resume with settings that differ from the run")
+if sys.argv[1] == "evaluate" and "--json" in sys.argv:
+    with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
+        json.dump({"episodes": int(sys.argv[sys.argv.index("--episodes") + 1])}, f)
 if sys.argv[1] in ("adapt", "continual", "lamo", "baselines"):
     out = sys.argv[sys.argv.index("--out") + 1]
     os.makedirs(out, exist_ok=True)
@@ -86,7 +89,7 @@ def run_study(script: str, tmp_path: Path, **env) -> list[list[str]]:
                        env={**os.environ, "PATH": path, "STUB_LOG": str(log), "LANES": "1",
                             "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out"), **env})
     assert (r.returncode != 0) == bool(env.get("STUB_REFUSE")), r.stderr  # a refused run fails the study
-    return [json.loads(line) for line in log.read_text().splitlines()]
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
 
 
 def test_cw10_study_scripts_pass_a_variants_options_and_keep_it_apart(tmp_path):
@@ -255,3 +258,21 @@ def test_smollm2_study_runs_both_arms_on_all_blocks_with_lamos_optimiser(tmp_pat
     assert run_study("lamo/smollm2.sh", tmp_path, STEPS="40", WARMUP="4", PY=sys.executable,  # kept: skipped
                      PYTHONPATH=str(tmp_path / "site"), DATA=str(tmp_path / "data"),
                      DTUNE_STORE=str(tmp_path / "store")) == [c for c in calls if c[0] != "lamo"]
+
+
+def test_lamo_reeval_scores_each_finished_run_once_with_the_protocol_for_transformers(tmp_path):
+    """results/lamo/reeval.sh: every finished run of the datasets (not one still training) scored again with
+    EPISODES episodes, DT/LaMo runs at the protocol's targets, baselines plainly; a run scored before is skipped."""
+    runs = tmp_path / "runs"
+    for arm, kind in (("lamo", "lamo"), ("bc", "baseline"), ("dt", "lamo")):
+        run = runs / "reacher2d-medium-0.01" / arm / "s0"
+        run.mkdir(parents=True)
+        (run / "config.json").write_text(json.dumps({"kind": kind}, indent=1))
+        if arm != "dt":  # dt: still training
+            (run / "result.json").write_text("{}")
+    (runs / "hopper-medium-0.01" / "bc" / "s0").mkdir(parents=True)  # another dataset: not asked for
+    calls = run_study("lamo/reeval.sh", tmp_path, EPISODES="7")
+    assert sorted((c[2].split("/")[-2], "--targets" in c) for c in calls) == [("bc", False), ("lamo", True)]
+    assert all(c[:2] == ["evaluate", "--checkpoint"] and c[c.index("--episodes") + 1] == "7" for c in calls)
+    assert json.loads((tmp_path / "out" / "reacher2d-medium-0.01" / "lamo" / "s0.json").read_text()) == {"episodes": 7}
+    assert run_study("lamo/reeval.sh", tmp_path, EPISODES="7") == []  # scored: skipped

@@ -179,3 +179,31 @@ def test_replay_from_keeps_the_dt_runs_later_episodes(hopper_data, tmp_path):
     np.testing.assert_array_equal(dt.domains[0].tasks[0].obs, whole.domains[0].tasks[0].obs[-len(dt.domains[0].tasks[0].obs):])
     with pytest.raises(ValueError, match="none of the run's datasets is one \\(hopper: random\\)"):
         mdp_dataset(hopper_data, "hopper", "random", replay_from=0.5)  # not a replay buffer
+
+
+def test_dtune_evaluate_scores_a_baseline_run_again_and_leaves_it_untouched(hopper_data, tmp_path, capsys):
+    """`dtune evaluate --checkpoint RUN`: the policy of a finished baseline run, rebuilt on its data subset,
+    scores as the run did with the same episodes, and with more; the run folder is only read."""
+    from dtune.models.io import CheckpointError
+    from dtune.recipes.evaluate import EvalConfig, evaluate
+
+    run = tmp_path / "bc"
+    r = train_baseline(cfg(hopper_data, run, algo="bc", data_ratio=0.5, seed=1, eval_episodes=2))
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    again = evaluate(EvalConfig(checkpoint=str(run), episodes=2, progress=False, json=str(tmp_path / "ev.json")))
+    same = ("score", "return_mean", "return_std", "episodes")
+    assert {k: again["tasks"]["hopper"][k] for k in same} == {k: r["eval"]["tasks"]["hopper"][k] for k in same}
+    assert again["tasks"]["hopper"]["score"] == r["score"] and again["step"] == 8 and again["method"] == "bc"
+    assert json.loads((tmp_path / "ev.json").read_text())["tasks"]["hopper"]["score"] == r["score"]
+    more = evaluate(EvalConfig(checkpoint=str(run), episodes=3, targets="protocol", progress=False))
+    assert "not conditioned on a return" in capsys.readouterr().out
+    assert more["tasks"]["hopper"]["episodes"] == 3
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+    with pytest.raises(ValueError, match="trained on hopper only"):
+        evaluate(EvalConfig(checkpoint=str(run), tasks="walker2d", progress=False))
+    kept = tmp_path / "kept"  # a study's copy without its weights
+    kept.mkdir()
+    (kept / "config.json").write_bytes((run / "config.json").read_bytes())
+    (kept / "result.json").write_bytes((run / "result.json").read_bytes())
+    with pytest.raises(CheckpointError, match="no checkpoint yet"):
+        evaluate(EvalConfig(checkpoint=str(kept), progress=False))

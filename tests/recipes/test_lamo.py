@@ -80,6 +80,10 @@ def test_lamo_trains_lora_and_embeddings_and_reports_protocol_and_perplexity(set
 
     res = evaluate(EvalConfig(adapter=str(tmp_path / "run"), episodes=1, targets="protocol", progress=False))
     assert res["protocol"]["tasks"]["hopper"]["standard"]["target"] == 3600.0
+    assert res["protocol"]["tasks"]["hopper"] == r["protocol"]["tasks"]["hopper"]  # as the run scored itself
+    # the run given as the checkpoint: the same (its adapter on the base it records)
+    same = evaluate(EvalConfig(checkpoint=str(tmp_path / "run"), episodes=1, targets="protocol", progress=False))
+    assert same["protocol"] == res["protocol"] and same["adapter"] == str(tmp_path / "run")
 
 
 def test_resume_equals_uninterrupted(setup, tmp_path, capsys):

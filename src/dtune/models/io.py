@@ -30,8 +30,9 @@ def read_config(run_dir: str | os.PathLike) -> dict:
     path = Path(run_dir) / CONFIG
     kind = run_kind(run_dir)
     if kind not in (None, "pretrain"):
-        hint = " (pass it as --adapter, or give it to --checkpoint of `dtune evaluate`, which finds its base)" \
-            if kind in ("adapt", "continual") else ""
+        hint = (" (pass it as --adapter, or give it to --checkpoint of `dtune evaluate`, which finds its base)"
+                if kind in ("adapt", "continual", "lamo") else
+                " (`dtune evaluate --checkpoint` scores its policy again)" if kind == "baseline" else "")
         raise CheckpointError(f"{run_dir} holds a {COMMANDS[kind]} run, not a pre-trained checkpoint{hint}")
     if not path.exists():
         raise CheckpointError(f"no checkpoint at {run_dir}: {path} not found (expected a run directory from `dtune pretrain`)")

@@ -201,17 +201,26 @@ def _save(run: Path, algo, step: int, train_s: float) -> None:
         torch.save({"optimizers": optims, "torch_rng": torch.get_rng_state()}, tmp / "optim.pt")
 
 
-def _load(run: Path, algo) -> tuple[int, float]:
+def _load_networks(run: Path, algo) -> tuple[dict, Path]:
+    """The last checkpoint's networks into `algo`; its state (`state.json`) and folder."""
     import torch
     from safetensors.torch import load_file
 
     state, files = checkpoint_files(run / "checkpoint")  # dtune 0.2: the files beside state.json
     nets = load_file(str(files / "networks.safetensors"))
-    rest = torch.load(files / "optim.pt", weights_only=True)
     for name, m in _parts(algo).items():
         if isinstance(m, torch.nn.Module):
             m.load_state_dict({k[len(name) + 1:]: v for k, v in nets.items() if k.startswith(name + ".")})
-        else:
+    return state, files
+
+
+def _load(run: Path, algo) -> tuple[int, float]:
+    import torch
+
+    state, files = _load_networks(run, algo)
+    rest = torch.load(files / "optim.pt", weights_only=True)
+    for name, m in _parts(algo).items():
+        if not isinstance(m, torch.nn.Module):
             m.load_state_dict(rest["optimizers"][name])
     algo._grad_step = state["grad_step"]
     set_global_rng_state(state)
@@ -355,4 +364,41 @@ def train_baseline(cfg: BaselineConfig) -> dict:
     return result
 
 
-__all__ = ["ALGOS", "BaselineConfig", "BaselineAgent", "built_algo", "mdp_dataset", "train_baseline"]
+def evaluate_baseline_run(run: str | Path, episodes: int = 10, seed: int = 1000, horizon: int | None = None,
+                          data_dir: str | None = None, max_envs: int = 512, progress: bool = True,
+                          env_workers: int = 0, tasks: str | None = None) -> dict:
+    """Score the policy of a `dtune baselines` run (its last checkpoint) again, e.g. with more episodes:
+    `dtune evaluate --checkpoint RUN --episodes 100`. The run's networks are rebuilt on the data subset it
+    trained on (its scalers are fitted there), read from `data_dir` (unset: the run's own data root). The
+    run folder is only read. Returns :func:`dtune.eval.rollout.evaluate_agent`'s result plus the run's
+    `step` (updates of the checkpoint evaluated) and `run`. `tasks`, where given, must name the run's task."""
+    from dtune.data.storage import data_root
+    from dtune.eval.rollout import evaluate_agent
+    from dtune.models.io import CheckpointError
+    from dtune.runtime.runs import run_kind
+    from dtune.tasks import resolve_tasks
+
+    run = Path(run)
+    if run_kind(run) != "baseline":
+        raise CheckpointError(f"{run} holds no `dtune baselines` run")
+    if not (run / "checkpoint" / "state.json").exists():
+        raise CheckpointError(f"the baseline run in {run} has no checkpoint yet (it saves one after each epoch); "
+                              "a copy kept without its weights (results/.../runs) cannot be evaluated again")
+    s = json.loads((run / "config.json").read_text())["baseline"]
+    if tasks is not None and resolve_tasks(tasks) != [s["task"]]:
+        raise ValueError(f"{run} holds a baseline trained on {s['task']} only; drop --tasks or pass --tasks {s['task']}")
+    root = data_root(data_dir or s["data_dir"])
+    _quiet_d3rlpy()
+    dataset, info = mdp_dataset(root, s["task"], s["source"], s["data_ratio"], s["seed"], s.get("replay_from", 0.0))
+    if s.get("data_subset") != info.get("data_subset"):
+        raise CheckpointError(f"the baseline run in {run} trained on a data subset chosen by an older rule of dtune "
+                              f"({SUBSET_RULE} now): its scalers cannot be fitted on the same subset again")
+    algo = built_algo(s["algo"], s["batch_size"], dataset)
+    state, _ = _load_networks(run, algo)
+    res = evaluate_agent(BaselineAgent(algo), s["task"], episodes=episodes, seed=seed, horizon=horizon,
+                         task_info={s["task"]: info}, max_envs=max_envs, progress=progress, env_workers=env_workers)
+    return {"run": str(run), "method": s["algo"], "step": int(state["step"]), **res}
+
+
+__all__ = ["ALGOS", "BaselineConfig", "BaselineAgent", "built_algo", "evaluate_baseline_run", "mdp_dataset",
+           "train_baseline"]

@@ -21,8 +21,9 @@ class EvalConfig:
     """Evaluate a checkpoint on tasks, many environments at once."""
 
     checkpoint: str | None = None
-    """Run directory of `dtune pretrain`; an adaptation run (`dtune adapt`, `dtune continual`)
-    works too: its adapter is applied to the base checkpoint it records."""
+    """Run directory of `dtune pretrain`; an adaptation run (`dtune adapt`, `dtune continual`) or a
+    `dtune lamo` run works too: its adapter is applied to the base checkpoint it records. A `dtune
+    baselines` run: its policy's last checkpoint, on its task."""
     adapter: str | None = None
     """Adapter directory (`dtune adapt` run, or a `dtune continual` run or its `adapter/` folder),
     applied on top of the checkpoint (unset: the one the adapter records)."""
@@ -90,7 +91,7 @@ def resolve_checkpoint(checkpoint: str | None, adapter: str | None) -> tuple[str
     becomes the adapter; a missing checkpoint is the one the adapter records."""
     from dtune.tuners import read_adapter_config
 
-    if checkpoint is not None and adapter is None and run_kind(checkpoint) in ("adapt", "continual"):
+    if checkpoint is not None and adapter is None and run_kind(checkpoint) in ("adapt", "continual", "lamo"):
         adapter, checkpoint = checkpoint, None
     if adapter is not None:
         adapter = str(adapter_folder(adapter))
@@ -109,6 +110,8 @@ def evaluate(cfg: EvalConfig) -> dict:
     """Evaluate the checkpoint (and adapter) of `cfg`; writes `cfg.json` if set."""
     from dtune.tuners import load_adapted
 
+    if cfg.checkpoint is not None and cfg.adapter is None and run_kind(cfg.checkpoint) == "baseline":
+        return _evaluate_baseline(cfg)
     device = resolve_device(cfg.device)
     checkpoint, adapter = resolve_checkpoint(cfg.checkpoint, cfg.adapter)
     model, config, doc = load_adapted(checkpoint, adapter, device)
@@ -128,11 +131,30 @@ def evaluate(cfg: EvalConfig) -> dict:
                              overlap=cfg.env_overlap)
     out = {"checkpoint": str(checkpoint), "adapter": adapter, "use_cache": cfg.use_cache, "precision": cfg.precision,
            **res}
+    _write(cfg, out)
+    return out
+
+
+def _evaluate_baseline(cfg: EvalConfig) -> dict:
+    """A `dtune baselines` run's policy, on the one task it trained on. It is not conditioned on a return:
+    `targets` and `target_scale` do not apply (a note says so when they are set)."""
+    from dtune.recipes.baselines import evaluate_baseline_run
+
+    if cfg.targets != "data" or cfg.target_scale != 1.0:
+        print(f"note: {cfg.checkpoint} holds an offline-RL baseline, not conditioned on a return; "
+              "--targets and --target-scale do not apply to it")
+    res = evaluate_baseline_run(cfg.checkpoint, cfg.episodes, cfg.seed, cfg.horizon, cfg.data_dir, cfg.max_envs,
+                                cfg.progress, cfg.env_workers, tasks=cfg.tasks)
+    out = {"checkpoint": str(cfg.checkpoint), "adapter": None, **res}
+    _write(cfg, out)
+    return out
+
+
+def _write(cfg: EvalConfig, out: dict) -> None:
     if cfg.json:
         path = Path(cfg.json)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, out)
-    return out
 
 
 __all__ = ["EvalConfig", "evaluate", "resolve_checkpoint"]
