@@ -64,6 +64,8 @@ if sys.argv[1:3] == ["data", "sac"]:  # a finished dataset per task of the set
             json.dump({"task": task}, f)
 if "--resume" in sys.argv and os.environ.get("STUB_REFUSE"):  # a run made with other settings
     sys.exit("--resume with settings that differ from the run")
+if sys.argv[1] == "evaluate" and os.environ.get("STUB_REFUSE"):  # a run that cannot be scored
+    sys.exit("cannot evaluate it")
 if sys.argv[1] == "evaluate" and "--json" in sys.argv:
     with open(sys.argv[sys.argv.index("--json") + 1], "w") as f:
         json.dump({"episodes": int(sys.argv[sys.argv.index("--episodes") + 1])}, f)
@@ -76,8 +78,8 @@ if sys.argv[1] in ("adapt", "continual", "lamo", "baselines"):
 """
 
 
-def run_study(script: str, tmp_path: Path, **env) -> list[list[str]]:
-    """Run a study script with the stub dtune; the commands it ran."""
+def run_study(script: str, tmp_path: Path, none_ok: bool = False, **env) -> list[list[str]]:
+    """Run a study script with the stub dtune; the commands it ran (`none_ok`: it may run none)."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir(exist_ok=True)
     (bin_dir / "dtune").write_text(STUB.replace("python3", sys.executable, 1))
@@ -89,7 +91,9 @@ def run_study(script: str, tmp_path: Path, **env) -> list[list[str]]:
                        env={**os.environ, "PATH": path, "STUB_LOG": str(log), "LANES": "1",
                             "RUNS": str(tmp_path / "runs"), "OUT": str(tmp_path / "out"), **env})
     assert (r.returncode != 0) == bool(env.get("STUB_REFUSE")), r.stderr  # a refused run fails the study
-    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+    if none_ok and not log.exists():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines()]
 
 
 def test_cw10_study_scripts_pass_a_variants_options_and_keep_it_apart(tmp_path):
@@ -262,17 +266,24 @@ def test_smollm2_study_runs_both_arms_on_all_blocks_with_lamos_optimiser(tmp_pat
 
 def test_lamo_reeval_scores_each_finished_run_once_with_the_protocol_for_transformers(tmp_path):
     """results/lamo/reeval.sh: every finished run of the datasets (not one still training) scored again with
-    EPISODES episodes, DT/LaMo runs at the protocol's targets, baselines plainly; a run scored before is skipped."""
+    EPISODES episodes, DT/LaMo runs at the protocol's targets, baselines plainly; a run scored before is skipped;
+    one that cannot be scored is named, the others still are, and the script fails."""
     runs = tmp_path / "runs"
-    for arm, kind in (("lamo", "lamo"), ("bc", "baseline"), ("dt", "lamo")):
-        run = runs / "reacher2d-medium-0.01" / arm / "s0"
+    for ds, arm, kind in (("reacher2d-medium-0.01", "lamo", "lamo"), ("reacher2d-medium-0.01", "bc", "baseline"),
+                          ("reacher2d-medium-0.01", "dt", "lamo"), ("hopper-medium-0.01", "bc", "baseline")):
+        run = runs / ds / arm / "s0"
         run.mkdir(parents=True)
         (run / "config.json").write_text(json.dumps({"kind": kind}, indent=1))
         if arm != "dt":  # dt: still training
             (run / "result.json").write_text("{}")
-    (runs / "hopper-medium-0.01" / "bc" / "s0").mkdir(parents=True)  # another dataset: not asked for
-    calls = run_study("lamo/reeval.sh", tmp_path, EPISODES="7")
-    assert sorted((c[2].split("/")[-2], "--targets" in c) for c in calls) == [("bc", False), ("lamo", True)]
+    calls = run_study("lamo/reeval.sh", tmp_path, EPISODES="7", REEVAL_OUT=str(tmp_path / "re"))  # hopper: not asked
+    assert sorted((c[2].split("/")[-2], c[c.index("--targets") + 1]) for c in calls) == [("bc", "data"),
+                                                                                         ("lamo", "protocol")]
     assert all(c[:2] == ["evaluate", "--checkpoint"] and c[c.index("--episodes") + 1] == "7" for c in calls)
-    assert json.loads((tmp_path / "out" / "reacher2d-medium-0.01" / "lamo" / "s0.json").read_text()) == {"episodes": 7}
-    assert run_study("lamo/reeval.sh", tmp_path, EPISODES="7") == []  # scored: skipped
+    assert json.loads((tmp_path / "re" / "reacher2d-medium-0.01" / "lamo" / "s0.json").read_text()) == {"episodes": 7}
+    assert run_study("lamo/reeval.sh", tmp_path, none_ok=True, EPISODES="7", REEVAL_OUT=str(tmp_path / "re")) == []
+    # both datasets asked for, the evaluations failing: each run is tried, nothing is written, the script fails
+    failing = run_study("lamo/reeval.sh", tmp_path, EPISODES="7", REEVAL_OUT=str(tmp_path / "re2"), STUB_REFUSE="1",
+                        DATASETS="reacher2d-medium-* hopper-*")
+    assert len(failing) == 3
+    assert not list((tmp_path / "re2").rglob("*.json"))

@@ -205,5 +205,21 @@ def test_dtune_evaluate_scores_a_baseline_run_again_and_leaves_it_untouched(hopp
     kept.mkdir()
     (kept / "config.json").write_bytes((run / "config.json").read_bytes())
     (kept / "result.json").write_bytes((run / "result.json").read_bytes())
-    with pytest.raises(CheckpointError, match="no checkpoint yet"):
+    with pytest.raises(CheckpointError, match=f"no checkpoint.*score the run it was copied from, {run}"):
         evaluate(EvalConfig(checkpoint=str(kept), progress=False))
+    with pytest.raises(CheckpointError, match="takes no adapter"):
+        evaluate(EvalConfig(checkpoint=str(run), adapter=str(run), progress=False))
+    # a copy whose result says it trained on other data, and one not finished: refused, and noted
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(run, other)
+    doc = json.loads((other / "result.json").read_text())
+    doc["data"]["episodes"] += 1
+    (other / "result.json").write_text(json.dumps(doc))
+    with pytest.raises(CheckpointError, match="not the one the run .* trained on .*episodes"):
+        evaluate(EvalConfig(checkpoint=str(other), progress=False))
+    (other / "result.json").unlink()
+    cut = evaluate(EvalConfig(checkpoint=str(other), episodes=2, seed=7, progress=False))
+    assert "cut before it finished" in capsys.readouterr().out
+    assert any("cut before it finished" in n for n in cut["notes"]) and any("seed 7" in n for n in cut["notes"])

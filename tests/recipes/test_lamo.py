@@ -84,6 +84,14 @@ def test_lamo_trains_lora_and_embeddings_and_reports_protocol_and_perplexity(set
     # the run given as the checkpoint: the same (its adapter on the base it records)
     same = evaluate(EvalConfig(checkpoint=str(tmp_path / "run"), episodes=1, targets="protocol", progress=False))
     assert same["protocol"] == res["protocol"] and same["adapter"] == str(tmp_path / "run")
+    from dtune.models.io import CheckpointError
+
+    kept = tmp_path / "kept"  # a study's copy, without weights
+    kept.mkdir()
+    for name in ("config.json", "adapter.json", "result.json"):
+        (kept / name).write_bytes((tmp_path / "run" / name).read_bytes())
+    with pytest.raises(CheckpointError, match="no weights .*copied from"):
+        evaluate(EvalConfig(checkpoint=str(kept), progress=False))
 
 
 def test_resume_equals_uninterrupted(setup, tmp_path, capsys):

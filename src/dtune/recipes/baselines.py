@@ -369,35 +369,57 @@ def evaluate_baseline_run(run: str | Path, episodes: int = 10, seed: int = 1000,
                           env_workers: int = 0, tasks: str | None = None) -> dict:
     """Score the policy of a `dtune baselines` run (its last checkpoint) again, e.g. with more episodes:
     `dtune evaluate --checkpoint RUN --episodes 100`. The run's networks are rebuilt on the data subset it
-    trained on (its scalers are fitted there), read from `data_dir` (unset: the run's own data root). The
-    run folder is only read. Returns :func:`dtune.eval.rollout.evaluate_agent`'s result plus the run's
-    `step` (updates of the checkpoint evaluated) and `run`. `tasks`, where given, must name the run's task."""
-    from dtune.data.storage import data_root
+    trained on (its scalers are fitted there), read from `data_dir` (unset: `$DTUNE_DATA_DIR`, else the run's own
+    data root); a finished run's dataset must still be the one it trained on. The run folder is only read.
+    Returns :func:`dtune.eval.rollout.evaluate_agent`'s result plus the `step` of the checkpoint evaluated, the
+    `method`, and `notes` (printed too) where the checkpoint is not the run's final one or `seed` is not the
+    run's evaluation seed. `tasks`, where given, must name the run's task."""
+    from dtune.data.storage import resolve_sources
     from dtune.eval.rollout import evaluate_agent
     from dtune.models.io import CheckpointError
-    from dtune.runtime.runs import run_kind
+    from dtune.recipes.common import resolve_data_dir
+    from dtune.runtime.runs import COMMANDS, run_kind
     from dtune.tasks import resolve_tasks
 
     run = Path(run)
-    if run_kind(run) != "baseline":
-        raise CheckpointError(f"{run} holds no `dtune baselines` run")
-    if not (run / "checkpoint" / "state.json").exists():
-        raise CheckpointError(f"the baseline run in {run} has no checkpoint yet (it saves one after each epoch); "
-                              "a copy kept without its weights (results/.../runs) cannot be evaluated again")
+    kind = run_kind(run)
+    if kind != "baseline":
+        raise CheckpointError(f"{run} holds {'no run' if kind is None else 'a ' + COMMANDS[kind] + ' run'}, "
+                              "not a `dtune baselines` run")
     s = json.loads((run / "config.json").read_text())["baseline"]
+    if not (run / "checkpoint" / "state.json").exists():
+        where = f"; score the run it was copied from, {s['out']}" if Path(s["out"]).resolve() != run.resolve() \
+            and (Path(s["out"]) / "checkpoint" / "state.json").exists() else ""
+        raise CheckpointError(f"the baseline run in {run} has no checkpoint (it saves one after each epoch; a study's "
+                              f"copy kept without weights has none){where}")
     if tasks is not None and resolve_tasks(tasks) != [s["task"]]:
         raise ValueError(f"{run} holds a baseline trained on {s['task']} only; drop --tasks or pass --tasks {s['task']}")
-    root = data_root(data_dir or s["data_dir"])
-    _quiet_d3rlpy()
-    dataset, info = mdp_dataset(root, s["task"], s["source"], s["data_ratio"], s["seed"], s.get("replay_from", 0.0))
-    if s.get("data_subset") != info.get("data_subset"):
+    if s.get("data_subset") != (SUBSET_RULE if s["data_ratio"] < 1.0 else None):
         raise CheckpointError(f"the baseline run in {run} trained on a data subset chosen by an older rule of dtune "
                               f"({SUBSET_RULE} now): its scalers cannot be fitted on the same subset again")
+    root = resolve_data_dir(data_dir, {"resolved": {"data_dir": s["data_dir"]}})
+    resolve_sources(root, [s["task"]], {s["task"]: s["source"]})  # a clear error where the dataset is not there
+    _quiet_d3rlpy()
+    dataset, info = mdp_dataset(root, s["task"], s["source"], s["data_ratio"], s["seed"], s.get("replay_from", 0.0))
+    done = json.loads((run / "result.json").read_text()) if (run / "result.json").exists() else None
+    if done is not None:
+        changed = [k for k in ("episodes", "steps", "return_mean", "return_max") if k in done["data"] and done["data"][k] != info[k]]
+        if changed:
+            raise CheckpointError(f"the {s['task']} dataset under {root} is not the one the run in {run} trained on "
+                                  f"(its {', '.join(changed)} differ); point --data-dir at the data root it used")
     algo = built_algo(s["algo"], s["batch_size"], dataset)
     state, _ = _load_networks(run, algo)
+    step, notes = int(state["step"]), []
+    if done is None or done["steps"] != step:
+        notes.append(f"the checkpoint evaluated is at update {step}" + (
+            f", the run's result at {done['steps']}" if done else f" of {s['steps']}, and the run has no result (it was cut before it finished)"))
+    if seed != s.get("eval_seed", 1000):
+        notes.append(f"evaluation seed {seed}, the run's own evaluation used {s.get('eval_seed', 1000)}")
+    for note in notes:
+        print(f"note: {run}: {note}")
     res = evaluate_agent(BaselineAgent(algo), s["task"], episodes=episodes, seed=seed, horizon=horizon,
                          task_info={s["task"]: info}, max_envs=max_envs, progress=progress, env_workers=env_workers)
-    return {"run": str(run), "method": s["algo"], "step": int(state["step"]), **res}
+    return {"method": s["algo"], "step": step, **({"notes": notes} if notes else {}), **res}
 
 
 __all__ = ["ALGOS", "BaselineConfig", "BaselineAgent", "built_algo", "evaluate_baseline_run", "mdp_dataset",

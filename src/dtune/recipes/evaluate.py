@@ -25,8 +25,8 @@ class EvalConfig:
     `dtune lamo` run works too: its adapter is applied to the base checkpoint it records. A `dtune
     baselines` run: its policy's last checkpoint, on its task."""
     adapter: str | None = None
-    """Adapter directory (`dtune adapt` run, or a `dtune continual` run or its `adapter/` folder),
-    applied on top of the checkpoint (unset: the one the adapter records)."""
+    """Adapter directory (`dtune adapt` or `dtune lamo` run, or a `dtune continual` run or its `adapter/`
+    folder), applied on top of the checkpoint (unset: the one the adapter records)."""
     tasks: str | None = None
     """Tasks or sets to evaluate (unset: the adapter's tasks, else the checkpoint's training tasks)."""
     episodes: int = 10
@@ -72,18 +72,23 @@ class EvalConfig:
 
 
 def adapter_folder(path: str | Path) -> Path:
-    """The adapter folder of an adaptation or continual run (or the folder itself)."""
-    from dtune.tuners import ADAPTER_CONFIG
+    """The adapter folder of an adaptation, continual or lamo run (or the folder itself)."""
+    from dtune.tuners import ADAPTER_CONFIG, ADAPTER_WEIGHTS
 
     path = Path(path)
     if (path / ADAPTER_CONFIG).exists():
+        if not (path / ADAPTER_WEIGHTS).exists():
+            raise CheckpointError(f"the adapter in {path} has no weights ({ADAPTER_WEIGHTS}): a study's copy kept without "
+                                  "weights? Evaluate the run it was copied from")
         return path
     if (path / "adapter" / ADAPTER_CONFIG).exists():
         return path / "adapter"
     kind = run_kind(path)
-    if kind == "continual":
-        raise CheckpointError(f"the continual run in {path} has no adapter yet (it saves one when it finishes)")
-    raise CheckpointError(f"no adapter in {path} (expected adapter.json from `dtune adapt` or `dtune continual`)")
+    if kind in ("continual", "lamo"):
+        raise CheckpointError(f"the {kind} run in {path} has no adapter (it saves one when it finishes; a study's copy "
+                              "kept without weights has none)")
+    raise CheckpointError(f"no adapter in {path} (expected adapter.json from `dtune adapt`, `dtune continual` or "
+                          "`dtune lamo`)")
 
 
 def resolve_checkpoint(checkpoint: str | None, adapter: str | None) -> tuple[str, str | None]:
@@ -110,7 +115,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     """Evaluate the checkpoint (and adapter) of `cfg`; writes `cfg.json` if set."""
     from dtune.tuners import load_adapted
 
-    if cfg.checkpoint is not None and cfg.adapter is None and run_kind(cfg.checkpoint) == "baseline":
+    if any(path is not None and run_kind(path) == "baseline" for path in (cfg.checkpoint, cfg.adapter)):
         return _evaluate_baseline(cfg)
     device = resolve_device(cfg.device)
     checkpoint, adapter = resolve_checkpoint(cfg.checkpoint, cfg.adapter)
@@ -136,13 +141,19 @@ def evaluate(cfg: EvalConfig) -> dict:
 
 
 def _evaluate_baseline(cfg: EvalConfig) -> dict:
-    """A `dtune baselines` run's policy, on the one task it trained on. It is not conditioned on a return:
-    `targets` and `target_scale` do not apply (a note says so when they are set)."""
+    """A `dtune baselines` run's policy, on the one task it trained on. It is not conditioned on a return and
+    rebuilds on its own dataset: `targets`, `target_scale` and `source` do not apply (a note says so when they
+    are set), nor do the DT model's `device`, `precision`, `use_cache` and `env_overlap`."""
     from dtune.recipes.baselines import evaluate_baseline_run
 
-    if cfg.targets != "data" or cfg.target_scale != 1.0:
-        print(f"note: {cfg.checkpoint} holds an offline-RL baseline, not conditioned on a return; "
-              "--targets and --target-scale do not apply to it")
+    if cfg.adapter is not None:
+        raise CheckpointError(f"{cfg.adapter if run_kind(cfg.adapter) == 'baseline' else cfg.checkpoint} holds a "
+                              "`dtune baselines` run, which takes no adapter: pass it alone, as --checkpoint")
+    ignored = [f"--{k.replace('_', '-')}" for k, default in (("targets", "data"), ("target_scale", 1.0), ("source", None))
+               if getattr(cfg, k) != default]
+    if ignored:
+        print(f"note: {cfg.checkpoint} holds an offline-RL baseline: not conditioned on a return, on the dataset it "
+              f"trained on; {', '.join(ignored)} do not apply to it")
     res = evaluate_baseline_run(cfg.checkpoint, cfg.episodes, cfg.seed, cfg.horizon, cfg.data_dir, cfg.max_envs,
                                 cfg.progress, cfg.env_workers, tasks=cfg.tasks)
     out = {"checkpoint": str(cfg.checkpoint), "adapter": None, **res}
