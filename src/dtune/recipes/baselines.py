@@ -403,7 +403,8 @@ def evaluate_baseline_run(run: str | Path, episodes: int = 10, seed: int = 1000,
     dataset, info = mdp_dataset(root, s["task"], s["source"], s["data_ratio"], s["seed"], s.get("replay_from", 0.0))
     done = json.loads((run / "result.json").read_text()) if (run / "result.json").exists() else None
     if done is not None:
-        changed = [k for k in ("episodes", "steps", "return_mean", "return_max") if k in done["data"] and done["data"][k] != info[k]]
+        changed = [k for k in ("episodes", "steps", "return_mean", "return_max")
+                   if k in done["data"] and done["data"][k] != info[k]]
         if changed:
             raise CheckpointError(f"the {s['task']} dataset under {root} is not the one the run in {run} trained on "
                                   f"(its {', '.join(changed)} differ); point --data-dir at the data root it used")
@@ -412,7 +413,8 @@ def evaluate_baseline_run(run: str | Path, episodes: int = 10, seed: int = 1000,
     step, notes = int(state["step"]), []
     if done is None or done["steps"] != step:
         notes.append(f"the checkpoint evaluated is at update {step}" + (
-            f", the run's result at {done['steps']}" if done else f" of {s['steps']}, and the run has no result (it was cut before it finished)"))
+            f", the run's result at {done['steps']}" if done else
+            f" of {s['steps']}, and the run has no result (it was cut before it finished)"))
     if seed != s.get("eval_seed", 1000):
         notes.append(f"evaluation seed {seed}, the run's own evaluation used {s.get('eval_seed', 1000)}")
     for note in notes:
