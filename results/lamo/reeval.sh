@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The study's runs scored again with more evaluation episodes (issue 11, section "Evaluation noise" of the
-# README). Reacher2d's reward is a success count (an episode either reaches the goal, about 70, or not, 0), so
-# 10 episodes score a policy with a standard error of up to 11 points; `dtune evaluate --checkpoint RUN
+# README). Reacher2d's reward is a success count (an episode either reaches the goal, about 75, or not, 0), so
+# 10 episodes score a policy with a standard error of up to 12 points; `dtune evaluate --checkpoint RUN
 # --episodes N` scores a finished run's model (DT, LaMo: at the protocol's targets; d3rlpy baselines: their
 # policy) with the same evaluation seeds, plus more. Only runs whose weights are on this machine ($RUNS; the
 # copies kept in results/lamo/runs have none) can be scored again. Writes $REEVAL_OUT/<dataset>/<arm>/s<seed>.json,
